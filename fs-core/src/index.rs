@@ -1,0 +1,351 @@
+//! The local index of open uploads, in sled.
+//!
+//! For every upload a writer has opened and not yet committed or aborted, the index keeps the
+//! latest token (resume or commit) and the tail objects that tokens handed out still need. After
+//! a crash, `recover_all` reads it to resume or commit each file; `gc` treats what it references
+//! as live. Every update is flushed to disk before the call that made it returns, because a
+//! persist is only acknowledged once its token is durable here.
+//!
+//! Entries are namespaced by store (its `describe()` string), so one index can serve several
+//! stores. Values are JSON, with tokens in their binary form (hex), so the index can be read by
+//! hand when debugging.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::token::{Token, TokenError};
+
+/// An index failure, naming the index's path.
+#[derive(Debug, Error)]
+pub enum IndexError {
+    #[error("index {path}: {source}")]
+    Sled { path: String, source: sled::Error },
+    #[error("index {path}: entry {entry} is unreadable: {detail}")]
+    Corrupt {
+        path: String,
+        entry: String,
+        detail: String,
+    },
+    #[error("index {path}: entry {entry}: {source}")]
+    Token {
+        path: String,
+        entry: String,
+        source: TokenError,
+    },
+}
+
+/// What the index records about one open upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub store: String,
+    pub key: String,
+    pub upload_id: String,
+    /// The latest token handed out; `None` until the first persist.
+    pub latest: Option<Token>,
+    /// Tail objects that tokens handed out may still need.
+    pub live_tails: Vec<String>,
+    /// When the writer opened the upload (seconds since the epoch).
+    pub opened_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredEntry {
+    store: String,
+    key: String,
+    upload_id: String,
+    latest: Option<String>,
+    live_tails: Vec<String>,
+    opened_at: u64,
+}
+
+/// A handle to the index; cheap to clone and safe to share between writers and tasks.
+#[derive(Debug, Clone)]
+pub struct Index {
+    db: sled::Db,
+    uploads: sled::Tree,
+    path: String,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn entry_id(store: &str, upload_id: &str) -> Vec<u8> {
+    let mut id = store.as_bytes().to_vec();
+    id.push(0);
+    id.extend_from_slice(upload_id.as_bytes());
+    id
+}
+
+impl Index {
+    /// Opens (creating if needed) the index at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, IndexError> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let sled_err = |source| IndexError::Sled {
+            path: shown.clone(),
+            source,
+        };
+        let db = sled::Config::new().path(path).open().map_err(sled_err)?;
+        let uploads = db.open_tree("uploads").map_err(sled_err)?;
+        Ok(Self {
+            db,
+            uploads,
+            path: shown,
+        })
+    }
+
+    /// A throwaway index (deleted when dropped), for tests and one-shot commands.
+    pub fn temporary() -> Result<Self, IndexError> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .map_err(|source| IndexError::Sled {
+                path: "<temporary>".into(),
+                source,
+            })?;
+        let uploads = db.open_tree("uploads").map_err(|source| IndexError::Sled {
+            path: "<temporary>".into(),
+            source,
+        })?;
+        Ok(Self {
+            db,
+            uploads,
+            path: "<temporary>".into(),
+        })
+    }
+
+    /// The default location: `$RIVULET_STATE_DIR/index`, else `$XDG_STATE_HOME/rivulet/index`,
+    /// else `~/.local/state/rivulet/index`.
+    pub fn default_path() -> PathBuf {
+        if let Some(dir) = std::env::var_os("RIVULET_STATE_DIR") {
+            return PathBuf::from(dir).join("index");
+        }
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(std::env::temp_dir)
+                    .join(".local/state")
+            });
+        state.join("rivulet/index")
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn sled_err(&self, source: sled::Error) -> IndexError {
+        IndexError::Sled {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn decode(&self, id: &[u8], value: &[u8]) -> Result<IndexEntry, IndexError> {
+        let entry = String::from_utf8_lossy(id).replace('\0', " ");
+        let stored: StoredEntry =
+            serde_json::from_slice(value).map_err(|e| IndexError::Corrupt {
+                path: self.path.clone(),
+                entry: entry.clone(),
+                detail: e.to_string(),
+            })?;
+        let latest = match stored.latest {
+            None => None,
+            Some(hex_token) => {
+                let bytes = hex::decode(&hex_token).map_err(|e| IndexError::Corrupt {
+                    path: self.path.clone(),
+                    entry: entry.clone(),
+                    detail: e.to_string(),
+                })?;
+                Some(Token::decode(&bytes).map_err(|source| IndexError::Token {
+                    path: self.path.clone(),
+                    entry: entry.clone(),
+                    source,
+                })?)
+            }
+        };
+        Ok(IndexEntry {
+            store: stored.store,
+            key: stored.key,
+            upload_id: stored.upload_id,
+            latest,
+            live_tails: stored.live_tails,
+            opened_at: stored.opened_at,
+        })
+    }
+
+    fn write(&self, entry: &IndexEntry) -> Result<(), IndexError> {
+        let stored = StoredEntry {
+            store: entry.store.clone(),
+            key: entry.key.clone(),
+            upload_id: entry.upload_id.clone(),
+            latest: entry.latest.as_ref().map(|t| hex::encode(t.encode())),
+            live_tails: entry.live_tails.clone(),
+            opened_at: entry.opened_at,
+        };
+        let value = serde_json::to_vec(&stored).map_err(|e| IndexError::Corrupt {
+            path: self.path.clone(),
+            entry: entry.key.clone(),
+            detail: e.to_string(),
+        })?;
+        self.uploads
+            .insert(entry_id(&entry.store, &entry.upload_id), value)
+            .map_err(|e| self.sled_err(e))?;
+        self.flush()
+    }
+
+    /// Makes every update so far durable.
+    fn flush(&self) -> Result<(), IndexError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.sled_err(e))
+    }
+
+    /// The entry of one upload, if any.
+    pub fn get(&self, store: &str, upload_id: &str) -> Result<Option<IndexEntry>, IndexError> {
+        let id = entry_id(store, upload_id);
+        match self.uploads.get(&id).map_err(|e| self.sled_err(e))? {
+            Some(value) => self.decode(&id, &value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a newly opened upload (no token yet), so `gc` leaves it alone.
+    pub fn record_open(&self, store: &str, key: &str, upload_id: &str) -> Result<(), IndexError> {
+        self.write(&IndexEntry {
+            store: store.to_string(),
+            key: key.to_string(),
+            upload_id: upload_id.to_string(),
+            latest: None,
+            live_tails: Vec::new(),
+            opened_at: now_secs(),
+        })
+    }
+
+    /// Records a token handed out for an upload (and its tail, for a resume token), durably.
+    pub fn record_token(&self, store: &str, token: &Token) -> Result<(), IndexError> {
+        let mut entry = self
+            .get(store, token.upload_id())?
+            .unwrap_or_else(|| IndexEntry {
+                store: store.to_string(),
+                key: token.key().to_string(),
+                upload_id: token.upload_id().to_string(),
+                latest: None,
+                live_tails: Vec::new(),
+                opened_at: now_secs(),
+            });
+        if let Token::Resume(t) = token
+            && !entry.live_tails.contains(&t.tail_key)
+        {
+            entry.live_tails.push(t.tail_key.clone());
+        }
+        entry.latest = Some(token.clone());
+        self.write(&entry)
+    }
+
+    /// Marks tails as needed by tokens handed out earlier (used when rebuilding the index).
+    pub fn add_live_tails(
+        &self,
+        store: &str,
+        upload_id: &str,
+        tails: &[String],
+    ) -> Result<(), IndexError> {
+        if let Some(mut entry) = self.get(store, upload_id)? {
+            for t in tails {
+                if !entry.live_tails.contains(t) {
+                    entry.live_tails.push(t.clone());
+                }
+            }
+            entry.live_tails.sort();
+            self.write(&entry)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a tail that was deleted.
+    pub fn release_tail(
+        &self,
+        store: &str,
+        upload_id: &str,
+        tail_key: &str,
+    ) -> Result<(), IndexError> {
+        if let Some(mut entry) = self.get(store, upload_id)? {
+            entry.live_tails.retain(|t| t != tail_key);
+            self.write(&entry)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets an upload (committed or aborted).
+    pub fn remove(&self, store: &str, upload_id: &str) -> Result<(), IndexError> {
+        self.uploads
+            .remove(entry_id(store, upload_id))
+            .map_err(|e| self.sled_err(e))?;
+        self.flush()
+    }
+
+    /// Every entry of one store.
+    pub fn entries(&self, store: &str) -> Result<Vec<IndexEntry>, IndexError> {
+        let mut prefix = store.as_bytes().to_vec();
+        prefix.push(0);
+        self.uploads
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (id, value) = item.map_err(|e| self.sled_err(e))?;
+                self.decode(&id, &value)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::PutCondition;
+    use crate::token::ResumeToken;
+
+    fn token(upload: &str, tail: &str) -> Token {
+        Token::Resume(ResumeToken {
+            key: "k".into(),
+            upload_id: upload.into(),
+            writer_id: "w".into(),
+            condition: PutCondition::None,
+            parts: vec![],
+            tail_key: tail.into(),
+            tail_len: 0,
+            tail_crc32c: 0,
+            seq: 1,
+        })
+    }
+
+    #[test]
+    fn entries_survive_reopen_and_are_namespaced_by_store() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let index = Index::open(dir.path().join("idx")).unwrap();
+            index.record_open("s1", "k", "u1").unwrap();
+            index.record_token("s1", &token("u1", "t1")).unwrap();
+            index.record_token("s1", &token("u1", "t2")).unwrap();
+            index.record_token("s2", &token("u9", "t9")).unwrap();
+        }
+        let index = Index::open(dir.path().join("idx")).unwrap();
+        let entries = index.entries("s1").unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].live_tails, vec!["t1", "t2"]);
+        assert_eq!(entries[0].latest, Some(token("u1", "t2")));
+        index.release_tail("s1", "u1", "t1").unwrap();
+        assert_eq!(
+            index.get("s1", "u1").unwrap().unwrap().live_tails,
+            vec!["t2"]
+        );
+        index.remove("s1", "u1").unwrap();
+        assert!(index.entries("s1").unwrap().is_empty());
+        assert_eq!(index.entries("s2").unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,333 @@
+//! The object-store abstraction: one small async trait with S3's semantics, and one module per
+//! backend.
+//!
+//! Every backend follows S3's rules, including the ones that make S3 awkward (no append, a
+//! 5 MiB minimum for every multipart part but the last, at most 10,000 parts, parts unreadable
+//! until the upload completes), so that code which works against the memory or local store also
+//! works against a real S3 API. Keys are relative to the store's root (the bucket and prefix of an
+//! `s3://` URL, the directory of a local store).
+//!
+//! Bodies are whole [`Bytes`], not streams: callers that move large objects split them into
+//! ranges (ranged GETs, multipart parts), which keeps the trait small and every call bounded in
+//! memory by what the caller asked for.
+
+pub mod fault;
+pub mod local;
+pub mod memory;
+pub mod rules;
+pub mod s3;
+mod url;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use self::url::{StoreUrl, open_store};
+pub use crate::error::{StoreError, StoreErrorKind};
+
+/// S3's limits that every backend enforces and the writer plans around.
+pub mod limits {
+    /// Every multipart part but the last must be at least this large (S3: 5 MiB).
+    pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+    /// A part may be at most this large (S3: 5 GiB).
+    pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+    /// Part numbers run from 1 to this (S3: 10,000).
+    pub const MAX_PART_NUMBER: u32 = 10_000;
+    /// A key is at most this many bytes of UTF-8 (S3: 1,024).
+    pub const MAX_KEY_LEN: usize = 1024;
+}
+
+/// A shared handle to any backend.
+pub type DynStore = Arc<dyn ObjectStore>;
+
+/// The condition a write is made under (S3's conditional writes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PutCondition {
+    /// Write unconditionally (replace whatever is there).
+    #[default]
+    None,
+    /// `If-None-Match: *`: create only; fail with `PreconditionFailed` if the key exists.
+    IfNoneMatch,
+    /// `If-Match: <etag>`: replace only the object with this ETag; `PreconditionFailed` if the
+    /// ETag differs, `NotFound` if the key is missing.
+    IfMatch(String),
+}
+
+/// Options of a PUT or of a multipart upload's creation.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    pub condition: PutCondition,
+    pub content_type: Option<String>,
+    /// User metadata (`x-amz-meta-*`), names without the prefix, lower case.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What a successful PUT or CompleteMultipartUpload returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutResult {
+    /// The object's ETag without quotes: MD5 hex for a single PUT, `md5-of-md5s-N` for an MPU.
+    pub etag: String,
+}
+
+/// An object's metadata (HEAD).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// ETag without quotes.
+    pub etag: String,
+    pub last_modified: Option<SystemTime>,
+    pub content_type: Option<String>,
+    /// User metadata, names without the `x-amz-meta-` prefix, lower case.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A GET's answer: the bytes of the requested range and the whole object's metadata.
+#[derive(Debug, Clone)]
+pub struct GetResult {
+    pub meta: ObjectMeta,
+    /// The byte range of the object that `body` holds.
+    pub range: Range<u64>,
+    pub body: Bytes,
+}
+
+/// A listing request (ListObjectsV2).
+#[derive(Debug, Clone, Default)]
+pub struct ListRequest {
+    pub prefix: String,
+    /// Group keys by this delimiter into common prefixes (usually `/`); `None` lists every key.
+    pub delimiter: Option<String>,
+    /// The `next` of the previous page; opaque to callers.
+    pub continuation: Option<String>,
+    /// Page size; backends cap it at 1,000 like S3.
+    pub max_keys: Option<usize>,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSummary {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    pub last_modified: Option<SystemTime>,
+}
+
+/// One page of a listing, keys in lexicographic (byte) order.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<ObjectSummary>,
+    pub common_prefixes: Vec<String>,
+    /// Set when more entries follow: pass it as the next request's `continuation`.
+    pub next: Option<String>,
+}
+
+/// A part as ListParts reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartInfo {
+    pub number: u32,
+    /// Some servers (s3s-fs) report no ETag here.
+    pub etag: Option<String>,
+    pub size: u64,
+}
+
+/// One page of ListParts.
+#[derive(Debug, Clone, Default)]
+pub struct PartsPage {
+    pub parts: Vec<PartInfo>,
+    /// Set when more parts follow: the part-number marker for the next call.
+    pub next_marker: Option<u32>,
+}
+
+/// A part named in CompleteMultipartUpload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedPart {
+    pub number: u32,
+    pub etag: String,
+}
+
+/// An upload as ListMultipartUploads reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadInfo {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: Option<SystemTime>,
+}
+
+/// Where a ListMultipartUploads page ends (key marker and upload-id marker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadsMarker {
+    pub key: String,
+    pub upload_id: String,
+}
+
+/// One page of ListMultipartUploads.
+#[derive(Debug, Clone, Default)]
+pub struct UploadsPage {
+    pub uploads: Vec<UploadInfo>,
+    pub next: Option<UploadsMarker>,
+}
+
+/// The object-store operations Rivulet needs, with S3's semantics.
+///
+/// Errors carry a [`StoreErrorKind`] that callers match on (`NotFound`, `NoSuchUpload`,
+/// `PreconditionFailed`, ...) and name the operation and key.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
+    /// A URL-like name of this store, for messages and for namespacing the local index
+    /// (`s3://bucket/prefix`, `file:///dir`, `memory://name`).
+    fn describe(&self) -> String;
+
+    /// The smallest size this store accepts for a multipart part that is not the last.
+    /// S3 and the local store: 5 MiB. The memory store may be configured lower for fast tests.
+    fn min_part_size(&self) -> u64 {
+        limits::MIN_PART_SIZE
+    }
+
+    /// Whether CompleteMultipartUpload needs part numbers 1, 2, 3, … without gaps (s3s-fs).
+    /// S3 only needs them ascending, which lets the writer keep every older token valid; on
+    /// stores that need contiguous numbers it reuses numbers instead (see `docs/design.md`).
+    fn requires_contiguous_parts(&self) -> bool {
+        false
+    }
+
+    /// Reads the whole object, or `range` of it (end exclusive, clamped to the object's size).
+    /// A range that starts at or past the end is `InvalidRange` (except `0..` of an empty object).
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, StoreError>;
+
+    /// The object's metadata; `NotFound` if missing.
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
+
+    /// Writes a whole object atomically, under `opts.condition`.
+    async fn put(&self, key: &str, body: Bytes, opts: PutOptions) -> Result<PutResult, StoreError>;
+
+    /// Deletes an object; deleting a missing key succeeds (as on S3).
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Deletes several objects (S3: DeleteObjects, up to 1,000 keys a request); missing keys
+    /// succeed. The default deletes one by one.
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        for key in keys {
+            self.delete(key).await?;
+        }
+        Ok(())
+    }
+
+    /// One page of keys under a prefix.
+    async fn list(&self, req: ListRequest) -> Result<ListPage, StoreError>;
+
+    /// Starts a multipart upload; returns its upload id. `opts.condition` is ignored here (it
+    /// applies at completion); content type and metadata are those of the final object.
+    async fn create_multipart(&self, key: &str, opts: PutOptions) -> Result<String, StoreError>;
+
+    /// Uploads one part (1..=10,000), replacing an earlier part of the same number; returns its
+    /// ETag. `NoSuchUpload` if the upload is gone.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<String, StoreError>;
+
+    /// Makes a part from `range` (end exclusive) of the completed object `source_key`,
+    /// server-side. With `source_if_match`, fails with `PreconditionFailed` unless the source's
+    /// ETag matches, so a copy never mixes two versions of an object.
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        source_key: &str,
+        range: Range<u64>,
+        source_if_match: Option<&str>,
+    ) -> Result<String, StoreError>;
+
+    /// Completes an upload from `parts` (ascending numbers): the object appears whole, atomically.
+    /// `EntityTooSmall` if a part but the last is under [`ObjectStore::min_part_size`],
+    /// `InvalidPart` if a part is missing or its ETag differs, `NoSuchUpload` if the upload is gone.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        condition: PutCondition,
+    ) -> Result<PutResult, StoreError>;
+
+    /// Aborts an upload and frees its parts; `NoSuchUpload` if it is already gone.
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+
+    /// One page (up to 1,000) of an upload's parts, after part number `marker`.
+    async fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        marker: Option<u32>,
+    ) -> Result<PartsPage, StoreError>;
+
+    /// One page of the uploads in progress under `prefix`. Backends without it (s3s-fs) answer
+    /// `NotSupported`.
+    async fn list_multipart_uploads(
+        &self,
+        prefix: &str,
+        marker: Option<UploadsMarker>,
+    ) -> Result<UploadsPage, StoreError>;
+}
+
+/// Helpers built on the trait's primitives, available on every store.
+#[async_trait]
+pub trait ObjectStoreExt: ObjectStore {
+    /// Every part of an upload, following ListParts' pages.
+    async fn list_all_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Vec<PartInfo>, StoreError> {
+        let mut parts = Vec::new();
+        let mut marker = None;
+        loop {
+            let page = self.list_parts(key, upload_id, marker).await?;
+            parts.extend(page.parts);
+            match page.next_marker {
+                Some(m) if Some(m) != marker => marker = Some(m),
+                _ => return Ok(parts),
+            }
+        }
+    }
+
+    /// Every object under `prefix` (no delimiter), following the listing's pages.
+    async fn list_all(&self, prefix: &str) -> Result<Vec<ObjectSummary>, StoreError> {
+        let mut objects = Vec::new();
+        let mut continuation = None;
+        loop {
+            let page = self
+                .list(ListRequest {
+                    prefix: prefix.to_string(),
+                    delimiter: None,
+                    continuation: continuation.take(),
+                    max_keys: None,
+                })
+                .await?;
+            objects.extend(page.objects);
+            match page.next {
+                Some(next) => continuation = Some(next),
+                None => return Ok(objects),
+            }
+        }
+    }
+
+    /// The object's metadata, or `None` if it does not exist.
+    async fn head_opt(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        match self.head(key).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(e) if e.kind() == StoreErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl<T: ObjectStore + ?Sized> ObjectStoreExt for T {}

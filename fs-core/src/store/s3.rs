@@ -1,0 +1,1265 @@
+//! The S3 backend, on `aws-sdk-s3`: any S3-compatible server (AWS S3, MinIO, moto, s3s-fs, ...).
+//!
+//! Keys map to `prefix/key` in the bucket. Credentials, region and endpoint come from
+//! [`S3Config`] when set there, otherwise the AWS way (environment, profile files, IMDS,
+//! `AWS_ENDPOINT_URL`). Requests are retried by the SDK's standard retry strategy (exponential
+//! backoff with jitter on 5xx, SlowDown/throttling, timeouts and connection failures), and every
+//! error is mapped to a precise [`StoreErrorKind`] that keeps the server's code and message.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::RequestId;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as SdkCompletedPart};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+use bytes::Bytes;
+use md5::{Digest, Md5};
+
+use super::rules::{self, MAX_LIST_KEYS};
+use super::{
+    CompletedPart, GetResult, ListPage, ListRequest, ObjectMeta, ObjectStore, ObjectSummary,
+    PartInfo, PartsPage, PutCondition, PutOptions, PutResult, UploadInfo, UploadsMarker,
+    UploadsPage,
+};
+use crate::error::{StoreError, StoreErrorKind};
+
+/// The region used when none is configured anywhere (S3-compatible servers mostly ignore it, but
+/// requests must be signed for some region).
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// Default number of attempts per request (the first one included).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// Timeouts of the S3 client. `None` disables a timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct S3Timeouts {
+    /// Establishing a TCP (and TLS) connection.
+    pub connect: Option<Duration>,
+    /// From the start of a request (its body included) to the first byte of the response.
+    pub read: Option<Duration>,
+    /// One attempt of an operation; a timed-out attempt is retried.
+    pub attempt: Option<Duration>,
+    /// A whole operation, all its retries included.
+    pub operation: Option<Duration>,
+}
+
+impl Default for S3Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Some(Duration::from_secs(5)),
+            read: Some(Duration::from_secs(120)),
+            attempt: None,
+            operation: None,
+        }
+    }
+}
+
+/// Where and how to reach an S3 bucket.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Keys are stored as `prefix/key`; leading and trailing slashes are ignored, an empty prefix
+    /// puts keys at the bucket's root.
+    pub prefix: String,
+    /// An S3-compatible endpoint (`http://127.0.0.1:9000`); `None`: `AWS_ENDPOINT_URL` or AWS.
+    pub endpoint: Option<String>,
+    /// `None`: the AWS region chain (`AWS_REGION`, profile), else [`DEFAULT_REGION`].
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible servers need.
+    pub path_style: bool,
+    /// `(access key id, secret access key)`; `None`: the AWS credential chain.
+    pub credentials: Option<(String, String)>,
+    /// Attempts per request, the first included (at least 1).
+    pub max_attempts: u32,
+    pub timeouts: S3Timeouts,
+    /// The server needs multipart part numbers 1, 2, 3, … without gaps (s3s-fs); see
+    /// [`ObjectStore::requires_contiguous_parts`].
+    pub contiguous_parts: bool,
+}
+
+impl S3Config {
+    /// A configuration for `bucket` with every other setting at its default.
+    pub fn new(bucket: impl Into<String>) -> Self {
+        Self {
+            bucket: bucket.into(),
+            prefix: String::new(),
+            endpoint: None,
+            region: None,
+            path_style: false,
+            credentials: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            timeouts: S3Timeouts::default(),
+            contiguous_parts: false,
+        }
+    }
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self::new("")
+    }
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            // Never print the secret key.
+            .field("access_key", &self.credentials.as_ref().map(|(ak, _)| ak))
+            .field("max_attempts", &self.max_attempts)
+            .field("timeouts", &self.timeouts)
+            .field("contiguous_parts", &self.contiguous_parts)
+            .finish()
+    }
+}
+
+/// An [`ObjectStore`] on an S3 bucket (and prefix).
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    /// Normalized: no leading or trailing slash; empty for the bucket's root.
+    prefix: String,
+    endpoint: Option<String>,
+    region: String,
+    max_attempts: u32,
+    contiguous_parts: bool,
+}
+
+impl fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Store")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+const OP_GET: &str = "get";
+const OP_HEAD: &str = "head";
+const OP_PUT: &str = "put";
+const OP_DELETE: &str = "delete";
+const OP_LIST: &str = "list";
+const OP_CREATE: &str = "create multipart upload";
+const OP_PART: &str = "upload part";
+const OP_PART_COPY: &str = "upload part copy";
+const OP_COMPLETE: &str = "complete multipart upload";
+const OP_ABORT: &str = "abort multipart upload";
+const OP_LIST_PARTS: &str = "list parts";
+const OP_LIST_UPLOADS: &str = "list multipart uploads";
+const OP_OPEN: &str = "open S3 store";
+
+impl S3Store {
+    /// Builds the client. Loads the AWS configuration (environment, profile) for whatever
+    /// `config` leaves unset; no request is sent.
+    pub async fn new(config: S3Config) -> Result<S3Store, StoreError> {
+        let bucket = config.bucket.trim().to_string();
+        if bucket.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidArgument,
+                OP_OPEN,
+                "",
+                "the bucket name is empty",
+            ));
+        }
+        let prefix = config.prefix.trim_matches('/').to_string();
+        if !prefix.is_empty() {
+            rules::validate_key(OP_OPEN, &prefix)?;
+        }
+        let max_attempts = config.max_attempts.max(1);
+
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &config.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &config.endpoint {
+            loader = loader.endpoint_url(endpoint.clone());
+        }
+        if let Some((access_key, secret_key)) = &config.credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                access_key.clone(),
+                secret_key.clone(),
+                None,
+                None,
+                "rivulet-s3-config",
+            ));
+        }
+        let sdk = loader.load().await;
+
+        let t = config.timeouts;
+        let mut timeouts = TimeoutConfig::builder();
+        timeouts
+            .set_connect_timeout(t.connect)
+            .set_read_timeout(t.read)
+            .set_operation_attempt_timeout(t.attempt)
+            .set_operation_timeout(t.operation);
+        let timeouts = timeouts.build();
+        let mut builder = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(config.path_style)
+            // moto and s3s-fs reject (or mangle) aws-chunked bodies with checksum trailers.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(RetryConfig::standard().with_max_attempts(max_attempts))
+            .timeout_config(timeouts);
+        let region = match sdk.region() {
+            Some(r) => r.to_string(),
+            None => {
+                builder = builder.region(Region::new(DEFAULT_REGION));
+                DEFAULT_REGION.to_string()
+            }
+        };
+        let endpoint = config
+            .endpoint
+            .clone()
+            .or_else(|| sdk.endpoint_url().map(str::to_string));
+        Ok(S3Store {
+            client: Client::from_conf(builder.build()),
+            bucket,
+            prefix,
+            endpoint,
+            region,
+            max_attempts,
+            contiguous_parts: config.contiguous_parts,
+        })
+    }
+
+    /// The underlying SDK client (for tests and tools that need raw S3 calls).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The normalized prefix (no leading or trailing slash; empty for the bucket's root).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The key in the bucket of a store key.
+    fn full_key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+
+    /// The bucket prefix that every key of this store starts with (`prefix/` or empty).
+    fn key_root(&self) -> String {
+        if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        }
+    }
+
+    /// A bucket key back to a store key; `None` if it is outside this store's prefix.
+    fn strip<'a>(&self, full: &'a str) -> Option<&'a str> {
+        if self.prefix.is_empty() {
+            Some(full)
+        } else {
+            full.strip_prefix(self.prefix.as_str())?.strip_prefix('/')
+        }
+    }
+
+    /// A per-request override making a single attempt (no SDK retry).
+    fn single_attempt() -> aws_sdk_s3::config::Builder {
+        aws_sdk_s3::config::Builder::default()
+            .retry_config(RetryConfig::standard().with_max_attempts(1))
+    }
+
+    /// A per-request override with the attempts left after the first one.
+    fn remaining_attempts(&self) -> aws_sdk_s3::config::Builder {
+        aws_sdk_s3::config::Builder::default()
+            .retry_config(RetryConfig::standard().with_max_attempts((self.max_attempts - 1).max(1)))
+    }
+
+    /// After a failed first attempt of UploadPart / UploadPartCopy / CompleteMultipartUpload:
+    /// moto answers 500 (not NoSuchUpload) when the upload id is unknown, and retrying a 500 four more times with
+    /// backoff only delays the answer, so a 500 is checked with ListParts first. Returns the
+    /// error to report now, or `None` to retry.
+    async fn check_first_failure(
+        &self,
+        op: &'static str,
+        key: &str,
+        upload_id: &str,
+        status: Option<u16>,
+        err: StoreError,
+    ) -> Option<StoreError> {
+        if !err.is_transient() || self.max_attempts <= 1 {
+            return Some(err);
+        }
+        if status == Some(500) {
+            if let Err(probe) = self.list_parts(key, upload_id, None).await
+                && probe.kind() == StoreErrorKind::NoSuchUpload
+            {
+                return Some(StoreError::new(
+                    StoreErrorKind::NoSuchUpload,
+                    op,
+                    key,
+                    format!(
+                        "upload id {upload_id}: the server answered {} and ListParts reports the \
+                         upload gone ({})",
+                        err.detail(),
+                        probe.detail()
+                    ),
+                ));
+            }
+        } else {
+            // Back off a little before the SDK's own retries take over.
+            let jitter = rand::random_range(50..250);
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
+        }
+        None
+    }
+
+    fn condition_headers(condition: &PutCondition) -> Option<(Option<String>, Option<String>)> {
+        match condition {
+            PutCondition::None => None,
+            PutCondition::IfNoneMatch => Some((None, Some("*".to_string()))),
+            PutCondition::IfMatch(etag) => Some((Some(quote_etag(etag)), None)),
+        }
+    }
+}
+
+/// `"etag"`: HTTP's form of an entity tag in If-Match and in CompleteMultipartUpload.
+fn quote_etag(etag: &str) -> String {
+    format!("\"{}\"", etag.trim_matches('"'))
+}
+
+fn unquote(etag: &str) -> String {
+    etag.trim().trim_matches('"').to_string()
+}
+
+fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> Option<SystemTime> {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+}
+
+fn lower_metadata(
+    metadata: Option<&std::collections::HashMap<String, String>>,
+) -> BTreeMap<String, String> {
+    metadata
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Base64 of the body's MD5, for `Content-MD5`: the server rejects a body damaged in transit.
+fn content_md5(body: &[u8]) -> String {
+    aws_smithy_types::base64::encode(Md5::digest(body))
+}
+
+/// Percent-encodes a key for `x-amz-copy-source`: everything but unreserved characters and `/`.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for &b in key.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The total size in a `Content-Range: bytes a-b/total` header.
+fn content_range_total(header: &str) -> Option<u64> {
+    header.rsplit('/').next()?.trim().parse().ok()
+}
+
+/// A range (end exclusive) as an HTTP byte range (`bytes=first-last`, inclusive).
+fn http_range(range: &Range<u64>) -> String {
+    format!("bytes={}-{}", range.start, range.end - 1)
+}
+
+fn invalid_range(op: &'static str, key: &str, range: &Range<u64>) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::InvalidRange,
+        op,
+        key,
+        format!("range {}..{} is empty or reversed", range.start, range.end),
+    )
+}
+
+/// Classifies a service error by its S3 error code first, then by HTTP status.
+fn classify(status: u16, code: Option<&str>) -> StoreErrorKind {
+    use StoreErrorKind::*;
+    match code {
+        Some("NoSuchKey" | "NotFound" | "NoSuchBucket") => return NotFound,
+        Some("NoSuchUpload") => return NoSuchUpload,
+        Some("PreconditionFailed") => return PreconditionFailed,
+        Some("ConditionalRequestConflict") => return Conflict,
+        Some("EntityTooSmall") => return EntityTooSmall,
+        Some("InvalidPart") => return InvalidPart,
+        Some("InvalidPartOrder") => return InvalidPartOrder,
+        Some("InvalidRange") => return InvalidRange,
+        Some(
+            "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "InvalidToken"
+            | "AllAccessDisabled",
+        ) => return AccessDenied,
+        Some("NotImplemented") => return NotSupported,
+        Some(
+            "SlowDown"
+            | "Throttling"
+            | "ThrottlingException"
+            | "RequestTimeout"
+            | "RequestTimeoutException"
+            | "InternalError"
+            | "ServiceUnavailable"
+            | "BadDigest",
+        ) => return Transient,
+        Some("InvalidArgument" | "KeyTooLongError" | "EntityTooLarge" | "InvalidPartNumber") => {
+            return InvalidArgument;
+        }
+        _ => {}
+    }
+    match status {
+        404 => NotFound,
+        412 => PreconditionFailed,
+        409 => Conflict,
+        416 => InvalidRange,
+        401 | 403 => AccessDenied,
+        501 => NotSupported,
+        408 | 429 => Transient,
+        500..=599 => Transient,
+        _ => Other,
+    }
+}
+
+/// The HTTP status of a service error, if the server answered.
+fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+    match err {
+        SdkError::ServiceError(ctx) => Some(ctx.raw().status().as_u16()),
+        SdkError::ResponseError(ctx) => Some(ctx.raw().status().as_u16()),
+        _ => None,
+    }
+}
+
+/// Maps an SDK error to a [`StoreError`] naming the operation and the store key.
+fn map_err<E>(op: &'static str, key: &str, err: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + RequestId + std::error::Error + Send + Sync + 'static,
+{
+    let (kind, detail) = match &err {
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            let e = ctx.err();
+            let mut kind = classify(status, e.code());
+            // s3s-fs 0.14 requires Complete's part numbers to be exactly 1..=n and answers
+            // 400 InvalidRequest "invalid part order" otherwise.
+            if kind == StoreErrorKind::Other
+                && e.code() == Some("InvalidRequest")
+                && e.message()
+                    .is_some_and(|m| m.contains("invalid part order"))
+            {
+                kind = StoreErrorKind::InvalidPartOrder;
+            }
+            let mut detail = format!("HTTP {status}");
+            if let Some(code) = e.code() {
+                detail.push_str(&format!(" {code}"));
+            }
+            if let Some(message) = e.message() {
+                detail.push_str(&format!(": {message}"));
+            }
+            if let Some(id) = e.request_id() {
+                detail.push_str(&format!(" (request id {id})"));
+            }
+            (kind, detail)
+        }
+        SdkError::TimeoutError(_) => (
+            StoreErrorKind::Transient,
+            format!("timed out: {}", DisplayErrorContext(&err)),
+        ),
+        SdkError::DispatchFailure(failure) => {
+            let kind = if failure.is_user() {
+                StoreErrorKind::Other
+            } else {
+                StoreErrorKind::Transient
+            };
+            (
+                kind,
+                format!(
+                    "request not sent or no answer: {}",
+                    DisplayErrorContext(&err)
+                ),
+            )
+        }
+        SdkError::ResponseError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            (
+                StoreErrorKind::Transient,
+                format!(
+                    "unreadable answer (HTTP {status}): {}",
+                    DisplayErrorContext(&err)
+                ),
+            )
+        }
+        SdkError::ConstructionFailure(_) => (
+            StoreErrorKind::Other,
+            format!("request not built: {}", DisplayErrorContext(&err)),
+        ),
+        _ => (StoreErrorKind::Other, DisplayErrorContext(&err).to_string()),
+    };
+    StoreError::new(kind, op, key, detail).with_source(err)
+}
+
+/// moto answers ListParts with a `<ListPartsResponse>` root instead of S3's `<ListPartsResult>`,
+/// which the SDK refuses to deserialize. When a 200 answer has that root, its parts are read here.
+fn moto_list_parts<E>(err: &SdkError<E, HttpResponse>) -> Option<PartsPage> {
+    let SdkError::ServiceError(ctx) = err else {
+        return None;
+    };
+    if ctx.raw().status().as_u16() != 200 {
+        return None;
+    }
+    let xml = std::str::from_utf8(ctx.raw().body().bytes()?).ok()?;
+    if !xml.contains("<ListPartsResponse") {
+        return None;
+    }
+    let mut page = PartsPage::default();
+    for chunk in xml.split("<Part>").skip(1) {
+        let part = chunk.split("</Part>").next()?;
+        page.parts.push(PartInfo {
+            number: xml_text(part, "PartNumber")?.trim().parse().ok()?,
+            etag: xml_text(part, "ETag")
+                .map(|e| unquote(&xml_unescape(e)))
+                .filter(|e| !e.is_empty()),
+            size: xml_text(part, "Size")?.trim().parse().ok()?,
+        });
+    }
+    if xml_text(xml, "IsTruncated").is_some_and(|t| t.trim() == "true") {
+        page.next_marker = xml_text(xml, "NextPartNumberMarker")
+            .and_then(|m| m.trim().parse().ok())
+            .or_else(|| page.parts.iter().map(|p| p.number).max());
+    }
+    Some(page)
+}
+
+/// The text of the first `<tag>...</tag>` in `xml`.
+fn xml_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))?;
+    Some(&xml[start..start + end])
+}
+
+fn xml_unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&#34;", "\"")
+        .replace("&apos;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+fn body_err(
+    op: &'static str,
+    key: &str,
+    err: impl std::error::Error + Send + Sync + 'static,
+) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Transient,
+        op,
+        key,
+        format!(
+            "reading the response body failed: {}",
+            DisplayErrorContext(&err)
+        ),
+    )
+    .with_source(err)
+}
+
+fn missing(op: &'static str, key: &str, what: &str) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Other,
+        op,
+        key,
+        format!("the server's answer has no {what}"),
+    )
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+
+    fn requires_contiguous_parts(&self) -> bool {
+        self.contiguous_parts
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, StoreError> {
+        rules::validate_key(OP_GET, key)?;
+        let full = self.full_key(key);
+        if let Some(r) = &range {
+            if r.start > r.end {
+                return Err(invalid_range(OP_GET, key, r));
+            }
+            if r.start == r.end {
+                // HTTP cannot ask for zero bytes: read the metadata and check the range.
+                let meta = self.head(key).await?;
+                let resolved = rules::resolve_range(OP_GET, key, Some(r.clone()), meta.size)?;
+                return Ok(GetResult {
+                    meta,
+                    range: resolved.start..resolved.start,
+                    body: Bytes::new(),
+                });
+            }
+        }
+        let mut req = self.client.get_object().bucket(&self.bucket).key(&full);
+        if let Some(r) = &range {
+            req = req.range(http_range(r));
+        }
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) => {
+                let err = map_err(OP_GET, key, e);
+                // `0..n` of an empty object reads nothing (416 from the server): check with a
+                // plain GET that the object is indeed empty.
+                if err.kind() == StoreErrorKind::InvalidRange
+                    && range.as_ref().is_some_and(|r| r.start == 0)
+                {
+                    let whole = self.get(key, None).await?;
+                    if whole.meta.size == 0 {
+                        return Ok(whole);
+                    }
+                }
+                return Err(err);
+            }
+        };
+        let content_range = out.content_range().map(str::to_string);
+        let length = out.content_length().map(|l| l.max(0) as u64);
+        let mut meta = ObjectMeta {
+            key: key.to_string(),
+            size: 0,
+            etag: unquote(out.e_tag().ok_or_else(|| missing(OP_GET, key, "ETag"))?),
+            last_modified: to_system_time(out.last_modified()),
+            content_type: out.content_type().map(str::to_string),
+            metadata: lower_metadata(out.metadata()),
+        };
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| body_err(OP_GET, key, e))?
+            .into_bytes();
+        match (range, content_range) {
+            (Some(r), Some(cr)) => {
+                meta.size = content_range_total(&cr).ok_or_else(|| {
+                    StoreError::new(
+                        StoreErrorKind::Other,
+                        OP_GET,
+                        key,
+                        format!("unparsable Content-Range {cr:?}"),
+                    )
+                })?;
+                let expected = r.start..r.end.min(meta.size);
+                if body.len() as u64 != expected.end - expected.start {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Transient,
+                        OP_GET,
+                        key,
+                        format!(
+                            "asked for bytes {}..{} ({cr}), got {} bytes",
+                            expected.start,
+                            expected.end,
+                            body.len()
+                        ),
+                    ));
+                }
+                Ok(GetResult {
+                    meta,
+                    range: expected,
+                    body,
+                })
+            }
+            (Some(r), None) => {
+                // The server ignored the Range header and sent the whole object.
+                meta.size = body.len() as u64;
+                let resolved = rules::resolve_range(OP_GET, key, Some(r), meta.size)?;
+                let body = body.slice(resolved.start as usize..resolved.end as usize);
+                Ok(GetResult {
+                    meta,
+                    range: resolved,
+                    body,
+                })
+            }
+            (None, _) => {
+                meta.size = body.len() as u64;
+                if let Some(len) = length
+                    && len != meta.size
+                {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Transient,
+                        OP_GET,
+                        key,
+                        format!("Content-Length is {len} but {} bytes arrived", meta.size),
+                    ));
+                }
+                Ok(GetResult {
+                    range: 0..meta.size,
+                    meta,
+                    body,
+                })
+            }
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        rules::validate_key(OP_HEAD, key)?;
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| map_err(OP_HEAD, key, e))?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: out
+                .content_length()
+                .ok_or_else(|| missing(OP_HEAD, key, "Content-Length"))?
+                .max(0) as u64,
+            etag: unquote(out.e_tag().ok_or_else(|| missing(OP_HEAD, key, "ETag"))?),
+            last_modified: to_system_time(out.last_modified()),
+            content_type: out.content_type().map(str::to_string),
+            metadata: lower_metadata(out.metadata()),
+        })
+    }
+
+    async fn put(&self, key: &str, body: Bytes, opts: PutOptions) -> Result<PutResult, StoreError> {
+        rules::validate_key(OP_PUT, key)?;
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .content_md5(content_md5(&body))
+            .content_length(body.len() as i64)
+            .set_content_type(opts.content_type.clone())
+            .body(ByteStream::from(body));
+        for (name, value) in &opts.metadata {
+            req = req.metadata(name, value);
+        }
+        if let Some((if_match, if_none_match)) = Self::condition_headers(&opts.condition) {
+            req = req.set_if_match(if_match).set_if_none_match(if_none_match);
+        }
+        let out = req.send().await.map_err(|e| map_err(OP_PUT, key, e))?;
+        Ok(PutResult {
+            etag: unquote(out.e_tag().ok_or_else(|| missing(OP_PUT, key, "ETag"))?),
+        })
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        rules::validate_key(OP_DELETE, key)?;
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = map_err(OP_DELETE, key, e);
+                // S3 answers 204 for a missing key; some servers answer 404 NoSuchKey.
+                if err.kind() == StoreErrorKind::NotFound && !err.detail().contains("NoSuchBucket")
+                {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn list(&self, req: ListRequest) -> Result<ListPage, StoreError> {
+        let max_keys = req
+            .max_keys
+            .unwrap_or(MAX_LIST_KEYS)
+            .clamp(1, MAX_LIST_KEYS);
+        let full_prefix = format!("{}{}", self.key_root(), req.prefix);
+        // Only a non-empty delimiter is sent: s3s-fs takes an empty `delimiter=` as a delimiter.
+        let delimiter = req.delimiter.filter(|d| !d.is_empty());
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full_prefix)
+            .set_delimiter(delimiter)
+            .set_continuation_token(req.continuation)
+            .max_keys(max_keys as i32)
+            .send()
+            .await
+            .map_err(|e| map_err(OP_LIST, &req.prefix, e))?;
+        let mut page = ListPage::default();
+        for obj in out.contents() {
+            let Some(key) = obj.key().and_then(|k| self.strip(k)) else {
+                continue;
+            };
+            page.objects.push(ObjectSummary {
+                key: key.to_string(),
+                size: obj.size().unwrap_or(0).max(0) as u64,
+                etag: obj.e_tag().map(unquote).unwrap_or_default(),
+                last_modified: to_system_time(obj.last_modified()),
+            });
+        }
+        for cp in out.common_prefixes() {
+            if let Some(p) = cp.prefix().and_then(|p| self.strip(p)) {
+                page.common_prefixes.push(p.to_string());
+            }
+        }
+        if out.is_truncated() == Some(true) {
+            page.next = out.next_continuation_token().map(str::to_string);
+            if page.next.is_none() {
+                return Err(StoreError::new(
+                    StoreErrorKind::Other,
+                    OP_LIST,
+                    &req.prefix,
+                    "the listing is truncated but has no continuation token",
+                ));
+            }
+        }
+        Ok(page)
+    }
+
+    async fn create_multipart(&self, key: &str, opts: PutOptions) -> Result<String, StoreError> {
+        rules::validate_key(OP_CREATE, key)?;
+        let mut req = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .set_content_type(opts.content_type.clone());
+        for (name, value) in &opts.metadata {
+            req = req.metadata(name, value);
+        }
+        let out = req.send().await.map_err(|e| map_err(OP_CREATE, key, e))?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| missing(OP_CREATE, key, "upload id"))
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        rules::validate_key(OP_PART, key)?;
+        rules::validate_part_number(OP_PART, key, part_number)?;
+        rules::validate_part_size(OP_PART, key, body.len() as u64)?;
+        let full = self.full_key(key);
+        let md5 = content_md5(&body);
+        let request = || {
+            self.client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(&full)
+                .upload_id(upload_id)
+                .part_number(part_number as i32)
+                .content_md5(&md5)
+                .content_length(body.len() as i64)
+                .body(ByteStream::from(body.clone()))
+                .customize()
+        };
+        let out = match request()
+            .config_override(Self::single_attempt())
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let status = status_of(&e);
+                let err = map_err(OP_PART, key, e);
+                if let Some(err) = self
+                    .check_first_failure(OP_PART, key, upload_id, status, err)
+                    .await
+                {
+                    return Err(err);
+                }
+                request()
+                    .config_override(self.remaining_attempts())
+                    .send()
+                    .await
+                    .map_err(|e| map_err(OP_PART, key, e))?
+            }
+        };
+        out.e_tag()
+            .map(unquote)
+            .ok_or_else(|| missing(OP_PART, key, "ETag"))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        source_key: &str,
+        range: Range<u64>,
+        source_if_match: Option<&str>,
+    ) -> Result<String, StoreError> {
+        rules::validate_key(OP_PART_COPY, key)?;
+        rules::validate_key(OP_PART_COPY, source_key)?;
+        rules::validate_part_number(OP_PART_COPY, key, part_number)?;
+        if range.start >= range.end {
+            return Err(invalid_range(OP_PART_COPY, source_key, &range));
+        }
+        rules::validate_part_size(OP_PART_COPY, key, range.end - range.start)?;
+        let full = self.full_key(key);
+        let copy_source = format!("{}/{}", self.bucket, encode_key(&self.full_key(source_key)));
+        let request = || {
+            self.client
+                .upload_part_copy()
+                .bucket(&self.bucket)
+                .key(&full)
+                .upload_id(upload_id)
+                .part_number(part_number as i32)
+                .copy_source(&copy_source)
+                .copy_source_range(http_range(&range))
+                .set_copy_source_if_match(source_if_match.map(quote_etag))
+                .customize()
+        };
+        let out = match request()
+            .config_override(Self::single_attempt())
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let status = status_of(&e);
+                let err = map_err(OP_PART_COPY, key, e);
+                if let Some(err) = self
+                    .check_first_failure(OP_PART_COPY, key, upload_id, status, err)
+                    .await
+                {
+                    return Err(err);
+                }
+                request()
+                    .config_override(self.remaining_attempts())
+                    .send()
+                    .await
+                    .map_err(|e| map_err(OP_PART_COPY, key, e))?
+            }
+        };
+        out.copy_part_result()
+            .and_then(|r| r.e_tag())
+            .map(unquote)
+            .ok_or_else(|| missing(OP_PART_COPY, key, "ETag"))
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        condition: PutCondition,
+    ) -> Result<PutResult, StoreError> {
+        rules::validate_key(OP_COMPLETE, key)?;
+        if parts.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidPartOrder,
+                OP_COMPLETE,
+                key,
+                "the part list is empty",
+            ));
+        }
+        let mut previous = 0;
+        for part in parts {
+            rules::validate_part_number(OP_COMPLETE, key, part.number)?;
+            if part.number <= previous {
+                return Err(StoreError::new(
+                    StoreErrorKind::InvalidPartOrder,
+                    OP_COMPLETE,
+                    key,
+                    format!(
+                        "part {} follows part {previous}: numbers must ascend",
+                        part.number
+                    ),
+                ));
+            }
+            previous = part.number;
+        }
+        let upload = CompletedMultipartUpload::builder()
+            .set_parts(Some(
+                parts
+                    .iter()
+                    .map(|p| {
+                        SdkCompletedPart::builder()
+                            .part_number(p.number as i32)
+                            .e_tag(quote_etag(&p.etag))
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .build();
+        let (if_match, if_none_match) = Self::condition_headers(&condition).unwrap_or_default();
+        let full = self.full_key(key);
+        let request = || {
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&full)
+                .upload_id(upload_id)
+                .multipart_upload(upload.clone())
+                .set_if_match(if_match.clone())
+                .set_if_none_match(if_none_match.clone())
+                .customize()
+        };
+        // As for UploadPart: moto answers 500 to an unknown upload id.
+        let out = match request()
+            .config_override(Self::single_attempt())
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let status = status_of(&e);
+                let err = map_err(OP_COMPLETE, key, e);
+                if let Some(err) = self
+                    .check_first_failure(OP_COMPLETE, key, upload_id, status, err)
+                    .await
+                {
+                    return Err(err);
+                }
+                request()
+                    .config_override(self.remaining_attempts())
+                    .send()
+                    .await
+                    .map_err(|e| map_err(OP_COMPLETE, key, e))?
+            }
+        };
+        Ok(PutResult {
+            etag: unquote(
+                out.e_tag()
+                    .ok_or_else(|| missing(OP_COMPLETE, key, "ETag"))?,
+            ),
+        })
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        rules::validate_key(OP_ABORT, key)?;
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| map_err(OP_ABORT, key, e))?;
+        Ok(())
+    }
+
+    async fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        marker: Option<u32>,
+    ) -> Result<PartsPage, StoreError> {
+        rules::validate_key(OP_LIST_PARTS, key)?;
+        let result = self
+            .client
+            .list_parts()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .upload_id(upload_id)
+            .set_part_number_marker(marker.map(|m| m.to_string()))
+            .send()
+            .await;
+        let mut page = match result {
+            Ok(out) => {
+                let mut page = PartsPage::default();
+                for part in out.parts() {
+                    let Some(number) = part.part_number() else {
+                        continue;
+                    };
+                    page.parts.push(PartInfo {
+                        number: number.max(0) as u32,
+                        etag: part.e_tag().map(unquote).filter(|e| !e.is_empty()),
+                        size: part.size().unwrap_or(0).max(0) as u64,
+                    });
+                }
+                if out.is_truncated() == Some(true) {
+                    page.next_marker = out
+                        .next_part_number_marker()
+                        .and_then(|m| m.trim().parse().ok())
+                        .or_else(|| page.parts.iter().map(|p| p.number).max());
+                }
+                page
+            }
+            Err(e) => match moto_list_parts(&e) {
+                Some(page) => page,
+                None => return Err(map_err(OP_LIST_PARTS, key, e)),
+            },
+        };
+        // S3 lists parts in ascending order after the marker; s3s-fs lists them in directory
+        // order and ignores the marker.
+        page.parts.retain(|p| marker.is_none_or(|m| p.number > m));
+        page.parts.sort_by_key(|p| p.number);
+        Ok(page)
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        prefix: &str,
+        marker: Option<UploadsMarker>,
+    ) -> Result<UploadsPage, StoreError> {
+        let (key_marker, upload_id_marker) = match marker {
+            Some(m) => (Some(self.full_key(&m.key)), Some(m.upload_id)),
+            None => (None, None),
+        };
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(format!("{}{prefix}", self.key_root()))
+            .set_key_marker(key_marker)
+            .set_upload_id_marker(upload_id_marker)
+            .send()
+            .await
+            .map_err(|e| map_err(OP_LIST_UPLOADS, prefix, e))?;
+        let mut page = UploadsPage::default();
+        for upload in out.uploads() {
+            let (Some(key), Some(upload_id)) =
+                (upload.key().and_then(|k| self.strip(k)), upload.upload_id())
+            else {
+                continue;
+            };
+            page.uploads.push(UploadInfo {
+                key: key.to_string(),
+                upload_id: upload_id.to_string(),
+                initiated: to_system_time(upload.initiated()),
+            });
+        }
+        if out.is_truncated() == Some(true) {
+            let key = out
+                .next_key_marker()
+                .and_then(|k| self.strip(k))
+                .map(str::to_string);
+            let upload_id = out.next_upload_id_marker().map(str::to_string);
+            page.next = match (key, upload_id) {
+                (Some(key), Some(upload_id)) => Some(UploadsMarker { key, upload_id }),
+                _ => page.uploads.last().map(|u| UploadsMarker {
+                    key: u.key.clone(),
+                    upload_id: u.upload_id.clone(),
+                }),
+            };
+        }
+        Ok(page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_by_code_then_status() {
+        use StoreErrorKind::*;
+        assert_eq!(classify(404, Some("NoSuchKey")), NotFound);
+        assert_eq!(classify(404, Some("NoSuchUpload")), NoSuchUpload);
+        assert_eq!(classify(404, None), NotFound);
+        assert_eq!(
+            classify(412, Some("PreconditionFailed")),
+            PreconditionFailed
+        );
+        assert_eq!(classify(409, Some("ConditionalRequestConflict")), Conflict);
+        assert_eq!(classify(400, Some("EntityTooSmall")), EntityTooSmall);
+        assert_eq!(classify(400, Some("InvalidPart")), InvalidPart);
+        assert_eq!(classify(400, Some("InvalidPartOrder")), InvalidPartOrder);
+        assert_eq!(classify(416, None), InvalidRange);
+        assert_eq!(classify(403, Some("SignatureDoesNotMatch")), AccessDenied);
+        assert_eq!(classify(403, Some("InvalidAccessKeyId")), AccessDenied);
+        assert_eq!(classify(501, Some("NotImplemented")), NotSupported);
+        assert_eq!(classify(503, Some("SlowDown")), Transient);
+        assert_eq!(classify(500, None), Transient);
+        assert_eq!(classify(400, Some("RequestTimeout")), Transient);
+        assert_eq!(classify(400, Some("MalformedXML")), Other);
+    }
+
+    #[test]
+    fn keys_ranges_and_etags_are_encoded() {
+        assert_eq!(encode_key("a b/c+d%é"), "a%20b/c%2Bd%25%C3%A9");
+        assert_eq!(http_range(&(0..10)), "bytes=0-9");
+        assert_eq!(content_range_total("bytes 0-4/10"), Some(10));
+        assert_eq!(quote_etag("abc"), "\"abc\"");
+        assert_eq!(quote_etag("\"abc\""), "\"abc\"");
+        assert_eq!(unquote("\"abc\""), "abc");
+    }
+
+    #[tokio::test]
+    async fn prefix_is_normalized_and_described() {
+        let mut config = S3Config::new("bucket");
+        config.prefix = "/a/b/".into();
+        config.region = Some("us-east-1".into());
+        config.endpoint = Some("http://127.0.0.1:1".into());
+        config.credentials = Some(("ak".into(), "sk".into()));
+        let store = S3Store::new(config.clone()).await.unwrap();
+        assert_eq!(store.describe(), "s3://bucket/a/b");
+        assert_eq!(store.full_key("k"), "a/b/k");
+        assert_eq!(store.strip("a/b/k"), Some("k"));
+        assert_eq!(store.strip("a/bk"), None);
+        assert!(
+            !format!("{config:?}").contains("sk"),
+            "the secret must not be printed"
+        );
+
+        config.prefix = String::new();
+        let root = S3Store::new(config).await.unwrap();
+        assert_eq!(root.describe(), "s3://bucket");
+        assert_eq!(root.full_key("k"), "k");
+    }
+
+    #[tokio::test]
+    async fn invalid_keys_are_rejected_before_any_request() {
+        let mut config = S3Config::new("bucket");
+        config.region = Some("us-east-1".into());
+        // Nothing listens here: a request would fail with Transient, not InvalidKey.
+        config.endpoint = Some("http://127.0.0.1:1".into());
+        config.credentials = Some(("ak".into(), "sk".into()));
+        config.max_attempts = 1;
+        let store = S3Store::new(config).await.unwrap();
+        for bad in ["", "/abs", "a/../b"] {
+            let err = store.head(bad).await.unwrap_err();
+            assert_eq!(err.kind(), StoreErrorKind::InvalidKey, "{bad:?}");
+        }
+        let err = store.head("ok").await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Transient, "{err}");
+        assert!(S3Store::new(S3Config::new("")).await.is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! The writer's local disk cache of uploaded parts, which makes an open file readable at any
+//! offset (S3 serves no part of an upload until it completes). One directory per upload, named
+//! after the upload so that a writer recovered in a new process on the same cache directory can
+//! adopt the parts a crashed one left behind. Removed at close and when a writer is dropped.
+//!
+//! The cache is not fsynced: it is a read cache, never the source of truth. A part whose file is
+//! missing or has the wrong size is treated as not cached.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::WriterError;
+
+#[derive(Debug, Clone)]
+pub(crate) struct PartCache {
+    dir: PathBuf,
+}
+
+fn cache_err(path: &Path, source: std::io::Error) -> WriterError {
+    WriterError::Cache {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, WriterError> + Send + 'static,
+) -> Result<T, WriterError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| WriterError::Cache {
+            path: "<cache task>".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+}
+
+impl PartCache {
+    /// The cache of one upload under `root`; creates its directory.
+    pub(crate) async fn open(root: &Path, upload_id: &str) -> Result<Self, WriterError> {
+        let dir = root.join(super::tail::upload_hash(upload_id));
+        let create = dir.clone();
+        blocking(move || std::fs::create_dir_all(&create).map_err(|e| cache_err(&create, e)))
+            .await?;
+        Ok(Self { dir })
+    }
+
+    pub(crate) fn part_path(&self, number: u32) -> PathBuf {
+        self.dir.join(format!("part-{number:05}"))
+    }
+
+    /// Writes a part's bytes; returns the file's path.
+    pub(crate) async fn write(&self, number: u32, body: Bytes) -> Result<PathBuf, WriterError> {
+        let path = self.part_path(number);
+        let target = path.clone();
+        blocking(move || {
+            let mut file = std::fs::File::create(&target).map_err(|e| cache_err(&target, e))?;
+            file.write_all(&body).map_err(|e| cache_err(&target, e))?;
+            Ok(())
+        })
+        .await?;
+        Ok(path)
+    }
+
+    /// Whether a part is cached with the expected size.
+    pub(crate) fn has(&self, number: u32, size: u64) -> bool {
+        std::fs::metadata(self.part_path(number)).is_ok_and(|m| m.len() == size)
+    }
+
+    pub(crate) fn remove_part(&self, number: u32) {
+        let _ = std::fs::remove_file(self.part_path(number));
+    }
+
+    pub(crate) fn remove_all(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads `range` of a cached part file.
+pub(crate) async fn read_range(path: PathBuf, range: Range<u64>) -> Result<Bytes, WriterError> {
+    blocking(move || {
+        let mut file = std::fs::File::open(&path).map_err(|e| cache_err(&path, e))?;
+        file.seek(SeekFrom::Start(range.start))
+            .map_err(|e| cache_err(&path, e))?;
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        file.read_exact(&mut buf).map_err(|e| cache_err(&path, e))?;
+        Ok(Bytes::from(buf))
+    })
+    .await
+}

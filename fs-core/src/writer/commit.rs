@@ -1,0 +1,244 @@
+//! Completing a closed file's upload, atomically and idempotently.
+//!
+//! S3's CompleteMultipartUpload makes the object appear whole or not at all. What needs care is
+//! a commit that is retried (an answer lost in a timeout, a process that crashed after
+//! completing but before recording it): the upload is gone then, and a conditional complete
+//! may fail against our own object. So on `NoSuchUpload` or `PreconditionFailed` the committer
+//! checks ownership itself: the object must exist with the token's size and carry this
+//! writer's id (or, on stores that drop metadata, the multipart ETag of the token's parts).
+//! Flink accepts any object of the right length; a replaced object is an error here.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Shared, WRITER_ID_METADATA, WriterError, maintenance};
+use crate::error::StoreErrorKind;
+use crate::store::{CompletedPart, ObjectStoreExt, PutOptions, rules};
+use crate::token::CommitToken;
+
+/// What a successful commit produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitOutcome {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    /// True when the object had already been committed by an earlier call.
+    pub already_committed: bool,
+}
+
+/// Completes one file's upload. Cheap to clone; every method may be called any number of
+/// times, in any process that has the token.
+#[derive(Clone)]
+pub struct Committer {
+    shared: Arc<Shared>,
+    token: CommitToken,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer")
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+impl Committer {
+    pub(crate) fn new(shared: Arc<Shared>, token: CommitToken) -> Self {
+        Self { shared, token }
+    }
+
+    /// The token that lets another process finish this commit.
+    pub fn token(&self) -> &CommitToken {
+        &self.token
+    }
+
+    /// Publishes the file: the object appears whole, atomically. Idempotent.
+    pub async fn commit(&self) -> Result<CommitOutcome, WriterError> {
+        let outcome = if self.token.parts.is_empty() {
+            self.commit_empty().await?
+        } else {
+            self.complete().await?
+        };
+        self.forget_upload().await?;
+        Ok(outcome)
+    }
+
+    /// Flink's name for a commit after a restore: it first checks whether this token's object
+    /// was already published (some servers, moto among them, accept a second complete of a
+    /// completed upload, so asking the store to complete again would prove nothing), then
+    /// commits. It fails if the object was replaced since.
+    pub async fn commit_after_recovery(&self) -> Result<CommitOutcome, WriterError> {
+        let t = &self.token;
+        let store = &self.shared.store;
+        if let Some(meta) = self
+            .shared
+            .config
+            .retry
+            .run(|| store.head_opt(&t.key))
+            .await?
+            && self.is_ours(&meta)
+        {
+            self.forget_upload().await?;
+            return Ok(CommitOutcome {
+                key: t.key.clone(),
+                size: meta.size,
+                etag: meta.etag,
+                already_committed: true,
+            });
+        }
+        self.commit().await
+    }
+
+    /// The upload is gone: no token of it can be resumed any more, so its tails and its index
+    /// entry go too.
+    async fn forget_upload(&self) -> Result<(), WriterError> {
+        maintenance::delete_upload_tails(&self.shared, &self.token.upload_id).await;
+        let upload = self.token.upload_id.clone();
+        self.shared
+            .index_update(move |i, s| i.remove(s, &upload))
+            .await
+    }
+
+    /// Whether `meta` is this token's committed object: same size, and this writer's id in its
+    /// metadata or (on stores that drop metadata) the multipart ETag of the token's parts.
+    fn is_ours(&self, meta: &crate::store::ObjectMeta) -> bool {
+        let t = &self.token;
+        let ours_by_id = meta.metadata.get(WRITER_ID_METADATA) == Some(&t.writer_id);
+        let ours_by_etag = !t.parts.is_empty()
+            && rules::multipart_etag(t.parts.iter().map(|p| p.etag.as_str())).as_deref()
+                == Some(meta.etag.as_str());
+        meta.size == t.len() && (ours_by_id || ours_by_etag)
+    }
+
+    async fn complete(&self) -> Result<CommitOutcome, WriterError> {
+        let t = &self.token;
+        let parts: Vec<CompletedPart> = t
+            .parts
+            .iter()
+            .map(|p| CompletedPart {
+                number: p.number,
+                etag: p.etag.clone(),
+            })
+            .collect();
+        let store = &self.shared.store;
+        let result = self
+            .shared
+            .config
+            .retry
+            .run(|| store.complete_multipart(&t.key, &t.upload_id, &parts, t.condition.clone()))
+            .await;
+        match result {
+            Ok(put) => Ok(CommitOutcome {
+                key: t.key.clone(),
+                size: t.len(),
+                etag: put.etag,
+                already_committed: false,
+            }),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    StoreErrorKind::NoSuchUpload
+                        | StoreErrorKind::PreconditionFailed
+                        | StoreErrorKind::NotFound
+                ) =>
+            {
+                self.verify_committed(&e.to_string()).await
+            }
+            // s3s-fs answers 403 for an upload that no longer exists: it may be ours, done.
+            Err(e) if e.kind() == StoreErrorKind::AccessDenied => self
+                .verify_committed(&e.to_string())
+                .await
+                .map_err(|_| e.into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// An empty file: S3 cannot complete an upload without parts, so it is a PUT of an empty
+    /// object (under the same condition) and the upload is aborted.
+    async fn commit_empty(&self) -> Result<CommitOutcome, WriterError> {
+        let t = &self.token;
+        // The upload is aborted right after the PUT: if it is gone, this commit already ran,
+        // and a second PUT could overwrite a newer object.
+        match super::listed_parts(&self.shared, &t.key, &t.upload_id).await {
+            Err(e) if e.kind() == StoreErrorKind::NoSuchUpload => {
+                return self.verify_committed("the upload is gone").await;
+            }
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        let mut opts = PutOptions {
+            condition: t.condition.clone(),
+            ..Default::default()
+        };
+        opts.metadata
+            .insert(WRITER_ID_METADATA.into(), t.writer_id.clone());
+        let store = &self.shared.store;
+        let result = self
+            .shared
+            .config
+            .retry
+            .run(|| store.put(&t.key, Bytes::new(), opts.clone()))
+            .await;
+        let outcome = match result {
+            Ok(put) => CommitOutcome {
+                key: t.key.clone(),
+                size: 0,
+                etag: put.etag,
+                already_committed: false,
+            },
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    StoreErrorKind::PreconditionFailed | StoreErrorKind::NotFound
+                ) =>
+            {
+                self.verify_committed(&e.to_string()).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match store.abort_multipart(&t.key, &t.upload_id).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == StoreErrorKind::NoSuchUpload => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not abort the upload of an empty file; gc will")
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Whether the object at the token's key is this token's commit.
+    async fn verify_committed(&self, why: &str) -> Result<CommitOutcome, WriterError> {
+        let t = &self.token;
+        let store = &self.shared.store;
+        let meta = self
+            .shared
+            .config
+            .retry
+            .run(|| store.head_opt(&t.key))
+            .await?;
+        let fail = |detail: String| WriterError::Commit {
+            key: t.key.clone(),
+            detail,
+        };
+        let Some(meta) = meta else {
+            return Err(fail(format!(
+                "the upload is gone and no object exists ({why}): it was aborted or expired before it was committed"
+            )));
+        };
+        if self.is_ours(&meta) {
+            return Ok(CommitOutcome {
+                key: t.key.clone(),
+                size: meta.size,
+                etag: meta.etag,
+                already_committed: true,
+            });
+        }
+        Err(fail(format!(
+            "the object was not written by this commit ({why}; it has {} bytes and ETag {}, this commit has {} bytes): it was replaced, or changed since the file was opened",
+            meta.size,
+            meta.etag,
+            t.len()
+        )))
+    }
+}

@@ -1,0 +1,918 @@
+//! One file being written: an open multipart upload, the parts uploaded or in flight, and the
+//! tail of bytes not yet in a part.
+//!
+//! ```text
+//!            write / truncate / persist / read_at
+//!              ┌────┐
+//!              ▼    │
+//! open ──▶  Open ───┘ ──close_for_commit──▶ Closed ──▶ (Committer)
+//!  recover ──▶ │
+//!              └── part upload fails for good ──▶ Failed (recover from the last token)
+//! ```
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinSet;
+
+use super::cache::{self, PartCache};
+use super::{Committer, Shared, WRITER_ID_METADATA, WriterError, listed_parts, max_file_len, tail};
+use crate::error::{StoreError, StoreErrorKind};
+use crate::store::{ObjectStoreExt, PutCondition, PutOptions, limits};
+use crate::token::{CommitToken, PartRecord, ResumeToken, Token};
+
+/// Where the bytes of an uploaded part can be read back from while the upload is open.
+#[derive(Debug, Clone)]
+enum PartSource {
+    /// In the local part cache.
+    Cached(PathBuf),
+    /// Copied server-side from `key` (at ETag `etag`) starting at `offset`: read from there.
+    Copied {
+        key: String,
+        etag: String,
+        offset: u64,
+    },
+    /// Uploaded before this writer was recovered, and not in the cache: unreadable until commit.
+    Remote,
+}
+
+#[derive(Debug, Clone)]
+struct Part {
+    number: u32,
+    size: u64,
+    /// `None` while the upload is in flight.
+    etag: Option<String>,
+    source: PartSource,
+}
+
+/// Where a [`FileWriter`] is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriterState {
+    /// Accepts writes, persists, truncates and reads.
+    Open,
+    /// `close_for_commit` was called: a committer owns the upload now.
+    Closed,
+    /// A part upload failed for good; the writer refuses everything but drop.
+    Failed(String),
+}
+
+type PartResult = (u32, Result<String, StoreError>);
+
+/// One file being written. Not `Clone`: exactly one writer owns an upload at a time.
+pub struct FileWriter {
+    shared: Arc<Shared>,
+    key: String,
+    upload_id: String,
+    writer_id: String,
+    condition: PutCondition,
+    parts: Vec<Part>,
+    parts_len: u64,
+    tail: BytesMut,
+    next_part: u32,
+    seq: u64,
+    /// Random per writer instance, part of tail keys: see `tail::tail_key`.
+    session: String,
+    in_flight: JoinSet<PartResult>,
+    /// Bytes held in memory by in-flight part uploads, by part number.
+    in_flight_bytes: HashMap<u32, u64>,
+    peak_buffered: u64,
+    state: WriterState,
+    /// Whether a token was handed out: then dropping the writer must not abort the upload,
+    /// since someone may recover from that token (Flink's close-after-persist bug).
+    persisted: bool,
+    cache: PartCache,
+    /// The store needs part numbers without gaps, so numbers are reused (see `reuse_numbers_from`).
+    contiguous: bool,
+    /// Tail keys of the tokens this writer handed out or resumed from, with the highest part
+    /// number each references: on a contiguous store, reusing a number invalidates them.
+    issued: Vec<(String, u32)>,
+}
+
+impl std::fmt::Debug for FileWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWriter")
+            .field("key", &self.key)
+            .field("upload_id", &self.upload_id)
+            .field("len", &self.len())
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+impl FileWriter {
+    async fn new_upload(
+        shared: Arc<Shared>,
+        key: &str,
+        condition: PutCondition,
+    ) -> Result<Self, WriterError> {
+        let writer_id = uuid::Uuid::new_v4().simple().to_string();
+        let mut opts = PutOptions::default();
+        opts.metadata
+            .insert(WRITER_ID_METADATA.into(), writer_id.clone());
+        // Retried like everything else. S3 has no idempotency key for this call, so a create
+        // whose answer was lost leaves an empty upload behind (no parts, no storage cost) for
+        // an abort-incomplete-uploads lifecycle rule or `rivulet gc --all-uploads`.
+        let store = &shared.store;
+        let upload_id = shared
+            .config
+            .retry
+            .run(|| store.create_multipart(key, opts.clone()))
+            .await?;
+        let (k, u) = (key.to_string(), upload_id.clone());
+        shared
+            .index_update(move |i, s| i.record_open(s, &k, &u))
+            .await?;
+        let cache = PartCache::open(&shared.config.cache_dir, &upload_id).await?;
+        let shared_contiguous = shared.store.requires_contiguous_parts();
+        Ok(Self {
+            shared,
+            key: key.to_string(),
+            upload_id,
+            writer_id,
+            condition,
+            parts: Vec::new(),
+            parts_len: 0,
+            tail: BytesMut::new(),
+            next_part: 1,
+            seq: 0,
+            session: new_session(),
+            in_flight: JoinSet::new(),
+            in_flight_bytes: HashMap::new(),
+            peak_buffered: 0,
+            state: WriterState::Open,
+            persisted: false,
+            cache,
+            contiguous: shared_contiguous,
+            issued: Vec::new(),
+        })
+    }
+
+    pub(super) async fn create(
+        shared: Arc<Shared>,
+        key: &str,
+        condition: PutCondition,
+    ) -> Result<Self, WriterError> {
+        Self::new_upload(shared, key, condition).await
+    }
+
+    /// Opens `key` with its current content (all of it, or the first `keep` bytes, extended
+    /// with zeros if `keep` is longer), copying it server-side.
+    pub(super) async fn open_existing(
+        shared: Arc<Shared>,
+        key: &str,
+        keep: Option<u64>,
+    ) -> Result<Self, WriterError> {
+        let existing = shared
+            .config
+            .retry
+            .run(|| shared.store.head_opt(key))
+            .await?;
+        let Some(meta) = existing else {
+            if keep.is_some() {
+                return Err(WriterError::Truncate {
+                    key: key.to_string(),
+                    detail: "the object does not exist".into(),
+                });
+            }
+            return Self::new_upload(shared, key, PutCondition::IfNoneMatch).await;
+        };
+        let target = keep.unwrap_or(meta.size);
+        if target > max_file_len(shared.config.part_size).max(meta.size) {
+            return Err(WriterError::TooManyParts {
+                key: key.to_string(),
+                part_size: shared.config.part_size,
+                max_len: max_file_len(shared.config.part_size),
+            });
+        }
+        let mut file =
+            Self::new_upload(shared, key, PutCondition::IfMatch(meta.etag.clone())).await?;
+        let kept = target.min(meta.size);
+        file.copy_prefix(key, &meta.etag, kept).await?;
+        if target > kept {
+            file.write_zeros(target - kept).await?;
+        }
+        Ok(file)
+    }
+
+    /// Makes `source[0..len)` the file's start: server-side copies in parts of at least the
+    /// part size, or a download into the tail when it is below the minimum part size.
+    async fn copy_prefix(&mut self, source: &str, etag: &str, len: u64) -> Result<(), WriterError> {
+        if len < self.shared.store.min_part_size() {
+            if len > 0 {
+                let got = self
+                    .shared
+                    .config
+                    .retry
+                    .run(|| self.shared.store.get(source, Some(0..len)))
+                    .await?;
+                check_source_etag(&self.key, source, etag, &got.meta.etag)?;
+                self.tail.extend_from_slice(&got.body);
+            }
+            return Ok(());
+        }
+        // Enough parts of at least part_size; the last one absorbs the remainder so that
+        // nothing needs downloading. Very large objects get larger parts to stay under the cap.
+        let reserve = u64::from(limits::MAX_PART_NUMBER) - 1000;
+        let chunk = self.shared.config.part_size.max(len.div_ceil(reserve));
+        let count = (len / chunk).max(1);
+        for i in 0..count {
+            let start = i * chunk;
+            let end = if i + 1 == count { len } else { start + chunk };
+            self.spawn_copy(source, etag, start..end).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn recover(
+        shared: Arc<Shared>,
+        token: &ResumeToken,
+    ) -> Result<Self, WriterError> {
+        let fail = |detail: String| WriterError::Recover {
+            key: token.key.clone(),
+            detail,
+        };
+        // 1. The upload must still exist and hold the token's parts.
+        let listed = match listed_parts(&shared, &token.key, &token.upload_id).await {
+            Ok(parts) => parts,
+            Err(e) if e.kind() == StoreErrorKind::NoSuchUpload => {
+                return Err(fail(format!(
+                    "upload {} no longer exists (aborted, completed, or expired by a lifecycle rule); if it was committed, use its commit token",
+                    token.upload_id
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let by_number: HashMap<u32, &crate::store::PartInfo> =
+            listed.iter().map(|p| (p.number, p)).collect();
+        for part in &token.parts {
+            match by_number.get(&part.number) {
+                None => {
+                    return Err(fail(format!(
+                        "part {} of the upload is missing",
+                        part.number
+                    )));
+                }
+                Some(p) if p.size != part.size => {
+                    return Err(fail(format!(
+                        "part {} has {} bytes in the store, the token says {}",
+                        part.number, p.size, part.size
+                    )));
+                }
+                Some(p) if p.etag.as_deref().is_some_and(|e| e != part.etag) => {
+                    return Err(fail(format!(
+                        "part {} was overwritten (ETag {}, the token says {})",
+                        part.number,
+                        p.etag.as_deref().unwrap_or_default(),
+                        part.etag
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        // 2. The tail must be there, with the recorded length and checksum.
+        let got = match shared
+            .config
+            .retry
+            .run(|| shared.store.get(&token.tail_key, None))
+            .await
+        {
+            Ok(got) => got,
+            Err(e) if e.kind() == StoreErrorKind::NotFound => {
+                return Err(fail(format!(
+                    "tail object {} is missing (was the token cleaned up?)",
+                    token.tail_key
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (tail_bytes, embedded) = tail::decode(&got.body)
+            .map_err(|e| fail(format!("tail object {} is unreadable: {e}", token.tail_key)))?;
+        if tail_bytes.len() as u64 != token.tail_len || embedded != *token {
+            return Err(fail(format!(
+                "tail object {} does not match the token (length {} vs {})",
+                token.tail_key,
+                tail_bytes.len(),
+                token.tail_len
+            )));
+        }
+        if crc32c::crc32c(&tail_bytes) != token.tail_crc32c {
+            return Err(fail(format!(
+                "tail object {} fails its checksum",
+                token.tail_key
+            )));
+        }
+        // 3. Resume: later parts are ignored (and their numbers skipped, so that every older
+        //    token of this upload stays valid).
+        let cache = PartCache::open(&shared.config.cache_dir, &token.upload_id).await?;
+        let parts = token
+            .parts
+            .iter()
+            .map(|p| Part {
+                number: p.number,
+                size: p.size,
+                etag: Some(p.etag.clone()),
+                source: if cache.has(p.number, p.size) {
+                    PartSource::Cached(cache.part_path(p.number))
+                } else {
+                    PartSource::Remote
+                },
+            })
+            .collect();
+        let token_highest = token.parts.iter().map(|p| p.number).max().unwrap_or(0);
+        let contiguous = shared.store.requires_contiguous_parts();
+        let next_part = if contiguous {
+            // Numbers after the token's are reused: tokens persisted after this one (or beside
+            // it, by another writer resumed from it) would resume onto overwritten parts, and
+            // stores that need contiguous numbers (s3s-fs) do not list part ETags to catch
+            // that. Their tails go, so such a token fails cleanly at recover.
+            invalidate_later_tails(&shared, token).await?;
+            token_highest + 1
+        } else {
+            // Skip every number the upload holds, so every token of this upload stays valid.
+            listed
+                .iter()
+                .map(|p| p.number)
+                .max()
+                .unwrap_or(0)
+                .max(token_highest)
+                + 1
+        };
+        let mut tail = BytesMut::with_capacity(shared.config.part_size as usize);
+        tail.extend_from_slice(&tail_bytes);
+        let (key, upload) = (token.key.clone(), token.upload_id.clone());
+        let recorded = Token::Resume(token.clone());
+        shared
+            .index_update(move |i, s| {
+                if i.get(s, &upload)?.is_none() {
+                    i.record_open(s, &key, &upload)?;
+                }
+                i.record_token(s, &recorded)
+            })
+            .await?;
+        Ok(Self {
+            shared,
+            key: token.key.clone(),
+            upload_id: token.upload_id.clone(),
+            writer_id: token.writer_id.clone(),
+            condition: token.condition.clone(),
+            parts,
+            parts_len: token.parts_len(),
+            tail,
+            next_part,
+            seq: token.seq,
+            session: new_session(),
+            in_flight: JoinSet::new(),
+            in_flight_bytes: HashMap::new(),
+            peak_buffered: token.tail_len,
+            state: WriterState::Open,
+            persisted: true,
+            cache,
+            contiguous,
+            issued: vec![(token.tail_key.clone(), token_highest)],
+        })
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn upload_id(&self) -> &str {
+        &self.upload_id
+    }
+
+    /// The file's current length.
+    pub fn len(&self) -> u64 {
+        self.parts_len + self.tail.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn state(&self) -> &WriterState {
+        &self.state
+    }
+
+    /// The most bytes this writer has held in memory at once (tail plus in-flight parts).
+    pub fn peak_buffered_bytes(&self) -> u64 {
+        self.peak_buffered
+    }
+
+    fn check_open(&self, op: &str) -> Result<(), WriterError> {
+        match &self.state {
+            WriterState::Open => Ok(()),
+            WriterState::Closed => Err(WriterError::State {
+                key: self.key.clone(),
+                detail: format!("cannot {op}: the file was closed for commit"),
+            }),
+            WriterState::Failed(detail) => Err(WriterError::Failed {
+                key: self.key.clone(),
+                detail: detail.clone(),
+            }),
+        }
+    }
+
+    fn note_buffered(&mut self) {
+        let now = self.tail.len() as u64 + self.in_flight_bytes.values().sum::<u64>();
+        self.peak_buffered = self.peak_buffered.max(now);
+    }
+
+    /// Appends `data` at the end of the file. Full parts are uploaded in the background; when
+    /// `max_in_flight` uploads are running this waits for one to finish.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), WriterError> {
+        self.check_open("write")?;
+        let part_size = self.shared.config.part_size as usize;
+        let new_parts = (self.tail.len() + data.len()) / part_size;
+        // One part number stays reserved for the final tail.
+        if u64::from(self.next_part) + new_parts as u64 > u64::from(limits::MAX_PART_NUMBER) {
+            return Err(WriterError::TooManyParts {
+                key: self.key.clone(),
+                part_size: part_size as u64,
+                max_len: max_file_len(part_size as u64),
+            });
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            if self.tail.capacity() == 0 {
+                self.tail.reserve(part_size);
+            }
+            let take = (part_size - self.tail.len()).min(rest.len());
+            self.tail.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            self.note_buffered();
+            self.flush_full_parts().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_zeros(&mut self, mut n: u64) -> Result<(), WriterError> {
+        while n > 0 {
+            let take = n.min(ZEROS.len() as u64) as usize;
+            self.write(&ZEROS[..take]).await?;
+            n -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Uploads every full part sitting in the tail.
+    async fn flush_full_parts(&mut self) -> Result<(), WriterError> {
+        let part_size = self.shared.config.part_size as usize;
+        while self.tail.len() >= part_size {
+            let body = self.tail.split_to(part_size).freeze();
+            self.spawn_upload(body).await?;
+        }
+        Ok(())
+    }
+
+    fn take_part_number(&mut self) -> Result<u32, WriterError> {
+        if self.next_part > limits::MAX_PART_NUMBER {
+            return Err(WriterError::TooManyParts {
+                key: self.key.clone(),
+                part_size: self.shared.config.part_size,
+                max_len: max_file_len(self.shared.config.part_size),
+            });
+        }
+        let n = self.next_part;
+        self.next_part += 1;
+        Ok(n)
+    }
+
+    /// Waits until fewer than `max_in_flight` uploads run.
+    async fn make_room(&mut self) -> Result<(), WriterError> {
+        while self.in_flight.len() >= self.shared.config.max_in_flight {
+            self.join_one().await?;
+        }
+        Ok(())
+    }
+
+    async fn spawn_upload(&mut self, body: Bytes) -> Result<(), WriterError> {
+        self.make_room().await?;
+        let number = self.take_part_number()?;
+        let size = body.len() as u64;
+        let path = self.cache.write(number, body.clone()).await?;
+        self.parts.push(Part {
+            number,
+            size,
+            etag: None,
+            source: PartSource::Cached(path),
+        });
+        self.parts_len += size;
+        self.in_flight_bytes.insert(number, size);
+        self.note_buffered();
+        let (shared, key, upload) = (
+            self.shared.clone(),
+            self.key.clone(),
+            self.upload_id.clone(),
+        );
+        self.in_flight.spawn(async move {
+            let result = shared
+                .config
+                .retry
+                .run(|| {
+                    shared
+                        .store
+                        .upload_part(&key, &upload, number, body.clone())
+                })
+                .await;
+            (number, result)
+        });
+        Ok(())
+    }
+
+    async fn spawn_copy(
+        &mut self,
+        source: &str,
+        etag: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<(), WriterError> {
+        self.make_room().await?;
+        let number = self.take_part_number()?;
+        let size = range.end - range.start;
+        self.parts.push(Part {
+            number,
+            size,
+            etag: None,
+            source: PartSource::Copied {
+                key: source.into(),
+                etag: etag.into(),
+                offset: range.start,
+            },
+        });
+        self.parts_len += size;
+        let (shared, key, upload) = (
+            self.shared.clone(),
+            self.key.clone(),
+            self.upload_id.clone(),
+        );
+        let (source, etag) = (source.to_string(), etag.to_string());
+        self.in_flight.spawn(async move {
+            let result = shared
+                .config
+                .retry
+                .run(|| {
+                    shared.store.upload_part_copy(
+                        &key,
+                        &upload,
+                        number,
+                        &source,
+                        range.clone(),
+                        Some(&etag),
+                    )
+                })
+                .await;
+            (number, result)
+        });
+        Ok(())
+    }
+
+    /// Waits for one in-flight upload and records its outcome.
+    async fn join_one(&mut self) -> Result<(), WriterError> {
+        let Some(joined) = self.in_flight.join_next().await else {
+            return Ok(());
+        };
+        let failure = match joined {
+            Ok((number, Ok(etag))) => {
+                self.in_flight_bytes.remove(&number);
+                if let Some(part) = self.parts.iter_mut().find(|p| p.number == number) {
+                    part.etag = Some(etag);
+                }
+                return Ok(());
+            }
+            Ok((number, Err(e))) => {
+                self.in_flight_bytes.remove(&number);
+                WriterError::Store(e)
+            }
+            Err(join) => WriterError::State {
+                key: self.key.clone(),
+                detail: format!("a part upload task failed: {join}"),
+            },
+        };
+        self.state = WriterState::Failed(failure.to_string());
+        self.in_flight.abort_all();
+        Err(failure)
+    }
+
+    async fn wait_all(&mut self) -> Result<(), WriterError> {
+        while !self.in_flight.is_empty() {
+            self.join_one().await?;
+        }
+        Ok(())
+    }
+
+    fn part_records(&self) -> Vec<PartRecord> {
+        self.parts
+            .iter()
+            .map(|p| PartRecord {
+                number: p.number,
+                etag: p.etag.clone().unwrap_or_default(),
+                size: p.size,
+            })
+            .collect()
+    }
+
+    /// Makes everything written so far durable and returns a token to resume exactly here:
+    /// waits for in-flight parts, stages the tail as a new small object, records the token in
+    /// the index (flushed). Costs O(tail), never O(file).
+    pub async fn persist(&mut self) -> Result<ResumeToken, WriterError> {
+        self.check_open("persist")?;
+        self.wait_all().await?;
+        let seq = self.seq + 1;
+        let prefix = &self.shared.config.tail_prefix;
+        let token = ResumeToken {
+            key: self.key.clone(),
+            upload_id: self.upload_id.clone(),
+            writer_id: self.writer_id.clone(),
+            condition: self.condition.clone(),
+            parts: self.part_records(),
+            tail_key: tail::tail_key(prefix, &self.upload_id, seq, &self.session),
+            tail_len: self.tail.len() as u64,
+            tail_crc32c: crc32c::crc32c(&self.tail),
+            seq,
+        };
+        let body = tail::encode(&self.tail, &token);
+        let store = &self.shared.store;
+        self.shared
+            .config
+            .retry
+            .run(|| store.put(&token.tail_key, body.clone(), PutOptions::default()))
+            .await?;
+        let recorded = Token::Resume(token.clone());
+        self.shared
+            .index_update(move |i, s| i.record_token(s, &recorded))
+            .await?;
+        self.seq = seq;
+        self.persisted = true;
+        let highest = token.parts.iter().map(|p| p.number).max().unwrap_or(0);
+        self.issued.push((token.tail_key.clone(), highest));
+        Ok(token)
+    }
+
+    /// Cuts the file to `len` bytes, or extends it with zeros. Cutting into an uploaded part
+    /// re-makes that part: server-side for a copied part when the kept piece is big enough,
+    /// otherwise from the local cache (or the copy source) into the tail.
+    pub async fn truncate(&mut self, len: u64) -> Result<(), WriterError> {
+        self.check_open("truncate")?;
+        let current = self.len();
+        if len >= current {
+            return self.write_zeros(len - current).await;
+        }
+        self.wait_all().await?;
+        if len >= self.parts_len {
+            self.tail.truncate((len - self.parts_len) as usize);
+            return Ok(());
+        }
+        // Find the part that holds byte `len`.
+        let mut start = 0u64;
+        let mut index = 0usize;
+        for (i, p) in self.parts.iter().enumerate() {
+            if len < start + p.size {
+                index = i;
+                break;
+            }
+            start += p.size;
+        }
+        let cut = self.parts[index].clone();
+        let kept = len - start;
+        let min_part = self.shared.store.min_part_size();
+        if kept > 0 && matches!(cut.source, PartSource::Remote) {
+            return Err(WriterError::Truncate {
+                key: self.key.clone(),
+                detail: format!(
+                    "part {} was uploaded before this writer was recovered and is not in the local cache; commit the file, then truncate the object",
+                    cut.number
+                ),
+            });
+        }
+        // Read what is kept of the cut part before forgetting anything.
+        let kept_bytes = match (&cut.source, kept) {
+            (_, 0) => Some(Bytes::new()),
+            (PartSource::Copied { .. }, k) if k >= min_part => None,
+            _ => Some(self.read_part(&cut, 0..kept).await?),
+        };
+        for dropped in self.parts.drain(index..) {
+            self.cache.remove_part(dropped.number);
+        }
+        self.parts_len = start;
+        if self.contiguous {
+            self.reuse_numbers_from(self.parts.last().map_or(1, |p| p.number + 1))
+                .await?;
+        }
+        self.tail.clear();
+        match kept_bytes {
+            Some(bytes) => {
+                self.tail.extend_from_slice(&bytes);
+                self.flush_full_parts().await?;
+            }
+            None => {
+                let PartSource::Copied { key, etag, offset } = cut.source else {
+                    unreachable!("only copied parts are re-copied")
+                };
+                self.spawn_copy(&key, &etag, offset..offset + kept).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// On a contiguous store, continues numbering at `next` and deletes the tails of the
+    /// tokens that reference a number from `next` on: those parts are about to be replaced.
+    async fn reuse_numbers_from(&mut self, next: u32) -> Result<(), WriterError> {
+        self.next_part = next;
+        let (stale, kept): (Vec<_>, Vec<_>) = self
+            .issued
+            .drain(..)
+            .partition(|(_, highest)| *highest >= next);
+        self.issued = kept;
+        for (tail_key, _) in stale {
+            delete_tail(&self.shared, &self.upload_id, &tail_key).await?;
+        }
+        Ok(())
+    }
+
+    async fn read_part(
+        &self,
+        part: &Part,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, WriterError> {
+        match &part.source {
+            PartSource::Cached(path) => cache::read_range(path.clone(), range).await,
+            PartSource::Copied { key, etag, offset } => {
+                let abs = offset + range.start..offset + range.end;
+                let store = &self.shared.store;
+                let got = self
+                    .shared
+                    .config
+                    .retry
+                    .run(|| store.get(key, Some(abs.clone())))
+                    .await?;
+                check_source_etag(&self.key, key, etag, &got.meta.etag)?;
+                Ok(got.body)
+            }
+            PartSource::Remote => Err(WriterError::Read {
+                key: self.key.clone(),
+                detail: format!(
+                    "part {} was uploaded before this writer was recovered and is not in the local cache; it is readable once the file is committed",
+                    part.number
+                ),
+            }),
+        }
+    }
+
+    /// Reads up to `len` bytes at `offset` of the open file (what was written so far).
+    pub async fn read_at(&self, offset: u64, len: u64) -> Result<Bytes, WriterError> {
+        self.check_open("read")?;
+        let end = offset.saturating_add(len).min(self.len());
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        let mut start = 0u64;
+        for part in &self.parts {
+            let part_end = start + part.size;
+            if part_end > offset && start < end {
+                let from = offset.max(start) - start;
+                let to = end.min(part_end) - start;
+                out.extend_from_slice(&self.read_part(part, from..to).await?);
+            }
+            start = part_end;
+            if start >= end {
+                break;
+            }
+        }
+        if end > self.parts_len {
+            let from = offset.max(self.parts_len) - self.parts_len;
+            let to = end - self.parts_len;
+            out.extend_from_slice(&self.tail[from as usize..to as usize]);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Ends writing: uploads the tail as the last part and returns the committer that
+    /// completes the upload. The writer refuses everything afterwards.
+    pub async fn close_for_commit(&mut self) -> Result<Committer, WriterError> {
+        self.check_open("close")?;
+        self.wait_all().await?;
+        if !self.tail.is_empty() {
+            let number = self.take_part_number()?;
+            let body = self.tail.split().freeze();
+            let (store, key, upload) = (&self.shared.store, &self.key, &self.upload_id);
+            let etag = self
+                .shared
+                .config
+                .retry
+                .run(|| store.upload_part(key, upload, number, body.clone()))
+                .await?;
+            self.parts.push(Part {
+                number,
+                size: body.len() as u64,
+                etag: Some(etag),
+                source: PartSource::Remote,
+            });
+            self.parts_len += body.len() as u64;
+        }
+        let token = CommitToken {
+            key: self.key.clone(),
+            upload_id: self.upload_id.clone(),
+            writer_id: self.writer_id.clone(),
+            condition: self.condition.clone(),
+            parts: self.part_records(),
+        };
+        let recorded = Token::Commit(token.clone());
+        self.shared
+            .index_update(move |i, s| i.record_token(s, &recorded))
+            .await?;
+        self.state = WriterState::Closed;
+        self.cache.remove_all();
+        Ok(Committer::new(self.shared.clone(), token))
+    }
+}
+
+/// Deletes one tail and forgets it in the index.
+async fn delete_tail(
+    shared: &Arc<Shared>,
+    upload_id: &str,
+    tail_key: &str,
+) -> Result<(), WriterError> {
+    shared
+        .config
+        .retry
+        .run(|| shared.store.delete(tail_key))
+        .await?;
+    let (upload, tail) = (upload_id.to_string(), tail_key.to_string());
+    shared
+        .index_update(move |i, s| i.release_tail(s, &upload, &tail))
+        .await
+}
+
+/// Deletes the tails of `token`'s upload persisted after it (a higher sequence number, or the
+/// same one by a sibling writer).
+async fn invalidate_later_tails(
+    shared: &Arc<Shared>,
+    token: &ResumeToken,
+) -> Result<(), WriterError> {
+    let dir = tail::tail_dir(&shared.config.tail_prefix, &token.upload_id);
+    let store = &shared.store;
+    let tails = shared.config.retry.run(|| store.list_all(&dir)).await?;
+    for t in tails {
+        let seq = t.key[dir.len()..]
+            .get(..16)
+            .and_then(|h| u64::from_str_radix(h, 16).ok());
+        let later = match seq {
+            Some(seq) => seq > token.seq || (seq == token.seq && t.key != token.tail_key),
+            None => false,
+        };
+        if later {
+            delete_tail(shared, &token.upload_id, &t.key).await?;
+        }
+    }
+    Ok(())
+}
+
+fn new_session() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+fn check_source_etag(
+    key: &str,
+    source: &str,
+    expected: &str,
+    found: &str,
+) -> Result<(), WriterError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(WriterError::Read {
+            key: key.to_string(),
+            detail: format!(
+                "the object {source} this file copies from was replaced (ETag {found}, expected {expected})"
+            ),
+        })
+    }
+}
+
+impl Drop for FileWriter {
+    /// A writer dropped without `close_for_commit` publishes nothing. If it never handed out a
+    /// token, its upload is aborted (in the background) and forgotten; if it did, the upload
+    /// stays for whoever holds the token. The local cache goes either way.
+    fn drop(&mut self) {
+        self.in_flight.abort_all();
+        self.cache.remove_all();
+        if self.state == WriterState::Closed || self.persisted {
+            return;
+        }
+        let (shared, key, upload) = (
+            self.shared.clone(),
+            self.key.clone(),
+            self.upload_id.clone(),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = shared.store.abort_multipart(&key, &upload).await;
+                let _ = shared.index_update(move |i, s| i.remove(s, &upload)).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Keeping the store and the index tidy: deleting the tails of finished uploads, garbage
+//! collection of what nothing references, and rebuilding a lost index from the store.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use super::{Shared, WriterError, tail};
+use crate::error::StoreErrorKind;
+use crate::store::{ObjectStoreExt, ObjectSummary, UploadInfo};
+use crate::token::Token;
+
+/// What `gc` may remove.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Only what is older than this (protects writers in other processes that are mid-way).
+    pub older_than: Duration,
+    /// List what would be removed, remove nothing.
+    pub dry_run: bool,
+    /// Also abort unreferenced uploads that Rivulet did not stage tails for (uploads of other
+    /// tools, or Rivulet uploads that crashed before their first persist).
+    pub all_uploads: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        Self {
+            older_than: Duration::from_secs(24 * 3600),
+            dry_run: false,
+            all_uploads: false,
+        }
+    }
+}
+
+/// What `gc` removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Default)]
+pub struct GcReport {
+    /// `(key, upload id)` of aborted uploads.
+    pub aborted_uploads: Vec<(String, String)>,
+    pub deleted_tails: Vec<String>,
+    /// Set when the store cannot list uploads (s3s-fs): only tails were collected.
+    pub uploads_not_listed: Option<String>,
+}
+
+/// What `rebuild_index` found.
+#[derive(Debug, Clone, Default)]
+pub struct RebuildReport {
+    /// Uploads restored into the index with their latest token.
+    pub restored: Vec<(String, String)>,
+    /// Tail groups whose upload no longer exists (left for gc).
+    pub stale_tail_groups: usize,
+}
+
+fn older_than(time: Option<SystemTime>, age: Duration) -> bool {
+    time.and_then(|t| t.elapsed().ok())
+        .is_some_and(|elapsed| elapsed >= age)
+}
+
+/// Deletes every tail of an upload; failures are logged, since gc catches leftovers. The index
+/// knows the tails this process staged; another process's are found by listing.
+pub(crate) async fn delete_upload_tails(shared: &Shared, upload_id: &str) {
+    let store = &shared.store;
+    let (index, name, upload) = (
+        shared.index.clone(),
+        shared.store_name.clone(),
+        upload_id.to_string(),
+    );
+    let known = tokio::task::spawn_blocking(move || index.get(&name, &upload)).await;
+    let tails = match known {
+        Ok(Ok(Some(entry))) if !entry.live_tails.is_empty() => entry.live_tails,
+        _ => {
+            let dir = tail::tail_dir(&shared.config.tail_prefix, upload_id);
+            match shared.config.retry.run(|| store.list_all(&dir)).await {
+                Ok(found) => found.into_iter().map(|t| t.key).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not list tails to delete; gc will");
+                    return;
+                }
+            }
+        }
+    };
+    for batch in tails.chunks(1000) {
+        if let Err(e) = shared.config.retry.run(|| store.delete_many(batch)).await {
+            tracing::warn!(error = %e, "could not delete tails; gc will");
+        }
+    }
+}
+
+pub(crate) async fn abort_upload(
+    shared: &Shared,
+    key: &str,
+    upload_id: &str,
+) -> Result<(), WriterError> {
+    let store = &shared.store;
+    match shared
+        .config
+        .retry
+        .run(|| store.abort_multipart(key, upload_id))
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == StoreErrorKind::NoSuchUpload => {}
+        Err(e) => return Err(e.into()),
+    }
+    delete_upload_tails(shared, upload_id).await;
+    let upload = upload_id.to_string();
+    shared.index_update(move |i, s| i.remove(s, &upload)).await
+}
+
+async fn all_uploads(shared: &Shared) -> Result<Vec<UploadInfo>, crate::error::StoreError> {
+    let mut uploads = Vec::new();
+    let mut marker = None;
+    loop {
+        let page = shared
+            .config
+            .retry
+            .run(|| shared.store.list_multipart_uploads("", marker.clone()))
+            .await?;
+        uploads.extend(page.uploads);
+        match page.next {
+            Some(next) if Some(&next) != marker.as_ref() => marker = Some(next),
+            _ => return Ok(uploads),
+        }
+    }
+}
+
+/// Tails grouped by their upload folder.
+async fn tail_groups(shared: &Shared) -> Result<BTreeMap<String, Vec<ObjectSummary>>, WriterError> {
+    let prefix = &shared.config.tail_prefix;
+    let store = &shared.store;
+    let tails = shared.config.retry.run(|| store.list_all(prefix)).await?;
+    let mut groups: BTreeMap<String, Vec<ObjectSummary>> = BTreeMap::new();
+    for t in tails {
+        let rest = &t.key[prefix.len()..];
+        if let Some((group, _)) = rest.split_once('/') {
+            groups.entry(group.to_string()).or_default().push(t);
+        }
+    }
+    Ok(groups)
+}
+
+pub(crate) async fn gc(shared: &Shared, opts: &GcOptions) -> Result<GcReport, WriterError> {
+    let index = shared.index.clone();
+    let name = shared.store_name.clone();
+    let entries = tokio::task::spawn_blocking(move || index.entries(&name))
+        .await
+        .map_err(|e| WriterError::Config(format!("index task failed: {e}")))??;
+    let live_uploads: HashSet<String> = entries.iter().map(|e| e.upload_id.clone()).collect();
+    let live_groups: HashSet<String> = entries
+        .iter()
+        .map(|e| tail::upload_hash(&e.upload_id))
+        .collect();
+    let mut report = GcReport::default();
+
+    let groups = tail_groups(shared).await?;
+    for (group, tails) in &groups {
+        if live_groups.contains(group) {
+            continue;
+        }
+        for t in tails {
+            if older_than(t.last_modified, opts.older_than) {
+                report.deleted_tails.push(t.key.clone());
+            }
+        }
+    }
+
+    match all_uploads(shared).await {
+        Ok(uploads) => {
+            for u in uploads {
+                if live_uploads.contains(&u.upload_id) || !older_than(u.initiated, opts.older_than)
+                {
+                    continue;
+                }
+                let has_tails = groups.contains_key(&tail::upload_hash(&u.upload_id));
+                if has_tails || opts.all_uploads {
+                    report.aborted_uploads.push((u.key, u.upload_id));
+                }
+            }
+        }
+        Err(e) if e.kind() == StoreErrorKind::NotSupported => {
+            report.uploads_not_listed = Some(e.to_string());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // Uploads the index knows that never persisted and are older than the grace period are
+    // leftovers of crashed writers: nothing can resume them.
+    for e in &entries {
+        let opened = SystemTime::UNIX_EPOCH + Duration::from_secs(e.opened_at);
+        if e.latest.is_none() && older_than(Some(opened), opts.older_than) {
+            report
+                .aborted_uploads
+                .push((e.key.clone(), e.upload_id.clone()));
+        }
+    }
+
+    if opts.dry_run {
+        return Ok(report);
+    }
+    let store = &shared.store;
+    for t in &report.deleted_tails {
+        shared.config.retry.run(|| store.delete(t)).await?;
+    }
+    for (key, upload) in &report.aborted_uploads {
+        abort_upload(shared, key, upload).await?;
+    }
+    Ok(report)
+}
+
+pub(crate) async fn rebuild_index(shared: &Shared) -> Result<RebuildReport, WriterError> {
+    let mut report = RebuildReport::default();
+    let store = &shared.store;
+    for (_, mut tails) in tail_groups(shared).await? {
+        // The newest persist is the last one written (two writers recovered from one token can
+        // share a sequence number, so time decides, then the key).
+        tails.sort_by(|a, b| (a.last_modified, &a.key).cmp(&(b.last_modified, &b.key)));
+        let Some(newest) = tails.last() else { continue };
+        let got = shared
+            .config
+            .retry
+            .run(|| store.get(&newest.key, None))
+            .await?;
+        let Ok((_, token)) = tail::decode(&got.body) else {
+            tracing::warn!(key = %newest.key, "skipping an unreadable tail object");
+            continue;
+        };
+        match super::listed_parts(shared, &token.key, &token.upload_id).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == StoreErrorKind::NoSuchUpload => {
+                report.stale_tail_groups += 1;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let tail_keys: Vec<String> = tails.iter().map(|t| t.key.clone()).collect();
+        let (key, upload) = (token.key.clone(), token.upload_id.clone());
+        report.restored.push((key.clone(), upload.clone()));
+        let recorded = Token::Resume(token);
+        shared
+            .index_update(move |i, s| {
+                if i.get(s, &upload)?.is_none() {
+                    i.record_open(s, &key, &upload)?;
+                }
+                i.record_token(s, &recorded)?;
+                // Every tail still in the store may back a token someone kept: all stay live.
+                i.add_live_tails(s, &upload, &tail_keys)
+            })
+            .await?;
+    }
+    Ok(report)
+}

@@ -1,0 +1,837 @@
+//! The recoverable writer's contract, rule by rule, on the memory store (with a small minimum
+//! part size so that multipart logic runs on kilobytes) and a fault-injecting wrapper.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fs_core::store::fault::{FaultConfig, FaultStore, Op};
+use fs_core::store::memory::MemoryStore;
+use fs_core::store::{DynStore, ObjectStore, ObjectStoreExt, PutOptions};
+use fs_core::token::Token;
+use fs_core::writer::{GcOptions, WriterError};
+use fs_core::{Index, RecoverableWriter, WriterConfig};
+
+const PART: u64 = 4096;
+
+struct Fixture {
+    mem: MemoryStore,
+    faults: Arc<FaultStore>,
+    writer: RecoverableWriter,
+    index: Index,
+    cache: tempfile::TempDir,
+}
+
+fn fixture_with(max_in_flight: usize, latency: Option<Duration>) -> Fixture {
+    let mem = MemoryStore::new().with_min_part_size(1024);
+    let faults = Arc::new(FaultStore::new(
+        Arc::new(mem.clone()),
+        FaultConfig {
+            latency: latency.map(|l| l..l * 2),
+            ..Default::default()
+        },
+    ));
+    let index = Index::temporary().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let config = WriterConfig {
+        part_size: PART,
+        max_in_flight,
+        cache_dir: cache.path().to_path_buf(),
+        ..Default::default()
+    };
+    let store: DynStore = faults.clone();
+    let writer = RecoverableWriter::new(store, index.clone(), config).unwrap();
+    Fixture {
+        mem,
+        faults,
+        writer,
+        index,
+        cache,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(4, None)
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+async fn object(f: &Fixture, key: &str) -> Option<Vec<u8>> {
+    match f.mem.get(key, None).await {
+        Ok(got) => Some(got.body.to_vec()),
+        Err(_) => None,
+    }
+}
+
+fn cache_files(f: &Fixture) -> usize {
+    walk(f.cache.path())
+}
+
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        walk(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn full_parts_upload_concurrently_with_bounded_memory() {
+    let f = fixture_with(3, Some(Duration::from_millis(20)));
+    let mut w = f.writer.open("big.bin").await.unwrap();
+    let body = data(PART as usize * 20 + 100, 1);
+    for chunk in body.chunks(1000) {
+        w.write(chunk).await.unwrap();
+    }
+    assert!(
+        f.faults.calls(Op::UploadPart) >= 18,
+        "parts upload as they fill, before close"
+    );
+    let max = f.faults.max_concurrent(Op::UploadPart);
+    assert!(max >= 2, "parts should upload concurrently, saw {max}");
+    assert!(
+        max <= 3,
+        "in-flight parts must be bounded by max_in_flight, saw {max}"
+    );
+    assert!(
+        w.peak_buffered_bytes() <= (3 + 2) * PART,
+        "peak {}",
+        w.peak_buffered_bytes()
+    );
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    assert_eq!(object(&f, "big.bin").await.unwrap(), body);
+}
+
+#[tokio::test]
+async fn one_large_write_does_not_buffer_beyond_the_bound() {
+    let f = fixture_with(2, Some(Duration::from_millis(5)));
+    let mut w = f.writer.open("one.bin").await.unwrap();
+    let body = data(PART as usize * 30, 2);
+    w.write(&body).await.unwrap();
+    assert!(w.peak_buffered_bytes() <= (2 + 2) * PART);
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    assert_eq!(object(&f, "one.bin").await.unwrap(), body);
+}
+
+#[tokio::test]
+async fn persist_stages_a_new_small_tail_object_each_time() {
+    let f = fixture();
+    let mut w = f.writer.open("p.txt").await.unwrap();
+    w.write(&data(PART as usize * 3 + 10, 3)).await.unwrap();
+    let puts_before = f.faults.calls(Op::Put);
+    let t1 = w.persist().await.unwrap();
+    assert_eq!(
+        f.faults.calls(Op::Put),
+        puts_before + 1,
+        "one PUT per persist"
+    );
+    assert!(t1.tail_key.starts_with(".rivulet/tails/"));
+    assert_eq!(t1.tail_len, 10);
+    assert_eq!(t1.len(), PART * 3 + 10);
+    assert_eq!(t1.parts.len(), 3);
+    assert!(
+        t1.parts.iter().all(|p| !p.etag.is_empty()),
+        "persist waits for in-flight parts"
+    );
+    let tail_obj = f.mem.head(&t1.tail_key).await.unwrap();
+    assert!(
+        tail_obj.size < 10 + 512,
+        "the tail object holds the tail, not the file"
+    );
+    w.write(b"more").await.unwrap();
+    let t2 = w.persist().await.unwrap();
+    assert_ne!(
+        t1.tail_key, t2.tail_key,
+        "every persist stages a new tail key"
+    );
+    assert!(
+        f.mem.head(&t1.tail_key).await.is_ok(),
+        "older tails stay for older tokens"
+    );
+    let latest = f.writer.recover_all().await.unwrap();
+    assert_eq!(
+        latest,
+        vec![Token::Resume(t2)],
+        "the index holds the latest token"
+    );
+}
+
+#[tokio::test]
+async fn recover_resumes_exactly_at_the_token() {
+    let f = fixture();
+    let mut w = f.writer.open("r.txt").await.unwrap();
+    let first = data(PART as usize * 2 + 77, 4);
+    w.write(&first).await.unwrap();
+    let token = w.persist().await.unwrap();
+    // Written after the token, including whole parts: must be gone after recovery.
+    w.write(&data(PART as usize * 3, 9)).await.unwrap();
+    w.persist().await.unwrap();
+    drop(w);
+    let mut w = f.writer.recover(&token).await.unwrap();
+    assert_eq!(w.len(), first.len() as u64);
+    let second = data(PART as usize + 5, 5);
+    w.write(&second).await.unwrap();
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    let mut expected = first.clone();
+    expected.extend_from_slice(&second);
+    assert_eq!(object(&f, "r.txt").await.unwrap(), expected);
+}
+
+#[tokio::test]
+async fn recover_checks_the_upload_and_the_tail() {
+    let f = fixture();
+    let mut w = f.writer.open("gone.txt").await.unwrap();
+    w.write(b"hello").await.unwrap();
+    let token = w.persist().await.unwrap();
+    drop(w);
+
+    // A corrupted tail object fails its checks, naming the key.
+    let original = f.mem.get(&token.tail_key, None).await.unwrap().body;
+    let mut bad = original.to_vec();
+    bad[0] ^= 1;
+    f.mem
+        .put(&token.tail_key, bad.into(), PutOptions::default())
+        .await
+        .unwrap();
+    let err = f.writer.recover(&token).await.unwrap_err();
+    assert!(matches!(err, WriterError::Recover { .. }), "{err}");
+    assert!(err.to_string().contains("gone.txt"), "{err}");
+    f.mem
+        .put(&token.tail_key, original, PutOptions::default())
+        .await
+        .unwrap();
+
+    // A missing tail.
+    f.mem.delete(&token.tail_key).await.unwrap();
+    let err = f.writer.recover(&token).await.unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+
+    // An upload that no longer exists is found at recover, not at commit.
+    f.mem
+        .abort_multipart("gone.txt", &token.upload_id)
+        .await
+        .unwrap();
+    let err = f.writer.recover(&token).await.unwrap_err();
+    assert!(
+        err.to_string().contains("no longer exists") && err.to_string().contains("gone.txt"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn older_tokens_stay_recoverable_after_newer_persists() {
+    let f = fixture();
+    let mut w = f.writer.open("ckpt.txt").await.unwrap();
+    w.write(&data(PART as usize + 1, 1)).await.unwrap();
+    let t1 = w.persist().await.unwrap();
+    w.write(&data(PART as usize * 2, 2)).await.unwrap();
+    let t2 = w.persist().await.unwrap();
+    drop(w);
+    // Restore from the older checkpoint, write a different future, persist.
+    let mut w = f.writer.recover(&t1).await.unwrap();
+    w.write(&data(PART as usize * 2, 3)).await.unwrap();
+    w.persist().await.unwrap();
+    drop(w);
+    // The newer token is still good: its parts were not overwritten.
+    let mut w = f.writer.recover(&t2).await.unwrap();
+    assert_eq!(w.len(), t2.len());
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    let mut expected = data(PART as usize + 1, 1);
+    expected.extend(data(PART as usize * 2, 2));
+    assert_eq!(object(&f, "ckpt.txt").await.unwrap(), expected);
+}
+
+#[tokio::test]
+async fn commit_is_atomic_and_idempotent() {
+    let f = fixture();
+    let mut w = f.writer.open("c.txt").await.unwrap();
+    w.write(&data(PART as usize * 2 + 3, 6)).await.unwrap();
+    assert!(object(&f, "c.txt").await.is_none());
+    let committer = w.close_for_commit().await.unwrap();
+    assert!(
+        object(&f, "c.txt").await.is_none(),
+        "nothing is visible before commit"
+    );
+    let out = committer.commit().await.unwrap();
+    assert!(!out.already_committed);
+    assert_eq!(
+        object(&f, "c.txt").await.unwrap().len() as u64,
+        PART * 2 + 3
+    );
+    // Again, and from a "restarted process" with only the token.
+    let again = committer.commit_after_recovery().await.unwrap();
+    assert!(again.already_committed);
+    let other = f.writer.recover_for_commit(committer.token());
+    assert!(
+        other
+            .commit_after_recovery()
+            .await
+            .unwrap()
+            .already_committed
+    );
+    assert!(
+        f.writer.recover_all().await.unwrap().is_empty(),
+        "committed uploads leave the index"
+    );
+    assert_eq!(
+        f.mem.list_all(".rivulet/").await.unwrap().len(),
+        0,
+        "tails are deleted at commit"
+    );
+    assert_eq!(f.mem.open_upload_count(), 0);
+}
+
+#[tokio::test]
+async fn a_commit_whose_answer_was_lost_is_recognised() {
+    let f = fixture();
+    let mut w = f.writer.open("lost.txt").await.unwrap();
+    w.write(&data(PART as usize + 9, 7)).await.unwrap();
+    let committer = w.close_for_commit().await.unwrap();
+    // The complete takes effect but every answer is lost until retries run out.
+    f.faults.set_config(FaultConfig {
+        lost_answer_rate: 1.0,
+        ..Default::default()
+    });
+    assert!(committer.commit().await.is_err());
+    f.faults.set_config(FaultConfig::default());
+    let out = committer.commit().await.unwrap();
+    assert!(out.already_committed);
+    assert_eq!(
+        object(&f, "lost.txt").await.unwrap(),
+        data(PART as usize + 9, 7)
+    );
+}
+
+#[tokio::test]
+async fn a_stale_commit_token_is_an_error() {
+    let f = fixture();
+    let mut w = f.writer.open("s.txt").await.unwrap();
+    w.write(&data(PART as usize + 1, 8)).await.unwrap();
+    let committer = w.close_for_commit().await.unwrap();
+    committer.commit().await.unwrap();
+    // Someone replaces the object with other bytes of the same size.
+    f.mem
+        .put(
+            "s.txt",
+            data(PART as usize + 1, 99).into(),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let err = committer.commit_after_recovery().await.unwrap_err();
+    assert!(matches!(err, WriterError::Commit { .. }), "{err}");
+    assert!(err.to_string().contains("replaced"), "{err}");
+}
+
+#[tokio::test]
+async fn empty_files_commit_as_empty_objects() {
+    let f = fixture();
+    let mut w = f.writer.open("empty.txt").await.unwrap();
+    let committer = w.close_for_commit().await.unwrap();
+    committer.commit().await.unwrap();
+    assert_eq!(object(&f, "empty.txt").await.unwrap(), Vec::<u8>::new());
+    assert!(committer.commit().await.unwrap().already_committed);
+    assert_eq!(f.mem.open_upload_count(), 0);
+}
+
+#[tokio::test]
+async fn closed_writers_refuse_everything() {
+    let f = fixture();
+    let mut w = f.writer.open("x.txt").await.unwrap();
+    w.write(b"abc").await.unwrap();
+    let _committer = w.close_for_commit().await.unwrap();
+    assert!(matches!(
+        w.write(b"d").await,
+        Err(WriterError::State { .. })
+    ));
+    assert!(matches!(
+        w.close_for_commit().await,
+        Err(WriterError::State { .. })
+    ));
+    assert!(w.persist().await.is_err());
+    assert!(w.truncate(1).await.is_err());
+}
+
+#[tokio::test]
+async fn dropping_a_writer_publishes_nothing_and_leaves_no_files() {
+    let f = fixture();
+    let mut w = f.writer.open("d.txt").await.unwrap();
+    w.write(&data(PART as usize * 3 + 1, 1)).await.unwrap();
+    assert!(cache_files(&f) > 0);
+    drop(w);
+    assert_eq!(cache_files(&f), 0, "no local temp files after drop");
+    // The abort runs in the background.
+    for _ in 0..100 {
+        if f.mem.open_upload_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        f.mem.open_upload_count(),
+        0,
+        "an unpersisted upload is aborted"
+    );
+    assert!(object(&f, "d.txt").await.is_none());
+    assert!(f.index.entries(&f.mem.describe()).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn dropping_after_persist_keeps_the_upload_for_the_token() {
+    let f = fixture();
+    let mut w = f.writer.open("keep.txt").await.unwrap();
+    w.write(b"abc").await.unwrap();
+    let token = w.persist().await.unwrap();
+    drop(w);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut w = f.writer.recover(&token).await.unwrap();
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    assert_eq!(object(&f, "keep.txt").await.unwrap(), b"abc");
+}
+
+#[tokio::test]
+async fn the_part_limit_is_a_clean_error_before_10000_parts() {
+    let mem = MemoryStore::new().with_min_part_size(16);
+    let config = WriterConfig {
+        part_size: 16,
+        max_in_flight: 16,
+        cache_dir: tempfile::tempdir().unwrap().path().to_path_buf(),
+        ..Default::default()
+    };
+    let writer =
+        RecoverableWriter::new(Arc::new(mem.clone()), Index::temporary().unwrap(), config).unwrap();
+    let mut w = writer.open("huge.bin").await.unwrap();
+    let chunk = vec![7u8; 16 * 1000];
+    let mut written = 0u64;
+    let err = loop {
+        match w.write(&chunk).await {
+            Ok(()) => written += chunk.len() as u64,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, WriterError::TooManyParts { .. }), "{err}");
+    assert!(err.to_string().contains("larger part size"), "{err}");
+    assert_eq!(w.len(), written, "a refused write accepts nothing");
+    // What was accepted still commits as a valid upload.
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    assert_eq!(mem.head("huge.bin").await.unwrap().size, written);
+}
+
+#[tokio::test]
+async fn cleanup_deletes_only_that_tokens_tail_and_tolerates_repeats() {
+    let f = fixture();
+    let mut w = f.writer.open("t.txt").await.unwrap();
+    w.write(b"one").await.unwrap();
+    let t1 = w.persist().await.unwrap();
+    w.write(b"two").await.unwrap();
+    let t2 = w.persist().await.unwrap();
+    f.writer.cleanup(&t1).await.unwrap();
+    f.writer.cleanup(&t1).await.unwrap();
+    assert!(f.mem.head(&t1.tail_key).await.is_err());
+    assert!(f.mem.head(&t2.tail_key).await.is_ok());
+    let entry = f
+        .index
+        .get(&f.mem.describe(), &t2.upload_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(entry.live_tails, vec![t2.tail_key.clone()]);
+    drop(w);
+    let w = f.writer.recover(&t2).await.unwrap();
+    assert_eq!(w.read_at(0, 100).await.unwrap(), &b"onetwo"[..]);
+}
+
+#[tokio::test]
+async fn gc_removes_only_unreferenced_old_leftovers() {
+    let f = fixture();
+    // A live file with a persisted token.
+    let mut live = f.writer.open("live.txt").await.unwrap();
+    live.write(b"keep me").await.unwrap();
+    let live_token = live.persist().await.unwrap();
+    // A crashed writer whose index entry was lost: its upload and tail are orphans.
+    let mut orphan = f.writer.open("orphan.txt").await.unwrap();
+    orphan.write(b"lost").await.unwrap();
+    let orphan_token = orphan.persist().await.unwrap();
+    std::mem::forget(orphan);
+    f.index
+        .remove(&f.mem.describe(), &orphan_token.upload_id)
+        .unwrap();
+    // A foreign upload (not Rivulet's).
+    f.mem
+        .create_multipart("foreign.bin", PutOptions::default())
+        .await
+        .unwrap();
+
+    let young = f
+        .writer
+        .gc(&GcOptions {
+            older_than: Duration::from_secs(3600),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        young.aborted_uploads.is_empty() && young.deleted_tails.is_empty(),
+        "grace period"
+    );
+
+    let opts = GcOptions {
+        older_than: Duration::ZERO,
+        dry_run: true,
+        ..Default::default()
+    };
+    let dry = f.writer.gc(&opts).await.unwrap();
+    assert_eq!(
+        dry.aborted_uploads,
+        vec![("orphan.txt".to_string(), orphan_token.upload_id.clone())]
+    );
+    assert_eq!(dry.deleted_tails, vec![orphan_token.tail_key.clone()]);
+    assert_eq!(f.mem.open_upload_count(), 3, "a dry run removes nothing");
+
+    f.writer
+        .gc(&GcOptions {
+            dry_run: false,
+            ..opts
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        f.mem.open_upload_count(),
+        2,
+        "the foreign upload is left alone by default"
+    );
+    assert!(f.mem.head(&orphan_token.tail_key).await.is_err());
+    assert!(f.mem.head(&live_token.tail_key).await.is_ok());
+    live.close_for_commit()
+        .await
+        .unwrap()
+        .commit()
+        .await
+        .unwrap();
+    assert_eq!(object(&f, "live.txt").await.unwrap(), b"keep me");
+}
+
+#[tokio::test]
+async fn append_copies_the_prefix_server_side() {
+    let f = fixture();
+    let original = data(PART as usize * 3 + 123, 1);
+    f.mem
+        .put("log.txt", original.clone().into(), PutOptions::default())
+        .await
+        .unwrap();
+    let gets_before = f.faults.calls(Op::Get);
+    let mut w = f.writer.open_append("log.txt").await.unwrap();
+    assert_eq!(w.len(), original.len() as u64);
+    w.write(b"appended").await.unwrap();
+    // Read-your-writes across the copied prefix and the new tail.
+    assert_eq!(
+        w.read_at(original.len() as u64 - 3, 6).await.unwrap(),
+        [&original[original.len() - 3..], b"app"].concat()
+    );
+    assert_eq!(
+        object(&f, "log.txt").await.unwrap(),
+        original,
+        "the old object stays readable"
+    );
+    let committer = w.close_for_commit().await.unwrap();
+    assert_eq!(
+        f.faults.calls(Op::UploadPartCopy),
+        3,
+        "the prefix is copied in parts"
+    );
+    // Only the read_at above (a range of the old object) downloaded anything.
+    assert_eq!(
+        f.faults.calls(Op::Get),
+        gets_before + 1,
+        "nothing else is downloaded"
+    );
+    committer.commit().await.unwrap();
+    let mut expected = original.clone();
+    expected.extend_from_slice(b"appended");
+    assert_eq!(object(&f, "log.txt").await.unwrap(), expected);
+}
+
+#[tokio::test]
+async fn append_to_a_small_or_missing_object() {
+    let f = fixture();
+    f.mem
+        .put("small.txt", b"tiny".to_vec().into(), PutOptions::default())
+        .await
+        .unwrap();
+    let mut w = f.writer.open_append("small.txt").await.unwrap();
+    w.write(b"+more").await.unwrap();
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    assert_eq!(object(&f, "small.txt").await.unwrap(), b"tiny+more");
+
+    let mut w = f.writer.open_append("new.txt").await.unwrap();
+    w.write(b"fresh").await.unwrap();
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    assert_eq!(object(&f, "new.txt").await.unwrap(), b"fresh");
+}
+
+#[tokio::test]
+async fn append_commits_only_over_the_version_it_copied() {
+    let f = fixture();
+    f.mem
+        .put(
+            "race.txt",
+            data(PART as usize * 2, 1).into(),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut w = f.writer.open_append("race.txt").await.unwrap();
+    w.write(b"mine").await.unwrap();
+    let committer = w.close_for_commit().await.unwrap();
+    f.mem
+        .put(
+            "race.txt",
+            b"someone else".to_vec().into(),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let err = committer.commit().await.unwrap_err();
+    assert!(matches!(err, WriterError::Commit { .. }), "{err}");
+    assert_eq!(
+        object(&f, "race.txt").await.unwrap(),
+        b"someone else",
+        "nothing is lost"
+    );
+}
+
+#[tokio::test]
+async fn truncate_an_open_writer_anywhere() {
+    let f = fixture();
+    let mut w = f.writer.open("tr.txt").await.unwrap();
+    let body = data(PART as usize * 4 + 50, 2);
+    w.write(&body).await.unwrap();
+    w.truncate(body.len() as u64 - 20).await.unwrap(); // inside the tail
+    w.truncate(PART * 2 + 100).await.unwrap(); // inside an uploaded part
+    assert_eq!(w.len(), PART * 2 + 100);
+    assert_eq!(
+        w.read_at(0, u64::MAX).await.unwrap(),
+        &body[..PART as usize * 2 + 100]
+    );
+    w.truncate(PART * 2 + 200).await.unwrap(); // grow with zeros
+    w.write(b"end").await.unwrap();
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    let mut expected = body[..PART as usize * 2 + 100].to_vec();
+    expected.extend(std::iter::repeat_n(0u8, 100));
+    expected.extend_from_slice(b"end");
+    assert_eq!(object(&f, "tr.txt").await.unwrap(), expected);
+}
+
+#[tokio::test]
+async fn truncate_a_committed_object_server_side() {
+    let f = fixture();
+    let original = data(PART as usize * 5 + 7, 3);
+    f.mem
+        .put("obj.bin", original.clone().into(), PutOptions::default())
+        .await
+        .unwrap();
+    let gets = f.faults.calls(Op::Get);
+    f.writer
+        .truncate_object("obj.bin", PART * 3 + 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.faults.calls(Op::Get),
+        gets,
+        "a kept prefix above one part is copied, not downloaded"
+    );
+    assert_eq!(
+        object(&f, "obj.bin").await.unwrap(),
+        &original[..PART as usize * 3 + 5]
+    );
+    f.writer.truncate_object("obj.bin", 10).await.unwrap();
+    assert_eq!(object(&f, "obj.bin").await.unwrap(), &original[..10]);
+    f.writer.truncate_object("obj.bin", 15).await.unwrap();
+    assert_eq!(
+        object(&f, "obj.bin").await.unwrap(),
+        [&original[..10], &[0u8; 5][..]].concat()
+    );
+    f.writer.truncate_object("obj.bin", 0).await.unwrap();
+    assert_eq!(object(&f, "obj.bin").await.unwrap(), Vec::<u8>::new());
+    let err = f
+        .writer
+        .truncate_object("missing.bin", 3)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("missing.bin") && err.to_string().contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn truncate_into_a_copied_prefix_recopies_server_side() {
+    let f = fixture();
+    let original = data(PART as usize * 4, 4);
+    f.mem
+        .put("cp.bin", original.clone().into(), PutOptions::default())
+        .await
+        .unwrap();
+    let mut w = f.writer.open_append("cp.bin").await.unwrap();
+    w.write(b"xyz").await.unwrap();
+    w.truncate(PART * 2 + 1500).await.unwrap();
+    assert_eq!(
+        w.read_at(PART * 2, 1500).await.unwrap(),
+        &original[PART as usize * 2..PART as usize * 2 + 1500]
+    );
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    assert_eq!(
+        object(&f, "cp.bin").await.unwrap(),
+        &original[..PART as usize * 2 + 1500]
+    );
+}
+
+#[tokio::test]
+async fn an_open_file_reads_its_own_writes_at_any_offset() {
+    let f = fixture_with(2, Some(Duration::from_millis(5)));
+    let mut w = f.writer.open("ryw.bin").await.unwrap();
+    let body = data(PART as usize * 6 + 333, 5);
+    w.write(&body).await.unwrap();
+    for (off, len) in [
+        (0, 10),
+        (PART - 5, 10),
+        (PART * 3 + 17, PART * 2),
+        (body.len() as u64 - 4, 100),
+        (body.len() as u64, 5),
+    ] {
+        let got = w.read_at(off, len).await.unwrap();
+        let end = (off + len).min(body.len() as u64) as usize;
+        assert_eq!(
+            &got[..],
+            &body[(off as usize).min(end)..end],
+            "read at {off}+{len}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn recover_all_and_rebuilding_a_lost_index() {
+    let f = fixture();
+    let mut a = f.writer.open("a.txt").await.unwrap();
+    a.write(&data(PART as usize + 10, 1)).await.unwrap();
+    let ta = a.persist().await.unwrap();
+    let mut b = f.writer.open("b.txt").await.unwrap();
+    b.write(b"bee").await.unwrap();
+    b.persist().await.unwrap();
+    b.write(b"ee").await.unwrap();
+    let tb = b.persist().await.unwrap();
+    std::mem::forget(a);
+    std::mem::forget(b);
+    let mut found = f.writer.recover_all().await.unwrap();
+    found.sort_by(|x, y| x.key().cmp(y.key()));
+    assert_eq!(
+        found,
+        vec![Token::Resume(ta.clone()), Token::Resume(tb.clone())]
+    );
+
+    // Lose the index; rebuild it from the store with a new writer service.
+    let index = Index::temporary().unwrap();
+    let config = WriterConfig {
+        part_size: PART,
+        cache_dir: f.cache.path().to_path_buf(),
+        ..Default::default()
+    };
+    let store: DynStore = f.faults.clone();
+    let writer = RecoverableWriter::new(store, index.clone(), config).unwrap();
+    assert!(writer.recover_all().await.unwrap().is_empty());
+    let report = writer.rebuild_index().await.unwrap();
+    assert_eq!(report.restored.len(), 2);
+    let mut rebuilt = writer.recover_all().await.unwrap();
+    rebuilt.sort_by(|x, y| x.key().cmp(y.key()));
+    assert_eq!(rebuilt, vec![Token::Resume(ta), Token::Resume(tb.clone())]);
+    let entry = index
+        .get(&f.mem.describe(), &tb.upload_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        entry.live_tails.len(),
+        2,
+        "every tail in the store stays live"
+    );
+    for t in rebuilt {
+        let Token::Resume(t) = t else { unreachable!() };
+        let mut w = writer.recover(&t).await.unwrap();
+        w.close_for_commit().await.unwrap().commit().await.unwrap();
+    }
+    assert_eq!(object(&f, "b.txt").await.unwrap(), b"beeee");
+}
+
+#[tokio::test]
+async fn transient_faults_are_retried_and_nothing_persisted_is_lost() {
+    let f = fixture();
+    f.faults.set_config(FaultConfig {
+        error_rate: 0.05,
+        lost_answer_rate: 0.05,
+        ..Default::default()
+    });
+    let mut expected = Vec::new();
+    let mut last_token = None;
+    for round in 0..20u8 {
+        let chunk = data(PART as usize / 2 + round as usize * 37, round);
+        let mut w = match &last_token {
+            None => f.writer.open("faulty.bin").await.unwrap(),
+            Some(t) => match f.writer.recover(t).await {
+                Ok(w) => w,
+                Err(e) => panic!("recover failed under 5% faults: {e}"),
+            },
+        };
+        w.write(&chunk).await.unwrap();
+        match w.persist().await {
+            Ok(t) => {
+                expected.extend_from_slice(&chunk);
+                assert_eq!(t.len(), expected.len() as u64);
+                last_token = Some(t);
+            }
+            Err(e) => {
+                // A failed persist must say what failed; the previous token stays good.
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+    f.faults.set_config(FaultConfig::default());
+    let mut w = f
+        .writer
+        .recover(last_token.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        w.read_at(0, u64::MAX)
+            .await
+            .map(|b| b.len())
+            .unwrap_or(expected.len()),
+        expected.len()
+    );
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    assert_eq!(object(&f, "faulty.bin").await.unwrap(), expected);
+}
+
+#[test]
+fn config_is_validated() {
+    let store: DynStore = Arc::new(MemoryStore::new());
+    let bad = WriterConfig {
+        part_size: 1024,
+        ..Default::default()
+    };
+    let err = RecoverableWriter::new(store.clone(), Index::temporary().unwrap(), bad).unwrap_err();
+    assert!(err.to_string().contains("minimum part size"), "{err}");
+    let bad = WriterConfig {
+        max_in_flight: 0,
+        ..Default::default()
+    };
+    assert!(RecoverableWriter::new(store, Index::temporary().unwrap(), bad).is_err());
+}

@@ -1,0 +1,257 @@
+//! `rivulet bench`: the recoverable writer against a plain multipart upload of the same bytes
+//! to the same store, in the same run, alternating which goes first.
+//!
+//! Reported (medians over the runs): throughput of both and their ratio, persist latency
+//! p50/p99, recover time per file size, and store requests per GiB split into the write path
+//! (create, parts, persists, complete) and the cleanup at commit (deleting the tails).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use fs_core::store::fault::{FaultConfig, FaultStore, Op};
+use fs_core::store::{CompletedPart, DynStore, ObjectStore, PutCondition, PutOptions};
+use fs_core::{Index, RecoverableWriter, WriterConfig};
+use futures::StreamExt;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub size: u64,
+    pub persist_every: u64,
+    pub runs: usize,
+    pub part_size: u64,
+    pub max_in_flight: usize,
+    pub recover_sizes: Vec<u64>,
+}
+
+/// One run's measurements.
+#[derive(Debug, Clone, Default)]
+struct RunResult {
+    baseline_secs: f64,
+    writer_secs: f64,
+    persist_latencies: Vec<Duration>,
+    write_path_requests: u64,
+    cleanup_requests: u64,
+    parts: u64,
+    persists: u64,
+    recover: Vec<(u64, Duration)>,
+}
+
+const WRITE_CHUNK: usize = 1024 * 1024;
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// A buffer of pseudo-random bytes that the benchmark cycles through (incompressible enough,
+/// and generated once so that generation is not measured).
+fn payload() -> Bytes {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut buf = Vec::with_capacity(64 << 20);
+    while buf.len() < 64 << 20 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        buf.extend_from_slice(&state.to_le_bytes());
+    }
+    Bytes::from(buf)
+}
+
+fn slice_at(payload: &Bytes, offset: u64, len: usize) -> Bytes {
+    let start = (offset % payload.len() as u64) as usize;
+    if start + len <= payload.len() {
+        payload.slice(start..start + len)
+    } else {
+        let mut v = payload.slice(start..).to_vec();
+        v.extend_from_slice(&payload[..len - (payload.len() - start)]);
+        Bytes::from(v)
+    }
+}
+
+/// A plain multipart upload: parts of `part_size`, `max_in_flight` at a time, then complete.
+async fn baseline(store: &DynStore, key: &str, opts: &BenchOptions, payload: &Bytes) -> Result<f64> {
+    let started = Instant::now();
+    let upload = store.create_multipart(key, PutOptions::default()).await?;
+    let count = opts.size.div_ceil(opts.part_size);
+    let parts: Vec<Result<CompletedPart, fs_core::StoreError>> =
+        futures::stream::iter(0..count)
+            .map(|i| {
+                let offset = i * opts.part_size;
+                let len = opts.part_size.min(opts.size - offset) as usize;
+                let body = slice_at(payload, offset, len);
+                let (store, upload) = (store.clone(), upload.clone());
+                async move {
+                    let number = i as u32 + 1;
+                    let etag = store.upload_part(key, &upload, number, body).await?;
+                    Ok(CompletedPart { number, etag })
+                }
+            })
+            .buffered(opts.max_in_flight)
+            .collect()
+            .await;
+    let parts = parts.into_iter().collect::<Result<Vec<_>, _>>()?;
+    store.complete_multipart(key, &upload, &parts, PutCondition::None).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn write_path_calls(counter: &FaultStore) -> u64 {
+    [Op::CreateMultipart, Op::UploadPart, Op::UploadPartCopy, Op::Put, Op::CompleteMultipart]
+        .into_iter()
+        .map(|op| counter.calls(op))
+        .sum()
+}
+
+fn cleanup_calls(counter: &FaultStore) -> u64 {
+    [Op::List, Op::Delete, Op::DeleteMany].into_iter().map(|op| counter.calls(op)).sum()
+}
+
+fn writer_service(store: DynStore, opts: &BenchOptions, dir: &std::path::Path) -> Result<RecoverableWriter> {
+    let index = Index::open(dir.join("index"))?;
+    let config = WriterConfig {
+        part_size: opts.part_size,
+        max_in_flight: opts.max_in_flight,
+        cache_dir: dir.join("cache"),
+        ..Default::default()
+    };
+    Ok(RecoverableWriter::new(store, index, config)?)
+}
+
+async fn write_file(
+    writer: &RecoverableWriter,
+    key: &str,
+    size: u64,
+    persist_every: u64,
+    payload: &Bytes,
+    latencies: &mut Vec<Duration>,
+) -> Result<fs_core::FileWriter> {
+    let mut file = writer.open(key).await?;
+    let mut since_persist = 0u64;
+    while file.len() < size {
+        let len = (WRITE_CHUNK as u64).min(size - file.len()) as usize;
+        file.write(&slice_at(payload, file.len(), len)).await?;
+        since_persist += len as u64;
+        if since_persist >= persist_every {
+            let t = Instant::now();
+            file.persist().await?;
+            latencies.push(t.elapsed());
+            since_persist = 0;
+        }
+    }
+    Ok(file)
+}
+
+async fn one_run(store: &DynStore, opts: &BenchOptions, run: usize, payload: &Bytes) -> Result<RunResult> {
+    let dir = tempfile::tempdir()?;
+    let counter = Arc::new(FaultStore::new(store.clone(), FaultConfig::default()));
+    let writer = writer_service(counter.clone(), opts, dir.path())?;
+    let mut result = RunResult::default();
+    let base_key = format!("rivulet-bench/run{run}/baseline.bin");
+    let writer_key = format!("rivulet-bench/run{run}/writer.bin");
+
+    let writer_first = run % 2 == 1;
+    if !writer_first {
+        result.baseline_secs = baseline(store, &base_key, opts, payload).await?;
+    }
+    let started = Instant::now();
+    let mut file = write_file(&writer, &writer_key, opts.size, opts.persist_every, payload, &mut result.persist_latencies).await?;
+    let committer = file.close_for_commit().await?;
+    let before_commit_cleanup = cleanup_calls(&counter);
+    committer.commit().await?;
+    result.writer_secs = started.elapsed().as_secs_f64();
+    result.cleanup_requests = cleanup_calls(&counter) - before_commit_cleanup;
+    result.write_path_requests = write_path_calls(&counter);
+    result.parts = counter.calls(Op::UploadPart);
+    result.persists = counter.calls(Op::Put);
+    if writer_first {
+        result.baseline_secs = baseline(store, &base_key, opts, payload).await?;
+    }
+    store.delete(&base_key).await?;
+    store.delete(&writer_key).await?;
+
+    for &size in &opts.recover_sizes {
+        let key = format!("rivulet-bench/run{run}/recover-{size}.bin");
+        let mut latencies = Vec::new();
+        let mut file = write_file(&writer, &key, size, u64::MAX, payload, &mut latencies).await?;
+        let token = file.persist().await?;
+        drop(file);
+        let t = Instant::now();
+        let recovered = writer.recover(&token).await?;
+        result.recover.push((size, t.elapsed()));
+        drop(recovered);
+        writer.abort(&token).await?;
+    }
+    Ok(result)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn percentile(v: &[Duration], p: f64) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
+
+/// Runs the benchmark and returns the report as Markdown.
+pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
+    anyhow::ensure!(opts.runs > 0, "--runs must be at least 1");
+    anyhow::ensure!(opts.size > 0, "--size must be above 0");
+    let payload = payload();
+    let mut runs = Vec::new();
+    for run in 0..opts.runs {
+        eprintln!("bench: run {}/{} on {}", run + 1, opts.runs, store.describe());
+        runs.push(one_run(&store, &opts, run, &payload).await.with_context(|| format!("bench run {}", run + 1))?);
+    }
+    let mib = opts.size as f64 / MIB;
+    let base_tput = median(runs.iter().map(|r| mib / r.baseline_secs).collect());
+    let writer_tput = median(runs.iter().map(|r| mib / r.writer_secs).collect());
+    let ratio = median(runs.iter().map(|r| r.baseline_secs / r.writer_secs).collect());
+    let latencies: Vec<Duration> = runs.iter().flat_map(|r| r.persist_latencies.clone()).collect();
+    let gib = opts.size as f64 / (1u64 << 30) as f64;
+    let per_gib = |f: &dyn Fn(&RunResult) -> u64| median(runs.iter().map(|r| f(r) as f64 / gib).collect());
+    let write_path = per_gib(&|r| r.write_path_requests);
+    let target = per_gib(&|r| r.parts + r.persists + 2);
+    let cleanup = per_gib(&|r| r.cleanup_requests);
+
+    let mut out = String::new();
+    out.push_str(&format!(
+        "store: `{}` · {} through the writer, persist every {}, part size {}, {} in flight, {} runs (medians)\n\n",
+        store.describe(),
+        human(opts.size),
+        human(opts.persist_every),
+        human(opts.part_size),
+        opts.max_in_flight,
+        opts.runs
+    ));
+    out.push_str("| measure | value |\n|---|---|\n");
+    out.push_str(&format!("| plain multipart upload | {base_tput:.0} MiB/s |\n"));
+    out.push_str(&format!("| recoverable writer (with persists) | {writer_tput:.0} MiB/s |\n"));
+    out.push_str(&format!("| throughput ratio writer / plain (target >= 0.95) | {ratio:.3} |\n"));
+    out.push_str(&format!(
+        "| persist latency p50 / p99 ({} persists) | {:.1} ms / {:.1} ms |\n",
+        latencies.len(),
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+    ));
+    for (i, &size) in opts.recover_sizes.iter().enumerate() {
+        let t = median(runs.iter().map(|r| r.recover[i].1.as_secs_f64() * 1e3).collect());
+        out.push_str(&format!("| recover time, {} file | {t:.1} ms |\n", human(size)));
+    }
+    out.push_str(&format!(
+        "| requests per GiB, write path (target: parts + persists + 2 = {target:.0}) | {write_path:.0} |\n"
+    ));
+    out.push_str(&format!("| requests per GiB, tail cleanup at commit | {cleanup:.0} |\n"));
+    Ok(out)
+}

@@ -1,0 +1,143 @@
+//! The context of one run: the global options, and opening stores, the index and writers.
+
+use std::fmt::Display;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use fs_core::retry::RetryPolicy;
+use fs_core::store::local::LocalStore;
+use fs_core::store::{DynStore, StoreUrl, open_store};
+use fs_core::{Index, RecoverableWriter, WriterConfig};
+
+use super::Global;
+
+/// The global options and what is derived from them.
+#[derive(Debug)]
+pub struct Env {
+    pub global: Global,
+}
+
+impl Env {
+    pub fn new(global: Global) -> Self {
+        Self { global }
+    }
+
+    /// Prints a line on stderr when `-v` was given.
+    pub fn say(&self, message: impl Display) {
+        if self.global.verbose > 0 {
+            eprintln!("{message}");
+        }
+    }
+
+    /// Whether progress bars may be drawn (they also need stderr to be a terminal).
+    pub fn progress(&self) -> bool {
+        !self.global.quiet
+    }
+
+    pub fn part_size(&self) -> u64 {
+        self.global.part_size
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.global.max_in_flight
+    }
+
+    /// Retries of the store calls the command line makes itself (`retry`) and of the writer's.
+    /// The S3 client already retries transient failures itself (`max_attempts` in the URL), so
+    /// retrying its calls again here would multiply the attempts: against a dead endpoint a
+    /// command would take a minute to fail instead of seconds.
+    pub fn retry_for(&self, url: &StoreUrl) -> RetryPolicy {
+        match url {
+            StoreUrl::S3(_) => RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            },
+            _ => RetryPolicy::default(),
+        }
+    }
+
+    /// Opens a store; a local store's directory is created if missing.
+    pub async fn open_store(&self, url: &StoreUrl) -> Result<DynStore> {
+        match url {
+            // The local store is opened here directly (fs-core's `open_store` does the same
+            // thing): opening creates and sweeps its state directory, which blocks.
+            StoreUrl::Local(root) => {
+                let root = root.clone();
+                let store = tokio::task::spawn_blocking(move || LocalStore::open(root))
+                    .await
+                    .context("opening the local store failed")??;
+                Ok(Arc::new(store))
+            }
+            other => Ok(open_store(other).await?),
+        }
+    }
+
+    /// Opens a store for reading: `None` for a local store whose directory does not exist (it
+    /// holds no objects, and reading must not create it).
+    pub async fn open_existing_store(&self, url: &StoreUrl) -> Result<Option<DynStore>> {
+        if let StoreUrl::Local(root) = url
+            && !root.is_dir()
+        {
+            return Ok(None);
+        }
+        self.open_store(url).await.map(Some)
+    }
+
+    /// The error for a missing object (a local store's missing directory is named too).
+    pub fn no_such_object(url: &StoreUrl, key: &str) -> anyhow::Error {
+        match url {
+            StoreUrl::Local(root) if !root.is_dir() => {
+                anyhow::anyhow!("no such object '{key}' in {url} (the directory does not exist)")
+            }
+            _ => anyhow::anyhow!("no such object '{key}' in {url}"),
+        }
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.global
+            .index
+            .clone()
+            .unwrap_or_else(Index::default_path)
+    }
+
+    /// Opens (creating it if needed) the index of open uploads.
+    pub async fn index(&self) -> Result<Index> {
+        let path = self.index_path();
+        tokio::task::spawn_blocking(move || -> Result<Index> {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create the index's directory {}", parent.display()))?;
+            }
+            Index::open(&path).with_context(|| {
+                format!(
+                    "cannot open the index {} (is another rivulet using it? choose another with --index)",
+                    path.display()
+                )
+            })
+        })
+        .await
+        .context("opening the index failed")?
+    }
+
+    /// A writer service over the store `url` names (opened as `store`) with the global options,
+    /// and the index it records in.
+    pub async fn writer(
+        &self,
+        url: &StoreUrl,
+        store: DynStore,
+    ) -> Result<(RecoverableWriter, Index)> {
+        let index = self.index().await?;
+        let mut config = WriterConfig {
+            part_size: self.global.part_size,
+            max_in_flight: self.global.max_in_flight,
+            retry: self.retry_for(url),
+            ..WriterConfig::default()
+        };
+        if let Some(dir) = &self.global.cache_dir {
+            config.cache_dir = dir.clone();
+        }
+        let writer = RecoverableWriter::new(store, index.clone(), config)?;
+        Ok((writer, index))
+    }
+}

@@ -1,0 +1,246 @@
+//! Writing objects through the recoverable writer: the session shared by `cp` (uploads),
+//! `append` and `truncate`, and those two commands.
+
+use std::future::Future;
+
+use anyhow::{Context, Result, anyhow};
+use bytes::Bytes;
+use fs_core::error::StoreErrorKind;
+use fs_core::store::{DynStore, ObjectStoreExt, StoreUrl};
+use fs_core::{CommitOutcome, FileWriter, Index, RecoverableWriter, WriterError};
+use futures::{Stream, StreamExt};
+use indicatif::ProgressBar;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::output::{Interrupted, chain, progress};
+use super::{Env, location};
+
+/// How much input is read at a time (the writer buffers it into parts).
+const READ_CHUNK: usize = 1 << 20;
+
+/// Runs `fut` unless Ctrl-C comes first (then it is dropped and the result is [`Interrupted`]).
+pub async fn interruptible<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No signal handling available: never interrupt.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = fut => result,
+        () = interrupt => Err(Interrupted.into()),
+    }
+}
+
+/// A store opened for writing, with its writer service and index.
+pub struct Session {
+    pub url: StoreUrl,
+    pub store: DynStore,
+    pub writer: RecoverableWriter,
+    index: Index,
+}
+
+impl Session {
+    pub async fn open(env: &Env, url: StoreUrl) -> Result<Self> {
+        let store = env.open_store(&url).await?;
+        let (writer, index) = env.writer(&url, store.clone()).await?;
+        Ok(Self {
+            url,
+            store,
+            writer,
+            index,
+        })
+    }
+
+    /// Appends everything `input` yields to `file`.
+    pub async fn pump(
+        &self,
+        file: &mut FileWriter,
+        mut input: impl AsyncRead + Unpin,
+        what: &str,
+        bar: &ProgressBar,
+    ) -> Result<u64> {
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut total = 0u64;
+        loop {
+            let n = input
+                .read(&mut buf)
+                .await
+                .with_context(|| format!("read {what}"))?;
+            if n == 0 {
+                return Ok(total);
+            }
+            file.write(&buf[..n]).await?;
+            total += n as u64;
+            bar.inc(n as u64);
+        }
+    }
+
+    /// Appends every chunk of `chunks` to `file`.
+    pub async fn pump_stream(
+        &self,
+        file: &mut FileWriter,
+        chunks: impl Stream<Item = Result<Bytes>>,
+        bar: &ProgressBar,
+    ) -> Result<u64> {
+        let mut chunks = std::pin::pin!(chunks);
+        let mut total = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            file.write(&chunk).await?;
+            total += chunk.len() as u64;
+            bar.inc(chunk.len() as u64);
+        }
+        Ok(total)
+    }
+
+    /// Gives up a file that was never persisted: aborts its upload and forgets it in the index.
+    pub async fn abandon(&self, file: FileWriter) {
+        let (key, upload) = (file.key().to_string(), file.upload_id().to_string());
+        drop(file);
+        self.forget(&key, &upload).await;
+    }
+
+    async fn forget(&self, key: &str, upload: &str) {
+        match self.store.abort_multipart(key, upload).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == StoreErrorKind::NoSuchUpload => {}
+            Err(e) => tracing::warn!(error = %e, "could not abort the upload; `rivulet gc` will"),
+        }
+        let (index, name, upload) = (
+            self.index.clone(),
+            self.store.describe(),
+            upload.to_string(),
+        );
+        match tokio::task::spawn_blocking(move || index.remove(&name, &upload)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not remove the upload from the index"),
+            Err(e) => tracing::warn!(error = %e, "could not remove the upload from the index"),
+        }
+    }
+
+    /// Closes and commits a file. If closing fails the upload is abandoned; if the commit finds
+    /// the object changed under it the upload is aborted; if the commit fails otherwise (the store
+    /// is unreachable) the closed upload stays in the index for `rivulet recover --commit`.
+    pub async fn finish(&self, mut file: FileWriter) -> Result<CommitOutcome> {
+        let committer = match file.close_for_commit().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.abandon(file).await;
+                return Err(e.into());
+            }
+        };
+        drop(file);
+        match committer.commit().await {
+            Ok(outcome) => Ok(outcome),
+            Err(e @ WriterError::Commit { .. }) => {
+                let token = committer.token();
+                self.forget(&token.key, &token.upload_id).await;
+                Err(e.into())
+            }
+            Err(e) => Err(anyhow!(
+                "{}; the closed upload is kept: `rivulet recover {} --commit` retries the commit",
+                chain(&e.into()),
+                self.url
+            )),
+        }
+    }
+}
+
+/// Where input comes from: a local file or stdin.
+pub async fn open_input(path: &str) -> Result<(Box<dyn AsyncRead + Unpin + Send>, Option<u64>)> {
+    if path == "-" {
+        return Ok((Box::new(tokio::io::stdin()), None));
+    }
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open {path}"))?;
+    let meta = file
+        .metadata()
+        .await
+        .with_context(|| format!("cannot read {path}"))?;
+    if meta.is_dir() {
+        anyhow::bail!("{path} is a directory");
+    }
+    let len = meta.is_file().then_some(meta.len());
+    Ok((Box::new(file), len))
+}
+
+/// `rivulet append URL [FILE|-]`.
+pub async fn append(env: &Env, url: &str, input_path: &str) -> Result<()> {
+    let (store_url, key) = location::object(url)?;
+    let (input, len) = open_input(input_path).await?;
+    let session = Session::open(env, store_url).await?;
+    let mut file = session.writer.open_append(&key).await?;
+    let start = file.len();
+    let bar = progress(env.progress(), len, &format!("append {key}"));
+    let what = if input_path == "-" {
+        "stdin"
+    } else {
+        input_path
+    };
+    let pumped = interruptible(session.pump(&mut file, input, what, &bar)).await;
+    bar.finish_and_clear();
+    let appended = match pumped {
+        Ok(n) => n,
+        Err(e) => {
+            session.abandon(file).await;
+            return Err(e);
+        }
+    };
+    let outcome = session.finish(file).await?;
+    env.say(format_args!(
+        "appended {appended} bytes to {key} ({start} -> {} bytes, ETag {})",
+        outcome.size, outcome.etag
+    ));
+    Ok(())
+}
+
+/// `rivulet truncate URL LEN [--no-create]`.
+pub async fn truncate(env: &Env, url: &str, len: u64, no_create: bool) -> Result<()> {
+    let (store_url, key) = location::object(url)?;
+    if no_create {
+        let exists = match env.open_existing_store(&store_url).await? {
+            Some(store) => env
+                .retry_for(&store_url)
+                .run(|| store.head_opt(&key))
+                .await?
+                .is_some(),
+            None => false,
+        };
+        if !exists {
+            env.say(format_args!(
+                "{key} does not exist; not created (--no-create)"
+            ));
+            return Ok(());
+        }
+    }
+    let session = Session::open(env, store_url).await?;
+    let existing = env
+        .retry_for(&session.url)
+        .run(|| session.store.head_opt(&key))
+        .await?;
+    let file = match existing {
+        // Keeps the first `len` bytes (server-side copies) or pads with zeros; commits only over
+        // the version it copied.
+        Some(_) => session.writer.open_truncate(&key, len).await?,
+        None => {
+            // Creates it: an append to a missing object commits only if it is still missing.
+            let mut file = session.writer.open_append(&key).await?;
+            let zeros =
+                interruptible(async { file.truncate(len).await.map_err(anyhow::Error::from) })
+                    .await;
+            if let Err(e) = zeros {
+                session.abandon(file).await;
+                return Err(e);
+            }
+            file
+        }
+    };
+    let outcome = session.finish(file).await?;
+    env.say(format_args!(
+        "{key} is now {} bytes (ETag {})",
+        outcome.size, outcome.etag
+    ));
+    Ok(())
+}

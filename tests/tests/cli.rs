@@ -1,0 +1,720 @@
+//! End-to-end tests of the `rivulet` binary against a local store in a temporary directory.
+//!
+//! The binary is not built by this crate (a binary cannot be a dependency): it is found next to
+//! this test's own executable (`target/debug/rivulet`) or under `$CARGO_TARGET_DIR/debug`, and a
+//! missing binary fails every test with a message saying to build the workspace first.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fs_core::store::DynStore;
+use fs_core::store::local::LocalStore;
+use fs_core::{Index, RecoverableWriter, WriterConfig};
+use tempfile::TempDir;
+
+const MIB: usize = 1024 * 1024;
+
+fn rivulet_bin() -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(deps) = exe.parent()
+    {
+        // target/debug/deps/cli-<hash> -> target/debug/rivulet
+        candidates.push(deps.join("../rivulet"));
+        candidates.push(deps.join("rivulet"));
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(target).join("debug/rivulet"));
+    }
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!(
+            "the rivulet binary is missing (looked at {candidates:?}): build the workspace first \
+             with `cargo build --workspace`"
+        )
+    })
+}
+
+/// A temporary directory with a store (`store/`), an index and a part cache of its own.
+struct Fixture {
+    dir: TempDir,
+    bin: PathBuf,
+}
+
+/// What one run of the binary did.
+struct Run {
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Run {
+    fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    #[track_caller]
+    fn ok(self) -> Self {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "expected success; stderr: {}",
+            self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    fn fails_with(self, code: i32, needles: &[&str]) -> Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "stdout: {} stderr: {}",
+            self.stdout_text(),
+            self.stderr
+        );
+        for needle in needles {
+            assert!(
+                self.stderr.contains(needle),
+                "expected {needle:?} in stderr: {}",
+                self.stderr
+            );
+        }
+        self
+    }
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Self {
+        Run {
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("store")).expect("store dir");
+        Self {
+            dir,
+            bin: rivulet_bin(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A plain-path URL of a key in the store.
+    fn obj(&self, key: &str) -> String {
+        self.path("store").join(key).display().to_string()
+    }
+
+    /// A `file://` URL of a key in the store (what `cp` needs to see a store object).
+    fn url(&self, key: &str) -> String {
+        format!("file://{}", self.obj(key))
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--index")
+            .arg(self.path("index"))
+            .arg("--cache-dir")
+            .arg(self.path("cache"))
+            .args(args)
+            .env_remove("RIVULET_INDEX")
+            .env_remove("RUST_LOG")
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.command(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run rivulet")
+            .into()
+    }
+
+    fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rivulet");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || stdin.write_all(&input));
+        let out = child.wait_with_output().expect("wait for rivulet");
+        writer.join().expect("stdin writer").expect("write stdin");
+        out.into()
+    }
+
+    fn write_file(&self, rel: &str, data: &[u8]) -> String {
+        let path = self.path(rel);
+        std::fs::write(&path, data).expect("write input file");
+        path.display().to_string()
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different for each seed.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+#[test]
+fn cp_in_and_out_is_byte_exact_across_parts() {
+    let fx = Fixture::new();
+    // 12 MiB + 1234 bytes: two full 5 MiB parts and a last one.
+    let data = pseudo_random(12 * MIB + 1234, 1);
+    let src = fx.write_file("big.bin", &data);
+    let run = fx
+        .run(&["--part-size", "5MiB", "cp", &src, &fx.url("big.bin")])
+        .ok();
+    assert!(
+        run.stdout.is_empty(),
+        "cp prints nothing on success: {}",
+        run.stdout_text()
+    );
+    assert!(
+        run.stderr.is_empty(),
+        "no progress bar when stderr is not a terminal: {}",
+        run.stderr
+    );
+    // Objects are plain files in the local store.
+    assert_eq!(read(&fx.path("store/big.bin")), data);
+    // Three parts: a multipart ETag with -3.
+    let stat = fx.run(&["stat", &fx.obj("big.bin")]).ok().stdout_text();
+    assert!(
+        stat.contains(&format!("Size:          {}", data.len())),
+        "{stat}"
+    );
+    assert!(stat.contains("-3\""), "multipart ETag of 3 parts: {stat}");
+
+    // Out again, with ranged reads smaller than the object, to a file and to stdout.
+    let out = fx.path("out.bin");
+    fx.run(&[
+        "--part-size",
+        "5MiB",
+        "--max-in-flight",
+        "2",
+        "cp",
+        &fx.url("big.bin"),
+        out.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(read(&out), data);
+    let stdout = fx
+        .run(&["--part-size", "1MiB", "cp", &fx.url("big.bin"), "-"])
+        .ok()
+        .stdout;
+    assert!(
+        stdout == data,
+        "cp to stdout differs ({} bytes vs {})",
+        stdout.len(),
+        data.len()
+    );
+    // No temporary files are left next to the download.
+    let leftovers: Vec<_> = std::fs::read_dir(fx.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("rivulet-") && n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Into a "directory" URL and a local directory: the names carry over.
+    fx.run(&["cp", &src, &format!("{}/", fx.url("dir"))]).ok();
+    assert_eq!(read(&fx.path("store/dir/big.bin")), data);
+    std::fs::create_dir(fx.path("downloads")).unwrap();
+    fx.run(&[
+        "cp",
+        &fx.url("dir/big.bin"),
+        fx.path("downloads").to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(read(&fx.path("downloads/big.bin")), data);
+
+    // From stdin, replacing the object.
+    let small = pseudo_random(1000, 2);
+    fx.run_with_stdin(&["cp", "-", &fx.url("big.bin")], &small)
+        .ok();
+    assert_eq!(read(&fx.path("store/big.bin")), small);
+    // The writer cleaned up after itself: nothing left open in the index.
+    let recover = fx.run(&["recover", &fx.obj("")]).ok().stdout_text();
+    assert!(recover.contains("no open uploads"), "{recover}");
+}
+
+#[test]
+fn cp_needs_a_store_url_on_one_side() {
+    let fx = Fixture::new();
+    let src = fx.write_file("a.txt", b"abc");
+    fx.run(&["cp", &src, fx.path("b.txt").to_str().unwrap()])
+        .fails_with(2, &["rivulet: cp ", "is a store object", "scheme"]);
+    assert!(!fx.path("b.txt").exists());
+    fx.run(&["cp", fx.path("missing.txt").to_str().unwrap(), &fx.url("x")])
+        .fails_with(1, &["missing.txt"]);
+    assert!(!fx.path("store/x").exists());
+    fx.run(&["cp", &fx.url("missing"), fx.path("out").to_str().unwrap()])
+        .fails_with(1, &["no such object 'missing'"]);
+    assert!(
+        !fx.path("out").exists(),
+        "a failed download creates nothing"
+    );
+}
+
+#[test]
+fn append_twice_then_cat() {
+    let fx = Fixture::new();
+    let first = pseudo_random(3000, 3);
+    let input = fx.write_file("first.bin", &first);
+    let run = fx.run(&["append", &fx.obj("log.bin"), &input]).ok();
+    assert!(
+        run.stdout.is_empty() && run.stderr.is_empty(),
+        "append is silent: {} {}",
+        run.stdout_text(),
+        run.stderr
+    );
+    let second = b"and a line from stdin\n".to_vec();
+    fx.run_with_stdin(&["append", &fx.obj("log.bin")], &second)
+        .ok();
+    let mut expected = first.clone();
+    expected.extend_from_slice(&second);
+    assert_eq!(fx.run(&["cat", &fx.obj("log.bin")]).ok().stdout, expected);
+
+    // -v says what happened.
+    let run = fx
+        .run_with_stdin(&["-v", "append", &fx.obj("log.bin"), "-"], b"xyz")
+        .ok();
+    assert!(run.stderr.contains("appended 3 bytes"), "{}", run.stderr);
+    expected.extend_from_slice(b"xyz");
+    assert_eq!(read(&fx.path("store/log.bin")), expected);
+
+    // An append larger than a part, onto an object larger than a part (server-side copy).
+    let big = pseudo_random(6 * MIB, 4);
+    let big_input = fx.write_file("big.bin", &big);
+    fx.run(&[
+        "--part-size",
+        "5MiB",
+        "append",
+        &fx.obj("log.bin"),
+        &big_input,
+    ])
+    .ok();
+    fx.run(&[
+        "--part-size",
+        "5MiB",
+        "append",
+        &fx.obj("log.bin"),
+        &big_input,
+    ])
+    .ok();
+    expected.extend_from_slice(&big);
+    expected.extend_from_slice(&big);
+    let cat = fx
+        .run(&["--part-size", "2MiB", "cat", &fx.obj("log.bin")])
+        .ok()
+        .stdout;
+    assert!(
+        cat == expected,
+        "cat after appends differs ({} bytes vs {})",
+        cat.len(),
+        expected.len()
+    );
+}
+
+#[test]
+fn truncate_shrinks_grows_and_creates() {
+    let fx = Fixture::new();
+    fx.run_with_stdin(&["append", &fx.obj("t.txt")], b"hello world")
+        .ok();
+    fx.run(&["truncate", &fx.obj("t.txt"), "5"]).ok();
+    assert_eq!(read(&fx.path("store/t.txt")), b"hello");
+    fx.run(&["truncate", &fx.obj("t.txt"), "8"]).ok();
+    assert_eq!(read(&fx.path("store/t.txt")), b"hello\0\0\0");
+    fx.run(&["truncate", &fx.obj("t.txt"), "0"]).ok();
+    assert_eq!(read(&fx.path("store/t.txt")), b"");
+
+    // A missing object is created with zeros; sizes take units.
+    fx.run(&["truncate", &fx.obj("zeros.bin"), "10KiB"]).ok();
+    assert_eq!(read(&fx.path("store/zeros.bin")), vec![0u8; 10 * 1024]);
+    // ... unless --no-create, which succeeds without creating anything (truncate -c).
+    fx.run(&["truncate", "--no-create", &fx.obj("absent"), "10"])
+        .ok();
+    assert!(!fx.path("store/absent").exists());
+    fx.run(&["truncate", "-c", &fx.obj("zeros.bin"), "1"]).ok();
+    assert_eq!(read(&fx.path("store/zeros.bin")), vec![0u8]);
+
+    // Bad sizes are usage errors.
+    fx.run(&["truncate", &fx.obj("t.txt"), "lots"])
+        .fails_with(2, &["lots"]);
+    fx.run(&["truncate", &fx.obj("t.txt"), "-5"])
+        .fails_with(2, &["negative"]);
+    assert_eq!(read(&fx.path("store/t.txt")), b"");
+}
+
+#[test]
+fn ls_and_stat_show_objects() {
+    let fx = Fixture::new();
+    fx.run_with_stdin(&["append", &fx.obj("a.txt")], b"12345")
+        .ok();
+    fx.run_with_stdin(&["append", &fx.obj("dir/b.txt")], b"1234567")
+        .ok();
+    fx.run_with_stdin(&["append", &fx.obj("dir/sub/c.txt")], b"1")
+        .ok();
+
+    let short = fx.run(&["ls", &fx.obj("")]).ok().stdout_text();
+    assert_eq!(short, "a.txt\ndir/\n");
+    let long = fx.run(&["ls", "-l", &fx.obj("")]).ok().stdout_text();
+    let lines: Vec<&str> = long.lines().collect();
+    assert_eq!(lines.len(), 2, "{long}");
+    assert!(lines[0].ends_with("          5 a.txt"), "{long}");
+    assert!(
+        lines[0].as_bytes()[4] == b'-' && lines[0].as_bytes()[10] == b' ',
+        "date first: {long}"
+    );
+    assert_eq!(lines[1], format!("{}PRE dir/", " ".repeat(27)));
+    // One level down, names relative to the directory.
+    let sub = fx.run(&["ls", &fx.obj("dir")]).ok().stdout_text();
+    assert_eq!(sub, "b.txt\nsub/\n");
+    // Recursive: every key, in full.
+    let all = fx.run(&["ls", "-r", &fx.obj("")]).ok().stdout_text();
+    assert_eq!(all, "a.txt\ndir/b.txt\ndir/sub/c.txt\n");
+    let all_long = fx.run(&["ls", "-lr", &fx.obj("")]).ok().stdout_text();
+    assert!(
+        all_long
+            .lines()
+            .nth(1)
+            .unwrap()
+            .ends_with("          7 dir/b.txt"),
+        "{all_long}"
+    );
+
+    let stat = fx.run(&["stat", &fx.obj("dir/b.txt")]).ok().stdout_text();
+    assert!(stat.contains("Key:           dir/b.txt\n"), "{stat}");
+    assert!(stat.contains("Size:          7 (7 B)\n"), "{stat}");
+    assert!(stat.contains("ETag:          \""), "{stat}");
+    assert!(stat.contains("Last-Modified: 20"), "{stat}");
+    assert!(stat.contains("Content-Type:  "), "{stat}");
+    assert!(
+        stat.contains("rivulet-writer-id: "),
+        "the writer's id is in the metadata: {stat}"
+    );
+
+    fx.run(&["stat", &fx.obj("nope")])
+        .fails_with(1, &["rivulet: stat ", "no such object 'nope'"]);
+    fx.run(&["ls", fx.path("no-such-dir").to_str().unwrap()])
+        .fails_with(1, &["no such directory"]);
+}
+
+#[test]
+fn rm_deletes_and_complains_about_missing_objects() {
+    let fx = Fixture::new();
+    fx.run_with_stdin(&["append", &fx.obj("gone.txt")], b"bye")
+        .ok();
+    fx.run_with_stdin(&["append", &fx.obj("kept.txt")], b"hi")
+        .ok();
+    let run = fx.run(&["rm", &fx.obj("gone.txt")]).ok();
+    assert!(run.stdout.is_empty());
+    assert!(!fx.path("store/gone.txt").exists());
+
+    let run = fx
+        .run(&["rm", &fx.obj("gone.txt")])
+        .fails_with(1, &["no such object 'gone.txt'"]);
+    assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
+    assert!(
+        run.stderr
+            .starts_with(&format!("rivulet: rm {}: ", fx.obj("gone.txt"))),
+        "{}",
+        run.stderr
+    );
+    fx.run(&["rm", "-f", &fx.obj("gone.txt")]).ok();
+
+    // Several objects: the ones that exist are removed, each missing one is reported.
+    let run = fx.run(&[
+        "rm",
+        &fx.obj("missing-1"),
+        &fx.obj("kept.txt"),
+        &fx.obj("missing-2"),
+    ]);
+    let run = run.fails_with(
+        1,
+        &["no such object 'missing-1'", "no such object 'missing-2'"],
+    );
+    assert_eq!(run.stderr.lines().count(), 2, "{}", run.stderr);
+    assert!(!fx.path("store/kept.txt").exists());
+    fx.run(&["rm"]).fails_with(2, &[]);
+}
+
+#[test]
+fn bad_urls_and_missing_keys_fail_clearly() {
+    let fx = Fixture::new();
+    let run = fx.run(&["cat", "gs://bucket/key"]).fails_with(
+        1,
+        &[
+            "rivulet: cat gs://bucket/key: ",
+            "unsupported scheme 'gs://'",
+        ],
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    fx.run(&["stat", "s3://ab/key"])
+        .fails_with(1, &["bad bucket name 'ab'"]);
+    fx.run(&["ls", "s3://bucket?colour=blue"])
+        .fails_with(1, &["unknown parameter 'colour'"]);
+    fx.run(&["cat", "s3://bucket/"])
+        .fails_with(1, &["names no object"]);
+
+    // Before the directory is a store, a missing path names its key in its own directory.
+    let run = fx.run(&["cat", &fx.obj("no/such/key")]);
+    let run = run.fails_with(
+        1,
+        &[
+            "rivulet: cat ",
+            "no such object 'key'",
+            "the directory does not exist",
+        ],
+    );
+    assert!(run.stdout.is_empty());
+    // Reading a missing object does not create anything.
+    assert!(!fx.path("store/no").exists());
+    // Once it is a store, keys are relative to it.
+    fx.run_with_stdin(&["append", &fx.obj("first")], b"1").ok();
+    let run = fx
+        .run(&["cat", &fx.obj("no/such/key")])
+        .fails_with(1, &["no such object 'no/such/key' in file://"]);
+    assert!(run.stdout.is_empty());
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    fx.run(&["--part-size", "huge", "cat", &fx.obj("x")])
+        .fails_with(2, &["huge"]);
+    fx.run(&["frobnicate"]).fails_with(2, &["frobnicate"]);
+    // Uploads need parts of at least the store's minimum.
+    let src = fx.write_file("s.txt", b"abc");
+    fx.run(&["--part-size", "1MiB", "cp", &src, &fx.url("s.txt")])
+        .fails_with(1, &["part size", "minimum"]);
+    assert!(!fx.path("store/s.txt").exists());
+}
+
+#[test]
+fn recover_and_gc_on_a_quiet_store() {
+    let fx = Fixture::new();
+    let store = fx.obj("");
+    let run = fx.run(&["recover", &store]).ok();
+    assert!(
+        run.stdout_text().starts_with("no open uploads for file://"),
+        "{}",
+        run.stdout_text()
+    );
+    let run = fx
+        .run(&["recover", "--commit", "--rebuild-index", &store])
+        .ok();
+    let out = run.stdout_text();
+    assert!(out.contains("0 uploads restored"), "{out}");
+    assert!(out.contains("no open uploads"), "{out}");
+
+    fx.run_with_stdin(&["append", &fx.obj("f.txt")], b"data")
+        .ok();
+    let run = fx.run(&["gc", "--dry-run", &store]).ok();
+    assert_eq!(
+        run.stdout_text(),
+        "dry run: would abort 0 uploads, would delete 0 tails (older than 1day)\n"
+    );
+    let run = fx
+        .run(&["gc", "--older-than", "0s", "--all-uploads", &store])
+        .ok();
+    assert!(
+        run.stdout_text()
+            .starts_with("aborted 0 uploads, deleted 0 tails"),
+        "{}",
+        run.stdout_text()
+    );
+    assert_eq!(
+        read(&fx.path("store/f.txt")),
+        b"data",
+        "gc leaves objects alone"
+    );
+    fx.run(&["gc", fx.path("no-such-store").to_str().unwrap()])
+        .fails_with(1, &["no such directory"]);
+    fx.run(&["gc", "--older-than", "soon", &store])
+        .fails_with(2, &["soon"]);
+}
+
+/// The line of `rivulet recover`'s table that names `key`.
+fn recover_line<'a>(listing: &'a str, key: &str) -> &'a str {
+    listing
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some(key))
+        .unwrap_or_else(|| panic!("{key} is not listed: {listing}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recover_commits_what_a_crashed_writer_persisted() {
+    let fx = Fixture::new();
+    let persisted = pseudo_random(6 * MIB + 100, 7);
+    let closed = pseudo_random(1000, 8);
+    {
+        // A writer in this process, with the index the binary will use, "crashes": one file is
+        // persisted then written to more, another closed but never committed.
+        let store: DynStore = Arc::new(LocalStore::open(fx.path("store")).unwrap());
+        let index = Index::open(fx.path("index")).unwrap();
+        let config = WriterConfig {
+            part_size: 5 * MIB as u64,
+            cache_dir: fx.path("cache"),
+            ..WriterConfig::default()
+        };
+        let writer = RecoverableWriter::new(store, index, config).unwrap();
+        let mut file = writer.open("crashed.bin").await.unwrap();
+        file.write(&persisted).await.unwrap();
+        file.persist().await.unwrap();
+        file.write(b"lost in the crash").await.unwrap();
+        drop(file);
+        let mut file = writer.open("closed.bin").await.unwrap();
+        file.write(&closed).await.unwrap();
+        drop(file.close_for_commit().await.unwrap());
+    }
+    let store = fx.obj("");
+    let listing = fx.run(&["recover", &store]).ok().stdout_text();
+    assert!(listing.starts_with("TOKEN"), "a header first: {listing}");
+    let line = recover_line(&listing, "crashed.bin");
+    assert_eq!(
+        line.split_whitespace().take(2).collect::<Vec<_>>(),
+        ["resume", &persisted.len().to_string()],
+        "{listing}"
+    );
+    let line = recover_line(&listing, "closed.bin");
+    assert_eq!(
+        line.split_whitespace().take(2).collect::<Vec<_>>(),
+        ["commit", "1000"],
+        "{listing}"
+    );
+    assert!(!fx.path("store/crashed.bin").exists() && !fx.path("store/closed.bin").exists());
+
+    let out = fx.run(&["recover", "--commit", &store]).ok().stdout_text();
+    assert!(
+        out.contains(&format!(
+            "committed crashed.bin ({} bytes)",
+            persisted.len()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("committed closed.bin (1000 bytes)"), "{out}");
+    assert_eq!(
+        read(&fx.path("store/crashed.bin")),
+        persisted,
+        "committed at the persisted length"
+    );
+    assert_eq!(read(&fx.path("store/closed.bin")), closed);
+    let after = fx.run(&["recover", &store]).ok().stdout_text();
+    assert!(after.starts_with("no open uploads"), "{after}");
+    // The staged tails went with the commits.
+    assert_eq!(
+        fx.run(&["ls", "-r", &store]).ok().stdout_text(),
+        "closed.bin\ncrashed.bin\n"
+    );
+}
+
+#[test]
+fn gc_aborts_the_upload_of_a_killed_cp() {
+    let fx = Fixture::new();
+    fx.run_with_stdin(&["append", &fx.obj("other")], b"x").ok();
+    let uploads = fx.path("store/.rivulet-store/uploads");
+    let count_uploads = || std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(count_uploads(), 0);
+
+    let mut child = fx
+        .command(&["--part-size", "5MiB", "cp", "-", &fx.url("killed.bin")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn rivulet");
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&pseudo_random(6 * MIB, 9)); // blocks until read; fails once killed
+    });
+    // The writer makes its part-cache directory once the upload is created and recorded in the
+    // index: from then on, a crash leaves an upload the index knows.
+    let cache = fx.path("cache");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "cp never started its upload");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().expect("kill the cp");
+    child.wait().unwrap();
+    feeder.join().unwrap();
+
+    let store = fx.obj("");
+    let listing = fx.run(&["recover", &store]).ok().stdout_text();
+    let line = recover_line(&listing, "killed.bin");
+    assert_eq!(
+        line.split_whitespace().take(2).collect::<Vec<_>>(),
+        ["none", "-"],
+        "{listing}"
+    );
+    let out = fx.run(&["recover", "--commit", &store]).ok().stdout_text();
+    assert!(out.contains("skipped killed.bin: never persisted"), "{out}");
+    assert!(!fx.path("store/killed.bin").exists());
+
+    // Young uploads are protected; with --older-than 0s gc takes it.
+    let dry = fx.run(&["gc", "--dry-run", &store]).ok().stdout_text();
+    assert!(dry.starts_with("dry run: would abort 0 uploads"), "{dry}");
+    let dry = fx
+        .run(&["gc", "--dry-run", "--older-than", "0s", &store])
+        .ok()
+        .stdout_text();
+    assert!(dry.contains("would abort upload killed.bin"), "{dry}");
+    assert_eq!(count_uploads(), 1, "a dry run removes nothing");
+    let done = fx
+        .run(&["gc", "--older-than", "0s", &store])
+        .ok()
+        .stdout_text();
+    assert!(done.contains("aborted upload killed.bin"), "{done}");
+    assert!(done.contains("aborted 1 upload,"), "{done}");
+    assert_eq!(count_uploads(), 0);
+    assert!(
+        fx.run(&["recover", &store])
+            .ok()
+            .stdout_text()
+            .starts_with("no open uploads")
+    );
+    assert_eq!(read(&fx.path("store/other")), b"x");
+}
+
+#[test]
+fn help_has_examples_for_every_subcommand() {
+    let fx = Fixture::new();
+    let top = fx.run(&["--help"]).ok().stdout_text();
+    assert!(top.contains("Examples:") && top.contains("s3://"), "{top}");
+    for sub in [
+        "cp", "cat", "ls", "stat", "rm", "append", "truncate", "gc", "recover",
+    ] {
+        let help = fx.run(&[sub, "--help"]).ok().stdout_text();
+        assert!(
+            help.contains("Examples:"),
+            "{sub} --help has no examples: {help}"
+        );
+        assert!(
+            help.contains(&format!("rivulet {sub}")),
+            "{sub} --help shows no use of {sub}: {help}"
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! Crash safety with real processes: a child writes with periodic persist and is killed with
+//! SIGKILL at random moments. After every kill, the index's latest token must cover every
+//! acknowledged byte and resume exactly; the next child continues from it. At the end the
+//! committed object must equal the deterministic stream byte for byte.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fs_core::store::ObjectStore;
+use fs_core::store::local::LocalStore;
+use fs_core::token::Token;
+use fs_core::{Index, RecoverableWriter, WriterConfig};
+use rand::Rng;
+
+#[path = "../src/crash.rs"]
+mod crash;
+
+const KEY: &str = "crash/stream.bin";
+const ROUNDS: usize = 50;
+
+fn run_child(dirs: &Path, max_bytes: u64, commit: bool, kill: Option<Kill>) -> Option<u64> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crash_writer"));
+    cmd.arg(dirs.join("store"))
+        .arg(dirs.join("index"))
+        .arg(dirs.join("cache-child"))
+        .arg(KEY)
+        .arg(max_bytes.to_string())
+        .arg((256 * 1024).to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if commit {
+        cmd.arg("--commit");
+    }
+    let mut child = cmd.spawn().expect("start the crash_writer child process");
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut last = None;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(n) = line.strip_prefix("PERSISTED ") {
+                last = Some(n.parse::<u64>().expect("a length"));
+                let _ = lines_tx.send(());
+            }
+        }
+        last
+    });
+    match kill {
+        Some(Kill {
+            after_first_persist,
+            delay,
+        }) => {
+            if after_first_persist {
+                // Bounded wait: a child that never persists fails the checks below.
+                let _ = lines_rx.recv_timeout(Duration::from_secs(60));
+            }
+            std::thread::sleep(delay);
+            child.kill().expect("SIGKILL the child"); // std's kill is SIGKILL on Unix
+            child.wait().unwrap();
+        }
+        None => {
+            let status = child.wait().unwrap();
+            assert!(status.success(), "the final child run failed: {status}");
+        }
+    }
+    reader.join().unwrap()
+}
+
+/// When to SIGKILL a child: after a random delay from its start (which may hit start-up or
+/// recovery), or from its first acknowledged persist (which hits writes, part uploads and
+/// persists in flight).
+#[derive(Clone, Copy)]
+struct Kill {
+    after_first_persist: bool,
+    delay: Duration,
+}
+
+/// Opens the index and store as a restarted process would, and checks the latest token.
+async fn check_recoverable(dirs: &Path, acknowledged: u64) -> u64 {
+    let store = Arc::new(LocalStore::open(dirs.join("store")).unwrap());
+    let index = Index::open(dirs.join("index")).unwrap();
+    let config = WriterConfig {
+        cache_dir: dirs.join("cache-parent"),
+        part_size: 5 * 1024 * 1024,
+        ..Default::default()
+    };
+    let writer = RecoverableWriter::new(store, index, config).unwrap();
+    let tokens = writer.recover_all().await.unwrap();
+    let Some(Token::Resume(token)) = tokens.into_iter().find(|t| t.key() == KEY) else {
+        assert_eq!(
+            acknowledged, 0,
+            "an acknowledged persist left no token in the index"
+        );
+        return 0;
+    };
+    assert!(
+        token.len() >= acknowledged,
+        "token covers {} bytes, {acknowledged} were acknowledged",
+        token.len()
+    );
+    let file = writer
+        .recover(&token)
+        .await
+        .unwrap_or_else(|e| panic!("recover after SIGKILL: {e}"));
+    assert_eq!(file.len(), token.len());
+    // The tail (in memory after recovery) must be exactly the stream's bytes there.
+    let tail = file
+        .read_at(token.parts_len(), token.tail_len)
+        .await
+        .unwrap();
+    let expected: Vec<u8> = (token.parts_len()..token.len())
+        .map(crash::byte_at)
+        .collect();
+    assert_eq!(&tail[..], &expected[..], "tail bytes after recovery");
+    token.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_no_acknowledged_byte() {
+    let dirs = tempfile::tempdir().unwrap();
+    let mut acknowledged = 0u64;
+    let mut rng = rand::rng();
+    let mut kills_mid_write = 0;
+    for round in 0..ROUNDS {
+        let kill = Kill {
+            after_first_persist: rng.random_bool(0.7),
+            delay: Duration::from_millis(rng.random_range(0..300)),
+        };
+        let path = dirs.path().to_path_buf();
+        let acked = tokio::task::spawn_blocking(move || {
+            run_child(&path, 12 * 1024 * 1024, false, Some(kill))
+        })
+        .await
+        .unwrap();
+        if let Some(len) = acked {
+            assert!(
+                len >= acknowledged,
+                "round {round}: a later run acknowledged less ({len} < {acknowledged})"
+            );
+            acknowledged = len;
+            kills_mid_write += 1;
+        }
+        let recovered = check_recoverable(dirs.path(), acknowledged).await;
+        acknowledged = acknowledged.max(recovered);
+    }
+    assert!(
+        kills_mid_write >= ROUNDS / 2,
+        "most rounds should be killed after some persists ({kills_mid_write} were)"
+    );
+    let path = dirs.path().to_path_buf();
+    let final_len =
+        tokio::task::spawn_blocking(move || run_child(&path, 3 * 1024 * 1024, true, None))
+            .await
+            .unwrap()
+            .expect("the final run persists");
+    assert!(final_len >= acknowledged);
+    let store = LocalStore::open(dirs.path().join("store")).unwrap();
+    let got = store.get(KEY, None).await.unwrap().body;
+    assert_eq!(got.len() as u64, final_len);
+    let mismatch = got
+        .iter()
+        .enumerate()
+        .position(|(i, b)| *b != crash::byte_at(i as u64));
+    assert_eq!(
+        mismatch, None,
+        "committed object differs from the stream at this offset"
+    );
+}
