@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use fs_core::store::fault::{FaultConfig, FaultStore, Op};
-use fs_core::store::{CompletedPart, DynStore, ObjectStore, PutCondition, PutOptions};
+use fs_core::store::{CompletedPart, DynStore, PutCondition, PutOptions};
 use fs_core::{Index, RecoverableWriter, WriterConfig};
 use futures::StreamExt;
 

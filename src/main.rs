@@ -1,6 +1,7 @@
 //! `rivulet`: the command line of Rivulet. A thin layer over `fs_core`: argument parsing
 //! (see `cli`), logging, the runtime, and turning errors into one line and an exit code.
 
+mod bench;
 mod cli;
 
 use std::process::ExitCode;

@@ -1,12 +1,11 @@
 //! The context of one run: the global options, and opening stores, the index and writers.
 
 use std::fmt::Display;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use fs_core::retry::RetryPolicy;
-use fs_core::store::local::LocalStore;
 use fs_core::store::{DynStore, StoreUrl, open_store};
 use fs_core::{Index, RecoverableWriter, WriterConfig};
 
@@ -59,18 +58,7 @@ impl Env {
 
     /// Opens a store; a local store's directory is created if missing.
     pub async fn open_store(&self, url: &StoreUrl) -> Result<DynStore> {
-        match url {
-            // The local store is opened here directly (fs-core's `open_store` does the same
-            // thing): opening creates and sweeps its state directory, which blocks.
-            StoreUrl::Local(root) => {
-                let root = root.clone();
-                let store = tokio::task::spawn_blocking(move || LocalStore::open(root))
-                    .await
-                    .context("opening the local store failed")??;
-                Ok(Arc::new(store))
-            }
-            other => Ok(open_store(other).await?),
-        }
+        Ok(open_store(url).await?)
     }
 
     /// Opens a store for reading: `None` for a local store whose directory does not exist (it
@@ -101,23 +89,35 @@ impl Env {
             .unwrap_or_else(Index::default_path)
     }
 
-    /// Opens (creating it if needed) the index of open uploads.
+    /// Opens (creating it if needed) the index of open uploads. The index is locked by the
+    /// process that has it open: like cargo with its lock, this waits (saying so once) while
+    /// another rivulet holds it, up to [`INDEX_LOCK_WAIT`].
     pub async fn index(&self) -> Result<Index> {
         let path = self.index_path();
-        tokio::task::spawn_blocking(move || -> Result<Index> {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create the index's directory {}", parent.display()))?;
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(50);
+        let mut said = false;
+        loop {
+            let attempt = path.clone();
+            let opened = tokio::task::spawn_blocking(move || open_index(&attempt))
+                .await
+                .context("opening the index failed")?;
+            match opened {
+                Err(e) if is_lock_conflict(&e) && started.elapsed() < INDEX_LOCK_WAIT => {
+                    if !said {
+                        eprintln!(
+                            "rivulet: waiting for the index {} (another rivulet is using it; \
+                             give this one its own with --index)",
+                            path.display()
+                        );
+                        said = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
             }
-            Index::open(&path).with_context(|| {
-                format!(
-                    "cannot open the index {} (is another rivulet using it? choose another with --index)",
-                    path.display()
-                )
-            })
-        })
-        .await
-        .context("opening the index failed")?
+        }
     }
 
     /// A writer service over the store `url` names (opened as `store`) with the global options,
@@ -140,4 +140,22 @@ impl Env {
         let writer = RecoverableWriter::new(store, index.clone(), config)?;
         Ok((writer, index))
     }
+}
+
+/// How long a command waits for the index while another process holds it.
+const INDEX_LOCK_WAIT: Duration = Duration::from_secs(600);
+
+fn open_index(path: &Path) -> Result<Index> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create the index's directory {}", parent.display()))?;
+    }
+    Index::open(path).with_context(|| format!("cannot open the index {}", path.display()))
+}
+
+/// Whether opening the index failed because another process holds its lock. sled reports this
+/// only in its message (an `io::Error` of kind `Other`).
+fn is_lock_conflict(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|c| c.to_string().contains("could not acquire lock"))
 }

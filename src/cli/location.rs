@@ -23,7 +23,7 @@ use fs_core::store::StoreUrl;
 
 /// The directory that marks a local directory as a Rivulet store (fs-core's local store keeps
 /// its state there).
-pub const LOCAL_STATE_DIR: &str = ".rivulet-store";
+pub const LOCAL_STATE_DIR: &str = fs_core::store::local::SYS_DIR;
 
 /// Whether an argument is written `scheme://...` (a store URL for `cp`).
 pub fn has_scheme(arg: &str) -> bool {

@@ -5,9 +5,8 @@ use std::future::Future;
 
 use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
-use fs_core::error::StoreErrorKind;
 use fs_core::store::{DynStore, ObjectStoreExt, StoreUrl};
-use fs_core::{CommitOutcome, FileWriter, Index, RecoverableWriter, WriterError};
+use fs_core::{CommitOutcome, FileWriter, RecoverableWriter, WriterError};
 use futures::{Stream, StreamExt};
 use indicatif::ProgressBar;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -32,23 +31,21 @@ pub async fn interruptible<T>(fut: impl Future<Output = Result<T>>) -> Result<T>
     }
 }
 
-/// A store opened for writing, with its writer service and index.
+/// A store opened for writing, with its writer service.
 pub struct Session {
     pub url: StoreUrl,
     pub store: DynStore,
     pub writer: RecoverableWriter,
-    index: Index,
 }
 
 impl Session {
     pub async fn open(env: &Env, url: StoreUrl) -> Result<Self> {
         let store = env.open_store(&url).await?;
-        let (writer, index) = env.writer(&url, store.clone()).await?;
+        let (writer, _index) = env.writer(&url, store.clone()).await?;
         Ok(Self {
             url,
             store,
             writer,
-            index,
         })
     }
 
@@ -96,26 +93,14 @@ impl Session {
 
     /// Gives up a file that was never persisted: aborts its upload and forgets it in the index.
     pub async fn abandon(&self, file: FileWriter) {
-        let (key, upload) = (file.key().to_string(), file.upload_id().to_string());
-        drop(file);
-        self.forget(&key, &upload).await;
+        if let Err(e) = file.abort().await {
+            tracing::warn!(error = %e, "could not abort the upload; `rivulet gc` will");
+        }
     }
 
     async fn forget(&self, key: &str, upload: &str) {
-        match self.store.abort_multipart(key, upload).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == StoreErrorKind::NoSuchUpload => {}
-            Err(e) => tracing::warn!(error = %e, "could not abort the upload; `rivulet gc` will"),
-        }
-        let (index, name, upload) = (
-            self.index.clone(),
-            self.store.describe(),
-            upload.to_string(),
-        );
-        match tokio::task::spawn_blocking(move || index.remove(&name, &upload)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not remove the upload from the index"),
-            Err(e) => tracing::warn!(error = %e, "could not remove the upload from the index"),
+        if let Err(e) = self.writer.abort_upload(key, upload).await {
+            tracing::warn!(error = %e, "could not abort the upload; `rivulet gc` will");
         }
     }
 

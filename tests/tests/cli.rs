@@ -700,6 +700,58 @@ fn gc_aborts_the_upload_of_a_killed_cp() {
 }
 
 #[test]
+fn a_second_writer_waits_for_the_index() {
+    let fx = Fixture::new();
+    fx.run_with_stdin(&["append", &fx.obj("first")], b"a").ok();
+    // The first append holds the index while it waits for the rest of its input.
+    let mut first = fx
+        .command(&["append", &fx.obj("first")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rivulet");
+    let mut first_in = first.stdin.take().unwrap();
+    first_in.write_all(b"b").unwrap();
+    let cache = fx.path("cache");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first append never opened its upload"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut second = fx
+        .command(&["append", &fx.obj("second"), "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rivulet");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        second.try_wait().unwrap().is_none(),
+        "the second append waits"
+    );
+    drop(first_in);
+    let first = Run::from(first.wait_with_output().unwrap()).ok();
+    assert!(first.stderr.is_empty(), "{}", first.stderr);
+    let second = Run::from(second.wait_with_output().unwrap()).ok();
+    assert!(
+        second.stderr.contains("waiting for the index"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(read(&fx.path("store/first")), b"ab");
+    assert_eq!(
+        read(&fx.path("store/second")),
+        b"",
+        "an empty append creates the object"
+    );
+}
+
+#[test]
 fn help_has_examples_for_every_subcommand() {
     let fx = Fixture::new();
     let top = fx.run(&["--help"]).ok().stdout_text();

@@ -63,6 +63,7 @@ const CHECKS: &[(&str, Check)] = checks![
     list_multipart_uploads,
     invalid_keys_rejected,
     invalid_part_numbers_rejected,
+    delete_many_deletes_every_key,
 ];
 
 /// Runs every check against fresh stores from `make_store` and fails with the list of the
@@ -1300,4 +1301,19 @@ async fn invalid_part_numbers_rejected(ctx: Ctx) {
         .await
         .unwrap();
     s.abort_multipart("pn", &id).await.unwrap();
+}
+
+/// Batched deletes (DeleteObjects on S3) remove every key and ignore missing ones.
+async fn delete_many_deletes_every_key(ctx: Ctx) {
+    let s = ctx.store;
+    let keys: Vec<String> = (0..5).map(|i| format!("batch/k{i}")).collect();
+    for k in &keys {
+        s.put(k, Bytes::from_static(b"x"), PutOptions::default()).await.unwrap();
+    }
+    s.put("batch/keep", Bytes::from_static(b"y"), PutOptions::default()).await.unwrap();
+    let mut doomed = keys.clone();
+    doomed.push("batch/never-existed".to_string());
+    s.delete_many(&doomed).await.unwrap();
+    let left: Vec<String> = s.list_all("batch/").await.unwrap().into_iter().map(|o| o.key).collect();
+    assert_eq!(left, vec!["batch/keep".to_string()]);
 }

@@ -80,7 +80,8 @@ use super::{
 use crate::error::{StoreError, StoreErrorKind};
 
 /// The reserved directory under the root that holds the store's own state.
-const SYS_DIR: &str = ".rivulet-store";
+/// The reserved directory under a local store's root that holds its internal state.
+pub const SYS_DIR: &str = ".rivulet-store";
 /// The file inside `dir/` that stores the directory-marker object `dir/`.
 const DIR_MARKER: &str = ".rivulet-dir-marker";
 /// The longest file name most file systems accept.

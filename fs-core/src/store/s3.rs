@@ -20,7 +20,9 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::RequestId;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as SdkCompletedPart};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart as SdkCompletedPart, Delete, ObjectIdentifier,
+};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
@@ -805,6 +807,62 @@ impl ObjectStore for S3Store {
                 }
             }
         }
+    }
+
+    /// DeleteObjects, 1,000 keys a request; servers that refuse it get single deletes.
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        const OP: &str = "delete objects";
+        for batch in keys.chunks(1000) {
+            let mut objects = Vec::with_capacity(batch.len());
+            for key in batch {
+                rules::validate_key(OP, key)?;
+                let id = ObjectIdentifier::builder()
+                    .key(self.full_key(key))
+                    .build()
+                    .map_err(|e| StoreError::new(StoreErrorKind::Other, OP, key, e.to_string()))?;
+                objects.push(id);
+            }
+            let first = batch.first().map(String::as_str).unwrap_or_default();
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| StoreError::new(StoreErrorKind::Other, OP, first, e.to_string()))?;
+            let sent = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await;
+            match sent {
+                Ok(out) => {
+                    if let Some(err) = out.errors().iter().find(|e| e.code() != Some("NoSuchKey")) {
+                        return Err(StoreError::new(
+                            classify(500, err.code()),
+                            OP,
+                            err.key().unwrap_or(first),
+                            format!(
+                                "{}: {}",
+                                err.code().unwrap_or("error"),
+                                err.message().unwrap_or_default()
+                            ),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    let err = map_err(OP, first, e);
+                    if err.is_transient() {
+                        return Err(err);
+                    }
+                    tracing::debug!(error = %err, "DeleteObjects refused; deleting one by one");
+                    for key in batch {
+                        self.delete(key).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn list(&self, req: ListRequest) -> Result<ListPage, StoreError> {

@@ -179,7 +179,15 @@ impl fmt::Display for StoreUrl {
 /// Opens the store a URL names.
 pub async fn open_store(url: &StoreUrl) -> Result<DynStore, StoreError> {
     Ok(match url {
-        StoreUrl::Local(path) => Arc::new(LocalStore::open(path)?),
+        StoreUrl::Local(path) => {
+            // Opening creates and sweeps the store's state directory: blocking file I/O.
+            let path = path.clone();
+            let shown = path.display().to_string();
+            let opened = tokio::task::spawn_blocking(move || LocalStore::open(path))
+                .await
+                .map_err(|e| StoreError::new(StoreErrorKind::Other, "open local store", shown, e.to_string()))?;
+            Arc::new(opened?)
+        }
         StoreUrl::S3(config) => Arc::new(S3Store::new(config.clone()).await?),
         StoreUrl::Memory(name) => Arc::new(MemoryStore::named(name)),
     })

@@ -90,6 +90,12 @@ impl Committer {
         self.commit().await
     }
 
+    /// Abandons the closed file instead of committing it: aborts the upload, deletes its tails
+    /// and forgets it in the index.
+    pub async fn abort(&self) -> Result<(), WriterError> {
+        maintenance::abort_upload(&self.shared, &self.token.key, &self.token.upload_id).await
+    }
+
     /// The upload is gone: no token of it can be resumed any more, so its tails and its index
     /// entry go too.
     async fn forget_upload(&self) -> Result<(), WriterError> {

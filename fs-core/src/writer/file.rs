@@ -191,11 +191,18 @@ impl FileWriter {
         let mut file =
             Self::new_upload(shared, key, PutCondition::IfMatch(meta.etag.clone())).await?;
         let kept = target.min(meta.size);
-        file.copy_prefix(key, &meta.etag, kept).await?;
-        if target > kept {
-            file.write_zeros(target - kept).await?;
+        let prepared = match file.copy_prefix(key, &meta.etag, kept).await {
+            Ok(()) if target > kept => file.write_zeros(target - kept).await,
+            other => other,
+        };
+        match prepared {
+            Ok(()) => Ok(file),
+            Err(e) => {
+                // Nothing was handed out: the half-made upload goes now, not at the next gc.
+                let _ = file.abort().await;
+                Err(e)
+            }
         }
-        Ok(file)
     }
 
     /// Makes `source[0..len)` the file's start: server-side copies in parts of at least the
@@ -788,6 +795,16 @@ impl FileWriter {
             out.extend_from_slice(&self.tail[from as usize..to as usize]);
         }
         Ok(out.freeze())
+    }
+
+    /// Abandons the file: aborts its upload, deletes its tails and forgets it in the index.
+    /// Every token of it becomes unrecoverable. Dropping a writer that never persisted does
+    /// the same in the background; this does it now and reports failures.
+    pub async fn abort(mut self) -> Result<(), WriterError> {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        self.state = WriterState::Closed; // Drop must not abort a second time.
+        super::maintenance::abort_upload(&self.shared, &self.key, &self.upload_id).await
     }
 
     /// Ends writing: uploads the tail as the last part and returns the committer that

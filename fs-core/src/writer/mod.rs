@@ -270,7 +270,13 @@ impl RecoverableWriter {
 
     /// Aborts the upload behind a resume token and deletes its tails: the file is abandoned.
     pub async fn abort(&self, token: &ResumeToken) -> Result<(), WriterError> {
-        maintenance::abort_upload(&self.shared, &token.key, &token.upload_id).await
+        self.abort_upload(&token.key, &token.upload_id).await
+    }
+
+    /// Aborts an upload by key and id (e.g. one the index lists without a token), deletes its
+    /// tails and forgets it in the index. An upload that is already gone is not an error.
+    pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), WriterError> {
+        maintenance::abort_upload(&self.shared, key, upload_id).await
     }
 }
 
