@@ -68,43 +68,62 @@ fn slice_at(payload: &Bytes, offset: u64, len: usize) -> Bytes {
 }
 
 /// A plain multipart upload: parts of `part_size`, `max_in_flight` at a time, then complete.
-async fn baseline(store: &DynStore, key: &str, opts: &BenchOptions, payload: &Bytes) -> Result<f64> {
+async fn baseline(
+    store: &DynStore,
+    key: &str,
+    opts: &BenchOptions,
+    payload: &Bytes,
+) -> Result<f64> {
     let started = Instant::now();
     let upload = store.create_multipart(key, PutOptions::default()).await?;
     let count = opts.size.div_ceil(opts.part_size);
-    let parts: Vec<Result<CompletedPart, fs_core::StoreError>> =
-        futures::stream::iter(0..count)
-            .map(|i| {
-                let offset = i * opts.part_size;
-                let len = opts.part_size.min(opts.size - offset) as usize;
-                let body = slice_at(payload, offset, len);
-                let (store, upload) = (store.clone(), upload.clone());
-                async move {
-                    let number = i as u32 + 1;
-                    let etag = store.upload_part(key, &upload, number, body).await?;
-                    Ok(CompletedPart { number, etag })
-                }
-            })
-            .buffered(opts.max_in_flight)
-            .collect()
-            .await;
+    let parts: Vec<Result<CompletedPart, fs_core::StoreError>> = futures::stream::iter(0..count)
+        .map(|i| {
+            let offset = i * opts.part_size;
+            let len = opts.part_size.min(opts.size - offset) as usize;
+            let body = slice_at(payload, offset, len);
+            let (store, upload) = (store.clone(), upload.clone());
+            async move {
+                let number = i as u32 + 1;
+                let etag = store.upload_part(key, &upload, number, body).await?;
+                Ok(CompletedPart { number, etag })
+            }
+        })
+        .buffered(opts.max_in_flight)
+        .collect()
+        .await;
     let parts = parts.into_iter().collect::<Result<Vec<_>, _>>()?;
-    store.complete_multipart(key, &upload, &parts, PutCondition::None).await?;
+    store
+        .complete_multipart(key, &upload, &parts, PutCondition::None)
+        .await?;
     Ok(started.elapsed().as_secs_f64())
 }
 
 fn write_path_calls(counter: &FaultStore) -> u64 {
-    [Op::CreateMultipart, Op::UploadPart, Op::UploadPartCopy, Op::Put, Op::CompleteMultipart]
+    [
+        Op::CreateMultipart,
+        Op::UploadPart,
+        Op::UploadPartCopy,
+        Op::Put,
+        Op::CompleteMultipart,
+    ]
+    .into_iter()
+    .map(|op| counter.calls(op))
+    .sum()
+}
+
+fn cleanup_calls(counter: &FaultStore) -> u64 {
+    [Op::List, Op::Delete, Op::DeleteMany]
         .into_iter()
         .map(|op| counter.calls(op))
         .sum()
 }
 
-fn cleanup_calls(counter: &FaultStore) -> u64 {
-    [Op::List, Op::Delete, Op::DeleteMany].into_iter().map(|op| counter.calls(op)).sum()
-}
-
-fn writer_service(store: DynStore, opts: &BenchOptions, dir: &std::path::Path) -> Result<RecoverableWriter> {
+fn writer_service(
+    store: DynStore,
+    opts: &BenchOptions,
+    dir: &std::path::Path,
+) -> Result<RecoverableWriter> {
     let index = Index::open(dir.join("index"))?;
     let config = WriterConfig {
         part_size: opts.part_size,
@@ -139,7 +158,12 @@ async fn write_file(
     Ok(file)
 }
 
-async fn one_run(store: &DynStore, opts: &BenchOptions, run: usize, payload: &Bytes) -> Result<RunResult> {
+async fn one_run(
+    store: &DynStore,
+    opts: &BenchOptions,
+    run: usize,
+    payload: &Bytes,
+) -> Result<RunResult> {
     let dir = tempfile::tempdir()?;
     let counter = Arc::new(FaultStore::new(store.clone(), FaultConfig::default()));
     let writer = writer_service(counter.clone(), opts, dir.path())?;
@@ -152,7 +176,15 @@ async fn one_run(store: &DynStore, opts: &BenchOptions, run: usize, payload: &By
         result.baseline_secs = baseline(store, &base_key, opts, payload).await?;
     }
     let started = Instant::now();
-    let mut file = write_file(&writer, &writer_key, opts.size, opts.persist_every, payload, &mut result.persist_latencies).await?;
+    let mut file = write_file(
+        &writer,
+        &writer_key,
+        opts.size,
+        opts.persist_every,
+        payload,
+        &mut result.persist_latencies,
+    )
+    .await?;
     let committer = file.close_for_commit().await?;
     let before_commit_cleanup = cleanup_calls(&counter);
     committer.commit().await?;
@@ -197,7 +229,7 @@ fn percentile(v: &[Duration], p: f64) -> Duration {
 }
 
 fn human(bytes: u64) -> String {
-    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
         format!("{} GiB", bytes >> 30)
     } else {
         format!("{} MiB", bytes >> 20)
@@ -211,16 +243,33 @@ pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
     let payload = payload();
     let mut runs = Vec::new();
     for run in 0..opts.runs {
-        eprintln!("bench: run {}/{} on {}", run + 1, opts.runs, store.describe());
-        runs.push(one_run(&store, &opts, run, &payload).await.with_context(|| format!("bench run {}", run + 1))?);
+        eprintln!(
+            "bench: run {}/{} on {}",
+            run + 1,
+            opts.runs,
+            store.describe()
+        );
+        runs.push(
+            one_run(&store, &opts, run, &payload)
+                .await
+                .with_context(|| format!("bench run {}", run + 1))?,
+        );
     }
     let mib = opts.size as f64 / MIB;
     let base_tput = median(runs.iter().map(|r| mib / r.baseline_secs).collect());
     let writer_tput = median(runs.iter().map(|r| mib / r.writer_secs).collect());
-    let ratio = median(runs.iter().map(|r| r.baseline_secs / r.writer_secs).collect());
-    let latencies: Vec<Duration> = runs.iter().flat_map(|r| r.persist_latencies.clone()).collect();
+    let ratio = median(
+        runs.iter()
+            .map(|r| r.baseline_secs / r.writer_secs)
+            .collect(),
+    );
+    let latencies: Vec<Duration> = runs
+        .iter()
+        .flat_map(|r| r.persist_latencies.clone())
+        .collect();
     let gib = opts.size as f64 / (1u64 << 30) as f64;
-    let per_gib = |f: &dyn Fn(&RunResult) -> u64| median(runs.iter().map(|r| f(r) as f64 / gib).collect());
+    let per_gib =
+        |f: &dyn Fn(&RunResult) -> u64| median(runs.iter().map(|r| f(r) as f64 / gib).collect());
     let write_path = per_gib(&|r| r.write_path_requests);
     let target = per_gib(&|r| r.parts + r.persists + 2);
     let cleanup = per_gib(&|r| r.cleanup_requests);
@@ -236,9 +285,15 @@ pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
         opts.runs
     ));
     out.push_str("| measure | value |\n|---|---|\n");
-    out.push_str(&format!("| plain multipart upload | {base_tput:.0} MiB/s |\n"));
-    out.push_str(&format!("| recoverable writer (with persists) | {writer_tput:.0} MiB/s |\n"));
-    out.push_str(&format!("| throughput ratio writer / plain (target >= 0.95) | {ratio:.3} |\n"));
+    out.push_str(&format!(
+        "| plain multipart upload | {base_tput:.0} MiB/s |\n"
+    ));
+    out.push_str(&format!(
+        "| recoverable writer (with persists) | {writer_tput:.0} MiB/s |\n"
+    ));
+    out.push_str(&format!(
+        "| throughput ratio writer / plain (target >= 0.95) | {ratio:.3} |\n"
+    ));
     out.push_str(&format!(
         "| persist latency p50 / p99 ({} persists) | {:.1} ms / {:.1} ms |\n",
         latencies.len(),
@@ -246,12 +301,21 @@ pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
         percentile(&latencies, 0.99).as_secs_f64() * 1e3
     ));
     for (i, &size) in opts.recover_sizes.iter().enumerate() {
-        let t = median(runs.iter().map(|r| r.recover[i].1.as_secs_f64() * 1e3).collect());
-        out.push_str(&format!("| recover time, {} file | {t:.1} ms |\n", human(size)));
+        let t = median(
+            runs.iter()
+                .map(|r| r.recover[i].1.as_secs_f64() * 1e3)
+                .collect(),
+        );
+        out.push_str(&format!(
+            "| recover time, {} file | {t:.1} ms |\n",
+            human(size)
+        ));
     }
     out.push_str(&format!(
         "| requests per GiB, write path (target: parts + persists + 2 = {target:.0}) | {write_path:.0} |\n"
     ));
-    out.push_str(&format!("| requests per GiB, tail cleanup at commit | {cleanup:.0} |\n"));
+    out.push_str(&format!(
+        "| requests per GiB, tail cleanup at commit | {cleanup:.0} |\n"
+    ));
     Ok(out)
 }

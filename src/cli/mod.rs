@@ -398,7 +398,9 @@ pub async fn run(env: &Env, command: Command) -> anyhow::Result<()> {
             runs,
             recover_sizes,
         } => {
-            let store = env.open_store(&fs_core::store::StoreUrl::parse(&url)?).await?;
+            let store = env
+                .open_store(&fs_core::store::StoreUrl::parse(&url)?)
+                .await?;
             let opts = crate::bench::BenchOptions {
                 size,
                 persist_every,

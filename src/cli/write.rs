@@ -42,11 +42,7 @@ impl Session {
     pub async fn open(env: &Env, url: StoreUrl) -> Result<Self> {
         let store = env.open_store(&url).await?;
         let (writer, _index) = env.writer(&url, store.clone()).await?;
-        Ok(Self {
-            url,
-            store,
-            writer,
-        })
+        Ok(Self { url, store, writer })
     }
 
     /// Appends everything `input` yields to `file`.

@@ -1308,12 +1308,26 @@ async fn delete_many_deletes_every_key(ctx: Ctx) {
     let s = ctx.store;
     let keys: Vec<String> = (0..5).map(|i| format!("batch/k{i}")).collect();
     for k in &keys {
-        s.put(k, Bytes::from_static(b"x"), PutOptions::default()).await.unwrap();
+        s.put(k, Bytes::from_static(b"x"), PutOptions::default())
+            .await
+            .unwrap();
     }
-    s.put("batch/keep", Bytes::from_static(b"y"), PutOptions::default()).await.unwrap();
+    s.put(
+        "batch/keep",
+        Bytes::from_static(b"y"),
+        PutOptions::default(),
+    )
+    .await
+    .unwrap();
     let mut doomed = keys.clone();
     doomed.push("batch/never-existed".to_string());
     s.delete_many(&doomed).await.unwrap();
-    let left: Vec<String> = s.list_all("batch/").await.unwrap().into_iter().map(|o| o.key).collect();
+    let left: Vec<String> = s
+        .list_all("batch/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
     assert_eq!(left, vec!["batch/keep".to_string()]);
 }

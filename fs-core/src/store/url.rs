@@ -185,7 +185,14 @@ pub async fn open_store(url: &StoreUrl) -> Result<DynStore, StoreError> {
             let shown = path.display().to_string();
             let opened = tokio::task::spawn_blocking(move || LocalStore::open(path))
                 .await
-                .map_err(|e| StoreError::new(StoreErrorKind::Other, "open local store", shown, e.to_string()))?;
+                .map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Other,
+                        "open local store",
+                        shown,
+                        e.to_string(),
+                    )
+                })?;
             Arc::new(opened?)
         }
         StoreUrl::S3(config) => Arc::new(S3Store::new(config.clone()).await?),
