@@ -31,6 +31,8 @@ pub struct BenchOptions {
 struct RunResult {
     baseline_secs: f64,
     writer_secs: f64,
+    /// The writer with `cache_parts = false` (no local copy of the parts).
+    writer_uncached_secs: f64,
     persist_latencies: Vec<Duration>,
     write_path_requests: u64,
     cleanup_requests: u64,
@@ -121,13 +123,15 @@ fn cleanup_calls(counter: &FaultStore) -> u64 {
 
 fn writer_service(
     store: DynStore,
+    index: Index,
     opts: &BenchOptions,
     dir: &std::path::Path,
+    cache_parts: bool,
 ) -> Result<RecoverableWriter> {
-    let index = Index::open(dir.join("index"))?;
     let config = WriterConfig {
         part_size: opts.part_size,
         max_in_flight: opts.max_in_flight,
+        cache_parts,
         cache_dir: dir.join("cache"),
         ..Default::default()
     };
@@ -165,39 +169,65 @@ async fn one_run(
     payload: &Bytes,
 ) -> Result<RunResult> {
     let dir = tempfile::tempdir()?;
+    let index = Index::open(dir.path().join("index"))?;
     let counter = Arc::new(FaultStore::new(store.clone(), FaultConfig::default()));
-    let writer = writer_service(counter.clone(), opts, dir.path())?;
+    let writer = writer_service(counter.clone(), index.clone(), opts, dir.path(), true)?;
+    let uncached = writer_service(store.clone(), index, opts, dir.path(), false)?;
     let mut result = RunResult::default();
     let base_key = format!("rivulet-bench/run{run}/baseline.bin");
     let writer_key = format!("rivulet-bench/run{run}/writer.bin");
+    let uncached_key = format!("rivulet-bench/run{run}/writer-uncached.bin");
 
-    let writer_first = run % 2 == 1;
-    if !writer_first {
-        result.baseline_secs = baseline(store, &base_key, opts, payload).await?;
+    // Alternate the order between runs so that neither side always meets a warm or a tired
+    // store.
+    let steps: [u8; 3] = if run.is_multiple_of(2) {
+        [0, 1, 2]
+    } else {
+        [2, 1, 0]
+    };
+    for step in steps {
+        match step {
+            0 => result.baseline_secs = baseline(store, &base_key, opts, payload).await?,
+            1 => {
+                let started = Instant::now();
+                let mut file = write_file(
+                    &writer,
+                    &writer_key,
+                    opts.size,
+                    opts.persist_every,
+                    payload,
+                    &mut result.persist_latencies,
+                )
+                .await?;
+                let committer = file.close_for_commit().await?;
+                let before_cleanup = cleanup_calls(&counter);
+                committer.commit().await?;
+                result.writer_secs = started.elapsed().as_secs_f64();
+                result.cleanup_requests = cleanup_calls(&counter) - before_cleanup;
+                result.write_path_requests = write_path_calls(&counter);
+                result.parts = counter.calls(Op::UploadPart);
+                result.persists = counter.calls(Op::Put);
+            }
+            _ => {
+                let started = Instant::now();
+                let mut ignored = Vec::new();
+                let mut file = write_file(
+                    &uncached,
+                    &uncached_key,
+                    opts.size,
+                    opts.persist_every,
+                    payload,
+                    &mut ignored,
+                )
+                .await?;
+                file.close_for_commit().await?.commit().await?;
+                result.writer_uncached_secs = started.elapsed().as_secs_f64();
+            }
+        }
     }
-    let started = Instant::now();
-    let mut file = write_file(
-        &writer,
-        &writer_key,
-        opts.size,
-        opts.persist_every,
-        payload,
-        &mut result.persist_latencies,
-    )
-    .await?;
-    let committer = file.close_for_commit().await?;
-    let before_commit_cleanup = cleanup_calls(&counter);
-    committer.commit().await?;
-    result.writer_secs = started.elapsed().as_secs_f64();
-    result.cleanup_requests = cleanup_calls(&counter) - before_commit_cleanup;
-    result.write_path_requests = write_path_calls(&counter);
-    result.parts = counter.calls(Op::UploadPart);
-    result.persists = counter.calls(Op::Put);
-    if writer_first {
-        result.baseline_secs = baseline(store, &base_key, opts, payload).await?;
+    for key in [&base_key, &writer_key, &uncached_key] {
+        store.delete(key).await?;
     }
-    store.delete(&base_key).await?;
-    store.delete(&writer_key).await?;
 
     for &size in &opts.recover_sizes {
         let key = format!("rivulet-bench/run{run}/recover-{size}.bin");
@@ -263,6 +293,12 @@ pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
             .map(|r| r.baseline_secs / r.writer_secs)
             .collect(),
     );
+    let uncached_tput = median(runs.iter().map(|r| mib / r.writer_uncached_secs).collect());
+    let uncached_ratio = median(
+        runs.iter()
+            .map(|r| r.baseline_secs / r.writer_uncached_secs)
+            .collect(),
+    );
     let latencies: Vec<Duration> = runs
         .iter()
         .flat_map(|r| r.persist_latencies.clone())
@@ -289,10 +325,16 @@ pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
         "| plain multipart upload | {base_tput:.0} MiB/s |\n"
     ));
     out.push_str(&format!(
-        "| recoverable writer (with persists) | {writer_tput:.0} MiB/s |\n"
+        "| recoverable writer, persisting, part cache on (default) | {writer_tput:.0} MiB/s |\n"
     ));
     out.push_str(&format!(
-        "| throughput ratio writer / plain (target >= 0.95) | {ratio:.3} |\n"
+        "| recoverable writer, persisting, part cache off | {uncached_tput:.0} MiB/s |\n"
+    ));
+    out.push_str(&format!(
+        "| throughput ratio writer / plain, part cache on | {ratio:.3} |\n"
+    ));
+    out.push_str(&format!(
+        "| throughput ratio writer / plain, part cache off (target >= 0.95) | {uncached_ratio:.3} |\n"
     ));
     out.push_str(&format!(
         "| persist latency p50 / p99 ({} persists) | {:.1} ms / {:.1} ms |\n",

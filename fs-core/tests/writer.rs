@@ -368,6 +368,13 @@ async fn dropping_a_writer_publishes_nothing_and_leaves_no_files() {
     let f = fixture();
     let mut w = f.writer.open("d.txt").await.unwrap();
     w.write(&data(PART as usize * 3 + 1, 1)).await.unwrap();
+    // Parts are cached beside their upload, in the background.
+    for _ in 0..200 {
+        if cache_files(&f) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(cache_files(&f) > 0);
     drop(w);
     assert_eq!(cache_files(&f), 0, "no local temp files after drop");
@@ -834,4 +841,35 @@ fn config_is_validated() {
         ..Default::default()
     };
     assert!(RecoverableWriter::new(store, Index::temporary().unwrap(), bad).is_err());
+}
+
+#[tokio::test]
+async fn without_a_part_cache_nothing_is_written_locally_and_reads_say_why() {
+    let mem = MemoryStore::new().with_min_part_size(1024);
+    let cache = tempfile::tempdir().unwrap();
+    let config = WriterConfig {
+        part_size: PART,
+        cache_parts: false,
+        cache_dir: cache.path().to_path_buf(),
+        ..Default::default()
+    };
+    let writer =
+        RecoverableWriter::new(Arc::new(mem.clone()), Index::temporary().unwrap(), config).unwrap();
+    let mut w = writer.open("nocache.bin").await.unwrap();
+    let body = data(PART as usize * 3 + 10, 9);
+    w.write(&body).await.unwrap();
+    w.persist().await.unwrap();
+    assert_eq!(walk(cache.path()), 0, "no local copies of the parts");
+    assert_eq!(
+        w.read_at(PART * 3, 10).await.unwrap(),
+        &body[PART as usize * 3..],
+        "the tail is readable"
+    );
+    let err = w.read_at(0, 10).await.unwrap_err();
+    assert!(err.to_string().contains("without a part cache"), "{err}");
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    assert_eq!(
+        mem.get("nocache.bin", None).await.unwrap().body.to_vec(),
+        body
+    );
 }

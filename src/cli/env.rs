@@ -132,6 +132,8 @@ impl Env {
             part_size: self.global.part_size,
             max_in_flight: self.global.max_in_flight,
             retry: self.retry_for(url),
+            // The CLI never reads a file it is writing: no local copy of the parts.
+            cache_parts: false,
             ..WriterConfig::default()
         };
         if let Some(dir) = &self.global.cache_dir {

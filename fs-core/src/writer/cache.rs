@@ -16,7 +16,8 @@ use super::WriterError;
 
 #[derive(Debug, Clone)]
 pub(crate) struct PartCache {
-    dir: PathBuf,
+    /// `None` when the writer runs without a part cache.
+    dir: Option<PathBuf>,
 }
 
 fn cache_err(path: &Path, source: std::io::Error) -> WriterError {
@@ -38,22 +39,45 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl PartCache {
-    /// The cache of one upload under `root`; creates its directory.
-    pub(crate) async fn open(root: &Path, upload_id: &str) -> Result<Self, WriterError> {
+    /// The cache of one upload under `root` (creating its directory), or no cache at all.
+    pub(crate) async fn open(
+        root: &Path,
+        upload_id: &str,
+        enabled: bool,
+    ) -> Result<Self, WriterError> {
+        if !enabled {
+            return Ok(Self { dir: None });
+        }
         let dir = root.join(super::tail::upload_hash(upload_id));
         let create = dir.clone();
         blocking(move || std::fs::create_dir_all(&create).map_err(|e| cache_err(&create, e)))
             .await?;
-        Ok(Self { dir })
+        Ok(Self { dir: Some(dir) })
     }
 
-    pub(crate) fn part_path(&self, number: u32) -> PathBuf {
-        self.dir.join(format!("part-{number:05}"))
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    fn part_path(&self, number: u32) -> Option<PathBuf> {
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("part-{number:05}")))
+    }
+
+    /// The path of a part cached with the expected size, if it is.
+    pub(crate) fn cached(&self, number: u32, size: u64) -> Option<PathBuf> {
+        self.part_path(number)
+            .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == size))
     }
 
     /// Writes a part's bytes; returns the file's path.
     pub(crate) async fn write(&self, number: u32, body: Bytes) -> Result<PathBuf, WriterError> {
-        let path = self.part_path(number);
+        let Some(path) = self.part_path(number) else {
+            return Err(WriterError::Config(
+                "the writer runs without a part cache".into(),
+            ));
+        };
         let target = path.clone();
         blocking(move || {
             let mut file = std::fs::File::create(&target).map_err(|e| cache_err(&target, e))?;
@@ -64,17 +88,16 @@ impl PartCache {
         Ok(path)
     }
 
-    /// Whether a part is cached with the expected size.
-    pub(crate) fn has(&self, number: u32, size: u64) -> bool {
-        std::fs::metadata(self.part_path(number)).is_ok_and(|m| m.len() == size)
-    }
-
     pub(crate) fn remove_part(&self, number: u32) {
-        let _ = std::fs::remove_file(self.part_path(number));
+        if let Some(path) = self.part_path(number) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     pub(crate) fn remove_all(&self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

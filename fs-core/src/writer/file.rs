@@ -26,6 +26,8 @@ use crate::token::{CommitToken, PartRecord, ResumeToken, Token};
 /// Where the bytes of an uploaded part can be read back from while the upload is open.
 #[derive(Debug, Clone)]
 enum PartSource {
+    /// Being uploaded (and written to the cache): the bytes are still in memory.
+    InFlight(Bytes),
     /// In the local part cache.
     Cached(PathBuf),
     /// Copied server-side from `key` (at ETag `etag`) starting at `offset`: read from there.
@@ -58,7 +60,9 @@ pub enum WriterState {
     Failed(String),
 }
 
-type PartResult = (u32, Result<String, StoreError>);
+/// What an upload task reports: the part number, the upload's ETag, and where the part's
+/// bytes were cached (`None` for server-side copies, or when the cache write failed).
+type PartResult = (u32, Result<String, StoreError>, Option<PathBuf>);
 
 /// One file being written. Not `Clone`: exactly one writer owns an upload at a time.
 pub struct FileWriter {
@@ -126,7 +130,12 @@ impl FileWriter {
         shared
             .index_update(move |i, s| i.record_open(s, &k, &u))
             .await?;
-        let cache = PartCache::open(&shared.config.cache_dir, &upload_id).await?;
+        let cache = PartCache::open(
+            &shared.config.cache_dir,
+            &upload_id,
+            shared.config.cache_parts,
+        )
+        .await?;
         let shared_contiguous = shared.store.requires_contiguous_parts();
         Ok(Self {
             shared,
@@ -314,7 +323,12 @@ impl FileWriter {
         }
         // 3. Resume: later parts are ignored (and their numbers skipped, so that every older
         //    token of this upload stays valid).
-        let cache = PartCache::open(&shared.config.cache_dir, &token.upload_id).await?;
+        let cache = PartCache::open(
+            &shared.config.cache_dir,
+            &token.upload_id,
+            shared.config.cache_parts,
+        )
+        .await?;
         let parts = token
             .parts
             .iter()
@@ -322,11 +336,9 @@ impl FileWriter {
                 number: p.number,
                 size: p.size,
                 etag: Some(p.etag.clone()),
-                source: if cache.has(p.number, p.size) {
-                    PartSource::Cached(cache.part_path(p.number))
-                } else {
-                    PartSource::Remote
-                },
+                source: cache
+                    .cached(p.number, p.size)
+                    .map_or(PartSource::Remote, PartSource::Cached),
             })
             .collect();
         let token_highest = token.parts.iter().map(|p| p.number).max().unwrap_or(0);
@@ -500,12 +512,11 @@ impl FileWriter {
         self.make_room().await?;
         let number = self.take_part_number()?;
         let size = body.len() as u64;
-        let path = self.cache.write(number, body.clone()).await?;
         self.parts.push(Part {
             number,
             size,
             etag: None,
-            source: PartSource::Cached(path),
+            source: PartSource::InFlight(body.clone()),
         });
         self.parts_len += size;
         self.in_flight_bytes.insert(number, size);
@@ -515,17 +526,28 @@ impl FileWriter {
             self.key.clone(),
             self.upload_id.clone(),
         );
+        let cache = self.cache.clone();
+        // The cache write runs beside the upload, off the writer's path: until both are done
+        // the part is read from memory.
         self.in_flight.spawn(async move {
-            let result = shared
+            let cached = async {
+                if !cache.is_enabled() {
+                    return None;
+                }
+                match cache.write(number, body.clone()).await {
+                    Ok(path) => Some(path),
+                    Err(e) => {
+                        tracing::warn!(error = %e, part = number, "cannot cache a part; it stays unreadable until commit");
+                        None
+                    }
+                }
+            };
+            let uploaded = shared
                 .config
                 .retry
-                .run(|| {
-                    shared
-                        .store
-                        .upload_part(&key, &upload, number, body.clone())
-                })
-                .await;
-            (number, result)
+                .run(|| shared.store.upload_part(&key, &upload, number, body.clone()));
+            let (cached, result) = tokio::join!(cached, uploaded);
+            (number, result, cached)
         });
         Ok(())
     }
@@ -571,7 +593,7 @@ impl FileWriter {
                     )
                 })
                 .await;
-            (number, result)
+            (number, result, None)
         });
         Ok(())
     }
@@ -582,14 +604,17 @@ impl FileWriter {
             return Ok(());
         };
         let failure = match joined {
-            Ok((number, Ok(etag))) => {
+            Ok((number, Ok(etag), cached)) => {
                 self.in_flight_bytes.remove(&number);
                 if let Some(part) = self.parts.iter_mut().find(|p| p.number == number) {
                     part.etag = Some(etag);
+                    if matches!(part.source, PartSource::InFlight(_)) {
+                        part.source = cached.map_or(PartSource::Remote, PartSource::Cached);
+                    }
                 }
                 return Ok(());
             }
-            Ok((number, Err(e))) => {
+            Ok((number, Err(e), _)) => {
                 self.in_flight_bytes.remove(&number);
                 WriterError::Store(e)
             }
@@ -745,6 +770,9 @@ impl FileWriter {
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, WriterError> {
         match &part.source {
+            PartSource::InFlight(bytes) => {
+                Ok(bytes.slice(range.start as usize..range.end as usize))
+            }
             PartSource::Cached(path) => cache::read_range(path.clone(), range).await,
             PartSource::Copied { key, etag, offset } => {
                 let abs = offset + range.start..offset + range.end;
@@ -758,6 +786,13 @@ impl FileWriter {
                 check_source_etag(&self.key, key, etag, &got.meta.etag)?;
                 Ok(got.body)
             }
+            PartSource::Remote if !self.cache.is_enabled() => Err(WriterError::Read {
+                key: self.key.clone(),
+                detail: format!(
+                    "part {} is uploaded and this writer runs without a part cache (cache_parts = false); it is readable once the file is committed",
+                    part.number
+                ),
+            }),
             PartSource::Remote => Err(WriterError::Read {
                 key: self.key.clone(),
                 detail: format!(

@@ -39,6 +39,10 @@ pub struct WriterConfig {
     pub max_in_flight: usize,
     /// Hidden key prefix of staged tails.
     pub tail_prefix: String,
+    /// Keep a local copy of every uploaded part, so that an open file can be read (and cut)
+    /// anywhere. Writers that never read back (uploads, sinks) can turn it off and save the
+    /// local disk writes.
+    pub cache_parts: bool,
     /// Where uploaded parts are cached for reads of open files.
     pub cache_dir: PathBuf,
     /// Retries of store calls on transient failures.
@@ -51,6 +55,7 @@ impl Default for WriterConfig {
             part_size: 8 * 1024 * 1024,
             max_in_flight: 4,
             tail_prefix: ".rivulet/tails/".into(),
+            cache_parts: true,
             cache_dir: std::env::temp_dir().join("rivulet-cache"),
             retry: RetryPolicy::default(),
         }
