@@ -235,10 +235,16 @@ async fn one_run(
         let mut file = write_file(&writer, &key, size, u64::MAX, payload, &mut latencies).await?;
         let token = file.persist().await?;
         drop(file);
-        let t = Instant::now();
-        let recovered = writer.recover(&token).await?;
-        result.recover.push((size, t.elapsed()));
-        drop(recovered);
+        // Three recovers, the median kept: the first may pay for a new connection.
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let recovered = writer.recover(&token).await?;
+            times.push(t.elapsed());
+            drop(recovered);
+        }
+        times.sort();
+        result.recover.push((size, times[1]));
         writer.abort(&token).await?;
     }
     Ok(result)

@@ -651,7 +651,9 @@ impl FileWriter {
     /// the index (flushed). Costs O(tail), never O(file).
     pub async fn persist(&mut self) -> Result<ResumeToken, WriterError> {
         self.check_open("persist")?;
+        let started = std::time::Instant::now();
         self.wait_all().await?;
+        let drained = started.elapsed();
         let seq = self.seq + 1;
         let prefix = &self.shared.config.tail_prefix;
         let token = ResumeToken {
@@ -672,10 +674,19 @@ impl FileWriter {
             .retry
             .run(|| store.put(&token.tail_key, body.clone(), PutOptions::default()))
             .await?;
+        let staged = started.elapsed();
         let recorded = Token::Resume(token.clone());
         self.shared
             .index_update(move |i, s| i.record_token(s, &recorded))
             .await?;
+        tracing::debug!(
+            key = %self.key,
+            len = token.len(),
+            drain_ms = drained.as_secs_f64() * 1e3,
+            tail_put_ms = (staged - drained).as_secs_f64() * 1e3,
+            index_ms = (started.elapsed() - staged).as_secs_f64() * 1e3,
+            "persisted"
+        );
         self.seq = seq;
         self.persisted = true;
         let highest = token.parts.iter().map(|p| p.number).max().unwrap_or(0);
