@@ -650,14 +650,9 @@ fn gc_aborts_the_upload_of_a_killed_cp() {
     let feeder = std::thread::spawn(move || {
         let _ = stdin.write_all(&pseudo_random(6 * MIB, 9)); // blocks until read; fails once killed
     });
-    // The writer makes its part-cache directory once the upload is created and recorded in the
-    // index: from then on, a crash leaves an upload the index knows.
-    let cache = fx.path("cache");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "cp never started its upload");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // A part is uploaded only after the upload was created and recorded in the index: from
+    // then on, a crash leaves an upload the index knows.
+    wait_for_upload(&fx, true, "cp never uploaded a part");
     child.kill().expect("kill the cp");
     child.wait().unwrap();
     feeder.join().unwrap();
@@ -713,15 +708,8 @@ fn a_second_writer_waits_for_the_index() {
         .expect("spawn rivulet");
     let mut first_in = first.stdin.take().unwrap();
     first_in.write_all(b"b").unwrap();
-    let cache = fx.path("cache");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the first append never opened its upload"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // The index is opened (and held) before the upload is created.
+    wait_for_upload(&fx, false, "the first append never opened its upload");
     let mut second = fx
         .command(&["append", &fx.obj("second"), "-"])
         .stdin(Stdio::null())
@@ -768,5 +756,30 @@ fn help_has_examples_for_every_subcommand() {
             help.contains(&format!("rivulet {sub}")),
             "{sub} --help shows no use of {sub}: {help}"
         );
+    }
+}
+
+/// Waits (at most 30 s) until the local store holds a multipart upload, and with `with_part`
+/// until one of its parts is uploaded.
+fn wait_for_upload(fx: &Fixture, with_part: bool, what: &str) {
+    let uploads = fx.path("store/.rivulet-store/uploads");
+    let ready = || {
+        std::fs::read_dir(&uploads)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|upload| {
+                !with_part
+                    || std::fs::read_dir(upload.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .any(|f| f.file_name().to_string_lossy().starts_with("part-"))
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
