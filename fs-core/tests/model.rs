@@ -19,6 +19,10 @@ enum Op {
         seed: u8,
     },
     Persist,
+    /// Start a pipelined persist and keep going.
+    BeginPersist,
+    /// Wait for the oldest pipelined persist.
+    ResolvePersist,
     /// Drop the writer and resume from the n-th most recent token (0 = latest).
     Recover {
         back: usize,
@@ -42,6 +46,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (1usize..3000, any::<u8>()).prop_map(|(len, seed)| Op::Write { len, seed }),
         2 => Just(Op::Persist),
+        2 => Just(Op::BeginPersist),
+        2 => Just(Op::ResolvePersist),
         2 => (0usize..3).prop_map(|back| Op::Recover { back }),
         2 => (0u16..=1200).prop_map(|len_permille| Op::Truncate { len_permille }),
         2 => (0u16..=1000, 0u64..4000).prop_map(|(offset_permille, len)| Op::Read { offset_permille, len }),
@@ -67,6 +73,8 @@ struct Harness {
     model: Vec<u8>,
     /// Tokens with the model content they stand for, newest last.
     tokens: Vec<(ResumeToken, Vec<u8>)>,
+    /// Pipelined persists under way, oldest first, with the content they stand for.
+    pending: std::collections::VecDeque<(fs_core::writer::PendingPersist, Vec<u8>)>,
     contiguous: bool,
 }
 
@@ -96,6 +104,31 @@ impl Harness {
                 let data = bytes(len, seed);
                 self.file.as_mut().unwrap().write(&data).await.unwrap();
                 self.model.extend_from_slice(&data);
+            }
+            Op::BeginPersist => {
+                let pending = self.file.as_mut().unwrap().begin_persist().unwrap();
+                prop_assert_eq!(pending.len(), self.model.len() as u64);
+                self.pending.push_back((pending, self.model.clone()));
+            }
+            Op::ResolvePersist => {
+                let Some((pending, model)) = self.pending.pop_front() else {
+                    return Ok(());
+                };
+                match pending.wait().await {
+                    Ok(token) => {
+                        prop_assert_eq!(token.len(), model.len() as u64);
+                        self.tokens.push((token, model));
+                    }
+                    // Voided by a cut into its parts (contiguous stores), or its writer went
+                    // away (recovered, committed) first: an error, never a wrong token.
+                    Err(e) => {
+                        let text = e.to_string();
+                        let void = text.contains("overtaken")
+                            || text.contains("closed or dropped")
+                            || text.contains("dropped before");
+                        prop_assert!(void, "{e}");
+                    }
+                }
             }
             Op::Persist => {
                 let token = self.file.as_mut().unwrap().persist().await.unwrap();
@@ -200,6 +233,7 @@ async fn run_model(ops: Vec<Op>, contiguous: bool) -> Result<(), TestCaseError> 
         file,
         model: Vec::new(),
         tokens: Vec::new(),
+        pending: Default::default(),
         contiguous,
     };
     for op in ops {

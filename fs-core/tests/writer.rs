@@ -873,3 +873,109 @@ async fn without_a_part_cache_nothing_is_written_locally_and_reads_say_why() {
         body
     );
 }
+
+#[tokio::test]
+async fn a_pipelined_persist_lets_writing_go_on_and_resumes_exactly() {
+    let f = fixture_with(4, Some(Duration::from_millis(30)));
+    let mut w = f.writer.open("pipe.bin").await.unwrap();
+    let first = data(PART as usize * 2 + 50, 1);
+    w.write(&first).await.unwrap();
+    let pending = w.begin_persist().unwrap();
+    assert_eq!(pending.len(), first.len() as u64);
+    // Writing goes on (and uploads more parts) while the persist waits for its parts.
+    let second = data(PART as usize * 3, 2);
+    w.write(&second).await.unwrap();
+    let pending2 = w.begin_persist().unwrap();
+    let t1 = pending.wait().await.unwrap();
+    assert_eq!(t1.len(), first.len() as u64);
+    assert!(t1.parts.iter().all(|p| !p.etag.is_empty()));
+    let t2 = pending2.wait().await.unwrap();
+    assert_eq!(t2.len(), (first.len() + second.len()) as u64);
+    assert_eq!(
+        f.writer.recover_all().await.unwrap(),
+        vec![Token::Resume(t2.clone())]
+    );
+    drop(w);
+    // Both tokens resume exactly where they were taken.
+    let w1 = f.writer.recover(&t1).await.unwrap();
+    assert_eq!(w1.len(), t1.len());
+    drop(w1);
+    let mut w2 = f.writer.recover(&t2).await.unwrap();
+    w2.close_for_commit().await.unwrap().commit().await.unwrap();
+    assert_eq!(
+        object(&f, "pipe.bin").await.unwrap(),
+        [first, second].concat()
+    );
+}
+
+#[tokio::test]
+async fn persists_resolved_out_of_order_keep_the_newest_token_in_the_index() {
+    let f = fixture_with(4, Some(Duration::from_millis(10)));
+    let mut w = f.writer.open("order.bin").await.unwrap();
+    w.write(&data(PART as usize + 1, 1)).await.unwrap();
+    let older = w.begin_persist().unwrap();
+    w.write(&data(PART as usize + 1, 2)).await.unwrap();
+    let newer = w.begin_persist().unwrap();
+    let t_new = newer.wait().await.unwrap();
+    let t_old = older.wait().await.unwrap();
+    assert!(t_old.seq < t_new.seq);
+    assert_eq!(
+        f.writer.recover_all().await.unwrap(),
+        vec![Token::Resume(t_new)]
+    );
+    let entry = f
+        .index
+        .get(&f.mem.describe(), &t_old.upload_id)
+        .unwrap()
+        .unwrap();
+    assert!(
+        entry.live_tails.contains(&t_old.tail_key),
+        "the older token's tail stays live"
+    );
+}
+
+#[tokio::test]
+async fn a_persist_pending_when_its_writer_goes_fails_instead_of_hanging() {
+    let f = fixture_with(4, Some(Duration::from_millis(200)));
+    let mut w = f.writer.open("gone.bin").await.unwrap();
+    w.write(&data(PART as usize * 2, 1)).await.unwrap();
+    let pending = w.begin_persist().unwrap();
+    drop(w);
+    let result = tokio::time::timeout(Duration::from_secs(10), pending.wait()).await;
+    let err = result
+        .expect("a pending persist must not hang")
+        .unwrap_err();
+    assert!(err.to_string().contains("gone.bin"), "{err}");
+}
+
+#[tokio::test]
+async fn a_truncate_on_a_contiguous_store_voids_the_persists_it_overtakes() {
+    let mem = MemoryStore::new()
+        .with_min_part_size(1024)
+        .with_contiguous_parts();
+    let faults = Arc::new(FaultStore::new(
+        Arc::new(mem.clone()),
+        FaultConfig {
+            latency: Some(Duration::from_millis(20)..Duration::from_millis(40)),
+            ..Default::default()
+        },
+    ));
+    let cache = tempfile::tempdir().unwrap();
+    let config = WriterConfig {
+        part_size: PART,
+        cache_dir: cache.path().to_path_buf(),
+        ..Default::default()
+    };
+    let writer = RecoverableWriter::new(faults, Index::temporary().unwrap(), config).unwrap();
+    let mut w = writer.open("cut.bin").await.unwrap();
+    w.write(&data(PART as usize * 3, 1)).await.unwrap();
+    let pending = w.begin_persist().unwrap();
+    w.truncate(PART / 2).await.unwrap(); // gives up parts 1..3, whose numbers get reused
+    w.write(&data(PART as usize * 2, 2)).await.unwrap();
+    let err = pending.wait().await.unwrap_err();
+    assert!(err.to_string().contains("overtaken by a truncate"), "{err}");
+    let token = w.persist().await.unwrap();
+    drop(w);
+    let w = writer.recover(&token).await.unwrap();
+    assert_eq!(w.len(), token.len());
+}

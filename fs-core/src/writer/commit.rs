@@ -99,6 +99,7 @@ impl Committer {
     /// The upload is gone: no token of it can be resumed any more, so its tails and its index
     /// entry go too.
     async fn forget_upload(&self) -> Result<(), WriterError> {
+        self.shared.activity.forget(&self.token.upload_id);
         maintenance::delete_upload_tails(&self.shared, &self.token.upload_id).await;
         let upload = self.token.upload_id.clone();
         self.shared

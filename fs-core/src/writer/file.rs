@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::task::JoinSet;
 
 use super::cache::{self, PartCache};
+use super::pipeline::{PartBoard, PendingPersist};
 use super::{Committer, Shared, WRITER_ID_METADATA, WriterError, listed_parts, max_file_len, tail};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::store::{ObjectStoreExt, PutCondition, PutOptions, limits};
@@ -92,6 +93,8 @@ pub struct FileWriter {
     /// Tail keys of the tokens this writer handed out or resumed from, with the highest part
     /// number each references: on a contiguous store, reusing a number invalidates them.
     issued: Vec<(String, u32)>,
+    /// How part uploads ended, for pending (pipelined) persists.
+    board: Arc<PartBoard>,
 }
 
 impl std::fmt::Debug for FileWriter {
@@ -157,6 +160,7 @@ impl FileWriter {
             cache,
             contiguous: shared_contiguous,
             issued: Vec::new(),
+            board: Arc::default(),
         })
     }
 
@@ -251,6 +255,9 @@ impl FileWriter {
             key: token.key.clone(),
             detail,
         };
+        // 0. An earlier writer of this upload in this process may still have part uploads
+        //    landing: wait for them, so that they cannot overwrite what this one uploads.
+        shared.activity.quiesce(&token.upload_id).await;
         // 1. The upload must still exist and hold the token's parts.
         let listed = match listed_parts(&shared, &token.key, &token.upload_id).await {
             Ok(parts) => parts,
@@ -358,6 +365,7 @@ impl FileWriter {
                 .max()
                 .unwrap_or(0)
                 .max(token_highest)
+                .max(shared.activity.highest_allocated(&token.upload_id))
                 + 1
         };
         let mut tail = BytesMut::with_capacity(shared.config.part_size as usize);
@@ -392,6 +400,7 @@ impl FileWriter {
             cache,
             contiguous,
             issued: vec![(token.tail_key.clone(), token_highest)],
+            board: Arc::default(),
         })
     }
 
@@ -497,6 +506,7 @@ impl FileWriter {
         }
         let n = self.next_part;
         self.next_part += 1;
+        self.shared.activity.allocated(&self.upload_id, n);
         Ok(n)
     }
 
@@ -527,6 +537,8 @@ impl FileWriter {
             self.upload_id.clone(),
         );
         let cache = self.cache.clone();
+        let board = self.board.clone();
+        let running = self.shared.activity.start(&self.upload_id);
         // The cache write runs beside the upload, off the writer's path: until both are done
         // the part is read from memory.
         self.in_flight.spawn(async move {
@@ -547,6 +559,8 @@ impl FileWriter {
                 .retry
                 .run(|| shared.store.upload_part(&key, &upload, number, body.clone()));
             let (cached, result) = tokio::join!(cached, uploaded);
+            board.record(number, &result);
+            drop(running);
             (number, result, cached)
         });
         Ok(())
@@ -578,6 +592,8 @@ impl FileWriter {
             self.upload_id.clone(),
         );
         let (source, etag) = (source.to_string(), etag.to_string());
+        let board = self.board.clone();
+        let running = self.shared.activity.start(&self.upload_id);
         self.in_flight.spawn(async move {
             let result = shared
                 .config
@@ -593,6 +609,8 @@ impl FileWriter {
                     )
                 })
                 .await;
+            board.record(number, &result);
+            drop(running);
             (number, result, None)
         });
         Ok(())
@@ -625,6 +643,7 @@ impl FileWriter {
         };
         self.state = WriterState::Failed(failure.to_string());
         self.in_flight.abort_all();
+        self.fail_pending_parts(&failure.to_string());
         Err(failure)
     }
 
@@ -651,9 +670,16 @@ impl FileWriter {
     /// the index (flushed). Costs O(tail), never O(file).
     pub async fn persist(&mut self) -> Result<ResumeToken, WriterError> {
         self.check_open("persist")?;
-        let started = std::time::Instant::now();
         self.wait_all().await?;
-        let drained = started.elapsed();
+        self.begin_persist()?.wait().await
+    }
+
+    /// Starts a persist of everything written so far and returns at once: writing may go on
+    /// while the parts it needs finish uploading. The returned [`PendingPersist`] resolves to
+    /// the same token `persist()` would have returned, durable in the same way. Its memory is a
+    /// copy of the tail (less than one part).
+    pub fn begin_persist(&mut self) -> Result<PendingPersist, WriterError> {
+        self.check_open("persist")?;
         let seq = self.seq + 1;
         let prefix = &self.shared.config.tail_prefix;
         let token = ResumeToken {
@@ -667,31 +693,31 @@ impl FileWriter {
             tail_crc32c: crc32c::crc32c(&self.tail),
             seq,
         };
-        let body = tail::encode(&self.tail, &token);
-        let store = &self.shared.store;
-        self.shared
-            .config
-            .retry
-            .run(|| store.put(&token.tail_key, body.clone(), PutOptions::default()))
-            .await?;
-        let staged = started.elapsed();
-        let recorded = Token::Resume(token.clone());
-        self.shared
-            .index_update(move |i, s| i.record_token(s, &recorded))
-            .await?;
-        tracing::debug!(
-            key = %self.key,
-            len = token.len(),
-            drain_ms = drained.as_secs_f64() * 1e3,
-            tail_put_ms = (staged - drained).as_secs_f64() * 1e3,
-            index_ms = (started.elapsed() - staged).as_secs_f64() * 1e3,
-            "persisted"
-        );
         self.seq = seq;
         self.persisted = true;
         let highest = token.parts.iter().map(|p| p.number).max().unwrap_or(0);
         self.issued.push((token.tail_key.clone(), highest));
-        Ok(token)
+        Ok(PendingPersist {
+            shared: self.shared.clone(),
+            board: self.board.clone(),
+            token,
+            tail: Bytes::copy_from_slice(&self.tail),
+            invalidations_seen: self.board.invalidation_count(),
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// Tells pending persists that the parts still in flight will never finish.
+    fn fail_pending_parts(&self, why: &str) {
+        let failed: Result<String, StoreError> = Err(StoreError::new(
+            StoreErrorKind::Other,
+            "upload part",
+            &self.key,
+            why,
+        ));
+        for part in self.parts.iter().filter(|p| p.etag.is_none()) {
+            self.board.record(part.number, &failed);
+        }
     }
 
     /// Cuts the file to `len` bytes, or extends it with zeros. Cutting into an uploaded part
@@ -764,6 +790,8 @@ impl FileWriter {
     /// tokens that reference a number from `next` on: those parts are about to be replaced.
     async fn reuse_numbers_from(&mut self, next: u32) -> Result<(), WriterError> {
         self.next_part = next;
+        // First void the pending persists that need these numbers, then delete the tails.
+        self.board.invalidate_from(next);
         let (stale, kept): (Vec<_>, Vec<_>) = self
             .issued
             .drain(..)
@@ -888,6 +916,7 @@ impl FileWriter {
             .index_update(move |i, s| i.record_token(s, &recorded))
             .await?;
         self.state = WriterState::Closed;
+        self.board.close();
         self.cache.remove_all();
         Ok(Committer::new(self.shared.clone(), token))
     }
@@ -962,6 +991,8 @@ impl Drop for FileWriter {
     /// stays for whoever holds the token. The local cache goes either way.
     fn drop(&mut self) {
         self.in_flight.abort_all();
+        self.board.close();
+        self.fail_pending_parts("the writer was dropped before this part finished uploading");
         self.cache.remove_all();
         if self.state == WriterState::Closed || self.persisted {
             return;

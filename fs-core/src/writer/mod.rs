@@ -6,10 +6,12 @@
 //! - [`FileWriter`] is one file being written (an open multipart upload).
 //! - [`Committer`] completes a closed file's upload, idempotently.
 
+mod activity;
 mod cache;
 mod commit;
 mod file;
 mod maintenance;
+mod pipeline;
 pub mod tail;
 
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ use thiserror::Error;
 pub use self::commit::{CommitOutcome, Committer};
 pub use self::file::{FileWriter, WriterState};
 pub use self::maintenance::{GcOptions, GcReport, RebuildReport};
+pub use self::pipeline::PendingPersist;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::index::{Index, IndexError};
 use crate::retry::RetryPolicy;
@@ -122,6 +125,8 @@ pub(crate) struct Shared {
     pub(crate) store_name: String,
     pub(crate) index: Index,
     pub(crate) config: WriterConfig,
+    /// Part numbers used and uploads running per upload, across this service's writers.
+    pub(crate) activity: Arc<activity::Activity>,
 }
 
 impl Shared {
@@ -189,6 +194,7 @@ impl RecoverableWriter {
                 store_name,
                 index,
                 config,
+                activity: Arc::default(),
             }),
         })
     }
