@@ -33,6 +33,9 @@ struct RunResult {
     writer_secs: f64,
     /// The writer with `cache_parts = false` (no local copy of the parts).
     writer_uncached_secs: f64,
+    /// The writer with `cache_parts = false` and pipelined persists.
+    writer_pipelined_secs: f64,
+    pipelined_latencies: Vec<Duration>,
     persist_latencies: Vec<Duration>,
     write_path_requests: u64,
     cleanup_requests: u64,
@@ -138,26 +141,52 @@ fn writer_service(
     Ok(RecoverableWriter::new(store, index, config)?)
 }
 
+/// How the benchmark persists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Persists {
+    /// `persist()`: the caller waits until the bytes are durable.
+    Blocking,
+    /// `begin_persist()`, awaited in the background: writing goes on meanwhile, and each
+    /// persist is awaited before the file is closed.
+    Pipelined,
+}
+
 async fn write_file(
     writer: &RecoverableWriter,
     key: &str,
     size: u64,
     persist_every: u64,
+    mode: Persists,
     payload: &Bytes,
     latencies: &mut Vec<Duration>,
 ) -> Result<fs_core::FileWriter> {
     let mut file = writer.open(key).await?;
     let mut since_persist = 0u64;
+    let mut pending = Vec::new();
     while file.len() < size {
         let len = (WRITE_CHUNK as u64).min(size - file.len()) as usize;
         file.write(&slice_at(payload, file.len(), len)).await?;
         since_persist += len as u64;
         if since_persist >= persist_every {
-            let t = Instant::now();
-            file.persist().await?;
-            latencies.push(t.elapsed());
             since_persist = 0;
+            match mode {
+                Persists::Blocking => {
+                    let t = Instant::now();
+                    file.persist().await?;
+                    latencies.push(t.elapsed());
+                }
+                Persists::Pipelined => {
+                    let persist = file.begin_persist()?;
+                    pending.push(tokio::spawn(async move {
+                        let began = Instant::now();
+                        persist.wait().await.map(|_| began.elapsed())
+                    }));
+                }
+            }
         }
+    }
+    for task in pending {
+        latencies.push(task.await??);
     }
     Ok(file)
 }
@@ -180,11 +209,12 @@ async fn one_run(
 
     // Alternate the order between runs so that neither side always meets a warm or a tired
     // store.
-    let steps: [u8; 3] = if run.is_multiple_of(2) {
-        [0, 1, 2]
+    let steps: [u8; 4] = if run.is_multiple_of(2) {
+        [0, 1, 2, 3]
     } else {
-        [2, 1, 0]
+        [3, 2, 1, 0]
     };
+    let pipelined_key = format!("rivulet-bench/run{run}/writer-pipelined.bin");
     for step in steps {
         match step {
             0 => result.baseline_secs = baseline(store, &base_key, opts, payload).await?,
@@ -195,6 +225,7 @@ async fn one_run(
                     &writer_key,
                     opts.size,
                     opts.persist_every,
+                    Persists::Blocking,
                     payload,
                     &mut result.persist_latencies,
                 )
@@ -208,7 +239,7 @@ async fn one_run(
                 result.parts = counter.calls(Op::UploadPart);
                 result.persists = counter.calls(Op::Put);
             }
-            _ => {
+            2 => {
                 let started = Instant::now();
                 let mut ignored = Vec::new();
                 let mut file = write_file(
@@ -216,6 +247,7 @@ async fn one_run(
                     &uncached_key,
                     opts.size,
                     opts.persist_every,
+                    Persists::Blocking,
                     payload,
                     &mut ignored,
                 )
@@ -223,16 +255,40 @@ async fn one_run(
                 file.close_for_commit().await?.commit().await?;
                 result.writer_uncached_secs = started.elapsed().as_secs_f64();
             }
+            _ => {
+                let started = Instant::now();
+                let mut file = write_file(
+                    &uncached,
+                    &pipelined_key,
+                    opts.size,
+                    opts.persist_every,
+                    Persists::Pipelined,
+                    payload,
+                    &mut result.pipelined_latencies,
+                )
+                .await?;
+                file.close_for_commit().await?.commit().await?;
+                result.writer_pipelined_secs = started.elapsed().as_secs_f64();
+            }
         }
     }
-    for key in [&base_key, &writer_key, &uncached_key] {
+    for key in [&base_key, &writer_key, &uncached_key, &pipelined_key] {
         store.delete(key).await?;
     }
 
     for &size in &opts.recover_sizes {
         let key = format!("rivulet-bench/run{run}/recover-{size}.bin");
         let mut latencies = Vec::new();
-        let mut file = write_file(&writer, &key, size, u64::MAX, payload, &mut latencies).await?;
+        let mut file = write_file(
+            &writer,
+            &key,
+            size,
+            u64::MAX,
+            Persists::Blocking,
+            payload,
+            &mut latencies,
+        )
+        .await?;
         let token = file.persist().await?;
         drop(file);
         // Three recovers, the median kept: the first may pay for a new connection.
@@ -292,23 +348,15 @@ pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
         );
     }
     let mib = opts.size as f64 / MIB;
-    let base_tput = median(runs.iter().map(|r| mib / r.baseline_secs).collect());
-    let writer_tput = median(runs.iter().map(|r| mib / r.writer_secs).collect());
-    let ratio = median(
-        runs.iter()
-            .map(|r| r.baseline_secs / r.writer_secs)
-            .collect(),
-    );
-    let uncached_tput = median(runs.iter().map(|r| mib / r.writer_uncached_secs).collect());
-    let uncached_ratio = median(
-        runs.iter()
-            .map(|r| r.baseline_secs / r.writer_uncached_secs)
-            .collect(),
-    );
-    let latencies: Vec<Duration> = runs
-        .iter()
-        .flat_map(|r| r.persist_latencies.clone())
-        .collect();
+    let tput = |secs: fn(&RunResult) -> f64| median(runs.iter().map(|r| mib / secs(r)).collect());
+    let ratio = |secs: fn(&RunResult) -> f64| {
+        median(runs.iter().map(|r| r.baseline_secs / secs(r)).collect())
+    };
+    let latencies = |of: fn(&RunResult) -> &Vec<Duration>| -> Vec<Duration> {
+        runs.iter().flat_map(|r| of(r).clone()).collect()
+    };
+    let blocking_latencies = latencies(|r| &r.persist_latencies);
+    let pipelined_latencies = latencies(|r| &r.pipelined_latencies);
     let gib = opts.size as f64 / (1u64 << 30) as f64;
     let per_gib =
         |f: &dyn Fn(&RunResult) -> u64| median(runs.iter().map(|r| f(r) as f64 / gib).collect());
@@ -318,7 +366,7 @@ pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
 
     let mut out = String::new();
     out.push_str(&format!(
-        "store: `{}` · {} through the writer, persist every {}, part size {}, {} in flight, {} runs (medians)\n\n",
+        "store: `{}` · {} per run, persist every {}, part size {}, {} in flight, {} runs (medians)\n\n",
         store.describe(),
         human(opts.size),
         human(opts.persist_every),
@@ -326,28 +374,25 @@ pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
         opts.max_in_flight,
         opts.runs
     ));
-    out.push_str("| measure | value |\n|---|---|\n");
-    out.push_str(&format!(
-        "| plain multipart upload | {base_tput:.0} MiB/s |\n"
-    ));
-    out.push_str(&format!(
-        "| recoverable writer, persisting, part cache on (default) | {writer_tput:.0} MiB/s |\n"
-    ));
-    out.push_str(&format!(
-        "| recoverable writer, persisting, part cache off | {uncached_tput:.0} MiB/s |\n"
-    ));
-    out.push_str(&format!(
-        "| throughput ratio writer / plain, part cache on | {ratio:.3} |\n"
-    ));
-    out.push_str(&format!(
-        "| throughput ratio writer / plain, part cache off (target >= 0.95) | {uncached_ratio:.3} |\n"
-    ));
-    out.push_str(&format!(
-        "| persist latency p50 / p99 ({} persists) | {:.1} ms / {:.1} ms |\n",
-        latencies.len(),
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3
-    ));
+    out.push_str("| measure | throughput | ratio to plain (target >= 0.95) |\n|---|---|---|\n");
+    let rows: [(&str, fn(&RunResult) -> f64); 4] = [
+        ("plain multipart upload", |r| r.baseline_secs),
+        ("writer, persist(), part cache on (default)", |r| r.writer_secs),
+        ("writer, persist(), part cache off", |r| r.writer_uncached_secs),
+        ("writer, begin_persist() pipelined, part cache off", |r| r.writer_pipelined_secs),
+    ];
+    for (name, secs) in rows {
+        out.push_str(&format!("| {name} | {:.0} MiB/s | {:.3} |\n", tput(secs), ratio(secs)));
+    }
+    out.push_str("\n| measure | value |\n|---|---|\n");
+    for (name, lat) in [("persist()", &blocking_latencies), ("begin_persist() to durable", &pipelined_latencies)] {
+        out.push_str(&format!(
+            "| {name} latency p50 / p99 ({} persists) | {:.1} ms / {:.1} ms |\n",
+            lat.len(),
+            percentile(lat, 0.5).as_secs_f64() * 1e3,
+            percentile(lat, 0.99).as_secs_f64() * 1e3
+        ));
+    }
     for (i, &size) in opts.recover_sizes.iter().enumerate() {
         let t = median(
             runs.iter()
