@@ -26,6 +26,9 @@ pub struct BenchOptions {
     pub recover_sizes: Vec<u64>,
 }
 
+/// Picks one duration (seconds) out of a run's measurements.
+type Secs = fn(&RunResult) -> f64;
+
 /// One run's measurements.
 #[derive(Debug, Clone, Default)]
 struct RunResult {
@@ -375,17 +378,30 @@ pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
         opts.runs
     ));
     out.push_str("| measure | throughput | ratio to plain (target >= 0.95) |\n|---|---|---|\n");
-    let rows: [(&str, fn(&RunResult) -> f64); 4] = [
+    let rows: [(&str, Secs); 4] = [
         ("plain multipart upload", |r| r.baseline_secs),
-        ("writer, persist(), part cache on (default)", |r| r.writer_secs),
-        ("writer, persist(), part cache off", |r| r.writer_uncached_secs),
-        ("writer, begin_persist() pipelined, part cache off", |r| r.writer_pipelined_secs),
+        ("writer, persist(), part cache on (default)", |r| {
+            r.writer_secs
+        }),
+        ("writer, persist(), part cache off", |r| {
+            r.writer_uncached_secs
+        }),
+        ("writer, begin_persist() pipelined, part cache off", |r| {
+            r.writer_pipelined_secs
+        }),
     ];
     for (name, secs) in rows {
-        out.push_str(&format!("| {name} | {:.0} MiB/s | {:.3} |\n", tput(secs), ratio(secs)));
+        out.push_str(&format!(
+            "| {name} | {:.0} MiB/s | {:.3} |\n",
+            tput(secs),
+            ratio(secs)
+        ));
     }
     out.push_str("\n| measure | value |\n|---|---|\n");
-    for (name, lat) in [("persist()", &blocking_latencies), ("begin_persist() to durable", &pipelined_latencies)] {
+    for (name, lat) in [
+        ("persist()", &blocking_latencies),
+        ("begin_persist() to durable", &pipelined_latencies),
+    ] {
         out.push_str(&format!(
             "| {name} latency p50 / p99 ({} persists) | {:.1} ms / {:.1} ms |\n",
             lat.len(),

@@ -979,3 +979,33 @@ async fn a_truncate_on_a_contiguous_store_voids_the_persists_it_overtakes() {
     let w = writer.recover(&token).await.unwrap();
     assert_eq!(w.len(), token.len());
 }
+
+#[tokio::test]
+async fn a_voided_persist_stops_waiting_for_parts_that_will_not_come() {
+    // Contiguous store: the part numbers a pending persist waits for are given up by a cut and
+    // the file is closed before they are uploaded again. The persist must fail, not hang.
+    let mem = MemoryStore::new()
+        .with_min_part_size(1024)
+        .with_contiguous_parts();
+    let faults = Arc::new(FaultStore::new(
+        Arc::new(mem),
+        FaultConfig {
+            latency: Some(Duration::from_millis(30)..Duration::from_millis(60)),
+            ..Default::default()
+        },
+    ));
+    let cache = tempfile::tempdir().unwrap();
+    let config = WriterConfig {
+        part_size: PART,
+        cache_dir: cache.path().to_path_buf(),
+        ..Default::default()
+    };
+    let writer = RecoverableWriter::new(faults, Index::temporary().unwrap(), config).unwrap();
+    let mut w = writer.open("void.bin").await.unwrap();
+    w.write(&data(PART as usize * 3, 1)).await.unwrap();
+    let pending = w.begin_persist().unwrap();
+    w.truncate(10).await.unwrap();
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), pending.wait()).await;
+    assert!(result.expect("a voided persist must not hang").is_err());
+}

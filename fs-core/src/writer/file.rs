@@ -507,6 +507,7 @@ impl FileWriter {
         let n = self.next_part;
         self.next_part += 1;
         self.shared.activity.allocated(&self.upload_id, n);
+        self.board.starting(n);
         Ok(n)
     }
 
@@ -709,14 +710,8 @@ impl FileWriter {
 
     /// Tells pending persists that the parts still in flight will never finish.
     fn fail_pending_parts(&self, why: &str) {
-        let failed: Result<String, StoreError> = Err(StoreError::new(
-            StoreErrorKind::Other,
-            "upload part",
-            &self.key,
-            why,
-        ));
         for part in self.parts.iter().filter(|p| p.etag.is_none()) {
-            self.board.record(part.number, &failed);
+            self.board.abandon(part.number, why);
         }
     }
 

@@ -39,14 +39,33 @@ pub(crate) struct PartBoard {
 impl PartBoard {
     /// Records how a part's upload ended and wakes the persists waiting for it.
     pub(crate) fn record(&self, number: u32, result: &Result<String, StoreError>) {
-        let outcome = result
-            .as_ref()
-            .map(Clone::clone)
-            .map_err(ToString::to_string);
+        let outcome = match result {
+            Ok(etag) => Ok(etag.clone()),
+            Err(e) => Err(e.to_string()),
+        };
         self.outcomes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(number, outcome);
+        self.changed.notify_waiters();
+    }
+
+    /// Forgets the outcome of an earlier upload of this number (reused on contiguous stores,
+    /// where the persists that needed the old part were voided).
+    pub(crate) fn starting(&self, number: u32) {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&number);
+    }
+
+    /// Records that a part's upload will never finish, unless it already did.
+    pub(crate) fn abandon(&self, number: u32, why: &str) {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(number)
+            .or_insert_with(|| Err(why.to_string()));
         self.changed.notify_waiters();
     }
 
@@ -56,11 +75,13 @@ impl PartBoard {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(first);
+        self.changed.notify_waiters();
     }
 
     /// Voids the persists still pending: their writer is gone.
     pub(crate) fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify_waiters();
     }
 
     fn is_closed(&self) -> bool {
@@ -135,18 +156,7 @@ impl PendingPersist {
             .await?;
         // Checked after the tail is staged: whoever voids a persist does so before deleting
         // tails, so either it deletes this tail or this check sees it.
-        let highest = token.parts.iter().map(|p| p.number).max().unwrap_or(0);
-        let void = if self
-            .board
-            .invalidated_since(self.invalidations_seen, highest)
-        {
-            Some("this persist was overtaken by a truncate into its parts; persist again")
-        } else if self.board.is_closed() {
-            Some("the writer was closed or dropped before this persist finished")
-        } else {
-            None
-        };
-        if let Some(why) = void {
+        if let Some(why) = void_reason(&self.board, self.invalidations_seen, &token) {
             let _ = store.delete(&token.tail_key).await;
             return Err(WriterError::State {
                 key: token.key.clone(),
@@ -184,6 +194,14 @@ impl PendingPersist {
             let notified = self.board.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // A persist that can no longer produce a usable token stops waiting for its parts
+            // (some of them may never be uploaded again under this number).
+            if let Some(why) = void_reason(&self.board, self.invalidations_seen, &self.token) {
+                return Err(WriterError::State {
+                    key: self.token.key.clone(),
+                    detail: why.into(),
+                });
+            }
             let mut missing = false;
             {
                 let outcomes = self
@@ -209,5 +227,17 @@ impl PendingPersist {
             }
             notified.await;
         }
+    }
+}
+
+/// Why a persist can no longer produce a usable token, if it cannot.
+fn void_reason(board: &PartBoard, seen: usize, token: &ResumeToken) -> Option<&'static str> {
+    let highest = token.parts.iter().map(|p| p.number).max().unwrap_or(0);
+    if board.invalidated_since(seen, highest) {
+        Some("this persist was overtaken by a truncate into its parts; persist again")
+    } else if board.is_closed() {
+        Some("the writer was closed or dropped before this persist finished")
+    } else {
+        None
     }
 }
