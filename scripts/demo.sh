@@ -16,12 +16,12 @@ trap 'rm -rf "$work"' EXIT
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "a 24 MiB CSV into the store (multipart, parts uploaded in parallel, committed atomically)"
-seq 1 2400000 | awk '{ printf "%08d,event-%d\n", $1, $1 % 97 }' | head -c $((24 * 1024 * 1024)) > "$work/events.csv"
+step "a 26 MiB CSV into the store (multipart, parts uploaded in parallel, committed atomically)"
+seq 1 1500000 | awk '{ printf "%08d,event-%02d\n", $1, $1 % 97 }' > "$work/events.csv"
 "$R" cp --quiet "$work/events.csv" "file://$STORE/events.csv"
 "$R" stat "$STORE/events.csv"
 
-step "append without downloading: the 24 MiB prefix is copied server-side"
+step "append without downloading: the 26 MiB prefix is copied server-side"
 printf 'appended,line-1\nappended,line-2\n' | "$R" append "$STORE/events.csv" -
 printf 'appended,line-1\nappended,line-2\n' >> "$work/events.csv"
 "$R" cat "$STORE/events.csv" | tail -n 3
