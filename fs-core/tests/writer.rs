@@ -948,15 +948,16 @@ async fn a_persist_pending_when_its_writer_goes_fails_instead_of_hanging() {
     assert!(err.to_string().contains("gone.bin"), "{err}");
 }
 
-#[tokio::test]
-async fn a_truncate_on_a_contiguous_store_voids_the_persists_it_overtakes() {
+/// A writer on a memory store that needs contiguous part numbers (like s3s-fs), with store
+/// calls slowed to `latency`..2×`latency` so that parts are still in flight when tests act.
+fn contiguous_writer_with_latency(latency: Duration) -> (RecoverableWriter, tempfile::TempDir) {
     let mem = MemoryStore::new()
         .with_min_part_size(1024)
         .with_contiguous_parts();
     let faults = Arc::new(FaultStore::new(
-        Arc::new(mem.clone()),
+        Arc::new(mem),
         FaultConfig {
-            latency: Some(Duration::from_millis(20)..Duration::from_millis(40)),
+            latency: Some(latency..latency * 2),
             ..Default::default()
         },
     ));
@@ -966,7 +967,15 @@ async fn a_truncate_on_a_contiguous_store_voids_the_persists_it_overtakes() {
         cache_dir: cache.path().to_path_buf(),
         ..Default::default()
     };
-    let writer = RecoverableWriter::new(faults, Index::temporary().unwrap(), config).unwrap();
+    (
+        RecoverableWriter::new(faults, Index::temporary().unwrap(), config).unwrap(),
+        cache,
+    )
+}
+
+#[tokio::test]
+async fn a_truncate_on_a_contiguous_store_voids_the_persists_it_overtakes() {
+    let (writer, _cache) = contiguous_writer_with_latency(Duration::from_millis(20));
     let mut w = writer.open("cut.bin").await.unwrap();
     w.write(&data(PART as usize * 3, 1)).await.unwrap();
     let pending = w.begin_persist().unwrap();
@@ -984,23 +993,7 @@ async fn a_truncate_on_a_contiguous_store_voids_the_persists_it_overtakes() {
 async fn a_voided_persist_stops_waiting_for_parts_that_will_not_come() {
     // Contiguous store: the part numbers a pending persist waits for are given up by a cut and
     // the file is closed before they are uploaded again. The persist must fail, not hang.
-    let mem = MemoryStore::new()
-        .with_min_part_size(1024)
-        .with_contiguous_parts();
-    let faults = Arc::new(FaultStore::new(
-        Arc::new(mem),
-        FaultConfig {
-            latency: Some(Duration::from_millis(30)..Duration::from_millis(60)),
-            ..Default::default()
-        },
-    ));
-    let cache = tempfile::tempdir().unwrap();
-    let config = WriterConfig {
-        part_size: PART,
-        cache_dir: cache.path().to_path_buf(),
-        ..Default::default()
-    };
-    let writer = RecoverableWriter::new(faults, Index::temporary().unwrap(), config).unwrap();
+    let (writer, _cache) = contiguous_writer_with_latency(Duration::from_millis(30));
     let mut w = writer.open("void.bin").await.unwrap();
     w.write(&data(PART as usize * 3, 1)).await.unwrap();
     let pending = w.begin_persist().unwrap();
