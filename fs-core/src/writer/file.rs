@@ -111,7 +111,8 @@ impl std::fmt::Debug for FileWriter {
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 impl FileWriter {
-    async fn new_upload(
+    /// Starts a new upload for `key` whose commit will be made under `condition`.
+    pub(super) async fn new_upload(
         shared: Arc<Shared>,
         key: &str,
         condition: PutCondition,
@@ -162,14 +163,6 @@ impl FileWriter {
             issued: Vec::new(),
             board: Arc::default(),
         })
-    }
-
-    pub(super) async fn create(
-        shared: Arc<Shared>,
-        key: &str,
-        condition: PutCondition,
-    ) -> Result<Self, WriterError> {
-        Self::new_upload(shared, key, condition).await
     }
 
     /// Opens `key` with its current content (all of it, or the first `keep` bytes, extended

@@ -209,7 +209,7 @@ impl RecoverableWriter {
 
     /// Opens a new file at `key`; committing it replaces whatever object is there.
     pub async fn open(&self, key: &str) -> Result<FileWriter, WriterError> {
-        FileWriter::create(self.shared.clone(), key, crate::store::PutCondition::None).await
+        FileWriter::new_upload(self.shared.clone(), key, crate::store::PutCondition::None).await
     }
 
     /// Opens `key` for appending: the existing object's bytes are the file's start (copied
