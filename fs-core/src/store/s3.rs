@@ -27,7 +27,6 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
-use md5::{Digest, Md5};
 
 use super::rules::{self, MAX_LIST_KEYS};
 use super::{
@@ -368,11 +367,6 @@ fn lower_metadata(
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Base64 of the body's MD5, for `Content-MD5`: the server rejects a body damaged in transit.
-fn content_md5(body: &[u8]) -> String {
-    aws_smithy_types::base64::encode(Md5::digest(body))
 }
 
 /// Percent-encodes a key for `x-amz-copy-source`: everything but unreserved characters and `/`.
@@ -769,7 +763,6 @@ impl ObjectStore for S3Store {
             .put_object()
             .bucket(&self.bucket)
             .key(self.full_key(key))
-            .content_md5(content_md5(&body))
             .content_length(body.len() as i64)
             .set_content_type(opts.content_type.clone())
             .body(ByteStream::from(body));
@@ -943,7 +936,6 @@ impl ObjectStore for S3Store {
         rules::validate_part_number(OP_PART, key, part_number)?;
         rules::validate_part_size(OP_PART, key, body.len() as u64)?;
         let full = self.full_key(key);
-        let md5 = content_md5(&body);
         let request = || {
             self.client
                 .upload_part()
@@ -951,7 +943,6 @@ impl ObjectStore for S3Store {
                 .key(&full)
                 .upload_id(upload_id)
                 .part_number(part_number as i32)
-                .content_md5(&md5)
                 .content_length(body.len() as i64)
                 .body(ByteStream::from(body.clone()))
                 .customize()
