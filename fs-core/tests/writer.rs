@@ -1002,3 +1002,52 @@ async fn a_voided_persist_stops_waiting_for_parts_that_will_not_come() {
     let result = tokio::time::timeout(Duration::from_secs(10), pending.wait()).await;
     assert!(result.expect("a voided persist must not hang").is_err());
 }
+
+#[tokio::test]
+async fn on_a_store_that_reads_parts_the_writer_keeps_no_copy_and_reads_after_recovery() {
+    // The local store keeps each part as a file it can read back: a second local copy would
+    // write every byte twice to the same disk, and reads work even after a recovery.
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore =
+        Arc::new(fs_core::store::local::LocalStore::open(dir.path().join("store")).unwrap());
+    let config = WriterConfig {
+        part_size: 5 << 20,
+        cache_dir: dir.path().join("cache"),
+        ..Default::default()
+    };
+    assert!(config.cache_parts, "the part cache is asked for");
+    let writer =
+        RecoverableWriter::new(store.clone(), Index::temporary().unwrap(), config).unwrap();
+    let mut w = writer.open("local.bin").await.unwrap();
+    let body = data((5 << 20) * 2 + 1000, 4);
+    w.write(&body).await.unwrap();
+    let token = w.persist().await.unwrap();
+    assert_eq!(
+        walk(&dir.path().join("cache")),
+        0,
+        "no local copies of the parts"
+    );
+    let at = (5 << 20) - 10;
+    assert_eq!(
+        w.read_at(at, 20).await.unwrap(),
+        &body[at as usize..at as usize + 20]
+    );
+    drop(w);
+
+    let mut w = writer.recover(&token).await.unwrap();
+    assert_eq!(
+        w.read_at(3, 100).await.unwrap(),
+        &body[3..103],
+        "a part from before the recovery"
+    );
+    // Cutting into a part uploaded before the recovery re-makes it from the store's copy.
+    w.truncate(5 << 20 | 77).await.unwrap();
+    w.write(b"end").await.unwrap();
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    let mut expected = body[..(5 << 20 | 77)].to_vec();
+    expected.extend_from_slice(b"end");
+    assert_eq!(
+        store.get("local.bin", None).await.unwrap().body.to_vec(),
+        expected
+    );
+}

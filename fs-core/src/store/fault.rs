@@ -312,6 +312,26 @@ impl ObjectStore for FaultStore {
         .await
     }
 
+    fn reads_parts(&self) -> bool {
+        self.inner.reads_parts()
+    }
+
+    async fn read_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        etag: &str,
+        range: Range<u64>,
+    ) -> Result<Bytes, StoreError> {
+        self.run(
+            Op::Get,
+            key,
+            self.inner.read_part(key, upload_id, number, etag, range),
+        )
+        .await
+    }
+
     async fn list_parts(
         &self,
         key: &str,

@@ -49,6 +49,7 @@ pub struct MemoryStore {
     state: Arc<Mutex<State>>,
     min_part_size: u64,
     contiguous_parts: bool,
+    part_reads: bool,
 }
 
 impl Default for MemoryStore {
@@ -65,6 +66,7 @@ impl MemoryStore {
             state: Arc::default(),
             min_part_size: limits::MIN_PART_SIZE,
             contiguous_parts: false,
+            part_reads: false,
         }
     }
 
@@ -77,6 +79,7 @@ impl MemoryStore {
             state,
             min_part_size: limits::MIN_PART_SIZE,
             contiguous_parts: false,
+            part_reads: false,
         }
     }
 
@@ -90,6 +93,13 @@ impl MemoryStore {
     /// Makes completion require part numbers 1, 2, 3, … without gaps, as s3s-fs does.
     pub fn with_contiguous_parts(mut self) -> Self {
         self.contiguous_parts = true;
+        self
+    }
+
+    /// Lets writers read back the parts of uploads in progress, as the local store does (S3
+    /// cannot), so tests can run the writer both with and without its part cache.
+    pub fn with_part_reads(mut self) -> Self {
+        self.part_reads = true;
         self
     }
 
@@ -187,6 +197,58 @@ impl ObjectStore for MemoryStore {
 
     fn requires_contiguous_parts(&self) -> bool {
         self.contiguous_parts
+    }
+
+    fn reads_parts(&self) -> bool {
+        self.part_reads
+    }
+
+    async fn read_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        etag: &str,
+        range: Range<u64>,
+    ) -> Result<Bytes, StoreError> {
+        const OP: &str = "read part";
+        if !self.part_reads {
+            return Err(StoreError::new(
+                StoreErrorKind::NotSupported,
+                OP,
+                key,
+                "this memory store was made without part reads",
+            ));
+        }
+        rules::validate_key(OP, key)?;
+        let mut state = self.lock();
+        let upload = state.upload_mut(OP, key, upload_id)?;
+        let Some((actual, body)) = upload.parts.get(&number) else {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidPart,
+                OP,
+                key,
+                format!("upload {upload_id} has no part {number}"),
+            ));
+        };
+        if actual.trim_matches('"') != etag.trim_matches('"') {
+            return Err(StoreError::new(
+                StoreErrorKind::PreconditionFailed,
+                OP,
+                key,
+                format!("part {number} of upload {upload_id} was replaced"),
+            ));
+        }
+        let end = range.end.min(body.len() as u64);
+        if range.start > end {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidRange,
+                OP,
+                key,
+                format!("range starts past part {number}'s {} bytes", body.len()),
+            ));
+        }
+        Ok(body.slice(range.start as usize..end as usize))
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, StoreError> {

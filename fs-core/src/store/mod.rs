@@ -261,6 +261,34 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// Aborts an upload and frees its parts; `NoSuchUpload` if it is already gone.
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
 
+    /// Whether [`read_part`](Self::read_part) works here. S3 has no call to read a part of an
+    /// upload in progress; a local directory keeps each part as a file it can read back, so a
+    /// writer over it needs no local copy of its uploaded parts to read its own writes.
+    fn reads_parts(&self) -> bool {
+        false
+    }
+
+    /// Reads `range` (end exclusive, clamped to the part's size) of part `number` of an upload
+    /// in progress, if that part is still the one whose upload returned `etag`: a part since
+    /// replaced is `PreconditionFailed`, never other bytes. Stores where
+    /// [`reads_parts`](Self::reads_parts) is false answer `NotSupported`.
+    async fn read_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        etag: &str,
+        range: Range<u64>,
+    ) -> Result<Bytes, StoreError> {
+        let _ = (upload_id, number, etag, range);
+        Err(StoreError::new(
+            StoreErrorKind::NotSupported,
+            "read part",
+            key,
+            "this store cannot read the parts of an upload in progress",
+        ))
+    }
+
     /// One page (up to 1,000) of an upload's parts, after part number `marker`.
     async fn list_parts(
         &self,

@@ -137,7 +137,7 @@ impl FileWriter {
         let cache = PartCache::open(
             &shared.config.cache_dir,
             &upload_id,
-            shared.config.cache_parts,
+            needs_part_cache(&shared),
         )
         .await?;
         let shared_contiguous = shared.store.requires_contiguous_parts();
@@ -326,7 +326,7 @@ impl FileWriter {
         let cache = PartCache::open(
             &shared.config.cache_dir,
             &token.upload_id,
-            shared.config.cache_parts,
+            needs_part_cache(&shared),
         )
         .await?;
         let parts = token
@@ -735,7 +735,8 @@ impl FileWriter {
         let cut = self.parts[index].clone();
         let kept = len - start;
         let min_part = self.shared.store.min_part_size();
-        if kept > 0 && matches!(cut.source, PartSource::Remote) {
+        if kept > 0 && matches!(cut.source, PartSource::Remote) && !self.shared.store.reads_parts()
+        {
             return Err(WriterError::Truncate {
                 key: self.key.clone(),
                 detail: format!(
@@ -812,6 +813,17 @@ impl FileWriter {
                     .await?;
                 check_source_etag(&self.key, key, etag, &got.meta.etag)?;
                 Ok(got.body)
+            }
+            PartSource::Remote if self.shared.store.reads_parts() => {
+                let etag = part.etag.as_deref().unwrap_or_default();
+                let store = &self.shared.store;
+                let (key, upload) = (&self.key, &self.upload_id);
+                Ok(self
+                    .shared
+                    .config
+                    .retry
+                    .run(|| store.read_part(key, upload, part.number, etag, range.clone()))
+                    .await?)
             }
             PartSource::Remote if !self.cache.is_enabled() => Err(WriterError::Read {
                 key: self.key.clone(),
@@ -997,4 +1009,11 @@ impl Drop for FileWriter {
             });
         }
     }
+}
+
+/// Whether a writer keeps its own copy of uploaded parts for reads of the open file: only when
+/// asked to and when the store cannot read the parts back itself (S3 cannot; a local directory
+/// can, and a copy there would write every byte twice to the same disk).
+fn needs_part_cache(shared: &Shared) -> bool {
+    shared.config.cache_parts && !shared.store.reads_parts()
 }
