@@ -423,7 +423,6 @@ impl S3 for GatewayService {
         self.buckets.create(&req.input.bucket).await?;
         Ok(S3Response::new(dto::CreateBucketOutput {
             location: Some(format!("/{}", req.input.bucket)),
-            ..Default::default()
         }))
     }
 
