@@ -1284,6 +1284,49 @@ async fn gateway_over_moto() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_requests_in_flight_finish() {
+    use fs_core::store::ObjectStore;
+    use fs_core::store::fault::{FaultConfig, FaultStore};
+    use fs_core::store::memory::MemoryStore;
+
+    let fault = Arc::new(FaultStore::new(
+        Arc::new(MemoryStore::new()),
+        FaultConfig::default(),
+    ));
+    let (addr, stop, task) = Gateway::start(fault.clone()).await;
+    let c = client(addr, ACCESS_KEY, SECRET_KEY);
+    create_bucket(&c, "slow").await;
+    // Every store call now takes 600 ms: the PUT below is still running when shutdown starts.
+    fault.set_config(FaultConfig {
+        latency: Some(Duration::from_millis(600)..Duration::from_millis(601)),
+        ..FaultConfig::default()
+    });
+    let in_flight = tokio::spawn({
+        let c = c.clone();
+        async move { put(&c, "slow", "k", b"finished").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the server stops once the request is done")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // The server waited for the PUT: the object was stored before it returned (an abrupt stop
+    // would return at once, with the store call still sleeping).
+    fault.set_config(FaultConfig::default());
+    let got = fault
+        .get("slow/k", None)
+        .await
+        .expect("stored before the server returned");
+    let etag = in_flight.await.expect("the PUT completes");
+    assert_eq!(etag, quoted(&md5_hex(b"finished")));
+    assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
+    assert_eq!(&got.body[..], b"finished");
+}
+
 // ---- the command line ----
 
 fn rivulet_bin() -> PathBuf {
