@@ -42,6 +42,8 @@ pub struct GatewayConfig {
     pub anonymous: bool,
     /// Base domains for virtual-hosted-style requests (`bucket.domain`); path style always works.
     pub domains: Vec<String>,
+    /// Bytes a GET reads from the store at a time: bounds the memory of a download.
+    pub read_chunk: u64,
 }
 
 impl Default for GatewayConfig {
@@ -52,6 +54,7 @@ impl Default for GatewayConfig {
             credentials: Vec::new(),
             anonymous: false,
             domains: Vec::new(),
+            read_chunk: crate::service::DEFAULT_READ_CHUNK,
         }
     }
 }
@@ -76,6 +79,9 @@ impl GatewayConfig {
                     "an access key and its secret key must both be non-empty".into(),
                 ));
             }
+        }
+        if self.read_chunk == 0 {
+            return Err(GatewayError::Config("the read chunk size is 0".into()));
         }
         if self.region.is_empty() {
             return Err(GatewayError::Config("the region is empty".into()));

@@ -33,7 +33,9 @@ impl Server {
     /// socket (port 0 picks a free port: see [`Server::local_addr`]).
     pub async fn bind(config: &GatewayConfig, store: DynStore) -> Result<Server, GatewayError> {
         config.validate()?;
-        let mut builder = S3ServiceBuilder::new(GatewayService::new(store, config.region.clone()));
+        let service =
+            GatewayService::new(store, config.region.clone()).with_read_chunk(config.read_chunk);
+        let mut builder = S3ServiceBuilder::new(service);
         if !config.anonymous {
             builder.set_auth(KeyPairAuth::new(&config.credentials));
         }

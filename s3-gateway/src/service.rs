@@ -1,9 +1,9 @@
 //! The S3 operations: each maps its request onto [`ObjectStore`] calls through the bucket
 //! mapping, and the store's answer (or error) back onto S3's.
 //!
-//! Bodies are buffered whole, because the store trait takes and returns whole [`Bytes`]: a PUT
-//! or part is at most 5 GiB (S3's limit, enforced here) and a GET reads at most the requested
-//! range.
+//! Request bodies are buffered whole, because the store trait takes whole [`Bytes`]: a PUT or
+//! part is at most 5 GiB (S3's limit, enforced here). GET bodies are streamed in ranged reads of
+//! [`GatewayService::read_chunk`] bytes, so memory stays bounded whatever the object's size.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -28,12 +28,17 @@ use crate::listing::{self, Cursor, MAX_KEYS, Query, url_encode};
 /// S3's largest single PUT (and part): 5 GiB.
 const MAX_OBJECT_SIZE: u64 = limits::MAX_PART_SIZE;
 
+/// How many bytes a GET reads from the store at a time (the default of
+/// [`GatewayService::read_chunk`]).
+pub const DEFAULT_READ_CHUNK: u64 = 8 * 1024 * 1024;
+
 /// The gateway's implementation of the S3 API over one store.
 #[derive(Debug, Clone)]
 pub struct GatewayService {
     store: DynStore,
     buckets: Buckets,
     region: String,
+    read_chunk: u64,
 }
 
 impl GatewayService {
@@ -42,7 +47,19 @@ impl GatewayService {
             buckets: Buckets::new(store.clone()),
             store,
             region: region.into(),
+            read_chunk: DEFAULT_READ_CHUNK,
         }
+    }
+
+    /// Sets how many bytes a GET reads from the store at a time (at least 1).
+    pub fn with_read_chunk(mut self, bytes: u64) -> Self {
+        self.read_chunk = bytes.max(1);
+        self
+    }
+
+    /// The bytes a GET reads from the store at a time.
+    pub fn read_chunk(&self) -> u64 {
+        self.read_chunk
     }
 
     /// The store key of an object of a bucket that must exist.
@@ -182,6 +199,53 @@ fn strong(etag: impl Into<String>) -> Option<ETag> {
 
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A GET body: `first`, then `rest` of the object read `chunk` bytes at a time. A task reads
+/// ahead by one chunk into a channel, so at most a few chunks are in memory, and it stops when the
+/// client goes away (the channel closes). Every read is checked against `etag`: if the object is
+/// replaced while it is sent, the body ends with an error (the client sees a short read) rather
+/// than splice two versions.
+fn chunked_body(
+    store: DynStore,
+    key: String,
+    etag: String,
+    first: Bytes,
+    rest: Range<u64>,
+    chunk: u64,
+) -> StreamingBlob {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    tokio::spawn(async move {
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        let mut pos = rest.start;
+        while pos < rest.end {
+            let end = pos.saturating_add(chunk).min(rest.end);
+            let next = match store.get(&key, Some(pos..end)).await {
+                Ok(got) if got.meta.etag != etag => Err(std::io::Error::other(format!(
+                    "{key} changed while it was read (ETag {etag} became {})",
+                    got.meta.etag
+                ))),
+                Ok(got) if got.body.is_empty() => Err(std::io::Error::other(format!(
+                    "{key} is shorter than its size said while it was read"
+                ))),
+                Ok(got) => {
+                    pos += got.body.len() as u64;
+                    Ok(got.body)
+                }
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+            let failed = next.is_err();
+            if failed {
+                tracing::warn!(key = %key, "a GET body stopped early");
+            }
+            if tx.send(next).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    StreamingBlob::wrap(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
 /// The request body, whole; at most `MAX_OBJECT_SIZE` bytes (`EntityTooLarge`).
@@ -511,24 +575,40 @@ impl S3 for GatewayService {
             None
         };
         let range = store_range(input.range.as_ref(), known_size)?;
-        let got = match self.store.get(&key, range).await {
+        // The first chunk brings the metadata (and the size an open range ends at).
+        let wanted = range.clone().unwrap_or(0..u64::MAX);
+        let first_end = wanted.start.saturating_add(self.read_chunk).min(wanted.end);
+        let first = match self.store.get(&key, Some(wanted.start..first_end)).await {
             Ok(got) => got,
             Err(e) => return Err(self.object_error(&input.bucket, e).await),
         };
         // The object may have changed since the HEAD: the answer must hold for what is sent.
-        conds.evaluate(&got.meta)?;
-        let meta = got.meta;
+        conds.evaluate(&first.meta)?;
+        let meta = first.meta;
+        let whole = wanted.start..wanted.end.min(meta.size);
         let content_range = input.range.map(|_| {
             format!(
                 "bytes {}-{}/{}",
-                got.range.start,
-                got.range.end.saturating_sub(1),
+                whole.start,
+                whole.end.saturating_sub(1),
                 meta.size
             )
         });
+        let body = if first.range.end >= whole.end {
+            StreamingBlob::from(s3s::Body::from(first.body))
+        } else {
+            chunked_body(
+                self.store.clone(),
+                key,
+                meta.etag.clone(),
+                first.body,
+                first.range.end..whole.end,
+                self.read_chunk,
+            )
+        };
         Ok(S3Response::new(dto::GetObjectOutput {
-            body: Some(StreamingBlob::from(s3s::Body::from(got.body.clone()))),
-            content_length: Some(to_i64(got.body.len() as u64)),
+            body: Some(body),
+            content_length: Some(to_i64(whole.end - whole.start)),
             content_range,
             accept_ranges: Some("bytes".into()),
             content_type: meta.content_type.clone(),
@@ -1119,6 +1199,52 @@ impl S3 for GatewayService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fs_core::store::memory::MemoryStore;
+    use std::sync::Arc;
+
+    async fn collect(mut body: StreamingBlob) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        while let Some(chunk) = body.next().await {
+            out.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_read_the_rest_in_ranges_and_stop_on_a_new_version() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let data: Vec<u8> = (0..100u8).collect();
+        let etag = store
+            .put("b/k", Bytes::from(data.clone()), PutOptions::default())
+            .await
+            .unwrap()
+            .etag;
+        let body = chunked_body(
+            store.clone(),
+            "b/k".into(),
+            etag.clone(),
+            Bytes::copy_from_slice(&data[..10]),
+            10..95,
+            7,
+        );
+        assert_eq!(collect(body).await.unwrap(), &data[..95]);
+
+        // Replaced between the first chunk and the rest: the body fails instead of mixing.
+        store
+            .put("b/k", Bytes::from(vec![0u8; 100]), PutOptions::default())
+            .await
+            .unwrap();
+        let body = chunked_body(
+            store.clone(),
+            "b/k".into(),
+            etag,
+            Bytes::copy_from_slice(&data[..10]),
+            10..100,
+            7,
+        );
+        let err = collect(body).await.unwrap_err();
+        assert!(err.contains("changed while it was read"), "{err}");
+    }
 
     #[test]
     fn content_md5_is_checked() {

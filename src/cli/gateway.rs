@@ -75,6 +75,7 @@ pub async fn gateway(env: &Env, args: GatewayArgs) -> Result<()> {
         credentials,
         anonymous: args.anonymous,
         domains: args.domain,
+        ..GatewayConfig::default()
     };
     // Refuse a bad configuration before touching the store (no directory created for nothing).
     config.validate()?;

@@ -56,6 +56,8 @@ impl Gateway {
                 access_key: ACCESS_KEY.into(),
                 secret_key: SECRET_KEY.into(),
             }],
+            // Small reads, so that the multi-MiB objects below are sent in many chunks.
+            read_chunk: MIB as u64,
             ..GatewayConfig::default()
         };
         let server = Server::bind(&config, store)
@@ -1043,6 +1045,34 @@ async fn upload_part_copy(gw: &Gateway) {
         .await
         .unwrap();
     assert_eq!(get(&c, "partcopy", "copy").await, source);
+
+    // Ranges across the gateway's 1 MiB reads.
+    let got = c
+        .get_object()
+        .bucket("partcopy")
+        .key("copy")
+        .range("bytes=1048000-3146000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.content_range(), Some("bytes 1048000-3146000/6291456"));
+    assert_eq!(got.content_length(), Some(3146001 - 1048000));
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().to_vec(),
+        &source[1048000..3146001]
+    );
+    let got = c
+        .get_object()
+        .bucket("partcopy")
+        .key("copy")
+        .range(format!("bytes=-{}", 2 * MIB + 5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().to_vec(),
+        &source[4 * MIB - 5..]
+    );
 }
 
 async fn copy_object(gw: &Gateway) {
