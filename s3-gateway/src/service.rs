@@ -527,6 +527,14 @@ impl S3 for GatewayService {
         req: S3Request<dto::PutObjectInput>,
     ) -> S3Result<S3Response<dto::PutObjectOutput>> {
         let input = req.input;
+        if input.write_offset_bytes.is_some() {
+            // An append taken for a plain PUT would overwrite the object: refuse until appends
+            // are implemented.
+            return Err(s3_err(
+                S3ErrorCode::NotImplemented,
+                "x-amz-write-offset-bytes (append) is not supported by this gateway yet",
+            ));
+        }
         let key = self.existing_key(&input.bucket, &input.key).await?;
         let body = read_body(input.body).await?;
         check_content_md5(input.content_md5.as_deref(), &body)?;

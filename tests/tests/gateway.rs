@@ -388,6 +388,19 @@ async fn put_get_head_with_metadata(gw: &Gateway) {
     );
     assert!(get(&c, "objects", "empty").await.is_empty());
 
+    // Appends are not supported yet: refused, never taken for an overwrite.
+    let (code, status) = failure(
+        c.put_object()
+            .bucket("objects")
+            .key("dir/file.txt")
+            .write_offset_bytes(1000)
+            .body(ByteStream::from_static(b"appended"))
+            .send()
+            .await,
+    );
+    assert_eq!((code.as_str(), status), ("NotImplemented", 501));
+    assert_eq!(get(&c, "objects", "dir/file.txt").await, body);
+
     // Overwrite replaces.
     put(&c, "objects", "dir/file.txt", b"new").await;
     assert_eq!(get(&c, "objects", "dir/file.txt").await, b"new");
