@@ -1146,6 +1146,12 @@ impl S3 for GatewayService {
             }),
             None => None,
         };
+        // A key-marker alone skips every upload of that key (S3); the store's marker orders by
+        // (key, upload id), where an empty id would keep them.
+        let skip_key = marker
+            .as_ref()
+            .filter(|m| m.upload_id.is_empty())
+            .map(|m| m.key.clone());
         let prefix = format!("{root}{}", input.prefix.as_deref().unwrap_or_default());
         let mut uploads = Vec::new();
         let mut truncated = false;
@@ -1156,7 +1162,11 @@ impl S3 for GatewayService {
                 .list_multipart_uploads(&prefix, marker.clone())
                 .await
                 .map_err(to_s3)?;
-            uploads.extend(page.uploads);
+            uploads.extend(
+                page.uploads
+                    .into_iter()
+                    .filter(|u| Some(&u.key) != skip_key.as_ref()),
+            );
             if uploads.len() > max {
                 truncated = true;
                 break;
