@@ -1423,6 +1423,37 @@ async fn shutdown_lets_requests_in_flight_finish() {
     assert_eq!(&got.body[..], b"finished");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_gateway_takes_unsigned_requests() {
+    use fs_core::store::memory::MemoryStore;
+
+    let config = GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        anonymous: true,
+        ..GatewayConfig::default()
+    };
+    let server = Server::bind(&config, Arc::new(MemoryStore::new()))
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let status = tokio::task::spawn_blocking(move || {
+        (
+            raw_status(addr, "PUT /open-bucket HTTP/1.1"),
+            raw_status(addr, "GET /open-bucket/missing HTTP/1.1"),
+            raw_status(addr, "GET /other-bucket/k HTTP/1.1"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, (200, 404, 404));
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
 // ---- the command line ----
 
 fn rivulet_bin() -> PathBuf {
@@ -1476,6 +1507,16 @@ fn the_command_refuses_to_start_without_credentials() {
         !dir.path().join("store").exists(),
         "the store was not touched"
     );
+
+    // An unreadable credentials file is named.
+    let out = gateway_command(&dir.path().join("store"))
+        .args(["--credentials-file"])
+        .arg(dir.path().join("no-such-file"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("credentials file"), "{stderr}");
 
     // Half a key pair is a usage error.
     let out = gateway_command(&dir.path().join("store"))
