@@ -267,6 +267,16 @@ async fn bucket_lifecycle(gw: &Gateway) {
     c.delete_bucket().bucket("lifecycle").send().await.unwrap();
     let (_, status) = failure(c.head_bucket().bucket("lifecycle").send().await);
     assert_eq!(status, 404);
+    let names: Vec<String> = c
+        .list_buckets()
+        .send()
+        .await
+        .unwrap()
+        .buckets()
+        .iter()
+        .filter_map(|b| b.name().map(str::to_string))
+        .collect();
+    assert!(!names.contains(&"lifecycle".to_string()), "{names:?}");
     assert_eq!(
         failure(c.delete_bucket().bucket("lifecycle").send().await),
         ("NoSuchBucket".into(), 404)
