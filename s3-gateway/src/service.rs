@@ -92,7 +92,7 @@ impl GatewayService {
         if_none_match: Option<&ETagCondition>,
         if_modified_since: Option<&Timestamp>,
         if_unmodified_since: Option<&Timestamp>,
-    ) -> S3Result<(String, String, ObjectMeta)> {
+    ) -> S3Result<(String, ObjectMeta)> {
         let CopySource::Bucket { bucket, key, .. } = source else {
             return Err(s3_err(
                 S3ErrorCode::NotImplemented,
@@ -116,7 +116,7 @@ impl GatewayService {
                 "At least one of the pre-conditions you specified did not hold",
             ));
         }
-        Ok((bucket.to_string(), full, meta))
+        Ok((full, meta))
     }
 }
 
@@ -734,7 +734,7 @@ impl S3 for GatewayService {
     ) -> S3Result<S3Response<dto::CopyObjectOutput>> {
         let input = req.input;
         let dest = self.existing_key(&input.bucket, &input.key).await?;
-        let (_, source, meta) = self
+        let (source, meta) = self
             .copy_source(
                 &input.copy_source,
                 input.copy_source_if_match.as_ref(),
@@ -953,7 +953,7 @@ impl S3 for GatewayService {
         let input = req.input;
         let key = self.existing_key(&input.bucket, &input.key).await?;
         let number = part_number(input.part_number)?;
-        let (_, source, meta) = self
+        let (source, meta) = self
             .copy_source(
                 &input.copy_source,
                 input.copy_source_if_match.as_ref(),
