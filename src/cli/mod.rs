@@ -2,6 +2,7 @@
 //! dispatch into one module per group of subcommands.
 
 mod env;
+mod gateway;
 mod maint;
 mod objects;
 mod output;
@@ -212,6 +213,10 @@ pub enum Command {
         rebuild_index: bool,
     },
 
+    /// Serve a store over the S3 API (its top-level folders are the buckets)
+    #[command(after_help = gateway::GATEWAY_HELP)]
+    Gateway(gateway::GatewayArgs),
+
     /// Measure the recoverable writer against a plain multipart upload to the same store
     #[command(after_help = BENCH_HELP)]
     Bench {
@@ -358,6 +363,7 @@ impl Command {
             Command::Gc { url, .. } => format!("gc {url}"),
             Command::Recover { url, .. } => format!("recover {url}"),
             Command::Bench { url, .. } => format!("bench {url}"),
+            Command::Gateway(a) => format!("gateway {}", a.store),
         }
     }
 }
@@ -391,6 +397,7 @@ pub async fn run(env: &Env, command: Command) -> anyhow::Result<()> {
             commit,
             rebuild_index,
         } => maint::recover(env, &url, commit, rebuild_index).await,
+        Command::Gateway(args) => gateway::gateway(env, args).await,
         Command::Bench {
             url,
             size,

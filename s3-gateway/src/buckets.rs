@@ -1,0 +1,320 @@
+//! Bucket mapping: the store's root holds the buckets as top-level folders.
+//!
+//! Object `k` of bucket `b` is the store key `b/k`. A bucket exists when anything is stored under
+//! `b/`. CreateBucket stores the empty marker object `b/` (the key of the folder itself; the
+//! local store keeps it as `b/.rivulet-dir-marker`), so that an empty bucket exists; listings
+//! inside the bucket never show the marker (its bucket-relative key would be empty, which no S3
+//! key can be). A top-level folder made by other means (files copied into a local store, keys
+//! written through `rivulet cp`) is a bucket too, when its name is a valid bucket name.
+
+use std::time::SystemTime;
+
+use fs_core::store::rules::validate_key;
+use fs_core::store::{DynStore, ListRequest, ObjectStoreExt, PutOptions, StoreErrorKind};
+use s3s::{S3Error, S3ErrorCode, S3Result};
+
+use crate::errors::{s3_err, to_s3};
+
+/// Checks a bucket name against S3's rules: 3 to 63 characters of lower-case letters, digits,
+/// `-` and `.`, starting and ending with a letter or digit, no `..`. This also keeps the names
+/// of the local store's reserved folders (`.rivulet-store`) from ever being buckets.
+pub fn valid_bucket_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && !name.contains("..")
+}
+
+/// The store-key prefix of a bucket's objects (and the key of its marker).
+pub fn bucket_prefix(bucket: &str) -> String {
+    format!("{bucket}/")
+}
+
+/// The store key of object `key` of `bucket`, after checking that the key cannot escape the
+/// bucket (fs-core's key rules: no `.`/`..` segment, no NUL, not absolute, at most 1,024 bytes).
+pub fn store_key(bucket: &str, key: &str) -> S3Result<String> {
+    if !valid_bucket_name(bucket) {
+        return Err(no_such_bucket(bucket));
+    }
+    if key.is_empty() {
+        return Err(s3_err(
+            S3ErrorCode::InvalidArgument,
+            "the object key is empty",
+        ));
+    }
+    validate_key("map object key", key).map_err(|e| {
+        s3_err(
+            S3ErrorCode::InvalidArgument,
+            format!("invalid object key: {}", e.detail()),
+        )
+    })?;
+    let full = format!("{bucket}/{key}");
+    // The bucket prefix adds bytes: the store's own 1,024-byte limit applies to the whole key.
+    validate_key("map object key", &full).map_err(|e| {
+        s3_err(
+            S3ErrorCode::KeyTooLongError,
+            format!("invalid object key: {}", e.detail()),
+        )
+    })?;
+    Ok(full)
+}
+
+pub fn no_such_bucket(bucket: &str) -> S3Error {
+    s3_err(
+        S3ErrorCode::NoSuchBucket,
+        format!("The specified bucket does not exist: {bucket}"),
+    )
+}
+
+/// A bucket as ListBuckets shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketInfo {
+    pub name: String,
+    /// When the marker was written; `None` for a folder without a marker.
+    pub created: Option<SystemTime>,
+}
+
+/// The buckets of one store.
+#[derive(Debug, Clone)]
+pub struct Buckets {
+    store: DynStore,
+}
+
+impl Buckets {
+    pub fn new(store: DynStore) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    /// Whether anything (the marker or an object) is stored under the bucket's prefix.
+    pub async fn exists(&self, bucket: &str) -> S3Result<bool> {
+        if !valid_bucket_name(bucket) {
+            return Ok(false);
+        }
+        let page = self
+            .store
+            .list(ListRequest {
+                prefix: bucket_prefix(bucket),
+                delimiter: Some("/".into()),
+                continuation: None,
+                max_keys: Some(1),
+            })
+            .await
+            .map_err(to_s3)?;
+        Ok(!page.objects.is_empty() || !page.common_prefixes.is_empty())
+    }
+
+    /// `NoSuchBucket` unless the bucket exists.
+    pub async fn require(&self, bucket: &str) -> S3Result<()> {
+        if self.exists(bucket).await? {
+            Ok(())
+        } else {
+            Err(no_such_bucket(bucket))
+        }
+    }
+
+    /// Every bucket, by name: the top-level folders of the store whose names are bucket names.
+    pub async fn list(&self) -> S3Result<Vec<BucketInfo>> {
+        let mut names = Vec::new();
+        let mut continuation = None;
+        loop {
+            let page = self
+                .store
+                .list(ListRequest {
+                    prefix: String::new(),
+                    delimiter: Some("/".into()),
+                    continuation: continuation.take(),
+                    max_keys: None,
+                })
+                .await
+                .map_err(to_s3)?;
+            names.extend(
+                page.common_prefixes
+                    .iter()
+                    .filter_map(|p| p.strip_suffix('/'))
+                    .filter(|name| valid_bucket_name(name))
+                    .map(str::to_string),
+            );
+            match page.next {
+                Some(next) => continuation = Some(next),
+                None => break,
+            }
+        }
+        let mut buckets = Vec::with_capacity(names.len());
+        for name in names {
+            let created = self
+                .store
+                .head_opt(&bucket_prefix(&name))
+                .await
+                .map_err(to_s3)?
+                .and_then(|meta| meta.last_modified);
+            buckets.push(BucketInfo { name, created });
+        }
+        Ok(buckets)
+    }
+
+    /// Creates a bucket by storing its marker. An existing bucket is `BucketAlreadyOwnedByYou`
+    /// (every bucket of a gateway belongs to its one owner).
+    pub async fn create(&self, bucket: &str) -> S3Result<()> {
+        if !valid_bucket_name(bucket) {
+            return Err(s3_err(
+                S3ErrorCode::InvalidBucketName,
+                format!("The specified bucket is not valid: {bucket}"),
+            ));
+        }
+        if self.exists(bucket).await? {
+            return Err(s3_err(
+                S3ErrorCode::BucketAlreadyOwnedByYou,
+                format!("The bucket {bucket} already exists and is yours"),
+            ));
+        }
+        self.store
+            .put(
+                &bucket_prefix(bucket),
+                bytes::Bytes::new(),
+                PutOptions::default(),
+            )
+            .await
+            .map_err(to_s3)?;
+        Ok(())
+    }
+
+    /// Deletes an empty bucket (its marker); `BucketNotEmpty` while it holds any object.
+    pub async fn delete(&self, bucket: &str) -> S3Result<()> {
+        let marker = bucket_prefix(bucket);
+        if !valid_bucket_name(bucket) {
+            return Err(no_such_bucket(bucket));
+        }
+        // Two entries tell the marker from a real object whichever sorts first.
+        let page = self
+            .store
+            .list(ListRequest {
+                prefix: marker.clone(),
+                delimiter: None,
+                continuation: None,
+                max_keys: Some(2),
+            })
+            .await
+            .map_err(to_s3)?;
+        if page.objects.is_empty() {
+            return Err(no_such_bucket(bucket));
+        }
+        if page.objects.iter().any(|o| o.key != marker) {
+            return Err(s3_err(
+                S3ErrorCode::BucketNotEmpty,
+                format!("The bucket {bucket} is not empty"),
+            ));
+        }
+        match self.store.delete(&marker).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == StoreErrorKind::NotFound => Err(no_such_bucket(bucket)),
+            Err(e) => Err(to_s3(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fs_core::store::memory::MemoryStore;
+    use std::sync::Arc;
+
+    #[test]
+    fn bucket_names_follow_s3_rules() {
+        for good in ["abc", "my-bucket", "a.b.c", "0ab", &"a".repeat(63)] {
+            assert!(valid_bucket_name(good), "{good}");
+        }
+        for bad in [
+            "ab",
+            "Abc",
+            "a_b",
+            "-ab",
+            "ab-",
+            "a..b",
+            ".rivulet-store",
+            "../x",
+            &"a".repeat(64),
+        ] {
+            assert!(!valid_bucket_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_cannot_escape_their_bucket() {
+        assert_eq!(store_key("bkt", "a/b").unwrap(), "bkt/a/b");
+        for bad in ["", "../x", "a/../../x", "/abs", "a\0b", "./a"] {
+            let err = store_key("bkt", bad).unwrap_err();
+            assert_eq!(err.code().as_str(), "InvalidArgument", "{bad:?}");
+        }
+        assert_eq!(
+            store_key("bkt", &"k".repeat(1024))
+                .unwrap_err()
+                .code()
+                .as_str(),
+            "KeyTooLongError"
+        );
+        assert_eq!(
+            store_key("..", "k").unwrap_err().code().as_str(),
+            "NoSuchBucket"
+        );
+    }
+
+    #[tokio::test]
+    async fn lifecycle_of_a_bucket() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let buckets = Buckets::new(store.clone());
+        assert!(!buckets.exists("bkt").await.unwrap());
+        buckets.create("bkt").await.unwrap();
+        assert!(buckets.exists("bkt").await.unwrap());
+        assert_eq!(
+            buckets.create("bkt").await.unwrap_err().code().as_str(),
+            "BucketAlreadyOwnedByYou"
+        );
+        // Stray top-level keys and invalid names are not buckets.
+        store
+            .put(
+                "top-level-object",
+                bytes::Bytes::new(),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        store
+            .put("Not_A_Bucket/x", bytes::Bytes::new(), PutOptions::default())
+            .await
+            .unwrap();
+        store
+            .put(
+                "zzz/k",
+                bytes::Bytes::from_static(b"x"),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        let names: Vec<String> = buckets
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        assert_eq!(names, ["bkt", "zzz"]);
+        assert_eq!(
+            buckets.delete("zzz").await.unwrap_err().code().as_str(),
+            "BucketNotEmpty"
+        );
+        buckets.delete("bkt").await.unwrap();
+        assert!(!buckets.exists("bkt").await.unwrap());
+        assert_eq!(
+            buckets.delete("bkt").await.unwrap_err().code().as_str(),
+            "NoSuchBucket"
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! Rivulet's S3 gateway: an S3 API server (built on `s3s`) over any Rivulet object store.
+//!
+//! The store's root holds the buckets as top-level folders: object `k` of bucket `b` is the store
+//! key `b/k` (see [`buckets`]). Every S3 operation maps onto [`fs_core::store::ObjectStore`]
+//! calls, so the gateway inherits the store's rules (durable local writes, multipart limits,
+//! conditional writes) instead of re-implementing them.
+//!
+//! One module per job: [`config`] (what the server is told), [`auth`] (signature keys),
+//! [`buckets`] (bucket mapping), [`listing`] (listing pages and tokens), [`service`] (the S3
+//! operations), [`errors`] (store errors as S3 errors) and [`server`] (the HTTP loop).
+
+pub mod auth;
+pub mod buckets;
+pub mod config;
+pub mod errors;
+pub mod listing;
+pub mod server;
+pub mod service;
+
+pub use config::GatewayConfig;
+pub use errors::GatewayError;
+pub use server::Server;

@@ -1,0 +1,1387 @@
+//! The S3 operations: each maps its request onto [`ObjectStore`] calls through the bucket
+//! mapping, and the store's answer (or error) back onto S3's.
+//!
+//! Request bodies are buffered whole, because the store trait takes whole [`Bytes`]: a PUT or
+//! part is at most 5 GiB (S3's limit, enforced here). GET bodies are streamed in ranged reads of
+//! [`GatewayService::read_chunk`] bytes, so memory stays bounded whatever the object's size.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::{Bytes, BytesMut};
+use fs_core::store::{
+    CompletedPart as StoreCompletedPart, DynStore, ObjectMeta, PutCondition, PutOptions,
+    StoreErrorKind, UploadsMarker, limits,
+};
+use futures::StreamExt;
+use md5::{Digest, Md5};
+use s3s::dto::{self, CopySource, ETag, ETagCondition, StreamingBlob, Timestamp};
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
+
+use crate::buckets::{Buckets, bucket_prefix, no_such_bucket, store_key};
+use crate::errors::{s3_err, to_s3};
+use crate::listing::{self, Cursor, MAX_KEYS, Query, url_encode};
+
+/// S3's largest single PUT (and part): 5 GiB.
+const MAX_OBJECT_SIZE: u64 = limits::MAX_PART_SIZE;
+
+/// How many bytes a GET reads from the store at a time (the default of
+/// [`GatewayService::read_chunk`]).
+pub const DEFAULT_READ_CHUNK: u64 = 8 * 1024 * 1024;
+
+/// The gateway's implementation of the S3 API over one store.
+#[derive(Debug, Clone)]
+pub struct GatewayService {
+    store: DynStore,
+    buckets: Buckets,
+    region: String,
+    read_chunk: u64,
+}
+
+impl GatewayService {
+    pub fn new(store: DynStore, region: impl Into<String>) -> Self {
+        Self {
+            buckets: Buckets::new(store.clone()),
+            store,
+            region: region.into(),
+            read_chunk: DEFAULT_READ_CHUNK,
+        }
+    }
+
+    /// Sets how many bytes a GET reads from the store at a time (at least 1).
+    pub fn with_read_chunk(mut self, bytes: u64) -> Self {
+        self.read_chunk = bytes.max(1);
+        self
+    }
+
+    /// The bytes a GET reads from the store at a time.
+    pub fn read_chunk(&self) -> u64 {
+        self.read_chunk
+    }
+
+    /// The store key of an object of a bucket that must exist.
+    async fn existing_key(&self, bucket: &str, key: &str) -> S3Result<String> {
+        let full = store_key(bucket, key)?;
+        self.buckets.require(bucket).await?;
+        Ok(full)
+    }
+
+    /// A store error of an operation on an object: a missing key is `NoSuchBucket` when the
+    /// bucket is what is missing (checked only then, to spare the common path a listing).
+    async fn object_error(&self, bucket: &str, err: fs_core::StoreError) -> S3Error {
+        if err.kind() == StoreErrorKind::NotFound {
+            match self.buckets.exists(bucket).await {
+                Ok(false) => return no_such_bucket(bucket),
+                Ok(true) => {}
+                Err(e) => return e,
+            }
+            return s3_err(S3ErrorCode::NoSuchKey, "The specified key does not exist.");
+        }
+        to_s3(err)
+    }
+
+    /// The source object of a copy: its store key and current metadata, after the
+    /// `x-amz-copy-source-if-*` conditions (a failed one is 412, as S3 answers for copies).
+    async fn copy_source(
+        &self,
+        source: &CopySource,
+        if_match: Option<&ETagCondition>,
+        if_none_match: Option<&ETagCondition>,
+        if_modified_since: Option<&Timestamp>,
+        if_unmodified_since: Option<&Timestamp>,
+    ) -> S3Result<(String, ObjectMeta)> {
+        let CopySource::Bucket { bucket, key, .. } = source else {
+            return Err(s3_err(
+                S3ErrorCode::NotImplemented,
+                "copy sources must be bucket/key (access points and outposts are not supported)",
+            ));
+        };
+        let full = store_key(bucket, key)?;
+        let meta = match self.store.head(&full).await {
+            Ok(meta) => meta,
+            Err(e) => return Err(self.object_error(bucket, e).await),
+        };
+        let conds = Conditions {
+            if_match,
+            if_none_match,
+            if_modified_since,
+            if_unmodified_since,
+        };
+        if conds.evaluate(&meta).is_err() {
+            return Err(s3_err(
+                S3ErrorCode::PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold",
+            ));
+        }
+        Ok((full, meta))
+    }
+}
+
+/// The conditional headers of a read (GET, HEAD, copy source).
+struct Conditions<'a> {
+    if_match: Option<&'a ETagCondition>,
+    if_none_match: Option<&'a ETagCondition>,
+    if_modified_since: Option<&'a Timestamp>,
+    if_unmodified_since: Option<&'a Timestamp>,
+}
+
+impl Conditions<'_> {
+    fn any(&self) -> bool {
+        self.if_match.is_some()
+            || self.if_none_match.is_some()
+            || self.if_modified_since.is_some()
+            || self.if_unmodified_since.is_some()
+    }
+
+    /// RFC 9110's order, which S3 follows: If-Match (else If-Unmodified-Since) can fail with
+    /// 412; then If-None-Match (else If-Modified-Since) with 304.
+    fn evaluate(&self, meta: &ObjectMeta) -> S3Result<()> {
+        let precondition_failed = || {
+            s3_err(
+                S3ErrorCode::PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold",
+            )
+        };
+        let not_modified = || S3Error::new(S3ErrorCode::NotModified);
+        let modified_secs = meta.last_modified.map(unix_secs);
+        if let Some(cond) = self.if_match {
+            if !etag_matches(cond, &meta.etag) {
+                return Err(precondition_failed());
+            }
+        } else if let (Some(since), Some(modified)) = (self.if_unmodified_since, modified_secs)
+            && modified > timestamp_secs(since)
+        {
+            return Err(precondition_failed());
+        }
+        if let Some(cond) = self.if_none_match {
+            if etag_matches(cond, &meta.etag) {
+                return Err(not_modified());
+            }
+        } else if let (Some(since), Some(modified)) = (self.if_modified_since, modified_secs)
+            && modified <= timestamp_secs(since)
+        {
+            return Err(not_modified());
+        }
+        Ok(())
+    }
+}
+
+fn etag_matches(cond: &ETagCondition, etag: &str) -> bool {
+    match cond {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(e) => e.value() == etag,
+    }
+}
+
+/// Whole seconds since the epoch: HTTP dates have no finer resolution, so comparisons with them
+/// drop the object's sub-second part.
+fn unix_secs(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+fn timestamp_secs(t: &Timestamp) -> i64 {
+    time::OffsetDateTime::from(t.clone()).unix_timestamp()
+}
+
+fn timestamp(t: Option<SystemTime>) -> Option<Timestamp> {
+    t.map(Timestamp::from)
+}
+
+fn strong(etag: impl Into<String>) -> Option<ETag> {
+    Some(ETag::Strong(etag.into()))
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A GET body: `first`, then `rest` of the object read `chunk` bytes at a time. A task reads
+/// ahead by one chunk into a channel, so at most a few chunks are in memory, and it stops when the
+/// client goes away (the channel closes). Every read is checked against `etag`: if the object is
+/// replaced while it is sent, the body ends with an error (the client sees a short read) rather
+/// than splice two versions.
+fn chunked_body(
+    store: DynStore,
+    key: String,
+    etag: String,
+    first: Bytes,
+    rest: Range<u64>,
+    chunk: u64,
+) -> StreamingBlob {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    tokio::spawn(async move {
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        let mut pos = rest.start;
+        while pos < rest.end {
+            let end = pos.saturating_add(chunk).min(rest.end);
+            let next = match store.get(&key, Some(pos..end)).await {
+                Ok(got) if got.meta.etag != etag => Err(std::io::Error::other(format!(
+                    "{key} changed while it was read (ETag {etag} became {})",
+                    got.meta.etag
+                ))),
+                Ok(got) if got.body.is_empty() => Err(std::io::Error::other(format!(
+                    "{key} is shorter than its size said while it was read"
+                ))),
+                Ok(got) => {
+                    pos += got.body.len() as u64;
+                    Ok(got.body)
+                }
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+            let failed = next.is_err();
+            if failed {
+                tracing::warn!(key = %key, "a GET body stopped early");
+            }
+            if tx.send(next).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    StreamingBlob::wrap(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+/// The request body, whole; at most `MAX_OBJECT_SIZE` bytes (`EntityTooLarge`).
+async fn read_body(body: Option<StreamingBlob>) -> S3Result<Bytes> {
+    let Some(mut body) = body else {
+        return Ok(Bytes::new());
+    };
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            s3_err(
+                S3ErrorCode::IncompleteBody,
+                format!("reading the request body: {e}"),
+            )
+        })?;
+        if (buf.len() + chunk.len()) as u64 > MAX_OBJECT_SIZE {
+            return Err(s3_err(
+                S3ErrorCode::EntityTooLarge,
+                "Your proposed upload exceeds the maximum allowed object size (5 GiB)",
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Checks `Content-MD5` (base64 of the body's binary MD5): `InvalidDigest` if it is not one,
+/// `BadDigest` if it differs.
+fn check_content_md5(content_md5: Option<&str>, body: &[u8]) -> S3Result<()> {
+    let Some(expected) = content_md5 else {
+        return Ok(());
+    };
+    let decoded = BASE64.decode(expected.trim()).map_err(|_| {
+        s3_err(
+            S3ErrorCode::InvalidDigest,
+            "The Content-MD5 you specified is not valid base64",
+        )
+    })?;
+    if decoded.len() != 16 {
+        return Err(s3_err(
+            S3ErrorCode::InvalidDigest,
+            "The Content-MD5 you specified is not an MD5 digest",
+        ));
+    }
+    if decoded.as_slice() != Md5::digest(body).as_slice() {
+        return Err(s3_err(
+            S3ErrorCode::BadDigest,
+            "The Content-MD5 you specified did not match what was received",
+        ));
+    }
+    Ok(())
+}
+
+/// The store's condition for a write with these headers. S3 supports `If-None-Match: *` only,
+/// and `If-Match` with an ETag (`*`: whatever exists now).
+async fn put_condition(
+    store: &DynStore,
+    key: &str,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+) -> S3Result<PutCondition> {
+    match (if_match, if_none_match) {
+        (None, None) => Ok(PutCondition::None),
+        (Some(_), Some(_)) => Err(s3_err(
+            S3ErrorCode::NotImplemented,
+            "If-Match and If-None-Match cannot be combined on a write",
+        )),
+        (None, Some(ETagCondition::Any)) => Ok(PutCondition::IfNoneMatch),
+        (None, Some(ETagCondition::ETag(_))) => Err(s3_err(
+            S3ErrorCode::NotImplemented,
+            "If-None-Match on a write supports only '*'",
+        )),
+        (Some(ETagCondition::ETag(e)), None) => Ok(PutCondition::IfMatch(e.value().to_string())),
+        (Some(ETagCondition::Any), None) => match store.head(key).await {
+            Ok(meta) => Ok(PutCondition::IfMatch(meta.etag)),
+            Err(e) => Err(to_s3(e)),
+        },
+    }
+}
+
+fn user_metadata(metadata: Option<HashMap<String, String>>) -> BTreeMap<String, String> {
+    metadata
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
+}
+
+fn response_metadata(metadata: &BTreeMap<String, String>) -> Option<HashMap<String, String>> {
+    (!metadata.is_empty()).then(|| {
+        metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    })
+}
+
+/// A GET's range for the store (end exclusive; fs-core clamps the end to the size), and whether
+/// it needs the object's size first (a suffix range).
+fn store_range(range: Option<&dto::Range>, size: Option<u64>) -> S3Result<Option<Range<u64>>> {
+    match (range, size) {
+        (None, _) => Ok(None),
+        (Some(r), Some(size)) => Ok(Some(r.check(size)?)),
+        (Some(dto::Range::Int { first, last }), None) => {
+            let end = last.map_or(u64::MAX, |l| l.saturating_add(1));
+            if end <= *first {
+                return Err(S3Error::new(S3ErrorCode::InvalidRange));
+            }
+            Ok(Some(*first..end))
+        }
+        // A suffix range needs the size; callers head first.
+        (Some(dto::Range::Suffix { .. }), None) => Err(S3Error::new(S3ErrorCode::InternalError)),
+    }
+}
+
+/// A copy's `x-amz-copy-source-range: bytes=first-last` (inclusive) as an end-exclusive range
+/// inside an object of `size` bytes; anything else is `InvalidArgument`, outside is
+/// `InvalidRange`.
+fn copy_range(header: Option<&str>, size: u64) -> S3Result<Range<u64>> {
+    let Some(header) = header else {
+        return Ok(0..size);
+    };
+    let invalid = || {
+        s3_err(
+            S3ErrorCode::InvalidArgument,
+            "The x-amz-copy-source-range value must be of the form bytes=first-last",
+        )
+    };
+    let spec = header.trim().strip_prefix("bytes=").ok_or_else(invalid)?;
+    let (first, last) = spec.split_once('-').ok_or_else(invalid)?;
+    let first: u64 = first.trim().parse().map_err(|_| invalid())?;
+    let last: u64 = last.trim().parse().map_err(|_| invalid())?;
+    if first > last || last >= size {
+        return Err(s3_err(
+            S3ErrorCode::InvalidRange,
+            format!("The copy range {first}-{last} is outside the source's {size} bytes"),
+        ));
+    }
+    Ok(first..last + 1)
+}
+
+fn part_number(n: i32) -> S3Result<u32> {
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (1..=limits::MAX_PART_NUMBER).contains(n))
+        .ok_or_else(|| {
+            s3_err(
+                S3ErrorCode::InvalidArgument,
+                "Part number must be an integer between 1 and 10000, inclusive",
+            )
+        })
+}
+
+fn max_keys(requested: Option<i32>) -> S3Result<usize> {
+    match requested {
+        None => Ok(MAX_KEYS),
+        Some(n) if n < 0 => Err(s3_err(
+            S3ErrorCode::InvalidArgument,
+            "max-keys must not be negative",
+        )),
+        Some(n) => Ok(usize::try_from(n).unwrap_or(MAX_KEYS).min(MAX_KEYS)),
+    }
+}
+
+fn wants_url_encoding(encoding: Option<&dto::EncodingType>) -> S3Result<bool> {
+    match encoding {
+        None => Ok(false),
+        Some(e) if e.as_str() == dto::EncodingType::URL => Ok(true),
+        Some(e) => Err(s3_err(
+            S3ErrorCode::InvalidArgument,
+            format!(
+                "Invalid Encoding Method specified in Request: {}",
+                e.as_str()
+            ),
+        )),
+    }
+}
+
+fn listed_objects(page: &listing::Page, encode: &dyn Fn(&str) -> String) -> Vec<dto::Object> {
+    page.objects
+        .iter()
+        .map(|o| dto::Object {
+            key: Some(encode(&o.key)),
+            size: Some(to_i64(o.size)),
+            // s3s-fs lists no ETags; S3 clients expect the element, so an empty one is kept out.
+            e_tag: (!o.etag.is_empty()).then(|| ETag::Strong(o.etag.clone())),
+            last_modified: Some(Timestamp::from(o.last_modified.unwrap_or(UNIX_EPOCH))),
+            storage_class: Some(dto::ObjectStorageClass::from_static(
+                dto::ObjectStorageClass::STANDARD,
+            )),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn listed_prefixes(
+    page: &listing::Page,
+    encode: &dyn Fn(&str) -> String,
+) -> Vec<dto::CommonPrefix> {
+    page.common_prefixes
+        .iter()
+        .map(|p| dto::CommonPrefix {
+            prefix: Some(encode(p)),
+        })
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl S3 for GatewayService {
+    async fn list_buckets(
+        &self,
+        _req: S3Request<dto::ListBucketsInput>,
+    ) -> S3Result<S3Response<dto::ListBucketsOutput>> {
+        let buckets = self
+            .buckets
+            .list()
+            .await?
+            .into_iter()
+            .map(|b| dto::Bucket {
+                name: Some(b.name),
+                creation_date: Some(Timestamp::from(b.created.unwrap_or(UNIX_EPOCH))),
+                bucket_region: Some(self.region.clone()),
+            })
+            .collect();
+        Ok(S3Response::new(dto::ListBucketsOutput {
+            buckets: Some(buckets),
+            owner: Some(dto::Owner {
+                display_name: Some("rivulet".into()),
+                id: Some("rivulet".into()),
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_bucket(
+        &self,
+        req: S3Request<dto::CreateBucketInput>,
+    ) -> S3Result<S3Response<dto::CreateBucketOutput>> {
+        self.buckets.create(&req.input.bucket).await?;
+        Ok(S3Response::new(dto::CreateBucketOutput {
+            location: Some(format!("/{}", req.input.bucket)),
+        }))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<dto::DeleteBucketInput>,
+    ) -> S3Result<S3Response<dto::DeleteBucketOutput>> {
+        self.buckets.delete(&req.input.bucket).await?;
+        Ok(S3Response::new(dto::DeleteBucketOutput::default()))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<dto::HeadBucketInput>,
+    ) -> S3Result<S3Response<dto::HeadBucketOutput>> {
+        self.buckets.require(&req.input.bucket).await?;
+        Ok(S3Response::new(dto::HeadBucketOutput {
+            bucket_region: Some(self.region.clone()),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<dto::GetBucketLocationInput>,
+    ) -> S3Result<S3Response<dto::GetBucketLocationOutput>> {
+        self.buckets.require(&req.input.bucket).await?;
+        // S3 reports us-east-1 as no constraint at all.
+        let location_constraint = (self.region != "us-east-1")
+            .then(|| dto::BucketLocationConstraint::from(self.region.clone()));
+        Ok(S3Response::new(dto::GetBucketLocationOutput {
+            location_constraint,
+        }))
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<dto::PutObjectInput>,
+    ) -> S3Result<S3Response<dto::PutObjectOutput>> {
+        let input = req.input;
+        if input.write_offset_bytes.is_some() {
+            // An append taken for a plain PUT would overwrite the object: refuse until appends
+            // are implemented.
+            return Err(s3_err(
+                S3ErrorCode::NotImplemented,
+                "x-amz-write-offset-bytes (append) is not supported by this gateway yet",
+            ));
+        }
+        let key = self.existing_key(&input.bucket, &input.key).await?;
+        let body = read_body(input.body).await?;
+        check_content_md5(input.content_md5.as_deref(), &body)?;
+        let condition = put_condition(
+            &self.store,
+            &key,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+        )
+        .await?;
+        let opts = PutOptions {
+            condition,
+            content_type: input.content_type,
+            metadata: user_metadata(input.metadata),
+        };
+        let result = self.store.put(&key, body, opts).await.map_err(to_s3)?;
+        Ok(S3Response::new(dto::PutObjectOutput {
+            e_tag: strong(result.etag),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<dto::GetObjectInput>,
+    ) -> S3Result<S3Response<dto::GetObjectOutput>> {
+        let input = req.input;
+        let key = store_key(&input.bucket, &input.key)?;
+        let conds = Conditions {
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
+        };
+        // Conditions and suffix ranges need the metadata before the read; evaluating them there
+        // spares reading a body that is not sent.
+        let needs_head = conds.any() || matches!(input.range, Some(dto::Range::Suffix { .. }));
+        let known_size = if needs_head {
+            let meta = match self.store.head(&key).await {
+                Ok(meta) => meta,
+                Err(e) => return Err(self.object_error(&input.bucket, e).await),
+            };
+            conds.evaluate(&meta)?;
+            Some(meta.size)
+        } else {
+            None
+        };
+        let range = store_range(input.range.as_ref(), known_size)?;
+        // The first chunk brings the metadata (and the size an open range ends at).
+        let wanted = range.clone().unwrap_or(0..u64::MAX);
+        let first_end = wanted.start.saturating_add(self.read_chunk).min(wanted.end);
+        let first = match self.store.get(&key, Some(wanted.start..first_end)).await {
+            Ok(got) => got,
+            Err(e) => return Err(self.object_error(&input.bucket, e).await),
+        };
+        // The object may have changed since the HEAD: the answer must hold for what is sent.
+        conds.evaluate(&first.meta)?;
+        let meta = first.meta;
+        let whole = wanted.start..wanted.end.min(meta.size);
+        let content_range = input.range.map(|_| {
+            format!(
+                "bytes {}-{}/{}",
+                whole.start,
+                whole.end.saturating_sub(1),
+                meta.size
+            )
+        });
+        let body = if first.range.end >= whole.end {
+            StreamingBlob::from(s3s::Body::from(first.body))
+        } else {
+            chunked_body(
+                self.store.clone(),
+                key,
+                meta.etag.clone(),
+                first.body,
+                first.range.end..whole.end,
+                self.read_chunk,
+            )
+        };
+        Ok(S3Response::new(dto::GetObjectOutput {
+            body: Some(body),
+            content_length: Some(to_i64(whole.end - whole.start)),
+            content_range,
+            accept_ranges: Some("bytes".into()),
+            content_type: meta.content_type.clone(),
+            e_tag: strong(meta.etag.clone()),
+            last_modified: timestamp(meta.last_modified),
+            metadata: response_metadata(&meta.metadata),
+            ..Default::default()
+        }))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<dto::HeadObjectInput>,
+    ) -> S3Result<S3Response<dto::HeadObjectOutput>> {
+        let input = req.input;
+        let key = store_key(&input.bucket, &input.key)?;
+        let meta = match self.store.head(&key).await {
+            Ok(meta) => meta,
+            Err(e) => return Err(self.object_error(&input.bucket, e).await),
+        };
+        Conditions {
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
+        }
+        .evaluate(&meta)?;
+        Ok(S3Response::new(dto::HeadObjectOutput {
+            content_length: Some(to_i64(meta.size)),
+            accept_ranges: Some("bytes".into()),
+            content_type: meta.content_type.clone(),
+            e_tag: strong(meta.etag.clone()),
+            last_modified: timestamp(meta.last_modified),
+            metadata: response_metadata(&meta.metadata),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<dto::DeleteObjectInput>,
+    ) -> S3Result<S3Response<dto::DeleteObjectOutput>> {
+        let key = self.existing_key(&req.input.bucket, &req.input.key).await?;
+        self.store.delete(&key).await.map_err(to_s3)?;
+        Ok(S3Response::new(dto::DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<dto::DeleteObjectsInput>,
+    ) -> S3Result<S3Response<dto::DeleteObjectsOutput>> {
+        let input = req.input;
+        self.buckets.require(&input.bucket).await?;
+        let objects = input.delete.objects;
+        if objects.len() > 1000 {
+            return Err(s3_err(
+                S3ErrorCode::MalformedXML,
+                "A DeleteObjects request names at most 1000 keys",
+            ));
+        }
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let mut errors = Vec::new();
+        let mut keys = Vec::new();
+        let mut names = Vec::new();
+        for object in objects {
+            // A bad key fails alone, as S3 reports per-key errors.
+            match store_key(&input.bucket, &object.key) {
+                Ok(full) => {
+                    keys.push(full);
+                    names.push(object.key);
+                }
+                Err(e) => errors.push(dto::Error {
+                    code: Some(e.code().as_str().to_string()),
+                    key: Some(object.key),
+                    message: e.message().map(str::to_string),
+                    version_id: None,
+                }),
+            }
+        }
+        let mut deleted = Vec::new();
+        match self.store.delete_many(&keys).await {
+            Ok(()) => {
+                if !quiet {
+                    deleted = names
+                        .into_iter()
+                        .map(|k| dto::DeletedObject {
+                            key: Some(k),
+                            ..Default::default()
+                        })
+                        .collect();
+                }
+            }
+            Err(e) => {
+                // The store does not say which keys went: report every one as failed, which a
+                // client may retry safely (deleting a missing key succeeds).
+                let err = to_s3(e);
+                errors.extend(names.into_iter().map(|k| dto::Error {
+                    code: Some(err.code().as_str().to_string()),
+                    key: Some(k),
+                    message: err.message().map(str::to_string),
+                    version_id: None,
+                }));
+            }
+        }
+        Ok(S3Response::new(dto::DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: Some(errors),
+            ..Default::default()
+        }))
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<dto::CopyObjectInput>,
+    ) -> S3Result<S3Response<dto::CopyObjectOutput>> {
+        let input = req.input;
+        let dest = self.existing_key(&input.bucket, &input.key).await?;
+        let (source, meta) = self
+            .copy_source(
+                &input.copy_source,
+                input.copy_source_if_match.as_ref(),
+                input.copy_source_if_none_match.as_ref(),
+                input.copy_source_if_modified_since.as_ref(),
+                input.copy_source_if_unmodified_since.as_ref(),
+            )
+            .await?;
+        let replace = match input.metadata_directive.as_ref().map(|d| d.as_str()) {
+            None | Some(dto::MetadataDirective::COPY) => false,
+            Some(dto::MetadataDirective::REPLACE) => true,
+            Some(other) => {
+                return Err(s3_err(
+                    S3ErrorCode::InvalidArgument,
+                    format!("Unknown metadata directive: {other}"),
+                ));
+            }
+        };
+        if source == dest && !replace {
+            return Err(s3_err(
+                S3ErrorCode::InvalidRequest,
+                "This copy request is illegal because it is trying to copy an object to itself \
+                 without changing the object's metadata",
+            ));
+        }
+        if meta.size > MAX_OBJECT_SIZE {
+            return Err(s3_err(
+                S3ErrorCode::InvalidRequest,
+                "The source is larger than 5 GiB, the most CopyObject copies: use UploadPartCopy",
+            ));
+        }
+        let got = self.store.get(&source, None).await.map_err(to_s3)?;
+        // Copy the version whose conditions were checked, not one written in between.
+        if got.meta.etag != meta.etag {
+            return Err(s3_err(
+                S3ErrorCode::PreconditionFailed,
+                "The source object changed while it was copied",
+            ));
+        }
+        let opts = if replace {
+            PutOptions {
+                condition: PutCondition::None,
+                content_type: input.content_type,
+                metadata: user_metadata(input.metadata),
+            }
+        } else {
+            PutOptions {
+                condition: PutCondition::None,
+                content_type: got.meta.content_type.clone(),
+                metadata: got.meta.metadata.clone(),
+            }
+        };
+        let result = self.store.put(&dest, got.body, opts).await.map_err(to_s3)?;
+        Ok(S3Response::new(dto::CopyObjectOutput {
+            copy_object_result: Some(dto::CopyObjectResult {
+                e_tag: strong(result.etag),
+                last_modified: Some(Timestamp::from(SystemTime::now())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<dto::ListObjectsV2Input>,
+    ) -> S3Result<S3Response<dto::ListObjectsV2Output>> {
+        let input = req.input;
+        self.buckets.require(&input.bucket).await?;
+        let encode_keys = wants_url_encoding(input.encoding_type.as_ref())?;
+        let encode = |s: &str| {
+            if encode_keys {
+                url_encode(s)
+            } else {
+                s.to_string()
+            }
+        };
+        let max = max_keys(input.max_keys)?;
+        let cursor = match &input.continuation_token {
+            Some(token) => Cursor::decode(token)?,
+            None => Cursor {
+                store_token: None,
+                after: input.start_after.clone().filter(|s| !s.is_empty()),
+            },
+        };
+        let page = listing::list_bucket(
+            &self.store,
+            &input.bucket,
+            Query {
+                prefix: input.prefix.clone().unwrap_or_default(),
+                delimiter: input.delimiter.clone(),
+                max_keys: max,
+                cursor,
+            },
+        )
+        .await?;
+        let contents = listed_objects(&page, &encode);
+        let common_prefixes = listed_prefixes(&page, &encode);
+        let key_count = i32::try_from(contents.len() + common_prefixes.len()).unwrap_or(i32::MAX);
+        Ok(S3Response::new(dto::ListObjectsV2Output {
+            name: Some(input.bucket),
+            prefix: Some(encode(input.prefix.as_deref().unwrap_or_default())),
+            delimiter: input.delimiter.as_deref().map(encode),
+            start_after: input.start_after.as_deref().map(encode),
+            max_keys: Some(i32::try_from(max).unwrap_or(i32::MAX)),
+            key_count: Some(key_count),
+            continuation_token: input.continuation_token,
+            is_truncated: Some(page.next.is_some()),
+            next_continuation_token: page.next.as_ref().map(Cursor::encode),
+            contents: Some(contents),
+            common_prefixes: Some(common_prefixes),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<dto::ListObjectsInput>,
+    ) -> S3Result<S3Response<dto::ListObjectsOutput>> {
+        let input = req.input;
+        self.buckets.require(&input.bucket).await?;
+        let encode_keys = wants_url_encoding(input.encoding_type.as_ref())?;
+        let encode = |s: &str| {
+            if encode_keys {
+                url_encode(s)
+            } else {
+                s.to_string()
+            }
+        };
+        let max = max_keys(input.max_keys)?;
+        let page = listing::list_bucket(
+            &self.store,
+            &input.bucket,
+            Query {
+                prefix: input.prefix.clone().unwrap_or_default(),
+                delimiter: input.delimiter.clone(),
+                max_keys: max,
+                cursor: Cursor {
+                    store_token: None,
+                    after: input.marker.clone().filter(|s| !s.is_empty()),
+                },
+            },
+        )
+        .await?;
+        let truncated = page.next.is_some();
+        Ok(S3Response::new(dto::ListObjectsOutput {
+            name: Some(input.bucket),
+            prefix: Some(encode(input.prefix.as_deref().unwrap_or_default())),
+            delimiter: input.delimiter.as_deref().map(encode),
+            marker: Some(encode(input.marker.as_deref().unwrap_or_default())),
+            max_keys: Some(i32::try_from(max).unwrap_or(i32::MAX)),
+            is_truncated: Some(truncated),
+            // Always given when truncated (S3 gives it only with a delimiter; clients use it
+            // when present and the last key otherwise, which is the same name).
+            next_marker: if truncated {
+                page.last_name.as_deref().map(encode)
+            } else {
+                None
+            },
+            contents: Some(listed_objects(&page, &encode)),
+            common_prefixes: Some(listed_prefixes(&page, &encode)),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<dto::CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<dto::CreateMultipartUploadOutput>> {
+        let input = req.input;
+        let key = self.existing_key(&input.bucket, &input.key).await?;
+        let opts = PutOptions {
+            condition: PutCondition::None,
+            content_type: input.content_type,
+            metadata: user_metadata(input.metadata),
+        };
+        let upload_id = self
+            .store
+            .create_multipart(&key, opts)
+            .await
+            .map_err(to_s3)?;
+        Ok(S3Response::new(dto::CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(upload_id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<dto::UploadPartInput>,
+    ) -> S3Result<S3Response<dto::UploadPartOutput>> {
+        let input = req.input;
+        let key = self.existing_key(&input.bucket, &input.key).await?;
+        let number = part_number(input.part_number)?;
+        let body = read_body(input.body).await?;
+        check_content_md5(input.content_md5.as_deref(), &body)?;
+        let etag = self
+            .store
+            .upload_part(&key, &input.upload_id, number, body)
+            .await
+            .map_err(to_s3)?;
+        Ok(S3Response::new(dto::UploadPartOutput {
+            e_tag: strong(etag),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<dto::UploadPartCopyInput>,
+    ) -> S3Result<S3Response<dto::UploadPartCopyOutput>> {
+        let input = req.input;
+        let key = self.existing_key(&input.bucket, &input.key).await?;
+        let number = part_number(input.part_number)?;
+        let (source, meta) = self
+            .copy_source(
+                &input.copy_source,
+                input.copy_source_if_match.as_ref(),
+                input.copy_source_if_none_match.as_ref(),
+                input.copy_source_if_modified_since.as_ref(),
+                input.copy_source_if_unmodified_since.as_ref(),
+            )
+            .await?;
+        // The range is checked here against the size just read, because some stores clamp an
+        // out-of-range copy instead of refusing it.
+        let range = copy_range(input.copy_source_range.as_deref(), meta.size)?;
+        if range.end - range.start > MAX_OBJECT_SIZE {
+            return Err(s3_err(
+                S3ErrorCode::InvalidArgument,
+                "A copied part is at most 5 GiB: give x-amz-copy-source-range",
+            ));
+        }
+        // Pinning the ETag read above makes the copy fail rather than mix in a newer version.
+        let etag = self
+            .store
+            .upload_part_copy(
+                &key,
+                &input.upload_id,
+                number,
+                &source,
+                range,
+                Some(&meta.etag),
+            )
+            .await
+            .map_err(to_s3)?;
+        Ok(S3Response::new(dto::UploadPartCopyOutput {
+            copy_part_result: Some(dto::CopyPartResult {
+                e_tag: strong(etag),
+                last_modified: Some(Timestamp::from(SystemTime::now())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<dto::CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<dto::CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        let key = self.existing_key(&input.bucket, &input.key).await?;
+        let parts = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| {
+                let (Some(n), Some(etag)) = (p.part_number, p.e_tag) else {
+                    return Err(s3_err(
+                        S3ErrorCode::InvalidPart,
+                        "Every part needs a PartNumber and an ETag",
+                    ));
+                };
+                Ok(StoreCompletedPart {
+                    number: part_number(n)?,
+                    etag: etag.value().to_string(),
+                })
+            })
+            .collect::<S3Result<Vec<_>>>()?;
+        if parts.is_empty() {
+            return Err(s3_err(
+                S3ErrorCode::MalformedXML,
+                "You must specify at least one part",
+            ));
+        }
+        let condition = put_condition(
+            &self.store,
+            &key,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+        )
+        .await?;
+        let result = self
+            .store
+            .complete_multipart(&key, &input.upload_id, &parts, condition)
+            .await
+            .map_err(to_s3)?;
+        Ok(S3Response::new(dto::CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket.clone()),
+            key: Some(input.key.clone()),
+            location: Some(format!("/{}/{}", input.bucket, input.key)),
+            e_tag: strong(result.etag),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<dto::AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<dto::AbortMultipartUploadOutput>> {
+        let input = req.input;
+        let key = self.existing_key(&input.bucket, &input.key).await?;
+        self.store
+            .abort_multipart(&key, &input.upload_id)
+            .await
+            .map_err(to_s3)?;
+        Ok(S3Response::new(dto::AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<dto::ListPartsInput>,
+    ) -> S3Result<S3Response<dto::ListPartsOutput>> {
+        let input = req.input;
+        let key = self.existing_key(&input.bucket, &input.key).await?;
+        let max = match input.max_parts {
+            None => 1000,
+            Some(n) if n <= 0 => {
+                return Err(s3_err(
+                    S3ErrorCode::InvalidArgument,
+                    "max-parts must be a positive integer",
+                ));
+            }
+            Some(n) => usize::try_from(n).unwrap_or(1000).min(1000),
+        };
+        let marker = match input.part_number_marker {
+            None | Some(0) => None,
+            Some(n) => Some(u32::try_from(n).map_err(|_| {
+                s3_err(
+                    S3ErrorCode::InvalidArgument,
+                    "part-number-marker must not be negative",
+                )
+            })?),
+        };
+        let page = self
+            .store
+            .list_parts(&key, &input.upload_id, marker)
+            .await
+            .map_err(to_s3)?;
+        let mut parts = page.parts;
+        parts.sort_by_key(|p| p.number);
+        // A smaller max-parts than the store's page cuts it; the next page starts after the last
+        // part shown.
+        let truncated = parts.len() > max || page.next_marker.is_some();
+        parts.truncate(max);
+        let next = if truncated {
+            parts.last().map(|p| p.number)
+        } else {
+            None
+        };
+        Ok(S3Response::new(dto::ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            max_parts: Some(i32::try_from(max).unwrap_or(1000)),
+            part_number_marker: input.part_number_marker,
+            is_truncated: Some(truncated),
+            next_part_number_marker: next.and_then(|n| i32::try_from(n).ok()),
+            parts: Some(
+                parts
+                    .into_iter()
+                    .map(|p| dto::Part {
+                        part_number: i32::try_from(p.number).ok(),
+                        e_tag: p.etag.map(ETag::Strong),
+                        size: Some(to_i64(p.size)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<dto::ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<dto::ListMultipartUploadsOutput>> {
+        let input = req.input;
+        self.buckets.require(&input.bucket).await?;
+        let root = bucket_prefix(&input.bucket);
+        let max = match input.max_uploads {
+            None => 1000,
+            Some(n) if n <= 0 => {
+                return Err(s3_err(
+                    S3ErrorCode::InvalidArgument,
+                    "max-uploads must be a positive integer",
+                ));
+            }
+            Some(n) => usize::try_from(n).unwrap_or(1000).min(1000),
+        };
+        let mut marker = match input.key_marker.as_deref().filter(|k| !k.is_empty()) {
+            Some(k) => Some(UploadsMarker {
+                key: store_key(&input.bucket, k)?,
+                upload_id: input.upload_id_marker.clone().unwrap_or_default(),
+            }),
+            None => None,
+        };
+        // A key-marker alone skips every upload of that key (S3); the store's marker orders by
+        // (key, upload id), where an empty id would keep them.
+        let skip_key = marker
+            .as_ref()
+            .filter(|m| m.upload_id.is_empty())
+            .map(|m| m.key.clone());
+        let prefix = format!("{root}{}", input.prefix.as_deref().unwrap_or_default());
+        let mut uploads = Vec::new();
+        let mut truncated = false;
+        // Gather pages until `max` uploads are found or the store has no more.
+        loop {
+            let page = self
+                .store
+                .list_multipart_uploads(&prefix, marker.clone())
+                .await
+                .map_err(to_s3)?;
+            uploads.extend(
+                page.uploads
+                    .into_iter()
+                    .filter(|u| Some(&u.key) != skip_key.as_ref()),
+            );
+            if uploads.len() > max {
+                truncated = true;
+                break;
+            }
+            match page.next {
+                Some(next) if Some(&next) != marker.as_ref() => marker = Some(next),
+                _ => break,
+            }
+            if uploads.len() == max {
+                truncated = true;
+                break;
+            }
+        }
+        uploads.truncate(max);
+        let (next_key, next_id) = match (truncated, uploads.last()) {
+            (true, Some(u)) => (
+                u.key.strip_prefix(&root).map(str::to_string),
+                Some(u.upload_id.clone()),
+            ),
+            _ => (None, None),
+        };
+        let listed = uploads
+            .into_iter()
+            .filter_map(|u| {
+                Some(dto::MultipartUpload {
+                    key: Some(u.key.strip_prefix(&root)?.to_string()),
+                    upload_id: Some(u.upload_id),
+                    initiated: timestamp(u.initiated),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        Ok(S3Response::new(dto::ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            max_uploads: Some(i32::try_from(max).unwrap_or(1000)),
+            is_truncated: Some(next_key.is_some()),
+            next_key_marker: next_key,
+            next_upload_id_marker: next_id,
+            uploads: Some(listed),
+            ..Default::default()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fs_core::store::memory::MemoryStore;
+    use std::sync::Arc;
+
+    async fn collect(mut body: StreamingBlob) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        while let Some(chunk) = body.next().await {
+            out.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_read_the_rest_in_ranges_and_stop_on_a_new_version() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let data: Vec<u8> = (0..100u8).collect();
+        let etag = store
+            .put("b/k", Bytes::from(data.clone()), PutOptions::default())
+            .await
+            .unwrap()
+            .etag;
+        let body = chunked_body(
+            store.clone(),
+            "b/k".into(),
+            etag.clone(),
+            Bytes::copy_from_slice(&data[..10]),
+            10..95,
+            7,
+        );
+        assert_eq!(collect(body).await.unwrap(), &data[..95]);
+
+        // Replaced between the first chunk and the rest: the body fails instead of mixing.
+        store
+            .put("b/k", Bytes::from(vec![0u8; 100]), PutOptions::default())
+            .await
+            .unwrap();
+        let body = chunked_body(
+            store.clone(),
+            "b/k".into(),
+            etag,
+            Bytes::copy_from_slice(&data[..10]),
+            10..100,
+            7,
+        );
+        let err = collect(body).await.unwrap_err();
+        assert!(err.contains("changed while it was read"), "{err}");
+    }
+
+    #[test]
+    fn content_md5_is_checked() {
+        let good = BASE64.encode(Md5::digest(b"hello"));
+        check_content_md5(Some(&good), b"hello").unwrap();
+        check_content_md5(None, b"hello").unwrap();
+        let bad = check_content_md5(Some(&good), b"hellO").unwrap_err();
+        assert_eq!(bad.code().as_str(), "BadDigest");
+        let invalid = check_content_md5(Some("!!"), b"hello").unwrap_err();
+        assert_eq!(invalid.code().as_str(), "InvalidDigest");
+        assert_eq!(fs_core::store::rules::md5_hex(b"hello").len(), 32);
+    }
+
+    #[test]
+    fn copy_ranges_are_inclusive_and_checked() {
+        assert_eq!(copy_range(Some("bytes=0-9"), 10).unwrap(), 0..10);
+        assert_eq!(copy_range(None, 10).unwrap(), 0..10);
+        assert_eq!(
+            copy_range(Some("bytes=5-10"), 10)
+                .unwrap_err()
+                .code()
+                .as_str(),
+            "InvalidRange"
+        );
+        assert_eq!(
+            copy_range(Some("5-6"), 10).unwrap_err().code().as_str(),
+            "InvalidArgument"
+        );
+    }
+
+    #[test]
+    fn read_conditions_follow_rfc_9110_order() {
+        let meta = ObjectMeta {
+            key: "k".into(),
+            size: 1,
+            etag: "abc".into(),
+            last_modified: Some(UNIX_EPOCH + std::time::Duration::from_secs(1000)),
+            content_type: None,
+            metadata: BTreeMap::new(),
+        };
+        let same = ETagCondition::ETag(ETag::Strong("abc".into()));
+        let other = ETagCondition::ETag(ETag::Strong("xyz".into()));
+        let before = Timestamp::from(UNIX_EPOCH + std::time::Duration::from_secs(500));
+        let after = Timestamp::from(UNIX_EPOCH + std::time::Duration::from_secs(2000));
+        let code = |c: Conditions<'_>| {
+            c.evaluate(&meta)
+                .err()
+                .map(|e| e.code().as_str().to_string())
+        };
+        let none = || Conditions {
+            if_match: None,
+            if_none_match: None,
+            if_modified_since: None,
+            if_unmodified_since: None,
+        };
+        assert_eq!(code(none()), None);
+        assert_eq!(
+            code(Conditions {
+                if_match: Some(&other),
+                ..none()
+            })
+            .as_deref(),
+            Some("PreconditionFailed")
+        );
+        assert_eq!(
+            code(Conditions {
+                if_none_match: Some(&same),
+                ..none()
+            })
+            .as_deref(),
+            Some("NotModified")
+        );
+        assert_eq!(
+            code(Conditions {
+                if_none_match: Some(&other),
+                ..none()
+            }),
+            None
+        );
+        assert_eq!(
+            code(Conditions {
+                if_modified_since: Some(&after),
+                ..none()
+            })
+            .as_deref(),
+            Some("NotModified")
+        );
+        assert_eq!(
+            code(Conditions {
+                if_modified_since: Some(&before),
+                ..none()
+            }),
+            None
+        );
+        assert_eq!(
+            code(Conditions {
+                if_unmodified_since: Some(&before),
+                ..none()
+            })
+            .as_deref(),
+            Some("PreconditionFailed")
+        );
+        // If-Match that holds overrides a failing If-Unmodified-Since, as on S3.
+        assert_eq!(
+            code(Conditions {
+                if_match: Some(&same),
+                if_unmodified_since: Some(&before),
+                ..none()
+            }),
+            None
+        );
+        // If-None-Match that does not match overrides If-Modified-Since.
+        assert_eq!(
+            code(Conditions {
+                if_none_match: Some(&other),
+                if_modified_since: Some(&after),
+                ..none()
+            }),
+            None
+        );
+    }
+}

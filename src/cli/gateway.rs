@@ -1,0 +1,142 @@
+//! `gateway`: serve a store over the S3 API until SIGTERM or SIGINT.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use fs_core::store::StoreUrl;
+use s3_gateway::Server;
+use s3_gateway::config::{self, GatewayConfig, KeyPair};
+
+use super::Env;
+use super::output::Usage;
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// The store whose top-level folders are the buckets (a directory, s3://bucket/prefix, ...)
+    #[arg(long, value_name = "URL")]
+    pub store: String,
+
+    /// Address to listen on (port 0 picks a free port; the bound address is printed)
+    #[arg(long, value_name = "ADDR", default_value_t = config::DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Region reported to clients and expected in request signatures
+    #[arg(long, default_value = config::DEFAULT_REGION)]
+    pub region: String,
+
+    /// Access key clients sign with (with --secret-key)
+    #[arg(long, env = "RIVULET_ACCESS_KEY_ID", value_name = "KEY")]
+    pub access_key: Option<String>,
+
+    /// Secret key of --access-key
+    #[arg(
+        long,
+        env = "RIVULET_SECRET_ACCESS_KEY",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub secret_key: Option<String>,
+
+    /// More key pairs, one ACCESS_KEY:SECRET_KEY a line (# comments)
+    #[arg(long, value_name = "FILE")]
+    pub credentials_file: Option<PathBuf>,
+
+    /// Accept unsigned requests from anyone (no credentials may be given then)
+    #[arg(long)]
+    pub anonymous: bool,
+
+    /// Base domain for virtual-hosted-style requests (bucket.DOMAIN); repeatable
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Vec<String>,
+}
+
+pub const GATEWAY_HELP: &str = "\
+Serves the store over the S3 API: each top-level folder of the store is a bucket (bucket b,
+key k is the store key b/k); CreateBucket makes the folder. Requests must be signed with one of
+the configured key pairs (--access-key/--secret-key, RIVULET_ACCESS_KEY_ID and
+RIVULET_SECRET_ACCESS_KEY, --credentials-file) unless --anonymous. Prints `listening on
+http://ADDR` once ready; SIGTERM or SIGINT stop it after the requests in flight. See
+docs/gateway.md.
+
+Examples:
+  RIVULET_ACCESS_KEY_ID=me RIVULET_SECRET_ACCESS_KEY=secret rivulet gateway --store /srv/store
+  rivulet gateway --store 's3://bkt/gw?endpoint=http://10.0.0.5:9000' --listen 0.0.0.0:9000 \\
+      --credentials-file /etc/rivulet/keys";
+
+/// Runs the gateway until a signal stops it.
+pub async fn gateway(env: &Env, args: GatewayArgs) -> Result<()> {
+    let credentials = credentials(&args)?;
+    let config = GatewayConfig {
+        listen: args.listen,
+        region: args.region,
+        credentials,
+        anonymous: args.anonymous,
+        domains: args.domain,
+        ..GatewayConfig::default()
+    };
+    // Refuse a bad configuration before touching the store (no directory created for nothing).
+    config.validate()?;
+    let store = env.open_store(&StoreUrl::parse(&args.store)?).await?;
+    let server = Server::bind(&config, store).await?;
+    let mut stdout = std::io::stdout();
+    // One line, flushed: scripts and tests wait for it to learn the port.
+    writeln!(stdout, "listening on http://{}", server.local_addr())
+        .and_then(|()| stdout.flush())
+        .context("writing the address to stdout")?;
+    server.run(shutdown_signal()).await?;
+    env.say("gateway stopped");
+    Ok(())
+}
+
+/// The key pairs from the options, the environment and the credentials file.
+fn credentials(args: &GatewayArgs) -> Result<Vec<KeyPair>> {
+    let mut pairs = Vec::new();
+    match (&args.access_key, &args.secret_key) {
+        (Some(access_key), Some(secret_key)) => pairs.push(KeyPair {
+            access_key: access_key.clone(),
+            secret_key: secret_key.clone(),
+        }),
+        (None, None) => {}
+        _ => {
+            return Err(Usage(
+                "--access-key and --secret-key (RIVULET_ACCESS_KEY_ID and \
+                 RIVULET_SECRET_ACCESS_KEY) go together"
+                    .into(),
+            )
+            .into());
+        }
+    }
+    if let Some(path) = &args.credentials_file {
+        pairs.extend(config::read_credentials_file(path)?);
+    }
+    Ok(pairs)
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // Without a handler, only SIGTERM can stop the server.
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down: finishing the requests in flight");
+}

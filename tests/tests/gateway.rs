@@ -1,0 +1,1602 @@
+//! The S3 gateway driven by aws-sdk-s3, over a local store in a temporary directory and over
+//! moto (the gateway's store is a moto bucket), plus the `rivulet gateway` command itself.
+//!
+//! Every check runs against both backends, each in a bucket of its own. The gateway runs
+//! in-process on 127.0.0.1:0 for the API checks; the command-line checks run the `rivulet`
+//! binary (found like `tests/cli.rs` finds it).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, EncodingType, MetadataDirective,
+    ObjectIdentifier,
+};
+use fs_core::store::DynStore;
+use fs_core::store::local::LocalStore;
+use fs_core::store::rules::{md5_hex, multipart_etag};
+use harness::TestServer;
+use s3_gateway::Server;
+use s3_gateway::config::{GatewayConfig, KeyPair};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const ACCESS_KEY: &str = "rivulet-test-key";
+const SECRET_KEY: &str = "rivulet-test-secret";
+const MIB: usize = 1024 * 1024;
+
+/// A gateway running in-process, stopped on drop.
+struct Gateway {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    /// The local store's root (local backend only).
+    root: Option<PathBuf>,
+    _dir: Option<TempDir>,
+    _moto: Option<TestServer>,
+}
+
+impl Gateway {
+    async fn start(store: DynStore) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+        let config = GatewayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            credentials: vec![KeyPair {
+                access_key: ACCESS_KEY.into(),
+                secret_key: SECRET_KEY.into(),
+            }],
+            // Small reads, so that the multi-MiB objects below are sent in many chunks.
+            read_chunk: MIB as u64,
+            ..GatewayConfig::default()
+        };
+        let server = Server::bind(&config, store)
+            .await
+            .expect("bind the gateway");
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("the gateway stops cleanly");
+        });
+        (addr, stop, task)
+    }
+
+    /// Over a local store in a fresh temporary directory.
+    async fn local() -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("store");
+        let store: DynStore = Arc::new(LocalStore::open(&root).expect("local store"));
+        let (addr, stop, task) = Self::start(store).await;
+        Gateway {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+            root: Some(root),
+            _dir: Some(dir),
+            _moto: None,
+        }
+    }
+
+    /// Over moto: the gateway's store is the root of a fresh moto bucket.
+    async fn moto() -> Gateway {
+        let moto = TestServer::moto().await;
+        let (addr, stop, task) = Self::start(moto.store().await).await;
+        Gateway {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+            root: None,
+            _dir: None,
+            _moto: Some(moto),
+        }
+    }
+
+    fn client(&self) -> Client {
+        client(self.addr, ACCESS_KEY, SECRET_KEY)
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(40), task)
+                .await
+                .expect("the gateway stops within its grace period")
+                .expect("the gateway task does not panic");
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn client(addr: SocketAddr, access: &str, secret: &str) -> Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(format!("http://{addr}"))
+        .credentials_provider(Credentials::new(access, secret, None, None, "gateway-test"))
+        .force_path_style(true)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    Client::from_conf(config)
+}
+
+/// The S3 error code and HTTP status of a call that must fail.
+#[track_caller]
+fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
+    result: Result<T, SdkError<E>>,
+) -> (String, u16) {
+    let err = match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e,
+    };
+    let status = err
+        .raw_response()
+        .map(|r| r.status().as_u16())
+        .unwrap_or_else(|| panic!("no HTTP response: {err:?}"));
+    (err.code().unwrap_or_default().to_string(), status)
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn quoted(etag: &str) -> String {
+    format!("\"{etag}\"")
+}
+
+async fn put(c: &Client, bucket: &str, key: &str, body: &[u8]) -> String {
+    c.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(body.to_vec()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("put {bucket}/{key}: {e:?}"))
+        .e_tag()
+        .expect("PUT returns an ETag")
+        .to_string()
+}
+
+async fn get(c: &Client, bucket: &str, key: &str) -> Vec<u8> {
+    c.get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("get {bucket}/{key}: {e:?}"))
+        .body
+        .collect()
+        .await
+        .expect("read the body")
+        .into_bytes()
+        .to_vec()
+}
+
+async fn create_bucket(c: &Client, bucket: &str) {
+    c.create_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
+}
+
+// ---- the checks, each on a bucket of its own ----
+
+async fn bucket_lifecycle(gw: &Gateway) {
+    let c = gw.client();
+    let (code, status) = failure(c.head_bucket().bucket("lifecycle").send().await);
+    assert_eq!(status, 404, "{code}");
+    create_bucket(&c, "lifecycle").await;
+    c.head_bucket().bucket("lifecycle").send().await.unwrap();
+    let names: Vec<String> = c
+        .list_buckets()
+        .send()
+        .await
+        .unwrap()
+        .buckets()
+        .iter()
+        .filter_map(|b| b.name().map(str::to_string))
+        .collect();
+    assert!(names.contains(&"lifecycle".to_string()), "{names:?}");
+    assert_eq!(
+        failure(c.create_bucket().bucket("lifecycle").send().await),
+        ("BucketAlreadyOwnedByYou".into(), 409)
+    );
+    let location = c
+        .get_bucket_location()
+        .bucket("lifecycle")
+        .send()
+        .await
+        .unwrap();
+    // us-east-1 is an empty constraint, as S3 answers it.
+    assert_eq!(
+        location
+            .location_constraint()
+            .map(|l| l.as_str())
+            .unwrap_or_default(),
+        ""
+    );
+
+    // An empty bucket lists nothing: its marker is hidden.
+    let listed = c
+        .list_objects_v2()
+        .bucket("lifecycle")
+        .send()
+        .await
+        .unwrap();
+    assert!(listed.contents().is_empty(), "{:?}", listed.contents());
+    assert_eq!(listed.key_count(), Some(0));
+
+    put(&c, "lifecycle", "k", b"v").await;
+    assert_eq!(
+        failure(c.delete_bucket().bucket("lifecycle").send().await),
+        ("BucketNotEmpty".into(), 409)
+    );
+    c.delete_object()
+        .bucket("lifecycle")
+        .key("k")
+        .send()
+        .await
+        .unwrap();
+    c.delete_bucket().bucket("lifecycle").send().await.unwrap();
+    let (_, status) = failure(c.head_bucket().bucket("lifecycle").send().await);
+    assert_eq!(status, 404);
+    let names: Vec<String> = c
+        .list_buckets()
+        .send()
+        .await
+        .unwrap()
+        .buckets()
+        .iter()
+        .filter_map(|b| b.name().map(str::to_string))
+        .collect();
+    assert!(!names.contains(&"lifecycle".to_string()), "{names:?}");
+    assert_eq!(
+        failure(c.delete_bucket().bucket("lifecycle").send().await),
+        ("NoSuchBucket".into(), 404)
+    );
+
+    // Every operation on a missing bucket is NoSuchBucket.
+    let missing = "no-such-bucket";
+    assert_eq!(
+        failure(
+            c.put_object()
+                .bucket(missing)
+                .key("k")
+                .body(ByteStream::from_static(b"x"))
+                .send()
+                .await
+        ),
+        ("NoSuchBucket".into(), 404)
+    );
+    assert_eq!(
+        failure(c.get_object().bucket(missing).key("k").send().await),
+        ("NoSuchBucket".into(), 404)
+    );
+    assert_eq!(
+        failure(c.list_objects_v2().bucket(missing).send().await),
+        ("NoSuchBucket".into(), 404)
+    );
+    assert_eq!(
+        failure(
+            c.create_multipart_upload()
+                .bucket(missing)
+                .key("k")
+                .send()
+                .await
+        ),
+        ("NoSuchBucket".into(), 404)
+    );
+    assert_eq!(
+        failure(c.delete_object().bucket(missing).key("k").send().await),
+        ("NoSuchBucket".into(), 404)
+    );
+    let (code, status) = failure(c.create_bucket().bucket("Bad_Name").send().await);
+    assert_eq!((code.as_str(), status), ("InvalidBucketName", 400));
+}
+
+async fn put_get_head_with_metadata(gw: &Gateway) {
+    let c = gw.client();
+    create_bucket(&c, "objects").await;
+    let body = data(1000, 7);
+    let out = c
+        .put_object()
+        .bucket("objects")
+        .key("dir/file.txt")
+        .body(ByteStream::from(body.clone()))
+        .content_type("text/csv")
+        .metadata("color", "blue")
+        .metadata("Owner", "ops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.e_tag(), Some(quoted(&md5_hex(&body)).as_str()));
+
+    let got = c
+        .get_object()
+        .bucket("objects")
+        .key("dir/file.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.content_type(), Some("text/csv"));
+    assert_eq!(got.content_length(), Some(1000));
+    assert_eq!(got.e_tag(), Some(quoted(&md5_hex(&body)).as_str()));
+    let metadata = got.metadata().cloned().unwrap_or_default();
+    assert_eq!(
+        metadata,
+        HashMap::from([
+            ("color".to_string(), "blue".to_string()),
+            ("owner".to_string(), "ops".to_string())
+        ])
+    );
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().to_vec(),
+        body
+    );
+
+    let head = c
+        .head_object()
+        .bucket("objects")
+        .key("dir/file.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_length(), Some(1000));
+    assert_eq!(head.content_type(), Some("text/csv"));
+    assert_eq!(
+        head.metadata()
+            .and_then(|m| m.get("color"))
+            .map(String::as_str),
+        Some("blue")
+    );
+    assert!(head.last_modified().is_some());
+
+    assert_eq!(
+        failure(c.get_object().bucket("objects").key("missing").send().await),
+        ("NoSuchKey".into(), 404)
+    );
+    let (_, status) = failure(
+        c.head_object()
+            .bucket("objects")
+            .key("missing")
+            .send()
+            .await,
+    );
+    assert_eq!(status, 404);
+
+    // An empty object round-trips.
+    assert_eq!(
+        put(&c, "objects", "empty", b"").await,
+        quoted(&md5_hex(b""))
+    );
+    assert!(get(&c, "objects", "empty").await.is_empty());
+
+    // Appends are not supported yet: refused, never taken for an overwrite.
+    let (code, status) = failure(
+        c.put_object()
+            .bucket("objects")
+            .key("dir/file.txt")
+            .write_offset_bytes(1000)
+            .body(ByteStream::from_static(b"appended"))
+            .send()
+            .await,
+    );
+    assert_eq!((code.as_str(), status), ("NotImplemented", 501));
+    assert_eq!(get(&c, "objects", "dir/file.txt").await, body);
+
+    // Overwrite replaces.
+    put(&c, "objects", "dir/file.txt", b"new").await;
+    assert_eq!(get(&c, "objects", "dir/file.txt").await, b"new");
+
+    if let Some(root) = &gw.root {
+        // Bucket b, key k is the store key b/k: a plain file in a local store.
+        assert_eq!(
+            std::fs::read(root.join("objects/dir/file.txt")).unwrap(),
+            b"new"
+        );
+    }
+}
+
+async fn ranged_reads(gw: &Gateway) {
+    let c = gw.client();
+    create_bucket(&c, "ranges").await;
+    let body = data(100, 3);
+    put(&c, "ranges", "r", &body).await;
+    let read = |range: &'static str| {
+        let c = c.clone();
+        async move {
+            c.get_object()
+                .bucket("ranges")
+                .key("r")
+                .range(range)
+                .send()
+                .await
+        }
+    };
+    let got = read("bytes=10-19").await.unwrap();
+    assert_eq!(got.content_range(), Some("bytes 10-19/100"));
+    assert_eq!(got.content_length(), Some(10));
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().to_vec(),
+        &body[10..20]
+    );
+    let got = read("bytes=90-").await.unwrap();
+    assert_eq!(got.content_range(), Some("bytes 90-99/100"));
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().to_vec(),
+        &body[90..]
+    );
+    let got = read("bytes=-5").await.unwrap();
+    assert_eq!(got.content_range(), Some("bytes 95-99/100"));
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().to_vec(),
+        &body[95..]
+    );
+    // An end past the object is clamped, as on S3.
+    let got = read("bytes=98-1000").await.unwrap();
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().to_vec(),
+        &body[98..]
+    );
+    assert_eq!(
+        failure(read("bytes=100-200").await),
+        ("InvalidRange".into(), 416)
+    );
+}
+
+async fn conditional_requests(gw: &Gateway) {
+    let c = gw.client();
+    create_bucket(&c, "conditions").await;
+    let etag = put(&c, "conditions", "k", b"first").await;
+
+    // If-None-Match: * creates only.
+    assert_eq!(
+        failure(
+            c.put_object()
+                .bucket("conditions")
+                .key("k")
+                .if_none_match("*")
+                .body(ByteStream::from_static(b"second"))
+                .send()
+                .await
+        ),
+        ("PreconditionFailed".into(), 412)
+    );
+    c.put_object()
+        .bucket("conditions")
+        .key("new")
+        .if_none_match("*")
+        .body(ByteStream::from_static(b"created"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get(&c, "conditions", "k").await, b"first");
+
+    // If-Match replaces only that version.
+    assert_eq!(
+        failure(
+            c.put_object()
+                .bucket("conditions")
+                .key("k")
+                .if_match(quoted(&md5_hex(b"other")))
+                .body(ByteStream::from_static(b"second"))
+                .send()
+                .await
+        ),
+        ("PreconditionFailed".into(), 412)
+    );
+    let etag2 = c
+        .put_object()
+        .bucket("conditions")
+        .key("k")
+        .if_match(&etag)
+        .body(ByteStream::from_static(b"second"))
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap()
+        .to_string();
+    assert_eq!(etag2, quoted(&md5_hex(b"second")));
+
+    // Conditional reads.
+    let (_, status) = failure(
+        c.get_object()
+            .bucket("conditions")
+            .key("k")
+            .if_none_match(&etag2)
+            .send()
+            .await,
+    );
+    assert_eq!(status, 304);
+    let got = c
+        .get_object()
+        .bucket("conditions")
+        .key("k")
+        .if_none_match(&etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().to_vec(),
+        b"second"
+    );
+    assert_eq!(
+        failure(
+            c.get_object()
+                .bucket("conditions")
+                .key("k")
+                .if_match(&etag)
+                .send()
+                .await
+        ),
+        ("PreconditionFailed".into(), 412)
+    );
+    let future = DateTime::from_secs(4_000_000_000);
+    let past = DateTime::from_secs(1_000_000_000);
+    let (_, status) = failure(
+        c.get_object()
+            .bucket("conditions")
+            .key("k")
+            .if_modified_since(future)
+            .send()
+            .await,
+    );
+    assert_eq!(status, 304);
+    c.get_object()
+        .bucket("conditions")
+        .key("k")
+        .if_modified_since(past)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        failure(
+            c.get_object()
+                .bucket("conditions")
+                .key("k")
+                .if_unmodified_since(past)
+                .send()
+                .await
+        ),
+        ("PreconditionFailed".into(), 412)
+    );
+    let (_, status) = failure(
+        c.head_object()
+            .bucket("conditions")
+            .key("k")
+            .if_none_match(&etag2)
+            .send()
+            .await,
+    );
+    assert_eq!(status, 304);
+}
+
+async fn content_md5_is_checked(gw: &Gateway) {
+    use base64::Engine;
+    let c = gw.client();
+    create_bucket(&c, "digests").await;
+    let md5_of =
+        |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(hex_decode(&md5_hex(b)));
+    assert_eq!(
+        failure(
+            c.put_object()
+                .bucket("digests")
+                .key("k")
+                .content_md5(md5_of(b"something else"))
+                .body(ByteStream::from_static(b"payload"))
+                .send()
+                .await
+        ),
+        ("BadDigest".into(), 400)
+    );
+    let (_, status) = failure(c.head_object().bucket("digests").key("k").send().await);
+    assert_eq!(status, 404, "a bad digest stores nothing");
+    c.put_object()
+        .bucket("digests")
+        .key("k")
+        .content_md5(md5_of(b"payload"))
+        .body(ByteStream::from_static(b"payload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get(&c, "digests", "k").await, b"payload");
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+async fn deletes(gw: &Gateway) {
+    let c = gw.client();
+    create_bucket(&c, "deletes").await;
+    for k in ["a", "b", "c/d"] {
+        put(&c, "deletes", k, k.as_bytes()).await;
+    }
+    c.delete_object()
+        .bucket("deletes")
+        .key("a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        failure(c.get_object().bucket("deletes").key("a").send().await),
+        ("NoSuchKey".into(), 404)
+    );
+    // Deleting a missing key succeeds, as on S3.
+    c.delete_object()
+        .bucket("deletes")
+        .key("a")
+        .send()
+        .await
+        .unwrap();
+
+    let ids = ["b", "c/d", "never-existed", "../escape"]
+        .iter()
+        .map(|k| ObjectIdentifier::builder().key(*k).build().unwrap())
+        .collect::<Vec<_>>();
+    let out = c
+        .delete_objects()
+        .bucket("deletes")
+        .delete(Delete::builder().set_objects(Some(ids)).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let mut deleted: Vec<&str> = out.deleted().iter().filter_map(|d| d.key()).collect();
+    deleted.sort();
+    assert_eq!(deleted, ["b", "c/d", "never-existed"]);
+    let errors: Vec<(&str, &str)> = out
+        .errors()
+        .iter()
+        .map(|e| (e.key().unwrap_or_default(), e.code().unwrap_or_default()))
+        .collect();
+    assert_eq!(errors, [("../escape", "InvalidArgument")]);
+    let listed = c.list_objects_v2().bucket("deletes").send().await.unwrap();
+    assert!(listed.contents().is_empty(), "{:?}", listed.contents());
+    // The bucket survives its objects (its marker stays).
+    c.head_bucket().bucket("deletes").send().await.unwrap();
+}
+
+async fn list_objects(gw: &Gateway) {
+    let c = gw.client();
+    create_bucket(&c, "listing").await;
+    let keys = ["a", "b/1", "b/2", "c/d/e", "c/f", "sp ace+"];
+    for k in keys {
+        put(&c, "listing", k, b"x").await;
+    }
+    // One level, grouped at '/'.
+    let out = c
+        .list_objects_v2()
+        .bucket("listing")
+        .delimiter("/")
+        .send()
+        .await
+        .unwrap();
+    let objects: Vec<&str> = out.contents().iter().filter_map(|o| o.key()).collect();
+    let prefixes: Vec<&str> = out
+        .common_prefixes()
+        .iter()
+        .filter_map(|p| p.prefix())
+        .collect();
+    assert_eq!(objects, ["a", "sp ace+"]);
+    assert_eq!(prefixes, ["b/", "c/"]);
+    assert_eq!(out.key_count(), Some(4));
+    assert_eq!(out.contents()[0].size(), Some(1));
+    assert_eq!(
+        out.contents()[0].e_tag(),
+        Some(quoted(&md5_hex(b"x")).as_str())
+    );
+
+    // A prefix.
+    let out = c
+        .list_objects_v2()
+        .bucket("listing")
+        .prefix("c/")
+        .delimiter("/")
+        .send()
+        .await
+        .unwrap();
+    let objects: Vec<&str> = out.contents().iter().filter_map(|o| o.key()).collect();
+    let prefixes: Vec<&str> = out
+        .common_prefixes()
+        .iter()
+        .filter_map(|p| p.prefix())
+        .collect();
+    assert_eq!((objects, prefixes), (vec!["c/f"], vec!["c/d/"]));
+
+    // Pages of two, through continuation tokens.
+    let mut token = None;
+    let mut pages = Vec::new();
+    loop {
+        let out = c
+            .list_objects_v2()
+            .bucket("listing")
+            .max_keys(2)
+            .set_continuation_token(token.take())
+            .send()
+            .await
+            .unwrap();
+        pages.push(
+            out.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string))
+                .collect::<Vec<_>>(),
+        );
+        match out.next_continuation_token() {
+            Some(t) => {
+                assert_eq!(out.is_truncated(), Some(true));
+                token = Some(t.to_string());
+            }
+            None => {
+                assert_eq!(out.is_truncated(), Some(false));
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        pages,
+        [
+            vec!["a", "b/1"],
+            vec!["b/2", "c/d/e"],
+            vec!["c/f", "sp ace+"]
+        ]
+    );
+
+    // start-after.
+    let out = c
+        .list_objects_v2()
+        .bucket("listing")
+        .start_after("b/2")
+        .send()
+        .await
+        .unwrap();
+    let objects: Vec<&str> = out.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(objects, ["c/d/e", "c/f", "sp ace+"]);
+
+    // encoding-type=url encodes keys (the SDK leaves decoding to the caller).
+    let out = c
+        .list_objects_v2()
+        .bucket("listing")
+        .prefix("sp")
+        .encoding_type(EncodingType::Url)
+        .send()
+        .await
+        .unwrap();
+    let objects: Vec<&str> = out.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(objects, ["sp%20ace%2B"]);
+
+    // ListObjects (v1) with marker and max-keys.
+    let out = c
+        .list_objects()
+        .bucket("listing")
+        .marker("a")
+        .max_keys(2)
+        .send()
+        .await
+        .unwrap();
+    let objects: Vec<&str> = out.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(objects, ["b/1", "b/2"]);
+    assert_eq!(out.is_truncated(), Some(true));
+    assert_eq!(out.next_marker(), Some("b/2"));
+    let out = c
+        .list_objects()
+        .bucket("listing")
+        .marker("b/2")
+        .delimiter("/")
+        .send()
+        .await
+        .unwrap();
+    let prefixes: Vec<&str> = out
+        .common_prefixes()
+        .iter()
+        .filter_map(|p| p.prefix())
+        .collect();
+    assert_eq!(prefixes, ["c/"]);
+    assert_eq!(out.is_truncated(), Some(false));
+
+    assert_eq!(
+        failure(
+            c.list_objects_v2()
+                .bucket("listing")
+                .continuation_token("forged")
+                .send()
+                .await
+        ),
+        ("InvalidArgument".into(), 400)
+    );
+}
+
+async fn upload(c: &Client, bucket: &str, key: &str) -> String {
+    c.create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .content_type("application/x-test")
+        .metadata("origin", "mpu")
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .expect("an upload id")
+        .to_string()
+}
+
+async fn part(c: &Client, bucket: &str, key: &str, id: &str, n: i32, body: &[u8]) -> String {
+    c.upload_part()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(id)
+        .part_number(n)
+        .body(ByteStream::from(body.to_vec()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("upload part {n}: {e:?}"))
+        .e_tag()
+        .expect("a part ETag")
+        .to_string()
+}
+
+fn completed(etags: &[String]) -> CompletedMultipartUpload {
+    CompletedMultipartUpload::builder()
+        .set_parts(Some(
+            etags
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    CompletedPart::builder()
+                        .part_number(i as i32 + 1)
+                        .e_tag(e)
+                        .build()
+                })
+                .collect(),
+        ))
+        .build()
+}
+
+async fn multipart(gw: &Gateway) {
+    let c = gw.client();
+    create_bucket(&c, "multipart").await;
+    let first = data(5 * MIB, 1);
+    let second = data(1000, 2);
+    let id = upload(&c, "multipart", "big").await;
+    let e1 = part(&c, "multipart", "big", &id, 1, &first).await;
+    let e2 = part(&c, "multipart", "big", &id, 2, &second).await;
+    assert_eq!(e1, quoted(&md5_hex(&first)));
+
+    let parts = c
+        .list_parts()
+        .bucket("multipart")
+        .key("big")
+        .upload_id(&id)
+        .send()
+        .await
+        .unwrap();
+    let listed: Vec<(Option<i32>, Option<i64>)> = parts
+        .parts()
+        .iter()
+        .map(|p| (p.part_number(), p.size()))
+        .collect();
+    assert_eq!(
+        listed,
+        [(Some(1), Some(5 * MIB as i64)), (Some(2), Some(1000))]
+    );
+    let uploads = c
+        .list_multipart_uploads()
+        .bucket("multipart")
+        .send()
+        .await
+        .unwrap();
+    let open: Vec<(&str, &str)> = uploads
+        .uploads()
+        .iter()
+        .map(|u| {
+            (
+                u.key().unwrap_or_default(),
+                u.upload_id().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(open, [("big", id.as_str())]);
+
+    let out = c
+        .complete_multipart_upload()
+        .bucket("multipart")
+        .key("big")
+        .upload_id(&id)
+        .multipart_upload(completed(&[e1.clone(), e2.clone()]))
+        .send()
+        .await
+        .unwrap();
+    let expected = multipart_etag([md5_hex(&first).as_str(), md5_hex(&second).as_str()]).unwrap();
+    assert!(expected.ends_with("-2"));
+    assert_eq!(out.e_tag(), Some(quoted(&expected).as_str()));
+    let mut whole = first.clone();
+    whole.extend_from_slice(&second);
+    assert_eq!(get(&c, "multipart", "big").await, whole);
+    let head = c
+        .head_object()
+        .bucket("multipart")
+        .key("big")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("application/x-test"));
+    assert_eq!(
+        head.metadata()
+            .and_then(|m| m.get("origin"))
+            .map(String::as_str),
+        Some("mpu")
+    );
+    assert_eq!(head.e_tag(), Some(quoted(&expected).as_str()));
+
+    // Parts but the last must be 5 MiB.
+    let id = upload(&c, "multipart", "small").await;
+    let s1 = part(&c, "multipart", "small", &id, 1, b"tiny").await;
+    let s2 = part(&c, "multipart", "small", &id, 2, b"tiny too").await;
+    assert_eq!(
+        failure(
+            c.complete_multipart_upload()
+                .bucket("multipart")
+                .key("small")
+                .upload_id(&id)
+                .multipart_upload(completed(&[s1, s2]))
+                .send()
+                .await
+        ),
+        ("EntityTooSmall".into(), 400)
+    );
+
+    // Complete with If-None-Match: * over an existing key fails.
+    let id = upload(&c, "multipart", "big").await;
+    let only = part(&c, "multipart", "big", &id, 1, b"replacement").await;
+    assert_eq!(
+        failure(
+            c.complete_multipart_upload()
+                .bucket("multipart")
+                .key("big")
+                .upload_id(&id)
+                .if_none_match("*")
+                .multipart_upload(completed(&[only]))
+                .send()
+                .await
+        ),
+        ("PreconditionFailed".into(), 412)
+    );
+    assert_eq!(get(&c, "multipart", "big").await, whole);
+
+    // Abort frees the upload; a second abort finds nothing.
+    let id = upload(&c, "multipart", "aborted").await;
+    part(&c, "multipart", "aborted", &id, 1, b"x").await;
+    c.abort_multipart_upload()
+        .bucket("multipart")
+        .key("aborted")
+        .upload_id(&id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        failure(
+            c.abort_multipart_upload()
+                .bucket("multipart")
+                .key("aborted")
+                .upload_id(&id)
+                .send()
+                .await
+        ),
+        ("NoSuchUpload".into(), 404)
+    );
+    let (_, status) = failure(
+        c.head_object()
+            .bucket("multipart")
+            .key("aborted")
+            .send()
+            .await,
+    );
+    assert_eq!(status, 404);
+}
+
+/// ListMultipartUploads' paging (local store only: moto ignores the markers).
+async fn list_uploads_paging(gw: &Gateway) {
+    let c = gw.client();
+    create_bucket(&c, "uploads").await;
+    let mut expected = Vec::new();
+    for key in ["a", "b", "b", "c"] {
+        let id = upload(&c, "uploads", key).await;
+        expected.push((key.to_string(), id));
+    }
+    expected.sort();
+    let mut seen = Vec::new();
+    let (mut key_marker, mut id_marker) = (None, None);
+    loop {
+        let out = c
+            .list_multipart_uploads()
+            .bucket("uploads")
+            .max_uploads(1)
+            .set_key_marker(key_marker.take())
+            .set_upload_id_marker(id_marker.take())
+            .send()
+            .await
+            .unwrap();
+        assert!(out.uploads().len() <= 1);
+        seen.extend(out.uploads().iter().map(|u| {
+            (
+                u.key().unwrap_or_default().to_string(),
+                u.upload_id().unwrap_or_default().to_string(),
+            )
+        }));
+        if out.is_truncated() != Some(true) {
+            break;
+        }
+        key_marker = out.next_key_marker().map(str::to_string);
+        id_marker = out.next_upload_id_marker().map(str::to_string);
+        assert!(
+            seen.len() <= expected.len(),
+            "paging does not end: {seen:?}"
+        );
+    }
+    assert_eq!(seen, expected);
+    // A key-marker alone starts after every upload of that key.
+    let out = c
+        .list_multipart_uploads()
+        .bucket("uploads")
+        .key_marker("b")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = out.uploads().iter().filter_map(|u| u.key()).collect();
+    assert_eq!(keys, ["c"]);
+}
+
+async fn upload_part_copy(gw: &Gateway) {
+    let c = gw.client();
+    create_bucket(&c, "partcopy").await;
+    let source = data(6 * MIB, 9);
+    put(&c, "partcopy", "source", &source).await;
+    let id = upload(&c, "partcopy", "copy").await;
+    let copy = |n: i32, range: &str| {
+        c.upload_part_copy()
+            .bucket("partcopy")
+            .key("copy")
+            .upload_id(&id)
+            .part_number(n)
+            .copy_source("partcopy/source")
+            .copy_source_range(range)
+            .send()
+    };
+    let e1 = copy(1, &format!("bytes=0-{}", 5 * MIB - 1))
+        .await
+        .unwrap()
+        .copy_part_result()
+        .and_then(|r| r.e_tag())
+        .expect("an ETag")
+        .to_string();
+    assert_eq!(e1, quoted(&md5_hex(&source[..5 * MIB])));
+    let e2 = copy(2, &format!("bytes={}-{}", 5 * MIB, 6 * MIB - 1))
+        .await
+        .unwrap()
+        .copy_part_result()
+        .and_then(|r| r.e_tag())
+        .expect("an ETag")
+        .to_string();
+    assert_eq!(
+        failure(copy(3, &format!("bytes={}-{}", 6 * MIB, 7 * MIB)).await),
+        ("InvalidRange".into(), 416)
+    );
+    c.complete_multipart_upload()
+        .bucket("partcopy")
+        .key("copy")
+        .upload_id(&id)
+        .multipart_upload(completed(&[e1, e2]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get(&c, "partcopy", "copy").await, source);
+
+    // Ranges across the gateway's 1 MiB reads.
+    let got = c
+        .get_object()
+        .bucket("partcopy")
+        .key("copy")
+        .range("bytes=1048000-3146000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.content_range(), Some("bytes 1048000-3146000/6291456"));
+    assert_eq!(got.content_length(), Some(3146001 - 1048000));
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().to_vec(),
+        &source[1048000..3146001]
+    );
+    let got = c
+        .get_object()
+        .bucket("partcopy")
+        .key("copy")
+        .range(format!("bytes=-{}", 2 * MIB + 5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().to_vec(),
+        &source[4 * MIB - 5..]
+    );
+}
+
+async fn copy_object(gw: &Gateway) {
+    let c = gw.client();
+    create_bucket(&c, "copies").await;
+    create_bucket(&c, "copies-dest").await;
+    c.put_object()
+        .bucket("copies")
+        .key("src")
+        .content_type("text/plain")
+        .metadata("k", "v")
+        .body(ByteStream::from_static(b"copied bytes"))
+        .send()
+        .await
+        .unwrap();
+
+    // COPY (the default) keeps the metadata; across buckets too.
+    let out = c
+        .copy_object()
+        .bucket("copies-dest")
+        .key("same-meta")
+        .copy_source("copies/src")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.copy_object_result().and_then(|r| r.e_tag()),
+        Some(quoted(&md5_hex(b"copied bytes")).as_str())
+    );
+    let head = c
+        .head_object()
+        .bucket("copies-dest")
+        .key("same-meta")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("text/plain"));
+    assert_eq!(
+        head.metadata().and_then(|m| m.get("k")).map(String::as_str),
+        Some("v")
+    );
+    assert_eq!(get(&c, "copies-dest", "same-meta").await, b"copied bytes");
+
+    // REPLACE takes the request's metadata.
+    c.copy_object()
+        .bucket("copies")
+        .key("new-meta")
+        .copy_source("copies/src")
+        .metadata_directive(MetadataDirective::Replace)
+        .content_type("application/json")
+        .metadata("fresh", "yes")
+        .send()
+        .await
+        .unwrap();
+    let head = c
+        .head_object()
+        .bucket("copies")
+        .key("new-meta")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("application/json"));
+    let metadata = head.metadata().cloned().unwrap_or_default();
+    assert_eq!(
+        metadata,
+        HashMap::from([("fresh".to_string(), "yes".to_string())])
+    );
+
+    // Onto itself without REPLACE is refused, as on S3; a missing source is NoSuchKey.
+    assert_eq!(
+        failure(
+            c.copy_object()
+                .bucket("copies")
+                .key("src")
+                .copy_source("copies/src")
+                .send()
+                .await
+        ),
+        ("InvalidRequest".into(), 400)
+    );
+    assert_eq!(
+        failure(
+            c.copy_object()
+                .bucket("copies")
+                .key("x")
+                .copy_source("copies/missing")
+                .send()
+                .await
+        ),
+        ("NoSuchKey".into(), 404)
+    );
+    // A source condition that fails is 412.
+    assert_eq!(
+        failure(
+            c.copy_object()
+                .bucket("copies")
+                .key("x")
+                .copy_source("copies/src")
+                .copy_source_if_match(quoted(&md5_hex(b"other")))
+                .send()
+                .await
+        ),
+        ("PreconditionFailed".into(), 412)
+    );
+}
+
+async fn signatures_are_checked(gw: &Gateway) {
+    create_bucket(&gw.client(), "signed").await;
+    let wrong_secret = client(gw.addr, ACCESS_KEY, "not-the-secret");
+    assert_eq!(
+        failure(wrong_secret.list_buckets().send().await),
+        ("SignatureDoesNotMatch".into(), 403)
+    );
+    assert_eq!(
+        failure(
+            wrong_secret
+                .put_object()
+                .bucket("signed")
+                .key("k")
+                .body(ByteStream::from_static(b"x"))
+                .send()
+                .await
+        ),
+        ("SignatureDoesNotMatch".into(), 403)
+    );
+    let unknown = client(gw.addr, "unknown-key", SECRET_KEY);
+    assert_eq!(
+        failure(unknown.list_buckets().send().await),
+        ("InvalidAccessKeyId".into(), 403)
+    );
+    // An unsigned request is refused too.
+    let status = raw_status(gw.addr, "GET /signed/k HTTP/1.1");
+    assert_eq!(status, 403);
+    let (_, status) = failure(
+        gw.client()
+            .head_object()
+            .bucket("signed")
+            .key("k")
+            .send()
+            .await,
+    );
+    assert_eq!(status, 404, "nothing was written by the refused requests");
+}
+
+/// The status of one raw HTTP/1.1 request without a body.
+fn raw_status(addr: SocketAddr, request_line: &str) -> u16 {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{request_line}\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"))
+}
+
+async fn keys_cannot_escape(gw: &Gateway) {
+    let c = gw.client();
+    create_bucket(&c, "escape").await;
+    for key in ["../outside", "a/../../outside", "./x"] {
+        let (code, status) = failure(
+            c.put_object()
+                .bucket("escape")
+                .key(key)
+                .body(ByteStream::from_static(b"x"))
+                .send()
+                .await,
+        );
+        assert_eq!(status, 400, "{key}: {code}");
+        let (_, status) = failure(c.get_object().bucket("escape").key(key).send().await);
+        assert!(status == 400 || status == 404, "{key}: {status}");
+    }
+    let listed = c.list_objects_v2().bucket("escape").send().await.unwrap();
+    assert!(listed.contents().is_empty(), "{:?}", listed.contents());
+    if let Some(root) = &gw.root {
+        let parent = root.parent().unwrap();
+        assert!(!parent.join("outside").exists());
+        assert!(!root.join("outside").exists());
+    }
+    // Raw requests, which no SDK normalizes: a `..` segment in the path.
+    let status = raw_status(gw.addr, "GET /escape/../escape/x HTTP/1.1");
+    assert!(status >= 400, "{status}");
+}
+
+macro_rules! run_checks {
+    ($gw:expr, $($check:ident),* $(,)?) => {{
+        let gw = $gw;
+        $(
+            eprintln!("gateway check: {}", stringify!($check));
+            $check(&gw).await;
+        )*
+        gw.stop().await;
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_over_a_local_store() {
+    run_checks!(
+        Gateway::local().await,
+        bucket_lifecycle,
+        put_get_head_with_metadata,
+        ranged_reads,
+        conditional_requests,
+        content_md5_is_checked,
+        deletes,
+        list_objects,
+        multipart,
+        list_uploads_paging,
+        upload_part_copy,
+        copy_object,
+        signatures_are_checked,
+        keys_cannot_escape,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_over_moto() {
+    run_checks!(
+        Gateway::moto().await,
+        bucket_lifecycle,
+        put_get_head_with_metadata,
+        ranged_reads,
+        conditional_requests,
+        content_md5_is_checked,
+        deletes,
+        list_objects,
+        multipart,
+        upload_part_copy,
+        copy_object,
+        signatures_are_checked,
+        keys_cannot_escape,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_requests_in_flight_finish() {
+    use fs_core::store::ObjectStore;
+    use fs_core::store::fault::{FaultConfig, FaultStore};
+    use fs_core::store::memory::MemoryStore;
+
+    let fault = Arc::new(FaultStore::new(
+        Arc::new(MemoryStore::new()),
+        FaultConfig::default(),
+    ));
+    let (addr, stop, task) = Gateway::start(fault.clone()).await;
+    let c = client(addr, ACCESS_KEY, SECRET_KEY);
+    create_bucket(&c, "slow").await;
+    // Every store call now takes 600 ms: the PUT below is still running when shutdown starts.
+    fault.set_config(FaultConfig {
+        latency: Some(Duration::from_millis(600)..Duration::from_millis(601)),
+        ..FaultConfig::default()
+    });
+    let in_flight = tokio::spawn({
+        let c = c.clone();
+        async move { put(&c, "slow", "k", b"finished").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the server stops once the request is done")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // The server waited for the PUT: the object was stored before it returned (an abrupt stop
+    // would return at once, with the store call still sleeping).
+    fault.set_config(FaultConfig::default());
+    let got = fault
+        .get("slow/k", None)
+        .await
+        .expect("stored before the server returned");
+    let etag = in_flight.await.expect("the PUT completes");
+    assert_eq!(etag, quoted(&md5_hex(b"finished")));
+    assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
+    assert_eq!(&got.body[..], b"finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_gateway_takes_unsigned_requests() {
+    use fs_core::store::memory::MemoryStore;
+
+    let config = GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        anonymous: true,
+        ..GatewayConfig::default()
+    };
+    let server = Server::bind(&config, Arc::new(MemoryStore::new()))
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let status = tokio::task::spawn_blocking(move || {
+        (
+            raw_status(addr, "PUT /open-bucket HTTP/1.1"),
+            raw_status(addr, "GET /open-bucket/missing HTTP/1.1"),
+            raw_status(addr, "GET /other-bucket/k HTTP/1.1"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, (200, 404, 404));
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+// ---- the command line ----
+
+fn rivulet_bin() -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(deps) = exe.parent()
+    {
+        candidates.push(deps.join("../rivulet"));
+        candidates.push(deps.join("rivulet"));
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(target).join("debug/rivulet"));
+    }
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!(
+            "the rivulet binary is missing (looked at {candidates:?}): build the workspace first \
+             with `cargo build --workspace`"
+        )
+    })
+}
+
+fn gateway_command(store: &Path) -> Command {
+    let mut cmd = Command::new(rivulet_bin());
+    cmd.arg("gateway")
+        .arg("--store")
+        .arg(store)
+        .env_remove("RIVULET_ACCESS_KEY_ID")
+        .env_remove("RIVULET_SECRET_ACCESS_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+#[test]
+fn the_command_refuses_to_start_without_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gateway_command(&dir.path().join("store"))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with("rivulet: gateway ") && stderr.contains("no credentials"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(out.stdout.is_empty(), "nothing served");
+    assert!(
+        !dir.path().join("store").exists(),
+        "the store was not touched"
+    );
+
+    // An unreadable credentials file is named.
+    let out = gateway_command(&dir.path().join("store"))
+        .args(["--credentials-file"])
+        .arg(dir.path().join("no-such-file"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("credentials file"), "{stderr}");
+
+    // Half a key pair is a usage error.
+    let out = gateway_command(&dir.path().join("store"))
+        .args(["--access-key", "only"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("go together"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_serves_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut child = gateway_command(&store)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RIVULET_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("RIVULET_SECRET_ACCESS_KEY", SECRET_KEY)
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // The first line names the bound address; read it byte by byte (no buffering past it).
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while stdout.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        String::from_utf8_lossy(&line).into_owned()
+    })
+    .await
+    .unwrap();
+    let addr: SocketAddr = line
+        .strip_prefix("listening on http://")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    assert!(addr.ip().is_loopback());
+    assert_ne!(addr.port(), 0);
+
+    let c = client(addr, ACCESS_KEY, SECRET_KEY);
+    create_bucket(&c, "cli").await;
+    put(&c, "cli", "k", b"through the binary").await;
+    assert_eq!(
+        std::fs::read(store.join("cli/k")).unwrap(),
+        b"through the binary"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "stderr: {stderr}");
+    assert!(TcpStream::connect(addr).is_err(), "the port is closed");
+}
