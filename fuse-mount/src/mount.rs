@@ -77,48 +77,72 @@ pub async fn serve(
     );
     let path = mountpoint.to_path_buf();
     let (mounted_tx, mounted_rx) = tokio::sync::oneshot::channel();
-    // The session blocks its thread on /dev/fuse; it runs off the runtime's workers.
-    let mut session_task = tokio::task::spawn_blocking(move || {
-        let mut session = Session::new(adapter, &path, &config)?;
-        let _ = mounted_tx.send(session.unmount_callable());
-        session.run()
-    });
+    let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel();
+    // The session blocks its thread on /dev/fuse. A plain thread, not `spawn_blocking`: after a
+    // lazy unmount it may stay blocked until the process exits, and the runtime's shutdown
+    // waits for its blocking tasks.
+    std::thread::Builder::new()
+        .name("rivulet-fuse".into())
+        .spawn(move || {
+            let result = Session::new(adapter, &path, &config).and_then(|mut session| {
+                let _ = mounted_tx.send(session.unmount_callable());
+                session.run()
+            });
+            let _ = ended_tx.send(result);
+        })?;
     let mut unmounter = match mounted_rx.await {
         Ok(unmounter) => unmounter,
-        // Mounting failed: the task ended with the reason.
-        Err(_) => return join(session_task.await),
+        // Mounting failed: the thread ended with the reason.
+        Err(_) => return join(ended_rx.await),
     };
     on_mounted();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let result = tokio::select! {
-        ended = &mut session_task => join(ended),
-        _ = term.recv() => stop(&mut unmounter, mountpoint, session_task).await,
-        _ = int.recv() => stop(&mut unmounter, mountpoint, session_task).await,
+        ended = &mut ended_rx => join(ended),
+        _ = term.recv() => stop(&fs, &mut unmounter, mountpoint, ended_rx).await,
+        _ = int.recv() => stop(&fs, &mut unmounter, mountpoint, ended_rx).await,
     };
     // The session's destroy commits too; this covers a session that ended without one.
     fs.shutdown().await;
     result
 }
 
-fn join(ended: Result<io::Result<()>, tokio::task::JoinError>) -> io::Result<()> {
-    ended.map_err(io::Error::other)?
+/// How long a signalled mount waits for its session to end after committing open files.
+const SESSION_END_WAIT: Duration = Duration::from_secs(3);
+
+type SessionEnd = tokio::sync::oneshot::Receiver<io::Result<()>>;
+
+fn join(ended: Result<io::Result<()>, tokio::sync::oneshot::error::RecvError>) -> io::Result<()> {
+    ended.map_err(|_| io::Error::other("the FUSE session thread ended without a result"))?
 }
 
-/// Unmounts after a signal and waits for the session to end.
+/// Unmounts after a signal, commits the open files, and waits (a while) for the session to end.
 async fn stop(
+    fs: &Filesystem,
     unmounter: &mut fuser::SessionUnmounter,
     mountpoint: &Path,
-    session_task: tokio::task::JoinHandle<io::Result<()>>,
+    session_end: SessionEnd,
 ) -> io::Result<()> {
     tracing::info!("signal received: unmounting {}", mountpoint.display());
     if let Err(e) = unmounter.unmount() {
-        // Busy (a process has a file open there): detach it lazily, so the session still ends
-        // and open files are committed.
+        // Busy (a process has a file open there): detach it lazily.
         tracing::warn!("unmount failed ({e}); detaching lazily");
         lazy_unmount(mountpoint.to_path_buf()).await?;
     }
-    join(session_task.await)
+    // A lazily detached mount lives on until its last open file is closed, which may be never:
+    // commit now rather than after the session ends. Handles still open get EBADF afterwards.
+    fs.shutdown().await;
+    match tokio::time::timeout(SESSION_END_WAIT, session_end).await {
+        Ok(ended) => join(ended),
+        Err(_) => {
+            // Exiting closes /dev/fuse, which ends the detached mount for its remaining users.
+            tracing::warn!(
+                "files are still open on the detached mount; exiting (their handles fail from now on)"
+            );
+            Ok(())
+        }
+    }
 }
 
 async fn lazy_unmount(mountpoint: PathBuf) -> io::Result<()> {
