@@ -419,13 +419,18 @@ impl Filesystem {
                 .await
                 .map_err(|e| io_error("list", &prefix, e))?;
             for common in &page.common_prefixes {
-                let name = common[prefix.len()..].trim_end_matches('/');
+                let Some(name) = common.strip_prefix(&prefix) else {
+                    continue;
+                };
+                let name = name.trim_end_matches('/');
                 if !name.is_empty() && !name.contains('/') {
                     names.insert(name.to_string(), (Kind::Dir, 0, SystemTime::now()));
                 }
             }
             for object in &page.objects {
-                let name = &object.key[prefix.len()..];
+                let Some(name) = object.key.strip_prefix(&prefix) else {
+                    continue;
+                };
                 // The directory's own marker, or a key with an empty segment (`a//b`).
                 if name.is_empty() || name.contains('/') {
                     continue;
@@ -448,9 +453,11 @@ impl Filesystem {
             .collect();
         for (_, file) in open {
             let file = file.lock().await;
-            if !file.unlinked && parent_of(&file.key) == path {
-                let name = file.key[prefix.len()..].to_string();
-                names.insert(name, (Kind::File, file.len(), file.mtime));
+            if !file.unlinked
+                && parent_of(&file.key) == path
+                && let Some(name) = file.key.strip_prefix(&prefix)
+            {
+                names.insert(name.to_string(), (Kind::File, file.len(), file.mtime));
             }
         }
         let mut inodes = lock(&self.inodes);
