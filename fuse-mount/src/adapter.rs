@@ -22,6 +22,9 @@ use crate::error::{FsError, FsResult};
 use crate::fs::{Attr, Filesystem, OpenMode};
 use crate::inode::Kind;
 
+/// Directory entries taken from the listing per `readdir` call (more than one reply holds).
+const READDIR_WINDOW: usize = 512;
+
 pub struct Adapter {
     fs: Arc<Filesystem>,
     runtime: Handle,
@@ -309,7 +312,8 @@ impl fuser::Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0, offset) {
+        // A reply holds a few pages of entries; more than fit are read again from the next offset.
+        match self.fs.readdir(fh.0, offset, READDIR_WINDOW) {
             Ok(entries) => {
                 for (i, entry) in entries.iter().enumerate() {
                     let next = offset + i as u64 + 1;

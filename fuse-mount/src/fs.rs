@@ -489,12 +489,13 @@ impl Filesystem {
         Ok(fh)
     }
 
-    /// The entries of an open directory from `offset` on (an entry's offset is its index + 1).
-    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+    /// Up to `limit` entries of an open directory from `offset` on (an entry's offset is its
+    /// index + 1). The kernel reads a directory in many small calls: each copies only a window.
+    pub fn readdir(&self, fh: u64, offset: u64, limit: usize) -> FsResult<Vec<DirEntry>> {
         let dirs = lock(&self.dirs);
         let entries = dirs.get(&fh).ok_or(FsError::BadHandle)?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        Ok(entries.iter().skip(start).cloned().collect())
+        Ok(entries.iter().skip(start).take(limit).cloned().collect())
     }
 
     pub fn releasedir(&self, fh: u64) {
