@@ -113,8 +113,13 @@ impl Fixture {
 
     /// Mounts in the foreground, in the background of this test; waits until it is mounted.
     fn mount(&self) -> Mount {
-        let log = self.dir.path().join("mount.log");
-        let child = Command::new(&self.bin)
+        self.mount_with(&[])
+    }
+
+    /// `rivulet [global options] mount --foreground STORE MNT EXTRA...`.
+    fn command(&self, extra: &[&str]) -> Command {
+        let mut command = Command::new(&self.bin);
+        command
             .arg("--index")
             .arg(self.dir.path().join("index"))
             .arg("--cache-dir")
@@ -123,6 +128,14 @@ impl Fixture {
             .args(["--part-size", "5MiB", "mount", "--foreground"])
             .arg(self.store())
             .arg(self.mnt())
+            .args(extra);
+        command
+    }
+
+    fn mount_with(&self, extra: &[&str]) -> Mount {
+        let log = self.dir.path().join("mount.log");
+        let child = self
+            .command(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
@@ -418,4 +431,68 @@ fn sigterm_commits_files_still_open() {
     drop(file);
     drop(mount);
     assert!(!is_mounted(&fx.mnt()));
+}
+
+#[test]
+fn read_only_mount_refuses_changes() {
+    let fx = Fixture::new();
+    fs::write(fx.store().join("kept"), b"as it was").unwrap();
+    let mount = fx.mount_with(&["--read-only"]);
+    let m = mount.mountpoint.clone();
+    assert_eq!(sh(&m, "cat kept"), "as it was");
+    for script in [
+        "echo x > new",
+        "echo x >> kept",
+        "mkdir d",
+        "rm kept",
+        "truncate -s 0 kept",
+    ] {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&m)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "`{script}` succeeded on a read-only mount"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+            "`{script}`: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(fx.object("kept").as_deref(), Some(&b"as it was"[..]));
+    assert_eq!(fx.object("new"), None);
+    mount.unmount();
+}
+
+#[test]
+fn mount_errors_are_one_line_and_exit_1() {
+    let fx = Fixture::new();
+    // Without --foreground: daemon mode is not implemented, and it says so.
+    let mut command = Command::new(&fx.bin);
+    command.arg("mount").arg(fx.store()).arg(fx.mnt());
+    let out = command.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("rivulet: mount ") && stderr.contains("--foreground"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // A mount point that is not a directory.
+    let file = fx.dir.path().join("plain-file");
+    fs::write(&file, b"").unwrap();
+    let out = Command::new(&fx.bin)
+        .args(["mount", "--foreground"])
+        .arg(fx.store())
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a directory"), "{stderr}");
+    assert!(!is_mounted(&file));
 }
