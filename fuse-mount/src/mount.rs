@@ -37,7 +37,8 @@ impl Default for MountOptions {
 
 fn fuse_config(fs: &Filesystem, opts: &MountOptions) -> Config {
     let mut mount_options = vec![
-        MountOption::FSName(opts.fs_name.clone()),
+        // Mount options are comma-separated: a comma (or blank) in a URL would split it.
+        MountOption::FSName(opts.fs_name.replace([',', ' ', '\t', '\n'], "_")),
         MountOption::Subtype("rivulet".into()),
         // Modes and owners are the mount's (--file-mode, --uid, ...): let the kernel check them.
         MountOption::DefaultPermissions,
