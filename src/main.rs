@@ -43,7 +43,8 @@ fn main() -> ExitCode {
 fn init_logging(verbose: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(match verbose {
-            0 => "warn,aws_config=error",
+            // fuser warns when it unmounts a mount that `fusermount3 -u` already removed.
+            0 => "warn,aws_config=error,fuser=error",
             1 => "info",
             2 => "info,fs_core=debug,rivulet=debug",
             _ => "debug,fs_core=trace,rivulet=trace",

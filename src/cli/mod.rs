@@ -4,6 +4,7 @@
 mod env;
 mod gateway;
 mod maint;
+mod mount;
 mod objects;
 mod output;
 mod transfer;
@@ -216,6 +217,9 @@ pub enum Command {
     /// Serve a store over the S3 API (its top-level folders are the buckets)
     #[command(after_help = gateway::GATEWAY_HELP)]
     Gateway(gateway::GatewayArgs),
+    /// Mount a store as a file system (FUSE), in the foreground
+    #[command(after_help = MOUNT_HELP)]
+    Mount(MountArgs),
 
     /// Measure the recoverable writer against a plain multipart upload to the same store
     #[command(after_help = BENCH_HELP)]
@@ -235,6 +239,50 @@ pub enum Command {
         #[arg(long, default_value = "10MiB,1GiB", value_delimiter = ',', value_parser = size_arg, value_name = "SIZES")]
         recover_sizes: Vec<u64>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// The store (s3://bucket/prefix, /path/to/store, ...)
+    pub url: String,
+    /// An existing directory to mount it on
+    pub mountpoint: String,
+    /// Stay in the foreground until unmounted (the only mode in this version)
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Refuse every change (EROFS); files left open by an earlier mount are not recovered
+    #[arg(long)]
+    pub read_only: bool,
+    /// Let other users access the mount (non-root users need user_allow_other in
+    /// /etc/fuse.conf)
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Owner of every file and directory (default: the user running the mount)
+    #[arg(long, value_name = "N")]
+    pub uid: Option<u32>,
+    /// Group of every file and directory (default: the group running the mount)
+    #[arg(long, value_name = "N")]
+    pub gid: Option<u32>,
+    /// Permission bits of files, in octal
+    #[arg(long, value_name = "MODE", default_value = "0644", value_parser = mode_arg)]
+    pub file_mode: u16,
+    /// Permission bits of directories, in octal
+    #[arg(long, value_name = "MODE", default_value = "0755", value_parser = mode_arg)]
+    pub dir_mode: u16,
+    /// How long names and attributes are cached before the store is asked again (changes
+    /// made outside the mount show up after this)
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = duration_arg)]
+    pub metadata_ttl: Duration,
+}
+
+fn mode_arg(s: &str) -> Result<u16, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u16::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err(format!(
+            "expected octal permission bits like 0644, not '{s}'"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -337,6 +385,19 @@ Examples:
   rivulet bench ./bench-store
   rivulet bench --runs 5 's3://bench?endpoint=http://127.0.0.1:9000&contiguous_parts=true'";
 
+const MOUNT_HELP: &str = "\
+Files are objects, directories are key prefixes (mkdir writes an empty `dir/` marker). A file
+written through the mount is in the store, whole, when close() returns; fsync() makes what was
+written durable (it survives a kill of the mount, which commits it when mounted again) without
+publishing it. Appending is cheap (the object's bytes are copied server-side); writing before the
+end of a file re-uploads everything after that point. Runs in the foreground only: SIGTERM,
+Ctrl-C or `fusermount3 -u MOUNTPOINT` unmounts and commits the files still open. --index and
+--cache-dir apply (the index stays locked while mounted). See docs/mount.md.
+
+Examples:
+  rivulet mount --foreground s3://bkt/data /mnt/data
+  rivulet mount -f --read-only --allow-other /srv/store /mnt/store";
+
 const RECOVER_HELP: &str = "\
 After a crash, the index still lists the uploads that were open, with their last token: a
 resume token (the file was persisted at some length) or a commit token (it was closed, the
@@ -362,6 +423,7 @@ impl Command {
             Command::Truncate { url, .. } => format!("truncate {url}"),
             Command::Gc { url, .. } => format!("gc {url}"),
             Command::Recover { url, .. } => format!("recover {url}"),
+            Command::Mount(a) => format!("mount {} {}", a.url, a.mountpoint),
             Command::Bench { url, .. } => format!("bench {url}"),
             Command::Gateway(a) => format!("gateway {}", a.store),
         }
@@ -398,6 +460,7 @@ pub async fn run(env: &Env, command: Command) -> anyhow::Result<()> {
             rebuild_index,
         } => maint::recover(env, &url, commit, rebuild_index).await,
         Command::Gateway(args) => gateway::gateway(env, args).await,
+        Command::Mount(args) => mount::mount(env, &args).await,
         Command::Bench {
             url,
             size,
@@ -462,6 +525,34 @@ mod tests {
     }
 
     #[test]
+    fn mount_options_parse() {
+        let cli = Cli::try_parse_from([
+            "rivulet",
+            "mount",
+            "s3://b/p",
+            "/mnt",
+            "-f",
+            "--file-mode",
+            "0600",
+            "--uid",
+            "7",
+            "--read-only",
+        ])
+        .unwrap();
+        let Command::Mount(args) = cli.command else {
+            panic!("not a mount: {:?}", cli.command)
+        };
+        assert_eq!(
+            (args.url.as_str(), args.mountpoint.as_str()),
+            ("s3://b/p", "/mnt")
+        );
+        assert!(args.foreground && args.read_only && !args.allow_other);
+        assert_eq!((args.file_mode, args.dir_mode), (0o600, 0o755));
+        assert_eq!((args.uid, args.gid), (Some(7), None));
+        assert_eq!(args.metadata_ttl, Duration::from_secs(1));
+    }
+
+    #[test]
     fn bad_values_are_usage_errors() {
         for args in [
             &["rivulet", "--part-size", "lots", "cat", "x"][..],
@@ -471,6 +562,8 @@ mod tests {
             &["rivulet", "truncate", "x", "1.5G"],
             &["rivulet", "gc", "x", "--older-than", "soon"],
             &["rivulet", "rm"],
+            &["rivulet", "mount", "x", "/mnt", "-f", "--file-mode", "0999"],
+            &["rivulet", "mount", "x", "/mnt", "-f", "--dir-mode", "rwx"],
         ] {
             let err = Cli::try_parse_from(args).expect_err(&args.join(" "));
             assert_eq!(err.exit_code(), 2, "{}", args.join(" "));

@@ -1,0 +1,1132 @@
+//! The file system over a store, independent of FUSE: names, attributes, directories and open
+//! files, as async operations returning [`FsError`]s. The FUSE adapter (`adapter.rs`) only
+//! translates calls and replies.
+//!
+//! Mapping: a file is the object with its path as key; a directory `a/b` exists when some key
+//! starts with `a/b/` (implicit) or the empty marker object `a/b/` exists (`mkdir`). When a name
+//! is both an object and a prefix, the file wins. The writer's hidden tail prefix (`.rivulet/`)
+//! is not shown.
+//!
+//! Open files: every inode open for writing has one [`OpenFile`], shared by its handles. Its
+//! fs-core [`FileWriter`] is started lazily at the first change: `open` for a new or truncated
+//! file, `open_append` to extend an existing object (its bytes are copied server-side),
+//! `open_truncate` to cut or extend one. Reads of an open file go through the writer
+//! (`read_at`), so they see unflushed writes. `fsync` persists (durable, resumable after a
+//! crash), `flush` (every `close`) commits: the object is whole in the store when `close`
+//! returns, and the next write starts a new writer with `open_append`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use fs_core::store::{
+    CompletedPart, DynStore, ListRequest, ObjectMeta, ObjectStoreExt, PutCondition, PutOptions,
+};
+use fs_core::{FileWriter, RecoverableWriter, StoreErrorKind, WriterError};
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::error::{FsError, FsResult, io_error};
+use crate::inode::{Ino, Inodes, Kind, ROOT};
+
+/// How the mount presents itself.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Refuse every change with EROFS.
+    pub read_only: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    /// How long attributes and names may be trusted without asking the store again (by the
+    /// kernel and by this layer), so changes made outside the mount show up after it.
+    pub ttl: Duration,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        // SAFETY: geteuid and getegid cannot fail and touch no memory.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        Self {
+            read_only: false,
+            uid,
+            gid,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The attributes of a file or directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// What an open file's content is based on when it has no writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Base {
+    /// Nothing: a new file, or one truncated to zero. The next writer is a fresh `open`.
+    Empty,
+    /// The committed object of this length. The next writer is `open_append`/`open_truncate`.
+    Object(u64),
+}
+
+/// An inode open for writing, shared by all its write handles.
+struct OpenFile {
+    key: String,
+    handles: usize,
+    base: Base,
+    writer: Option<FileWriter>,
+    /// Changed since the last commit (a created or truncated file with no writer still needs
+    /// its empty object written).
+    dirty: bool,
+    /// Set while an operation changes the writer. An operation cancelled half-way (the adapter
+    /// times out) leaves it set, and every later change fails with EIO instead of building on
+    /// a writer in an unknown state.
+    busy: bool,
+    /// Unlinked while open: nothing is committed any more.
+    unlinked: bool,
+    mtime: SystemTime,
+}
+
+impl OpenFile {
+    fn len(&self) -> u64 {
+        match (&self.writer, self.base) {
+            (Some(w), _) => w.len(),
+            (None, Base::Empty) => 0,
+            (None, Base::Object(len)) => len,
+        }
+    }
+
+    fn begin(&mut self) -> FsResult<()> {
+        if self.busy {
+            tracing::error!(
+                key = %self.key,
+                "an earlier operation on this open file was interrupted; close and reopen it"
+            );
+            return Err(FsError::Io);
+        }
+        self.busy = true;
+        Ok(())
+    }
+
+    fn end(&mut self) {
+        self.busy = false;
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Handle {
+    ino: Ino,
+    write: bool,
+    append: bool,
+}
+
+/// Flags of `open`/`create` that matter here.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenMode {
+    pub write: bool,
+    pub append: bool,
+    pub truncate: bool,
+    pub exclusive: bool,
+}
+
+impl OpenMode {
+    /// From open(2) flags.
+    pub fn from_flags(flags: i32) -> Self {
+        Self {
+            write: flags & libc::O_ACCMODE != libc::O_RDONLY,
+            append: flags & libc::O_APPEND != 0,
+            truncate: flags & libc::O_TRUNC != 0,
+            exclusive: flags & libc::O_EXCL != 0,
+        }
+    }
+}
+
+/// The file system. All methods take `&self`; share it with `Arc`.
+pub struct Filesystem {
+    store: DynStore,
+    writer: RecoverableWriter,
+    config: FsConfig,
+    /// First segment of the writer's tail prefix, hidden at the root.
+    hidden: String,
+    inodes: Mutex<Inodes>,
+    open: Mutex<HashMap<Ino, Arc<AsyncMutex<OpenFile>>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
+    next_fh: AtomicU64,
+}
+
+impl std::fmt::Debug for Filesystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filesystem")
+            .field("store", &self.store.describe())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Locks a std mutex; a poisoned one is still usable (the tables stay consistent because no
+/// code panics while holding them).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+fn dir_prefix(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}/")
+    }
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+fn writer_error(op: &str, key: &str, err: WriterError) -> FsError {
+    if err.store_kind() == Some(StoreErrorKind::NotFound) {
+        return FsError::NotFound;
+    }
+    io_error(op, key, err)
+}
+
+fn store_error(op: &str, key: &str, err: fs_core::StoreError) -> FsError {
+    if err.kind() == StoreErrorKind::NotFound {
+        return FsError::NotFound;
+    }
+    io_error(op, key, err)
+}
+
+impl Filesystem {
+    pub fn new(writer: RecoverableWriter, config: FsConfig) -> Self {
+        let hidden = writer
+            .config()
+            .tail_prefix
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        Self {
+            store: writer.store().clone(),
+            writer,
+            config,
+            hidden,
+            inodes: Mutex::new(Inodes::default()),
+            open: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    fn check_writable(&self) -> FsResult<()> {
+        if self.config.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn attr(&self, ino: Ino, kind: Kind, size: u64, mtime: SystemTime) -> Attr {
+        let perm = match kind {
+            Kind::File => self.config.file_mode,
+            Kind::Dir => self.config.dir_mode,
+        };
+        Attr {
+            ino,
+            kind,
+            size,
+            mtime,
+            perm,
+            uid: self.config.uid,
+            gid: self.config.gid,
+        }
+    }
+
+    /// Names the store cannot hold or that this layer hides.
+    fn check_name(&self, parent: &str, name: &str) -> FsResult<()> {
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            return Err(FsError::Invalid);
+        }
+        if parent.is_empty() && self.is_hidden(name) {
+            return Err(FsError::Invalid);
+        }
+        Ok(())
+    }
+
+    fn is_hidden(&self, root_name: &str) -> bool {
+        root_name == self.hidden || root_name == fs_core::store::local::SYS_DIR
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The path of a directory inode.
+    fn dir_path(&self, ino: Ino) -> FsResult<String> {
+        let inodes = lock(&self.inodes);
+        let node = inodes.get(ino).ok_or(FsError::NotFound)?;
+        match node.kind {
+            Kind::Dir => Ok(node.path.clone()),
+            Kind::File => Err(FsError::NotDir),
+        }
+    }
+
+    fn child(&self, parent: Ino, name: &str) -> FsResult<String> {
+        let parent_path = self.dir_path(parent)?;
+        self.check_name(&parent_path, name)?;
+        Ok(join(&parent_path, name))
+    }
+
+    fn open_file(&self, ino: Ino) -> Option<Arc<AsyncMutex<OpenFile>>> {
+        lock(&self.open).get(&ino).cloned()
+    }
+
+    fn open_file_at(&self, path: &str) -> Option<(Ino, Arc<AsyncMutex<OpenFile>>)> {
+        let ino = lock(&self.inodes).ino_of(path)?;
+        self.open_file(ino).map(|f| (ino, f))
+    }
+
+    async fn head(&self, key: &str) -> FsResult<Option<ObjectMeta>> {
+        self.store
+            .head_opt(key)
+            .await
+            .map_err(|e| io_error("head", key, e))
+    }
+
+    /// Whether anything (a marker or any key) lives under `path/`.
+    async fn has_children(&self, path: &str, delimiter: bool) -> FsResult<bool> {
+        let prefix = dir_prefix(path);
+        let page = self
+            .store
+            .list(ListRequest {
+                prefix: prefix.clone(),
+                delimiter: delimiter.then(|| "/".to_string()),
+                continuation: None,
+                max_keys: Some(1),
+            })
+            .await
+            .map_err(|e| io_error("list", &prefix, e))?;
+        Ok(!page.objects.is_empty() || !page.common_prefixes.is_empty())
+    }
+
+    /// A directory's only trace may be a key inside it: keep it when that key goes (POSIX
+    /// keeps a directory after its last file is removed; S3 would not).
+    async fn keep_dir(&self, path: &str) -> FsResult<()> {
+        if path.is_empty() || self.has_children(path, false).await? {
+            return Ok(());
+        }
+        let marker = dir_prefix(path);
+        self.store
+            .put(&marker, Bytes::new(), PutOptions::default())
+            .await
+            .map_err(|e| io_error("put", &marker, e))?;
+        Ok(())
+    }
+
+    /// What `path` is in the store (or as a file being written), interned.
+    async fn resolve(&self, path: &str) -> FsResult<Attr> {
+        if let Some((ino, file)) = self.open_file_at(path) {
+            let file = file.lock().await;
+            return Ok(self.attr(ino, Kind::File, file.len(), file.mtime));
+        }
+        if let Some(meta) = self.head(path).await? {
+            let mtime = meta.last_modified.unwrap_or(SystemTime::UNIX_EPOCH);
+            let ino = lock(&self.inodes).intern(path, Kind::File, meta.size, mtime);
+            return Ok(self.attr(ino, Kind::File, meta.size, mtime));
+        }
+        if self.has_children(path, true).await? {
+            let now = SystemTime::now();
+            let ino = lock(&self.inodes).intern(path, Kind::Dir, 0, now);
+            return Ok(self.attr(ino, Kind::Dir, 0, now));
+        }
+        lock(&self.inodes).remove_path(path);
+        Err(FsError::NotFound)
+    }
+
+    pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
+        let path = self.child(parent, name)?;
+        self.resolve(&path).await
+    }
+
+    pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        if let Some(file) = self.open_file(ino) {
+            let file = file.lock().await;
+            return Ok(self.attr(ino, Kind::File, file.len(), file.mtime));
+        }
+        let node = lock(&self.inodes)
+            .get(ino)
+            .cloned()
+            .ok_or(FsError::NotFound)?;
+        if node.kind == Kind::Dir || node.checked.elapsed() < self.config.ttl {
+            return Ok(self.attr(ino, node.kind, node.size, node.mtime));
+        }
+        match self.head(&node.path).await? {
+            Some(meta) => {
+                let mtime = meta.last_modified.unwrap_or(SystemTime::UNIX_EPOCH);
+                lock(&self.inodes).intern(&node.path, Kind::File, meta.size, mtime);
+                Ok(self.attr(ino, Kind::File, meta.size, mtime))
+            }
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    /// Lists a directory (all pages), interning every entry; `.` and `..` first.
+    pub async fn list_dir(&self, ino: Ino) -> FsResult<Vec<DirEntry>> {
+        let path = self.dir_path(ino)?;
+        let prefix = dir_prefix(&path);
+        let mut names: BTreeMap<String, (Kind, u64, SystemTime)> = BTreeMap::new();
+        let mut continuation = None;
+        loop {
+            let page = self
+                .store
+                .list(ListRequest {
+                    prefix: prefix.clone(),
+                    delimiter: Some("/".into()),
+                    continuation: continuation.take(),
+                    max_keys: None,
+                })
+                .await
+                .map_err(|e| io_error("list", &prefix, e))?;
+            for common in &page.common_prefixes {
+                let Some(name) = common.strip_prefix(&prefix) else {
+                    continue;
+                };
+                let name = name.trim_end_matches('/');
+                if !name.is_empty() && !name.contains('/') {
+                    names.insert(name.to_string(), (Kind::Dir, 0, SystemTime::now()));
+                }
+            }
+            for object in &page.objects {
+                let Some(name) = object.key.strip_prefix(&prefix) else {
+                    continue;
+                };
+                // The directory's own marker, or a key with an empty segment (`a//b`).
+                if name.is_empty() || name.contains('/') {
+                    continue;
+                }
+                let mtime = object.last_modified.unwrap_or(SystemTime::UNIX_EPOCH);
+                names.insert(name.to_string(), (Kind::File, object.size, mtime));
+            }
+            match page.next {
+                Some(next) => continuation = Some(next),
+                None => break,
+            }
+        }
+        if path.is_empty() {
+            names.retain(|name, _| !self.is_hidden(name));
+        }
+        // Files being written that are not in the store yet.
+        let open: Vec<(Ino, Arc<AsyncMutex<OpenFile>>)> = lock(&self.open)
+            .iter()
+            .map(|(ino, f)| (*ino, f.clone()))
+            .collect();
+        for (_, file) in open {
+            let file = file.lock().await;
+            if !file.unlinked
+                && parent_of(&file.key) == path
+                && let Some(name) = file.key.strip_prefix(&prefix)
+            {
+                names.insert(name.to_string(), (Kind::File, file.len(), file.mtime));
+            }
+        }
+        let mut inodes = lock(&self.inodes);
+        let parent_ino = inodes.ino_of(parent_of(&path)).unwrap_or(ROOT);
+        let mut entries = vec![
+            DirEntry {
+                ino,
+                kind: Kind::Dir,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino: parent_ino,
+                kind: Kind::Dir,
+                name: "..".into(),
+            },
+        ];
+        for (name, (kind, size, mtime)) in names {
+            let ino = inodes.intern(&join(&path, &name), kind, size, mtime);
+            entries.push(DirEntry { ino, kind, name });
+        }
+        Ok(entries)
+    }
+
+    /// Opens a directory: its listing is taken now and served by `readdir` from offsets.
+    pub async fn opendir(&self, ino: Ino) -> FsResult<u64> {
+        let entries = self.list_dir(ino).await?;
+        let fh = self.new_fh();
+        lock(&self.dirs).insert(fh, entries);
+        Ok(fh)
+    }
+
+    /// Up to `limit` entries of an open directory from `offset` on (an entry's offset is its
+    /// index + 1). The kernel reads a directory in many small calls: each copies only a window.
+    pub fn readdir(&self, fh: u64, offset: u64, limit: usize) -> FsResult<Vec<DirEntry>> {
+        let dirs = lock(&self.dirs);
+        let entries = dirs.get(&fh).ok_or(FsError::BadHandle)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        Ok(entries.iter().skip(start).take(limit).cloned().collect())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+
+    pub async fn mkdir(&self, parent: Ino, name: &str) -> FsResult<Attr> {
+        self.check_writable()?;
+        let path = self.child(parent, name)?;
+        match self.resolve(&path).await {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let marker = dir_prefix(&path);
+        self.store
+            .put(&marker, Bytes::new(), PutOptions::default())
+            .await
+            .map_err(|e| io_error("put", &marker, e))?;
+        let now = SystemTime::now();
+        let ino = lock(&self.inodes).intern(&path, Kind::Dir, 0, now);
+        Ok(self.attr(ino, Kind::Dir, 0, now))
+    }
+
+    pub async fn rmdir(&self, parent: Ino, name: &str) -> FsResult<()> {
+        self.check_writable()?;
+        let path = self.child(parent, name)?;
+        if self.open_file_at(&path).is_some() || self.head(&path).await?.is_some() {
+            return Err(FsError::NotDir);
+        }
+        let marker = dir_prefix(&path);
+        let page = self
+            .store
+            .list(ListRequest {
+                prefix: marker.clone(),
+                delimiter: None,
+                continuation: None,
+                max_keys: Some(2),
+            })
+            .await
+            .map_err(|e| io_error("list", &marker, e))?;
+        let has_marker = page.objects.iter().any(|o| o.key == marker);
+        if page.objects.iter().any(|o| o.key != marker) {
+            return Err(FsError::NotEmpty);
+        }
+        let open_inside = {
+            let open: Vec<_> = lock(&self.open).values().cloned().collect();
+            let mut found = false;
+            for file in open {
+                let file = file.lock().await;
+                if !file.unlinked && file.key.starts_with(&marker) {
+                    found = true;
+                }
+            }
+            found
+        };
+        if open_inside {
+            return Err(FsError::NotEmpty);
+        }
+        let known_dir = {
+            let inodes = lock(&self.inodes);
+            inodes
+                .ino_of(&path)
+                .and_then(|i| inodes.get(i))
+                .is_some_and(|n| n.kind == Kind::Dir)
+        };
+        if !has_marker && !known_dir {
+            return Err(FsError::NotFound);
+        }
+        if has_marker {
+            self.store
+                .delete(&marker)
+                .await
+                .map_err(|e| io_error("delete", &marker, e))?;
+        }
+        lock(&self.inodes).remove_path(&path);
+        self.keep_dir(parent_of(&path)).await
+    }
+
+    pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
+        self.check_writable()?;
+        let path = self.child(parent, name)?;
+        let open = self.open_file_at(&path);
+        let exists = self.head(&path).await?.is_some();
+        if !exists && open.is_none() {
+            return Err(if self.has_children(&path, true).await? {
+                FsError::IsDir
+            } else {
+                FsError::NotFound
+            });
+        }
+        if let Some((_, file)) = open {
+            let mut file = file.lock().await;
+            file.unlinked = true;
+            if let Some(writer) = file.writer.take()
+                && let Err(e) = writer.abort().await
+            {
+                tracing::warn!(key = %path, "aborting the upload of an unlinked file: {e}");
+            }
+        }
+        if exists {
+            self.store
+                .delete(&path)
+                .await
+                .map_err(|e| io_error("delete", &path, e))?;
+        }
+        lock(&self.inodes).remove_path(&path);
+        self.keep_dir(parent_of(&path)).await
+    }
+
+    fn add_handle(&self, ino: Ino, mode: OpenMode) -> u64 {
+        let fh = self.new_fh();
+        let handle = Handle {
+            ino,
+            write: mode.write,
+            append: mode.append,
+        };
+        lock(&self.handles).insert(fh, handle);
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Handle> {
+        lock(&self.handles)
+            .get(&fh)
+            .copied()
+            .ok_or(FsError::BadHandle)
+    }
+
+    /// The open file of `ino`, created with `base` if none; counts one more handle.
+    fn attach(&self, ino: Ino, key: &str, base: Base, dirty: bool) -> Arc<AsyncMutex<OpenFile>> {
+        let mut open = lock(&self.open);
+        let file = open.entry(ino).or_insert_with(|| {
+            Arc::new(AsyncMutex::new(OpenFile {
+                key: key.to_string(),
+                handles: 0,
+                base,
+                writer: None,
+                dirty,
+                busy: false,
+                unlinked: false,
+                mtime: SystemTime::now(),
+            }))
+        });
+        file.clone()
+    }
+
+    pub async fn create(&self, parent: Ino, name: &str, mode: OpenMode) -> FsResult<(Attr, u64)> {
+        self.check_writable()?;
+        let path = self.child(parent, name)?;
+        match self.resolve(&path).await {
+            Ok(attr) if attr.kind == Kind::Dir => return Err(FsError::IsDir),
+            Ok(_) if mode.exclusive => return Err(FsError::Exists),
+            Ok(_) | Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let now = SystemTime::now();
+        let ino = lock(&self.inodes).intern(&path, Kind::File, 0, now);
+        let file = self.attach(ino, &path, Base::Empty, true);
+        let mut file = file.lock().await;
+        file.handles += 1;
+        // An earlier handle may have it open: creating truncates it.
+        let result = self.set_len(&mut file, 0).await;
+        drop(file);
+        let mode = OpenMode {
+            write: true,
+            ..mode
+        };
+        let fh = self.add_handle(ino, mode);
+        if let Err(e) = result {
+            self.release(fh).await.ok();
+            return Err(e);
+        }
+        Ok((self.attr(ino, Kind::File, 0, now), fh))
+    }
+
+    pub async fn open(&self, ino: Ino, mode: OpenMode) -> FsResult<u64> {
+        let node = lock(&self.inodes)
+            .get(ino)
+            .cloned()
+            .ok_or(FsError::NotFound)?;
+        if node.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if !mode.write {
+            return Ok(self.add_handle(ino, mode));
+        }
+        self.check_writable()?;
+        let file = match self.open_file(ino) {
+            Some(file) => file,
+            None => {
+                let size = match self.head(&node.path).await? {
+                    Some(meta) => meta.size,
+                    None => return Err(FsError::NotFound),
+                };
+                self.attach(ino, &node.path, Base::Object(size), false)
+            }
+        };
+        let mut file = file.lock().await;
+        file.handles += 1;
+        let result = if mode.truncate {
+            self.set_len(&mut file, 0).await
+        } else {
+            Ok(())
+        };
+        drop(file);
+        let fh = self.add_handle(ino, mode);
+        if let Err(e) = result {
+            self.release(fh).await.ok();
+            return Err(e);
+        }
+        Ok(fh)
+    }
+
+    /// Starts the writer of an open file if it has none.
+    async fn ensure_writer(&self, file: &mut OpenFile) -> FsResult<()> {
+        if file.writer.is_some() {
+            return Ok(());
+        }
+        let writer = match file.base {
+            Base::Empty => self.writer.open(&file.key).await,
+            Base::Object(_) => self.writer.open_append(&file.key).await,
+        }
+        .map_err(|e| writer_error("open", &file.key, e))?;
+        file.writer = Some(writer);
+        Ok(())
+    }
+
+    /// Cuts or extends (with zeros) an open file.
+    async fn set_len(&self, file: &mut OpenFile, len: u64) -> FsResult<()> {
+        file.begin()?;
+        let result = self.set_len_inner(file, len).await;
+        if result.is_ok() {
+            file.mtime = SystemTime::now();
+        }
+        file.end();
+        result
+    }
+
+    async fn set_len_inner(&self, file: &mut OpenFile, len: u64) -> FsResult<()> {
+        if len == 0 {
+            // Nothing of the old content is kept: a fresh upload at the next write.
+            if let Some(writer) = file.writer.take()
+                && let Err(e) = writer.abort().await
+            {
+                tracing::warn!(key = %file.key, "aborting a truncated file's upload: {e}");
+            }
+            file.base = Base::Empty;
+            file.dirty = true;
+            return Ok(());
+        }
+        match (&mut file.writer, file.base) {
+            (Some(writer), _) => writer
+                .truncate(len)
+                .await
+                .map_err(|e| writer_error("truncate", &file.key, e))?,
+            (None, Base::Object(current)) if current == len => return Ok(()),
+            (None, Base::Object(_)) => {
+                let writer = self
+                    .writer
+                    .open_truncate(&file.key, len)
+                    .await
+                    .map_err(|e| writer_error("truncate", &file.key, e))?;
+                file.writer = Some(writer);
+            }
+            (None, Base::Empty) => {
+                self.ensure_writer(file).await?;
+                if let Some(writer) = &mut file.writer {
+                    writer
+                        .truncate(len)
+                        .await
+                        .map_err(|e| writer_error("truncate", &file.key, e))?;
+                }
+            }
+        }
+        file.dirty = true;
+        Ok(())
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let handle = self.handle(fh)?;
+        if let Some(file) = self.open_file(handle.ino) {
+            let file = file.lock().await;
+            return match (&file.writer, file.base) {
+                (Some(writer), _) => writer
+                    .read_at(offset, u64::from(size))
+                    .await
+                    .map_err(|e| io_error("read", &file.key, e)),
+                (None, Base::Empty) => Ok(Bytes::new()),
+                (None, Base::Object(_)) => self.read_object(&file.key, offset, size).await,
+            };
+        }
+        let path = lock(&self.inodes)
+            .get(handle.ino)
+            .map(|n| n.path.clone())
+            .ok_or(FsError::NotFound)?;
+        self.read_object(&path, offset, size).await
+    }
+
+    async fn read_object(&self, key: &str, offset: u64, size: u32) -> FsResult<Bytes> {
+        if size == 0 {
+            return Ok(Bytes::new());
+        }
+        let range = offset..offset.saturating_add(u64::from(size));
+        match self.store.get(key, Some(range)).await {
+            Ok(got) => Ok(got.body),
+            Err(e) if e.kind() == StoreErrorKind::InvalidRange => Ok(Bytes::new()),
+            Err(e) => Err(store_error("get", key, e)),
+        }
+    }
+
+    /// Writes `data` at `offset` (at the end for O_APPEND handles); returns the bytes written.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let handle = self.handle(fh)?;
+        if !handle.write {
+            return Err(FsError::BadHandle);
+        }
+        let file = self.open_file(handle.ino).ok_or(FsError::BadHandle)?;
+        let mut file = file.lock().await;
+        file.begin()?;
+        let result = self
+            .write_inner(&mut file, handle.append, offset, data)
+            .await;
+        if result.is_ok() {
+            file.mtime = SystemTime::now();
+            file.dirty = true;
+        }
+        file.end();
+        result?;
+        u32::try_from(data.len()).map_err(|_| FsError::Invalid)
+    }
+
+    async fn write_inner(
+        &self,
+        file: &mut OpenFile,
+        append: bool,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<()> {
+        // Writing at the start of a file truncated to zero, or past the end of an object,
+        // needs no copy of what is there: set the length first, then append.
+        self.ensure_writer(file).await?;
+        let key = file.key.clone();
+        let Some(writer) = file.writer.as_mut() else {
+            return Err(FsError::Io);
+        };
+        let len = writer.len();
+        let offset = if append { len } else { offset };
+        let werr = |e| writer_error("write", &key, e);
+        if offset >= len {
+            if offset > len {
+                writer.truncate(offset).await.map_err(werr)?;
+            }
+            return writer.write(data).await.map_err(werr);
+        }
+        // A write before the end: S3 objects cannot be changed in place, so the file is cut at
+        // `offset`, the new bytes are appended, then the old bytes after them are re-appended.
+        // Costs reading and re-uploading everything after `offset` (see docs/mount.md).
+        let end = offset + data.len() as u64;
+        let rest = if end < len {
+            writer.read_at(end, len - end).await.map_err(werr)?
+        } else {
+            Bytes::new()
+        };
+        writer.truncate(offset).await.map_err(werr)?;
+        writer.write(data).await.map_err(werr)?;
+        writer.write(&rest).await.map_err(werr)
+    }
+
+    /// Commits an open file: the object is whole in the store when this returns.
+    async fn commit(&self, ino: Ino, file: &mut OpenFile) -> FsResult<()> {
+        if file.unlinked {
+            return Ok(());
+        }
+        file.begin()?;
+        let result = self.commit_inner(file).await;
+        file.end();
+        let size = result?;
+        if let Some(size) = size {
+            let mut inodes = lock(&self.inodes);
+            if inodes.ino_of(&file.key) == Some(ino) {
+                inodes.intern(&file.key, Kind::File, size, file.mtime);
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_inner(&self, file: &mut OpenFile) -> FsResult<Option<u64>> {
+        if let Some(mut writer) = file.writer.take() {
+            let key = file.key.clone();
+            // Whatever happens next, the writer is spent: a failed close or commit leaves its
+            // token in the index for the recovery at the next mount.
+            let committer = writer
+                .close_for_commit()
+                .await
+                .map_err(|e| io_error("commit", &key, e))?;
+            let outcome = committer
+                .commit()
+                .await
+                .map_err(|e| io_error("commit", &key, e))?;
+            file.base = Base::Object(outcome.size);
+            file.dirty = false;
+            return Ok(Some(outcome.size));
+        }
+        if file.dirty {
+            self.store
+                .put(&file.key, Bytes::new(), PutOptions::default())
+                .await
+                .map_err(|e| io_error("put", &file.key, e))?;
+            file.base = Base::Object(0);
+            file.dirty = false;
+            return Ok(Some(0));
+        }
+        Ok(None)
+    }
+
+    /// `close` of a descriptor: commits what was written through any handle of the file.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        if !handle.write {
+            return Ok(());
+        }
+        let Some(file) = self.open_file(handle.ino) else {
+            return Ok(());
+        };
+        let mut file = file.lock().await;
+        self.commit(handle.ino, &mut file).await
+    }
+
+    /// Makes everything written durable (a persist): it survives a crash of the mount.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        let Some(file) = self.open_file(handle.ino) else {
+            return Ok(());
+        };
+        let mut file = file.lock().await;
+        if file.unlinked {
+            return Ok(());
+        }
+        match file.writer.as_mut() {
+            Some(writer) => {
+                let key = writer.key().to_string();
+                writer
+                    .persist()
+                    .await
+                    .map_err(|e| io_error("fsync", &key, e))?;
+                Ok(())
+            }
+            // A new or emptied file with nothing written: its empty object is its durable state.
+            None => self.commit(handle.ino, &mut file).await,
+        }
+    }
+
+    /// The last close of a handle: commits if needed and forgets the handle.
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let handle = lock(&self.handles).remove(&fh).ok_or(FsError::BadHandle)?;
+        if !handle.write {
+            return Ok(());
+        }
+        let Some(file) = self.open_file(handle.ino) else {
+            return Ok(());
+        };
+        let mut guard = file.lock().await;
+        guard.handles = guard.handles.saturating_sub(1);
+        if guard.handles > 0 {
+            return Ok(());
+        }
+        let result = self.commit(handle.ino, &mut guard).await;
+        drop(guard);
+        lock(&self.open).remove(&handle.ino);
+        result
+    }
+
+    /// Changes the size (truncate, ftruncate); other attributes are accepted and ignored.
+    pub async fn setattr(&self, ino: Ino, size: Option<u64>) -> FsResult<Attr> {
+        if let Some(size) = size {
+            self.check_writable()?;
+            let node = lock(&self.inodes)
+                .get(ino)
+                .cloned()
+                .ok_or(FsError::NotFound)?;
+            if node.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+            match self.open_file(ino) {
+                Some(file) => {
+                    let mut file = file.lock().await;
+                    self.set_len(&mut file, size).await?;
+                }
+                None => {
+                    let outcome = self
+                        .writer
+                        .truncate_object(&node.path, size)
+                        .await
+                        .map_err(|e| writer_error("truncate", &node.path, e))?;
+                    lock(&self.inodes).intern(
+                        &node.path,
+                        Kind::File,
+                        outcome.size,
+                        SystemTime::now(),
+                    );
+                }
+            }
+        }
+        self.getattr(ino).await
+    }
+
+    /// Renames a file (copy, then delete the old key). Directories answer EXDEV, so `mv`
+    /// copies and deletes them file by file.
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &str,
+        new_parent: Ino,
+        new_name: &str,
+        no_replace: bool,
+    ) -> FsResult<()> {
+        self.check_writable()?;
+        let from = self.child(parent, name)?;
+        let to = self.child(new_parent, new_name)?;
+        let source = self.resolve(&from).await?;
+        if source.kind == Kind::Dir {
+            return Err(FsError::CrossDevice);
+        }
+        if from == to {
+            return Ok(());
+        }
+        match self.resolve(&to).await {
+            Ok(attr) if attr.kind == Kind::Dir => return Err(FsError::IsDir),
+            Ok(_) if no_replace => return Err(FsError::Exists),
+            Ok(_) | Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let open = self.open_file(source.ino);
+        let mut guard = match &open {
+            Some(file) => Some(file.lock().await),
+            None => None,
+        };
+        if let Some(file) = guard.as_deref_mut() {
+            // The copy must see the whole file: commit what was written so far.
+            self.commit(source.ino, file).await?;
+        }
+        self.copy_object(&from, &to).await?;
+        self.store
+            .delete(&from)
+            .await
+            .map_err(|e| io_error("delete", &from, e))?;
+        if let Some(file) = guard.as_deref_mut() {
+            file.key = to.clone();
+        }
+        drop(guard);
+        if let Some((ino, _)) = self.open_file_at(&to)
+            && ino != source.ino
+        {
+            // The replaced file's open handles keep writing to a name that is gone.
+            if let Some(file) = self.open_file(ino) {
+                file.lock().await.unlinked = true;
+            }
+        }
+        lock(&self.inodes).rename(&from, &to);
+        self.keep_dir(parent_of(&from)).await
+    }
+
+    /// Copies an object: small ones by GET and PUT, larger ones server-side, part by part.
+    async fn copy_object(&self, from: &str, to: &str) -> FsResult<()> {
+        let meta = self.head(from).await?.ok_or(FsError::NotFound)?;
+        let part_size = self.writer.config().part_size;
+        if meta.size <= part_size {
+            let got = self
+                .store
+                .get(from, None)
+                .await
+                .map_err(|e| store_error("get", from, e))?;
+            self.store
+                .put(to, got.body, PutOptions::default())
+                .await
+                .map_err(|e| io_error("put", to, e))?;
+            return Ok(());
+        }
+        let upload = self
+            .store
+            .create_multipart(to, PutOptions::default())
+            .await
+            .map_err(|e| io_error("copy", to, e))?;
+        let result = self.copy_parts(from, to, &upload, &meta, part_size).await;
+        if result.is_err()
+            && let Err(e) = self.store.abort_multipart(to, &upload).await
+        {
+            tracing::warn!(key = to, "aborting a failed copy's upload: {e}");
+        }
+        result
+    }
+
+    async fn copy_parts(
+        &self,
+        from: &str,
+        to: &str,
+        upload: &str,
+        meta: &ObjectMeta,
+        part_size: u64,
+    ) -> FsResult<()> {
+        let mut parts = Vec::new();
+        let mut start = 0u64;
+        let mut number = 1u32;
+        while start < meta.size {
+            let end = (start + part_size).min(meta.size);
+            let etag = self
+                .store
+                .upload_part_copy(to, upload, number, from, start..end, Some(&meta.etag))
+                .await
+                .map_err(|e| io_error("copy", from, e))?;
+            parts.push(CompletedPart { number, etag });
+            start = end;
+            number += 1;
+        }
+        self.store
+            .complete_multipart(to, upload, &parts, PutCondition::None)
+            .await
+            .map_err(|e| io_error("copy", to, e))?;
+        Ok(())
+    }
+
+    /// Commits every open file (at unmount): nothing written is left unpublished.
+    pub async fn shutdown(&self) {
+        let open: Vec<(Ino, Arc<AsyncMutex<OpenFile>>)> = lock(&self.open).drain().collect();
+        for (ino, file) in open {
+            let mut file = file.lock().await;
+            let key = file.key.clone();
+            if let Err(e) = self.commit(ino, &mut file).await {
+                tracing::error!(key = %key, "committing at unmount failed: {e}");
+            }
+        }
+        lock(&self.handles).clear();
+    }
+}

@@ -1,0 +1,23 @@
+//! Rivulet's FUSE mount: an object store as a file system with append, truncate, overwrite,
+//! durable `fsync` and crash recovery, built on fs-core's recoverable writer.
+//!
+//! - [`fs`]: the file system itself over a store, independent of FUSE (unit-tested over the
+//!   memory store).
+//! - [`adapter`]: the thin `fuser::Filesystem` that calls it.
+//! - [`mount`]: mounting, serving until unmounted or signalled, committing open files.
+//! - [`recovery`]: committing what a crashed mount left persisted.
+//!
+//! See `docs/mount.md`.
+
+pub mod adapter;
+pub mod error;
+pub mod fs;
+pub mod inode;
+pub mod mount;
+pub mod recovery;
+
+pub use error::{FsError, FsResult};
+pub use fs::{Attr, DirEntry, Filesystem, FsConfig, OpenMode};
+pub use inode::{Ino, Kind, ROOT};
+pub use mount::{MountOptions, serve};
+pub use recovery::{Recovered, recover_open_files};
