@@ -23,6 +23,11 @@ use crate::token::{Token, TokenError};
 pub enum IndexError {
     #[error("index {path}: {source}")]
     Sled { path: String, source: sled::Error },
+    /// sled allows one process per index: a mount, a gateway or another command holds it.
+    #[error(
+        "index {path} is in use by another rivulet process (a mount, a gateway or another command); stop it or give this one its own --index"
+    )]
+    InUse { path: String },
     #[error("index {path}: entry {entry} is unreadable: {detail}")]
     Corrupt {
         path: String,
@@ -92,7 +97,18 @@ impl Index {
             path: shown.clone(),
             source,
         };
-        let db = sled::Config::new().path(path).open().map_err(sled_err)?;
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|source| match source {
+                // sled reports a held lock only in its message.
+                sled::Error::Io(ref e) if e.to_string().contains("could not acquire lock") => {
+                    IndexError::InUse {
+                        path: shown.clone(),
+                    }
+                }
+                source => sled_err(source),
+            })?;
         let uploads = db.open_tree("uploads").map_err(sled_err)?;
         Ok(Self {
             db,
@@ -322,6 +338,18 @@ mod tests {
             tail_crc32c: 0,
             seq: 1,
         })
+    }
+
+    #[test]
+    fn an_index_held_elsewhere_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index");
+        let held = Index::open(&path).unwrap();
+        let err = Index::open(&path).unwrap_err();
+        assert!(matches!(err, IndexError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("--index"), "{err}");
+        drop(held);
+        Index::open(&path).expect("free again once the holder is gone");
     }
 
     #[test]

@@ -155,9 +155,12 @@ fn open_index(path: &Path) -> Result<Index> {
     Index::open(path).with_context(|| format!("cannot open the index {}", path.display()))
 }
 
-/// Whether opening the index failed because another process holds its lock. sled reports this
-/// only in its message (an `io::Error` of kind `Other`).
+/// Whether opening the index failed because another process holds its lock.
 fn is_lock_conflict(err: &anyhow::Error) -> bool {
-    err.chain()
-        .any(|c| c.to_string().contains("could not acquire lock"))
+    err.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<fs_core::index::IndexError>(),
+            Some(fs_core::index::IndexError::InUse { .. })
+        )
+    })
 }
