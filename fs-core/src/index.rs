@@ -11,6 +11,7 @@
 //! hand when debugging.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,10 @@ pub struct Index {
     db: sled::Db,
     uploads: sled::Tree,
     path: String,
+    /// Serializes read-modify-write updates of entries: a persist recording its token and a
+    /// cleanup releasing an older tail of the same upload must not undo each other. (sled
+    /// lets one process open an index, so an in-process lock covers every writer.)
+    updates: Arc<Mutex<()>>,
 }
 
 fn now_secs() -> u64 {
@@ -114,6 +119,7 @@ impl Index {
             db,
             uploads,
             path: shown,
+            updates: Arc::default(),
         })
     }
 
@@ -134,6 +140,7 @@ impl Index {
             db,
             uploads,
             path: "<temporary>".into(),
+            updates: Arc::default(),
         })
     }
 
@@ -198,7 +205,7 @@ impl Index {
         })
     }
 
-    fn write(&self, entry: &IndexEntry) -> Result<(), IndexError> {
+    fn insert(&self, entry: &IndexEntry) -> Result<(), IndexError> {
         let stored = StoredEntry {
             store: entry.store.clone(),
             key: entry.key.clone(),
@@ -215,6 +222,35 @@ impl Index {
         self.uploads
             .insert(entry_id(&entry.store, &entry.upload_id), value)
             .map_err(|e| self.sled_err(e))?;
+        Ok(())
+    }
+
+    /// Writes an entry durably.
+    fn write(&self, entry: &IndexEntry) -> Result<(), IndexError> {
+        self.insert(entry)?;
+        self.flush()
+    }
+
+    /// Changes one entry (or makes it, when `missing` gives one) atomically with respect to the
+    /// other updates, then makes the change durable. `change` returns false to leave it as is.
+    fn update(
+        &self,
+        store: &str,
+        upload_id: &str,
+        missing: impl FnOnce() -> Option<IndexEntry>,
+        change: impl FnOnce(&mut IndexEntry) -> bool,
+    ) -> Result<(), IndexError> {
+        {
+            let _serialized = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(mut entry) = self.get(store, upload_id)?.or_else(missing) else {
+                return Ok(());
+            };
+            if !change(&mut entry) {
+                return Ok(());
+            }
+            self.insert(&entry)?;
+        }
+        // Outside the lock: concurrent updates share one flush instead of queueing for it.
         self.flush()
     }
 
@@ -246,23 +282,25 @@ impl Index {
 
     /// Records a token handed out for an upload (and its tail, for a resume token), durably.
     pub fn record_token(&self, store: &str, token: &Token) -> Result<(), IndexError> {
-        let mut entry = self
-            .get(store, token.upload_id())?
-            .unwrap_or_else(|| IndexEntry {
+        let fresh = || {
+            Some(IndexEntry {
                 store: store.to_string(),
                 key: token.key().to_string(),
                 upload_id: token.upload_id().to_string(),
                 latest: None,
                 live_tails: Vec::new(),
                 opened_at: now_secs(),
-            });
-        if let Token::Resume(t) = token
-            && !entry.live_tails.contains(&t.tail_key)
-        {
-            entry.live_tails.push(t.tail_key.clone());
-        }
-        entry.latest = Some(token.clone());
-        self.write(&entry)
+            })
+        };
+        self.update(store, token.upload_id(), fresh, |entry| {
+            if let Token::Resume(t) = token
+                && !entry.live_tails.contains(&t.tail_key)
+            {
+                entry.live_tails.push(t.tail_key.clone());
+            }
+            entry.latest = Some(token.clone());
+            true
+        })
     }
 
     /// Marks tails as needed by tokens handed out earlier (used when rebuilding the index).
@@ -272,16 +310,20 @@ impl Index {
         upload_id: &str,
         tails: &[String],
     ) -> Result<(), IndexError> {
-        if let Some(mut entry) = self.get(store, upload_id)? {
-            for t in tails {
-                if !entry.live_tails.contains(t) {
-                    entry.live_tails.push(t.clone());
+        self.update(
+            store,
+            upload_id,
+            || None,
+            |entry| {
+                for t in tails {
+                    if !entry.live_tails.contains(t) {
+                        entry.live_tails.push(t.clone());
+                    }
                 }
-            }
-            entry.live_tails.sort();
-            self.write(&entry)?;
-        }
-        Ok(())
+                entry.live_tails.sort();
+                true
+            },
+        )
     }
 
     /// Forgets a tail that was deleted.
@@ -291,18 +333,26 @@ impl Index {
         upload_id: &str,
         tail_key: &str,
     ) -> Result<(), IndexError> {
-        if let Some(mut entry) = self.get(store, upload_id)? {
-            entry.live_tails.retain(|t| t != tail_key);
-            self.write(&entry)?;
-        }
-        Ok(())
+        self.update(
+            store,
+            upload_id,
+            || None,
+            |entry| {
+                let before = entry.live_tails.len();
+                entry.live_tails.retain(|t| t != tail_key);
+                entry.live_tails.len() != before
+            },
+        )
     }
 
     /// Forgets an upload (committed or aborted).
     pub fn remove(&self, store: &str, upload_id: &str) -> Result<(), IndexError> {
-        self.uploads
-            .remove(entry_id(store, upload_id))
-            .map_err(|e| self.sled_err(e))?;
+        {
+            let _serialized = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+            self.uploads
+                .remove(entry_id(store, upload_id))
+                .map_err(|e| self.sled_err(e))?;
+        }
         self.flush()
     }
 
@@ -338,6 +388,42 @@ mod tests {
             tail_crc32c: 0,
             seq: 1,
         })
+    }
+
+    #[test]
+    fn concurrent_token_records_and_tail_releases_lose_nothing() {
+        let index = Index::temporary().unwrap();
+        index.record_open("s", "k", "u").unwrap();
+        for i in 0..20 {
+            index
+                .record_token("s", &token("u", &format!("old-{i}")))
+                .unwrap();
+        }
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for i in 0..20 {
+                    index.release_tail("s", "u", &format!("old-{i}")).unwrap();
+                }
+            });
+            scope.spawn(|| {
+                for i in 0..20 {
+                    index
+                        .record_token("s", &token("u", &format!("new-{i}")))
+                        .unwrap();
+                }
+            });
+        });
+        let entry = index.get("s", "u").unwrap().unwrap();
+        let expected: Vec<String> = (0..20).map(|i| format!("new-{i}")).collect();
+        assert_eq!(
+            entry.live_tails, expected,
+            "every release and every record kept"
+        );
+        assert_eq!(
+            entry.latest,
+            Some(token("u", "new-19")),
+            "the newest token stays latest"
+        );
     }
 
     #[test]
