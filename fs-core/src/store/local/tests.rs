@@ -1445,7 +1445,11 @@ async fn parts_of_an_upload_in_progress_read_back_checked_by_etag() {
         .read_part("other.bin", &upload, 1, &etag, 0..10)
         .await
         .unwrap_err();
-    assert_eq!(other_key.kind(), StoreErrorKind::NoSuchUpload, "{other_key}");
+    assert_eq!(
+        other_key.kind(),
+        StoreErrorKind::NoSuchUpload,
+        "{other_key}"
+    );
     store.abort_multipart("rp.bin", &upload).await.unwrap();
     let gone = store
         .read_part("rp.bin", &upload, 1, &etag, 0..10)
