@@ -745,3 +745,145 @@ fn is_superseded(err: &WriterError) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fs_core::WriterConfig;
+    use fs_core::store::memory::MemoryStore;
+
+    /// Appends over a memory store with parts of `part_size` bytes (the store accepts parts
+    /// that small, and reads an upload's parts back).
+    fn appends_over(store: &DynStore, index: &Index, part_size: u64) -> Appends {
+        let config = WriterConfig {
+            part_size,
+            // Many tiny parts: more of them in flight at once keeps the test quick.
+            max_in_flight: 64,
+            ..WriterConfig::default()
+        };
+        let writer = RecoverableWriter::new(store.clone(), index.clone(), config).unwrap();
+        Appends::new(writer, index.clone(), Duration::from_secs(3600))
+    }
+
+    fn small_store() -> DynStore {
+        Arc::new(MemoryStore::new().with_min_part_size(1).with_part_reads())
+    }
+
+    fn chunk(i: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|j| (i * 7 + j) as u8).collect()
+    }
+
+    async fn stored(store: &DynStore, key: &str) -> Vec<u8> {
+        store.get(key, None).await.unwrap().body.to_vec()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_past_the_part_limit_reseal_transparently() {
+        let store = small_store();
+        let index = Index::temporary().unwrap();
+        // 16-byte parts: 10,000 parts hold 160,000 bytes, less than these 14 appends of 750
+        // parts each (the 14th finds no part numbers left).
+        let appends = appends_over(&store, &index, 16);
+        let mut want = Vec::new();
+        let mut uploads = BTreeSet::new();
+        for i in 0..14 {
+            let body = chunk(i, 12_000);
+            let view = appends
+                .append("b/k", want.len() as u64, Bytes::from(body.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("append {i}: {e}"));
+            want.extend_from_slice(&body);
+            assert_eq!(view.size, want.len() as u64);
+            uploads.insert(view.upload_id);
+        }
+        assert!(uploads.len() >= 2, "resealed into new uploads: {uploads:?}");
+        // Everything is readable while open, across the reseal.
+        let view = appends.view("b/k").await.unwrap().unwrap();
+        let read = appends
+            .read_open("b/k", &view.upload_id, 0..want.len() as u64)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(read == want, "read back {} bytes", read.len());
+        assert_eq!(appends.seal_all().await, 0);
+        assert!(stored(&store, "b/k").await == want);
+        assert!(appends.view("b/k").await.unwrap().is_none(), "sealed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_of_several_appends_at_the_same_offset_wins() {
+        let store = small_store();
+        let index = Index::temporary().unwrap();
+        let appends = appends_over(&store, &index, 1024);
+        appends
+            .append("b/k", 0, Bytes::from_static(b"start"))
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (0..8u8)
+            .map(|i| {
+                let appends = appends.clone();
+                tokio::spawn(async move { appends.append("b/k", 5, Bytes::from(vec![i; 3])).await })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for (i, task) in tasks.into_iter().enumerate() {
+            match task.await.unwrap() {
+                Ok(view) => winners.push((i as u8, view.size)),
+                Err(e) => assert_eq!(e.code().as_str(), "InvalidWriteOffset"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        let (winner, size) = winners[0];
+        assert_eq!(size, 8);
+        appends.seal_all().await;
+        let mut want = b"start".to_vec();
+        want.extend_from_slice(&[winner; 3]);
+        assert_eq!(stored(&store, "b/k").await, want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_commits_what_was_acknowledged() {
+        let store = small_store();
+        let index = Index::temporary().unwrap();
+        let mut want = Vec::new();
+        {
+            let appends = appends_over(&store, &index, 64);
+            for i in 0..5 {
+                let body = chunk(i, 50);
+                appends
+                    .append("b/k", want.len() as u64, Bytes::from(body.clone()))
+                    .await
+                    .unwrap();
+                want.extend_from_slice(&body);
+            }
+            // A second object opened and never acknowledged: nothing to keep.
+            let _writer = appends.inner.writer.open("b/never").await.unwrap();
+            // Dropped without sealing, as a killed process would leave it (only the empty
+            // stand-in object is in the store).
+            assert_eq!(stored(&store, "b/k").await, b"");
+        }
+        let appends = appends_over(&store, &index, 64);
+        let report = appends.recover().await.unwrap();
+        assert_eq!(report.sealed, 1, "{report:?}");
+        assert_eq!(report.failed, 0, "{report:?}");
+        assert_eq!(stored(&store, "b/k").await, want);
+        // And appending goes on from there.
+        appends
+            .append("b/k", want.len() as u64, Bytes::from_static(b"more"))
+            .await
+            .unwrap();
+        assert_eq!(appends.seal_all().await, 0);
+        want.extend_from_slice(b"more");
+        assert_eq!(stored(&store, "b/k").await, want);
+    }
+
+    #[test]
+    fn open_etags_change_with_the_length_and_say_they_are_open() {
+        assert_ne!(open_etag("u", 1), open_etag("u", 2));
+        assert_ne!(open_etag("u", 1), open_etag("v", 1));
+        assert!(open_etag("u", 1).ends_with("-open"));
+        let err = invalid_write_offset("x");
+        assert_eq!(err.code().as_str(), "InvalidWriteOffset");
+        assert_eq!(err.status_code(), Some(http::StatusCode::BAD_REQUEST));
+    }
+}
