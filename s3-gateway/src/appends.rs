@@ -105,7 +105,12 @@ struct OpenFile {
     file: FileWriter,
     /// The last persist's token (`None` only before the first append is persisted).
     token: Option<ResumeToken>,
+    /// Earlier tokens, whose tail objects only the latest token's recovery no longer needs.
+    stale: Vec<ResumeToken>,
 }
+
+/// Stale tails are deleted in batches of this many, inside an append (see `append`).
+const STALE_TAILS_BATCH: usize = 16;
 
 struct Status {
     touched: Instant,
@@ -537,7 +542,10 @@ impl KeyGuard {
         let Slot::Open(open) = std::mem::replace(&mut *self.slot, Slot::Idle) else {
             return Ok(());
         };
-        let OpenFile { mut file, token } = *open;
+        // Stale tails go with the upload's other tails when it is committed.
+        let OpenFile {
+            mut file, token, ..
+        } = *open;
         let Some(token) = token else {
             // Nothing acknowledged: dropping the writer aborts its upload.
             self.set(Slot::Idle);
@@ -613,7 +621,11 @@ impl KeyGuard {
                 file.len()
             )));
         }
-        self.set(Slot::Open(Box::new(OpenFile { file, token: None })));
+        self.set(Slot::Open(Box::new(OpenFile {
+            file,
+            token: None,
+            stale: Vec::new(),
+        })));
         Ok(())
     }
 
@@ -671,16 +683,19 @@ impl KeyGuard {
         };
         match open.file.persist().await {
             Ok(token) => {
-                let previous = open.token.replace(token);
-                if let Some(previous) = previous {
-                    // Only the latest token is ever recovered: its predecessor's tail object
-                    // can go, off the request's path.
-                    let writer = self.inner().writer.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = writer.cleanup(&previous).await {
-                            tracing::debug!(error = %e, "deleting an old tail failed; gc or the commit will");
+                open.stale.extend(open.token.replace(token));
+                // Only the latest token is ever recovered, so older tails can go; without this
+                // a key appended to without pause would gather one tail object per append
+                // until it is sealed. Deleting a tail updates the index entry the persists
+                // update too (read, modify, write): done here, under the key's lock, never
+                // beside a persist. In batches, so that most appends do not pay for it.
+                if open.stale.len() >= STALE_TAILS_BATCH {
+                    let writer = &self.appends.inner.writer;
+                    for stale in open.stale.drain(..) {
+                        if let Err(e) = writer.cleanup(&stale).await {
+                            tracing::debug!(error = %e, "deleting an old tail failed; the commit will");
                         }
-                    });
+                    }
                 }
             }
             Err(e) => {
@@ -848,7 +863,7 @@ mod tests {
         let mut want = Vec::new();
         {
             let appends = appends_over(&store, &index, 64);
-            for i in 0..5 {
+            for i in 0..20 {
                 let body = chunk(i, 50);
                 appends
                     .append("b/k", want.len() as u64, Bytes::from(body.clone()))
@@ -856,8 +871,13 @@ mod tests {
                     .unwrap();
                 want.extend_from_slice(&body);
             }
+            // Older tails were deleted along the way: one per append would be 20.
+            let tails = store.list_all(".rivulet/tails/").await.unwrap();
+            assert!(tails.len() <= STALE_TAILS_BATCH, "{} tails", tails.len());
             // A second object opened and never acknowledged: nothing to keep.
-            let _writer = appends.inner.writer.open("b/never").await.unwrap();
+            let never = appends.inner.writer.open("b/never").await.unwrap();
+            // A killed process runs no destructor (which would abort the upload).
+            std::mem::forget(never);
             // Dropped without sealing, as a killed process would leave it (only the empty
             // stand-in object is in the store).
             assert_eq!(stored(&store, "b/k").await, b"");
@@ -865,6 +885,7 @@ mod tests {
         let appends = appends_over(&store, &index, 64);
         let report = appends.recover().await.unwrap();
         assert_eq!(report.sealed, 1, "{report:?}");
+        assert_eq!(report.aborted, 1, "{report:?}");
         assert_eq!(report.failed, 0, "{report:?}");
         assert_eq!(stored(&store, "b/k").await, want);
         // And appending goes on from there.
@@ -875,6 +896,8 @@ mod tests {
         assert_eq!(appends.seal_all().await, 0);
         want.extend_from_slice(b"more");
         assert_eq!(stored(&store, "b/k").await, want);
+        assert!(store.list_all(".rivulet/tails/").await.unwrap().is_empty());
+        assert!(index.entries(&store.describe()).unwrap().is_empty());
     }
 
     #[test]
