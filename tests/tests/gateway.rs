@@ -1563,6 +1563,26 @@ async fn appends(gw: &Gateway) {
     let (code, status) = failure(c.get_object().bucket("app").key("doomed").send().await);
     assert_eq!((code.as_str(), status), ("NoSuchKey", 404));
 
+    // CompleteMultipartUpload onto an open object replaces it for good too.
+    append(&c, "app", "mp", 0, b"appended").await.unwrap();
+    let id = upload(&c, "app", "mp").await;
+    let etag = part(&c, "app", "mp", &id, 1, b"from a multipart upload").await;
+    c.complete_multipart_upload()
+        .bucket("app")
+        .key("mp")
+        .upload_id(&id)
+        .multipart_upload(completed(&[etag]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get(&c, "app", "mp").await, b"from a multipart upload");
+    wait_sealed(gw, "app/mp", b"from a multipart upload").await;
+    tokio::time::sleep(SEAL_AFTER * 3).await;
+    assert_eq!(
+        gw.store.get("app/mp", None).await.unwrap().body.as_ref(),
+        b"from a multipart upload"
+    );
+
     // A copy of an open object copies everything appended.
     append(&c, "app", "src", 0, b"copy me").await.unwrap();
     c.copy_object()
