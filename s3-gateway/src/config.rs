@@ -2,7 +2,8 @@
 //! virtual-hosted-style requests.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::errors::GatewayError;
 
@@ -44,6 +45,15 @@ pub struct GatewayConfig {
     pub domains: Vec<String>,
     /// Bytes a GET reads from the store at a time: bounds the memory of a download.
     pub read_chunk: u64,
+    /// An appendable object is sealed (committed to the store) after this long without appends.
+    pub seal_after: Duration,
+    /// Part size of the uploads behind appendable objects (at least the store's minimum).
+    pub part_size: u64,
+    /// Parts uploaded concurrently per appendable object.
+    pub max_in_flight: usize,
+    /// Where the parts of open appendable objects are cached for reads (stores that cannot read
+    /// an upload's parts back, like S3); `None`: the writer's default.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -55,6 +65,10 @@ impl Default for GatewayConfig {
             anonymous: false,
             domains: Vec::new(),
             read_chunk: crate::service::DEFAULT_READ_CHUNK,
+            seal_after: crate::appends::DEFAULT_SEAL_AFTER,
+            part_size: fs_core::WriterConfig::default().part_size,
+            max_in_flight: fs_core::WriterConfig::default().max_in_flight,
+            cache_dir: None,
         }
     }
 }
@@ -82,6 +96,9 @@ impl GatewayConfig {
         }
         if self.read_chunk == 0 {
             return Err(GatewayError::Config("the read chunk size is 0".into()));
+        }
+        if self.seal_after.is_zero() {
+            return Err(GatewayError::Config("the seal-after delay is 0".into()));
         }
         if self.region.is_empty() {
             return Err(GatewayError::Config("the region is empty".into()));

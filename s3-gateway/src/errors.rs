@@ -22,6 +22,10 @@ pub enum GatewayError {
     /// The credentials file could not be read or parsed.
     #[error("credentials file {path}: {why}")]
     CredentialsFile { path: String, why: String },
+    /// The writer of appendable objects could not be set up, or recovering the objects a
+    /// previous run left open failed.
+    #[error("appendable objects: {0}")]
+    Appends(#[from] fs_core::WriterError),
     /// The listening socket could not be opened.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -5,10 +5,11 @@
 //! calls, so the gateway inherits the store's rules (durable local writes, multipart limits,
 //! conditional writes) instead of re-implementing them.
 //!
-//! One module per job: [`config`] (what the server is told), [`auth`] (signature keys),
+//! One module per job: [`appends`] (appendable objects: `x-amz-write-offset-bytes`), [`config`] (what the server is told), [`auth`] (signature keys),
 //! [`buckets`] (bucket mapping), [`listing`] (listing pages and tokens), [`service`] (the S3
 //! operations), [`errors`] (store errors as S3 errors) and [`server`] (the HTTP loop).
 
+pub mod appends;
 pub mod auth;
 pub mod buckets;
 pub mod config;

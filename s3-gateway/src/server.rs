@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fs_core::store::DynStore;
+use fs_core::{Index, RecoverableWriter, WriterConfig};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -13,6 +14,7 @@ use s3s::host::MultiDomain;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use tokio::net::TcpListener;
 
+use crate::appends::{Appends, RecoveryReport};
 use crate::auth::KeyPairAuth;
 use crate::config::GatewayConfig;
 use crate::errors::GatewayError;
@@ -26,15 +28,44 @@ pub struct Server {
     listener: TcpListener,
     service: S3Service,
     local_addr: SocketAddr,
+    appends: Appends,
+    recovered: RecoveryReport,
 }
 
 impl Server {
-    /// Checks the configuration, builds the S3 service over `store` and binds the listening
-    /// socket (port 0 picks a free port: see [`Server::local_addr`]).
-    pub async fn bind(config: &GatewayConfig, store: DynStore) -> Result<Server, GatewayError> {
+    /// Checks the configuration, finishes the appendable objects a previous run over `store`
+    /// left open in `index` (so that no acknowledged append is lost to a crash), builds the S3
+    /// service and binds the listening socket (port 0 picks a free port: see
+    /// [`Server::local_addr`]). `index` records the tokens of open appendable objects: give
+    /// each gateway of a store the same index across restarts.
+    pub async fn bind(
+        config: &GatewayConfig,
+        store: DynStore,
+        index: Index,
+    ) -> Result<Server, GatewayError> {
         config.validate()?;
-        let service =
-            GatewayService::new(store, config.region.clone()).with_read_chunk(config.read_chunk);
+        let mut writer_config = WriterConfig {
+            part_size: config.part_size,
+            max_in_flight: config.max_in_flight,
+            // Open objects are read through the gateway: over stores that cannot read an
+            // upload's parts back (S3), the writer keeps a copy of them.
+            cache_parts: true,
+            ..WriterConfig::default()
+        };
+        if let Some(dir) = &config.cache_dir {
+            writer_config.cache_dir = dir.clone();
+        }
+        let writer = RecoverableWriter::new(store.clone(), index.clone(), writer_config)?;
+        let appends = Appends::new(writer, index, config.seal_after);
+        let recovered = appends.recover().await?;
+        if recovered != RecoveryReport::default() {
+            tracing::info!(
+                ?recovered,
+                "finished the appendable objects a previous run left open"
+            );
+        }
+        let service = GatewayService::new(store, config.region.clone(), appends.clone())
+            .with_read_chunk(config.read_chunk);
         let mut builder = S3ServiceBuilder::new(service);
         if !config.anonymous {
             builder.set_auth(KeyPairAuth::new(&config.credentials));
@@ -60,7 +91,14 @@ impl Server {
             listener,
             service,
             local_addr,
+            appends,
+            recovered,
         })
+    }
+
+    /// What starting up recovered of a previous run's open appendable objects.
+    pub fn recovered(&self) -> &RecoveryReport {
+        &self.recovered
     }
 
     /// The address actually bound.
@@ -68,9 +106,10 @@ impl Server {
         self.local_addr
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and waits up to
-    /// [`SHUTDOWN_GRACE`] for the requests in flight.
+    /// Serves until `shutdown` completes, then stops accepting, waits up to
+    /// [`SHUTDOWN_GRACE`] for the requests in flight, and seals every open appendable object.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+        let sealer = self.appends.spawn_sealer();
         let http = ConnBuilder::new(TokioExecutor::new());
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -106,6 +145,15 @@ impl Server {
             () = tokio::time::sleep(SHUTDOWN_GRACE) => {
                 tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; closing them");
             }
+        }
+        sealer.stop().await;
+        // Requests cut off above may still hold a key: seal_all waits for each key's lock.
+        let unsealed = self.appends.seal_all().await;
+        if unsealed > 0 {
+            tracing::warn!(
+                unsealed,
+                "appendable objects left open; the next start finishes them"
+            );
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ use md5::{Digest, Md5};
 use s3s::dto::{self, CopySource, ETag, ETagCondition, StreamingBlob, Timestamp};
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
+use crate::appends::{Appends, OpenView};
 use crate::buckets::{Buckets, bucket_prefix, no_such_bucket, store_key};
 use crate::errors::{s3_err, to_s3};
 use crate::listing::{self, Cursor, MAX_KEYS, Query, url_encode};
@@ -39,16 +40,70 @@ pub struct GatewayService {
     buckets: Buckets,
     region: String,
     read_chunk: u64,
+    /// Open appendable objects: reads see them, other writes to their keys seal them first.
+    appends: Appends,
 }
 
 impl GatewayService {
-    pub fn new(store: DynStore, region: impl Into<String>) -> Self {
+    pub fn new(store: DynStore, region: impl Into<String>, appends: Appends) -> Self {
         Self {
             buckets: Buckets::new(store.clone()),
             store,
             region: region.into(),
             read_chunk: DEFAULT_READ_CHUNK,
+            appends,
         }
+    }
+
+    /// Shows the open appendable objects of a listing page as they are (size, ETag, time).
+    fn overlay_open(&self, bucket: &str, page: &mut listing::Page) {
+        let root = bucket_prefix(bucket);
+        let open = self.appends.open_views(&root);
+        if open.is_empty() {
+            return;
+        }
+        for o in &mut page.objects {
+            if let Some(view) = open.get(&format!("{root}{}", o.key)) {
+                o.size = view.size;
+                o.etag = view.etag.clone();
+                o.last_modified = Some(view.last_modified);
+            }
+        }
+    }
+
+    /// PutObject with `x-amz-write-offset-bytes`: an append (see [`crate::appends`]).
+    async fn append_object(
+        &self,
+        input: dto::PutObjectInput,
+        offset: i64,
+    ) -> S3Result<S3Response<dto::PutObjectOutput>> {
+        let offset = u64::try_from(offset).map_err(|_| {
+            s3_err(
+                S3ErrorCode::InvalidArgument,
+                "x-amz-write-offset-bytes must not be negative",
+            )
+        })?;
+        if input.if_match.is_some() || input.if_none_match.is_some() {
+            return Err(s3_err(
+                S3ErrorCode::NotImplemented,
+                "conditional headers cannot be combined with x-amz-write-offset-bytes",
+            ));
+        }
+        let key = self.existing_key(&input.bucket, &input.key).await?;
+        let body = read_body(input.body).await?;
+        if body.is_empty() {
+            return Err(s3_err(
+                S3ErrorCode::InvalidRequest,
+                "an append (x-amz-write-offset-bytes) needs a non-empty body",
+            ));
+        }
+        check_content_md5(input.content_md5.as_deref(), &body)?;
+        let view = self.appends.append(&key, offset, body).await?;
+        Ok(S3Response::new(dto::PutObjectOutput {
+            e_tag: strong(view.etag),
+            size: Some(to_i64(view.size)),
+            ..Default::default()
+        }))
     }
 
     /// Sets how many bytes a GET reads from the store at a time (at least 1).
@@ -81,6 +136,59 @@ impl GatewayService {
             return s3_err(S3ErrorCode::NoSuchKey, "The specified key does not exist.");
         }
         to_s3(err)
+    }
+
+    /// Seals the source of a copy if it is an open appendable object (unless it is `dest`,
+    /// which the caller seals and holds): a copy reads the store's object.
+    async fn seal_copy_source(&self, source: &CopySource, dest: &str) -> S3Result<()> {
+        if let CopySource::Bucket { bucket, key, .. } = source
+            && let Ok(full) = store_key(bucket, key)
+            && full != dest
+        {
+            self.appends.seal_key(&full).await?;
+        }
+        Ok(())
+    }
+
+    /// GetObject of an open appendable object: served from its writer (see [`open_body`]).
+    fn get_open(
+        &self,
+        key: String,
+        view: OpenView,
+        conds: &Conditions<'_>,
+        range: Option<&dto::Range>,
+    ) -> S3Result<S3Response<dto::GetObjectOutput>> {
+        let meta = view.meta(&key);
+        conds.evaluate(&meta)?;
+        let whole = match range {
+            None => 0..meta.size,
+            Some(r) => r.check(meta.size)?,
+        };
+        let content_range = range.map(|_| {
+            format!(
+                "bytes {}-{}/{}",
+                whole.start,
+                whole.end.saturating_sub(1),
+                meta.size
+            )
+        });
+        let body = open_body(
+            self.appends.clone(),
+            self.store.clone(),
+            key,
+            view,
+            whole.clone(),
+            self.read_chunk,
+        );
+        Ok(S3Response::new(dto::GetObjectOutput {
+            body: Some(body),
+            content_length: Some(to_i64(whole.end - whole.start)),
+            content_range,
+            accept_ranges: Some("bytes".into()),
+            e_tag: strong(meta.etag.clone()),
+            last_modified: timestamp(meta.last_modified),
+            ..Default::default()
+        }))
     }
 
     /// The source object of a copy: its store key and current metadata, after the
@@ -239,6 +347,55 @@ fn chunked_body(
             let failed = next.is_err();
             if failed {
                 tracing::warn!(key = %key, "a GET body stopped early");
+            }
+            if tx.send(next).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    StreamingBlob::wrap(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+/// A GET body of an open appendable object: `range` read `chunk` bytes at a time from its
+/// writer (what was appended, read-your-writes). When the object is sealed while it is sent,
+/// the rest is read from the store, but only from the object that seal committed (it carries
+/// the writer's id): anything else ends the body early, as [`chunked_body`] does.
+fn open_body(
+    appends: Appends,
+    store: DynStore,
+    key: String,
+    view: OpenView,
+    range: Range<u64>,
+    chunk: u64,
+) -> StreamingBlob {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    tokio::spawn(async move {
+        let mut pos = range.start;
+        while pos < range.end {
+            let end = pos.saturating_add(chunk).min(range.end);
+            let next = match appends.read_open(&key, &view.upload_id, pos..end).await {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => match store.get(&key, Some(pos..end)).await {
+                    Ok(got)
+                        if got.meta.metadata.get(fs_core::writer::WRITER_ID_METADATA)
+                            == Some(&view.writer_id)
+                            && got.body.len() as u64 == end - pos =>
+                    {
+                        Ok(got.body)
+                    }
+                    Ok(_) => Err(std::io::Error::other(format!(
+                        "{key} was replaced while it was read"
+                    ))),
+                    Err(e) => Err(std::io::Error::other(e)),
+                },
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            let failed = next.is_err();
+            if let Ok(bytes) = &next {
+                pos += bytes.len() as u64;
+            }
+            if failed {
+                tracing::warn!(key = %key, "a GET body of an open object stopped early");
             }
             if tx.send(next).await.is_err() || failed {
                 return;
@@ -527,17 +684,15 @@ impl S3 for GatewayService {
         req: S3Request<dto::PutObjectInput>,
     ) -> S3Result<S3Response<dto::PutObjectOutput>> {
         let input = req.input;
-        if input.write_offset_bytes.is_some() {
-            // An append taken for a plain PUT would overwrite the object: refuse until appends
-            // are implemented.
-            return Err(s3_err(
-                S3ErrorCode::NotImplemented,
-                "x-amz-write-offset-bytes (append) is not supported by this gateway yet",
-            ));
+        if let Some(offset) = input.write_offset_bytes {
+            return self.append_object(input, offset).await;
         }
         let key = self.existing_key(&input.bucket, &input.key).await?;
         let body = read_body(input.body).await?;
         check_content_md5(input.content_md5.as_deref(), &body)?;
+        // An open appendable object is committed first, then replaced: held until the PUT is
+        // done, so that no append lands in between.
+        let _key_lock = self.appends.lock_sealed(&key).await?;
         let condition = put_condition(
             &self.store,
             &key,
@@ -571,6 +726,9 @@ impl S3 for GatewayService {
         };
         // Conditions and suffix ranges need the metadata before the read; evaluating them there
         // spares reading a body that is not sent.
+        if let Some(view) = self.appends.view(&key).await? {
+            return self.get_open(key, view, &conds, input.range.as_ref());
+        }
         let needs_head = conds.any() || matches!(input.range, Some(dto::Range::Suffix { .. }));
         let known_size = if needs_head {
             let meta = match self.store.head(&key).await {
@@ -633,9 +791,12 @@ impl S3 for GatewayService {
     ) -> S3Result<S3Response<dto::HeadObjectOutput>> {
         let input = req.input;
         let key = store_key(&input.bucket, &input.key)?;
-        let meta = match self.store.head(&key).await {
-            Ok(meta) => meta,
-            Err(e) => return Err(self.object_error(&input.bucket, e).await),
+        let meta = match self.appends.view(&key).await? {
+            Some(view) => view.meta(&key),
+            None => match self.store.head(&key).await {
+                Ok(meta) => meta,
+                Err(e) => return Err(self.object_error(&input.bucket, e).await),
+            },
         };
         Conditions {
             if_match: input.if_match.as_ref(),
@@ -660,6 +821,8 @@ impl S3 for GatewayService {
         req: S3Request<dto::DeleteObjectInput>,
     ) -> S3Result<S3Response<dto::DeleteObjectOutput>> {
         let key = self.existing_key(&req.input.bucket, &req.input.key).await?;
+        // Sealed first: the delete then removes the committed object (see docs/gateway.md).
+        let _key_lock = self.appends.lock_sealed(&key).await?;
         self.store.delete(&key).await.map_err(to_s3)?;
         Ok(S3Response::new(dto::DeleteObjectOutput::default()))
     }
@@ -679,8 +842,8 @@ impl S3 for GatewayService {
         }
         let quiet = input.delete.quiet.unwrap_or(false);
         let mut errors = Vec::new();
-        let mut keys = Vec::new();
-        let mut names = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
         for object in objects {
             // A bad key fails alone, as S3 reports per-key errors.
             match store_key(&input.bucket, &object.key) {
@@ -695,6 +858,29 @@ impl S3 for GatewayService {
                     version_id: None,
                 }),
             }
+        }
+        // Open appendable objects are sealed first (and their keys held until the delete is
+        // done); one that cannot be sealed is reported and kept.
+        let (_key_locks, unsealed) = self.appends.lock_sealed_many(&keys).await;
+        if !unsealed.is_empty() {
+            let (kept_keys, kept_names): (Vec<String>, Vec<String>) = keys
+                .into_iter()
+                .zip(names)
+                .filter(|(full, name)| match unsealed.get(full) {
+                    Some(e) => {
+                        errors.push(dto::Error {
+                            code: Some(e.code().as_str().to_string()),
+                            key: Some(name.clone()),
+                            message: e.message().map(str::to_string),
+                            version_id: None,
+                        });
+                        false
+                    }
+                    None => true,
+                })
+                .unzip();
+            keys = kept_keys;
+            names = kept_names;
         }
         let mut deleted = Vec::new();
         match self.store.delete_many(&keys).await {
@@ -734,6 +920,8 @@ impl S3 for GatewayService {
     ) -> S3Result<S3Response<dto::CopyObjectOutput>> {
         let input = req.input;
         let dest = self.existing_key(&input.bucket, &input.key).await?;
+        self.seal_copy_source(&input.copy_source, &dest).await?;
+        let _key_lock = self.appends.lock_sealed(&dest).await?;
         let (source, meta) = self
             .copy_source(
                 &input.copy_source,
@@ -831,6 +1019,8 @@ impl S3 for GatewayService {
             },
         )
         .await?;
+        let mut page = page;
+        self.overlay_open(&input.bucket, &mut page);
         let contents = listed_objects(&page, &encode);
         let common_prefixes = listed_prefixes(&page, &encode);
         let key_count = i32::try_from(contents.len() + common_prefixes.len()).unwrap_or(i32::MAX);
@@ -880,6 +1070,8 @@ impl S3 for GatewayService {
             },
         )
         .await?;
+        let mut page = page;
+        self.overlay_open(&input.bucket, &mut page);
         let truncated = page.next.is_some();
         Ok(S3Response::new(dto::ListObjectsOutput {
             name: Some(input.bucket),
@@ -953,6 +1145,7 @@ impl S3 for GatewayService {
         let input = req.input;
         let key = self.existing_key(&input.bucket, &input.key).await?;
         let number = part_number(input.part_number)?;
+        self.seal_copy_source(&input.copy_source, "").await?;
         let (source, meta) = self
             .copy_source(
                 &input.copy_source,
@@ -1024,6 +1217,8 @@ impl S3 for GatewayService {
                 "You must specify at least one part",
             ));
         }
+        // The upload replaces the key's open appendable object: sealed first, then replaced.
+        let _key_lock = self.appends.lock_sealed(&key).await?;
         let condition = put_condition(
             &self.store,
             &key,

@@ -93,7 +93,22 @@ impl Env {
     /// process that has it open: like cargo with its lock, this waits (saying so once) while
     /// another rivulet holds it, up to [`INDEX_LOCK_WAIT`].
     pub async fn index(&self) -> Result<Index> {
-        let path = self.index_path();
+        self.index_at(self.index_path()).await
+    }
+
+    /// The gateway's index: `--index` if given, else `gateway-index` beside the default index.
+    /// The gateway holds its index for as long as it runs; a file of its own keeps the other
+    /// commands from waiting for it, and keeps it from finishing their uploads at its start.
+    pub async fn gateway_index(&self) -> Result<Index> {
+        let path = self
+            .global
+            .index
+            .clone()
+            .unwrap_or_else(|| Index::default_path().with_file_name("gateway-index"));
+        self.index_at(path).await
+    }
+
+    async fn index_at(&self, path: PathBuf) -> Result<Index> {
         let started = Instant::now();
         let mut delay = Duration::from_millis(50);
         let mut said = false;

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -51,6 +52,10 @@ pub struct GatewayArgs {
     /// Base domain for virtual-hosted-style requests (bucket.DOMAIN); repeatable
     #[arg(long, value_name = "DOMAIN")]
     pub domain: Vec<String>,
+
+    /// Commit an appendable object to the store after this long without appends (e.g. 5s, 300ms)
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub seal_after: Duration,
 }
 
 pub const GATEWAY_HELP: &str = "\
@@ -58,8 +63,12 @@ Serves the store over the S3 API: each top-level folder of the store is a bucket
 key k is the store key b/k); CreateBucket makes the folder. Requests must be signed with one of
 the configured key pairs (--access-key/--secret-key, RIVULET_ACCESS_KEY_ID and
 RIVULET_SECRET_ACCESS_KEY, --credentials-file) unless --anonymous. Prints `listening on
-http://ADDR` once ready; SIGTERM or SIGINT stop it after the requests in flight. See
-docs/gateway.md.
+http://ADDR` once ready; SIGTERM or SIGINT stop it after the requests in flight.
+
+PutObject with x-amz-write-offset-bytes appends (durable when acknowledged); an appendable
+object is committed to the store after --seal-after without appends, before any other write to
+it, and at shutdown. Open objects are recorded in the index (--index; default: gateway-index
+beside the default index) and finished at the next start after a crash. See docs/gateway.md.
 
 Examples:
   RIVULET_ACCESS_KEY_ID=me RIVULET_SECRET_ACCESS_KEY=secret rivulet gateway --store /srv/store
@@ -75,12 +84,24 @@ pub async fn gateway(env: &Env, args: GatewayArgs) -> Result<()> {
         credentials,
         anonymous: args.anonymous,
         domains: args.domain,
+        seal_after: args.seal_after,
+        part_size: env.part_size(),
+        max_in_flight: env.max_in_flight(),
+        cache_dir: env.global.cache_dir.clone(),
         ..GatewayConfig::default()
     };
     // Refuse a bad configuration before touching the store (no directory created for nothing).
     config.validate()?;
     let store = env.open_store(&StoreUrl::parse(&args.store)?).await?;
-    let server = Server::bind(&config, store).await?;
+    let index = env.gateway_index().await?;
+    let server = Server::bind(&config, store, index).await?;
+    let recovered = server.recovered();
+    if recovered.sealed + recovered.aborted + recovered.failed > 0 {
+        env.say(format_args!(
+            "recovered appendable objects: {} committed, {} never acknowledged (aborted), {} left for later",
+            recovered.sealed, recovered.aborted, recovered.failed
+        ));
+    }
     let mut stdout = std::io::stdout();
     // One line, flushed: scripts and tests wait for it to learn the port.
     writeln!(stdout, "listening on http://{}", server.local_addr())

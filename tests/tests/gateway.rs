@@ -23,9 +23,9 @@ use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, Delete, EncodingType, MetadataDirective,
     ObjectIdentifier,
 };
-use fs_core::store::DynStore;
 use fs_core::store::local::LocalStore;
 use fs_core::store::rules::{md5_hex, multipart_etag};
+use fs_core::store::{DynStore, ObjectStoreExt};
 use harness::TestServer;
 use s3_gateway::Server;
 use s3_gateway::config::{GatewayConfig, KeyPair};
@@ -36,6 +36,8 @@ use tokio::task::JoinHandle;
 const ACCESS_KEY: &str = "rivulet-test-key";
 const SECRET_KEY: &str = "rivulet-test-secret";
 const MIB: usize = 1024 * 1024;
+/// The in-process gateways seal appendable objects after this long without appends.
+const SEAL_AFTER: Duration = Duration::from_millis(300);
 
 /// A gateway running in-process, stopped on drop.
 struct Gateway {
@@ -44,6 +46,8 @@ struct Gateway {
     task: Option<JoinHandle<()>>,
     /// The local store's root (local backend only).
     root: Option<PathBuf>,
+    /// The gateway's store, to check what reached the backend.
+    store: DynStore,
     _dir: Option<TempDir>,
     _moto: Option<TestServer>,
 }
@@ -58,9 +62,11 @@ impl Gateway {
             }],
             // Small reads, so that the multi-MiB objects below are sent in many chunks.
             read_chunk: MIB as u64,
+            seal_after: SEAL_AFTER,
             ..GatewayConfig::default()
         };
-        let server = Server::bind(&config, store)
+        let index = fs_core::Index::temporary().expect("an index");
+        let server = Server::bind(&config, store, index)
             .await
             .expect("bind the gateway");
         let addr = server.local_addr();
@@ -81,12 +87,13 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("store");
         let store: DynStore = Arc::new(LocalStore::open(&root).expect("local store"));
-        let (addr, stop, task) = Self::start(store).await;
+        let (addr, stop, task) = Self::start(store.clone()).await;
         Gateway {
             addr,
             stop: Some(stop),
             task: Some(task),
             root: Some(root),
+            store,
             _dir: Some(dir),
             _moto: None,
         }
@@ -95,12 +102,14 @@ impl Gateway {
     /// Over moto: the gateway's store is the root of a fresh moto bucket.
     async fn moto() -> Gateway {
         let moto = TestServer::moto().await;
-        let (addr, stop, task) = Self::start(moto.store().await).await;
+        let store = moto.store().await;
+        let (addr, stop, task) = Self::start(store.clone()).await;
         Gateway {
             addr,
             stop: Some(stop),
             task: Some(task),
             root: None,
+            store,
             _dir: None,
             _moto: Some(moto),
         }
@@ -398,17 +407,18 @@ async fn put_get_head_with_metadata(gw: &Gateway) {
     );
     assert!(get(&c, "objects", "empty").await.is_empty());
 
-    // Appends are not supported yet: refused, never taken for an overwrite.
+    // A PUT with a write offset is an append (see `appends`), never taken for an overwrite:
+    // at the wrong offset it is refused and changes nothing.
     let (code, status) = failure(
         c.put_object()
             .bucket("objects")
             .key("dir/file.txt")
-            .write_offset_bytes(1000)
+            .write_offset_bytes(body.len() as i64 - 1)
             .body(ByteStream::from_static(b"appended"))
             .send()
             .await,
     );
-    assert_eq!((code.as_str(), status), ("NotImplemented", 501));
+    assert_eq!((code.as_str(), status), ("InvalidWriteOffset", 400));
     assert_eq!(get(&c, "objects", "dir/file.txt").await, body);
 
     // Overwrite replaces.
@@ -1340,6 +1350,251 @@ async fn keys_cannot_escape(gw: &Gateway) {
     assert!(status >= 400, "{status}");
 }
 
+// ---- appends (x-amz-write-offset-bytes) ----
+
+async fn append(
+    c: &Client,
+    bucket: &str,
+    key: &str,
+    offset: u64,
+    body: &[u8],
+) -> Result<String, (String, u16)> {
+    let result = c
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .write_offset_bytes(offset as i64)
+        .body(ByteStream::from(body.to_vec()))
+        .send()
+        .await;
+    match result {
+        Ok(out) => Ok(out.e_tag().expect("an append returns an ETag").to_string()),
+        Err(e) => Err(failure::<(), _>(Err(e))),
+    }
+}
+
+/// Compares bytes without printing megabytes when they differ.
+#[track_caller]
+fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let first = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!(
+            "{what}: {} bytes, want {} (first difference at {first:?})",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// Size, ETag of a HEAD.
+async fn head(c: &Client, bucket: &str, key: &str) -> (i64, String) {
+    let out = c
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("head {bucket}/{key}: {e:?}"));
+    (
+        out.content_length().unwrap_or(-1),
+        out.e_tag().unwrap_or_default().to_string(),
+    )
+}
+
+/// The size a ListObjectsV2 of the bucket reports for `key`.
+async fn listed_size(c: &Client, bucket: &str, key: &str) -> Option<i64> {
+    let out = c
+        .list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("list");
+    out.contents()
+        .iter()
+        .find(|o| o.key() == Some(key))
+        .and_then(|o| o.size())
+}
+
+async fn get_range(c: &Client, bucket: &str, key: &str, range: &str) -> Vec<u8> {
+    c.get_object()
+        .bucket(bucket)
+        .key(key)
+        .range(range)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("get {bucket}/{key} {range}: {e:?}"))
+        .body
+        .collect()
+        .await
+        .expect("read the body")
+        .into_bytes()
+        .to_vec()
+}
+
+/// Waits until the idle sealer has committed `key` with `want` in the backend store.
+async fn wait_sealed(gw: &Gateway, key: &str, want: &[u8]) {
+    let deadline = Instant::now() + SEAL_AFTER * 20;
+    loop {
+        let got = gw.store.get(key, None).await.ok().map(|g| g.body.to_vec());
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key} was not sealed in the store: it holds {:?} bytes, want {}",
+            got.map(|g| g.len()),
+            want.len()
+        );
+        tokio::time::sleep(SEAL_AFTER / 3).await;
+    }
+}
+
+async fn appends(gw: &Gateway) {
+    let c = gw.client();
+    create_bucket(&c, "app").await;
+    let mut want = Vec::new();
+
+    // Offset 0 on a missing key creates it; every acknowledged append is visible at once.
+    let first = append(&c, "app", "log", 0, b"hello ").await.unwrap();
+    want.extend_from_slice(b"hello ");
+    assert_eq!(head(&c, "app", "log").await, (6, first.clone()));
+    assert_bytes(&get(&c, "app", "log").await, &want, "GET app/log");
+    assert_eq!(listed_size(&c, "app", "log").await, Some(6));
+    let second = append(&c, "app", "log", 6, b"world").await.unwrap();
+    want.extend_from_slice(b"world");
+    assert_ne!(first, second, "the ETag changes with every append");
+    assert_eq!(head(&c, "app", "log").await, (11, second));
+    assert_eq!(get_range(&c, "app", "log", "bytes=3-7").await, b"lo wo");
+    assert_eq!(get_range(&c, "app", "log", "bytes=-3").await, b"rld");
+    assert_eq!(listed_size(&c, "app", "log").await, Some(11));
+
+    // The wrong offset, an empty body, an offset on a missing key.
+    for offset in [0, 5, 12, 1000] {
+        assert_eq!(
+            append(&c, "app", "log", offset, b"x").await.unwrap_err(),
+            ("InvalidWriteOffset".to_string(), 400),
+            "offset {offset}"
+        );
+    }
+    assert_eq!(
+        append(&c, "app", "log", 11, b"").await.unwrap_err(),
+        ("InvalidRequest".to_string(), 400)
+    );
+    assert_eq!(
+        append(&c, "app", "missing", 3, b"x").await.unwrap_err(),
+        ("InvalidWriteOffset".to_string(), 400)
+    );
+    assert_eq!(
+        get(&c, "app", "log").await,
+        want,
+        "failed appends change nothing"
+    );
+
+    // An append crossing the part size (8 MiB): parts are uploaded, and read back while open.
+    let big = data(9 * MIB, 7);
+    append(&c, "app", "log", want.len() as u64, &big)
+        .await
+        .unwrap();
+    want.extend_from_slice(&big);
+    assert_bytes(&get(&c, "app", "log").await, &want, "GET app/log");
+    let tail = format!("bytes={}-{}", want.len() - 20 - MIB, want.len() - 1);
+    assert_eq!(
+        get_range(&c, "app", "log", &tail).await,
+        &want[want.len() - 20 - MIB..]
+    );
+
+    // Idle for longer than --seal-after: the store's object is complete, with a real ETag.
+    wait_sealed(gw, "app/log", &want).await;
+    let (size, etag) = head(&c, "app", "log").await;
+    assert_eq!(size, want.len() as i64);
+    assert!(!etag.contains("-open"), "{etag}");
+    assert_bytes(&get(&c, "app", "log").await, &want, "GET app/log");
+
+    // Appending to a sealed (or any existing) object goes on from its size.
+    append(&c, "app", "log", want.len() as u64, b"!")
+        .await
+        .unwrap();
+    want.push(b'!');
+    assert_bytes(&get(&c, "app", "log").await, &want, "GET app/log");
+    put(&c, "app", "plain", b"base").await;
+    append(&c, "app", "plain", 4, b"+more").await.unwrap();
+    assert_eq!(get(&c, "app", "plain").await, b"base+more");
+
+    // Two appends at the same offset: exactly one wins.
+    let len = want.len() as u64;
+    let (a, b) = tokio::join!(
+        append(&c, "app", "log", len, b"AAAA"),
+        append(&c, "app", "log", len, b"BBBB")
+    );
+    let winner: &[u8] = match (&a, &b) {
+        (Ok(_), Err(e)) | (Err(e), Ok(_)) => {
+            assert_eq!(e, &("InvalidWriteOffset".to_string(), 400));
+            if a.is_ok() { b"AAAA" } else { b"BBBB" }
+        }
+        other => panic!("exactly one append must win: {other:?}"),
+    };
+    want.extend_from_slice(winner);
+    assert_bytes(&get(&c, "app", "log").await, &want, "GET app/log");
+    wait_sealed(gw, "app/log", &want).await;
+
+    // A plain PUT over an open object replaces it for good (the open object is sealed first,
+    // and nothing of it comes back later); likewise a delete.
+    append(&c, "app", "log", want.len() as u64, b"more")
+        .await
+        .unwrap();
+    put(&c, "app", "log", b"replaced").await;
+    assert_eq!(get(&c, "app", "log").await, b"replaced");
+    assert_eq!(head(&c, "app", "log").await.0, 8);
+    append(&c, "app", "doomed", 0, b"short-lived")
+        .await
+        .unwrap();
+    c.delete_object()
+        .bucket("app")
+        .key("doomed")
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(SEAL_AFTER * 3).await;
+    assert_eq!(
+        gw.store.get("app/log", None).await.unwrap().body.as_ref(),
+        b"replaced"
+    );
+    assert!(gw.store.head_opt("app/doomed").await.unwrap().is_none());
+    let (code, status) = failure(c.get_object().bucket("app").key("doomed").send().await);
+    assert_eq!((code.as_str(), status), ("NoSuchKey", 404));
+
+    // CompleteMultipartUpload onto an open object replaces it for good too.
+    append(&c, "app", "mp", 0, b"appended").await.unwrap();
+    let id = upload(&c, "app", "mp").await;
+    let etag = part(&c, "app", "mp", &id, 1, b"from a multipart upload").await;
+    c.complete_multipart_upload()
+        .bucket("app")
+        .key("mp")
+        .upload_id(&id)
+        .multipart_upload(completed(&[etag]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get(&c, "app", "mp").await, b"from a multipart upload");
+    wait_sealed(gw, "app/mp", b"from a multipart upload").await;
+    tokio::time::sleep(SEAL_AFTER * 3).await;
+    assert_eq!(
+        gw.store.get("app/mp", None).await.unwrap().body.as_ref(),
+        b"from a multipart upload"
+    );
+
+    // A copy of an open object copies everything appended.
+    append(&c, "app", "src", 0, b"copy me").await.unwrap();
+    c.copy_object()
+        .bucket("app")
+        .key("copy")
+        .copy_source("app/src")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get(&c, "app", "copy").await, b"copy me");
+}
+
 macro_rules! run_checks {
     ($gw:expr, $($check:ident),* $(,)?) => {{
         let gw = $gw;
@@ -1368,6 +1623,7 @@ async fn gateway_over_a_local_store() {
         copy_object,
         signatures_are_checked,
         keys_cannot_escape,
+        appends,
     );
 }
 
@@ -1387,6 +1643,7 @@ async fn gateway_over_moto() {
         copy_object,
         signatures_are_checked,
         keys_cannot_escape,
+        appends,
     );
 }
 
@@ -1442,7 +1699,8 @@ async fn an_anonymous_gateway_takes_unsigned_requests() {
         anonymous: true,
         ..GatewayConfig::default()
     };
-    let server = Server::bind(&config, Arc::new(MemoryStore::new()))
+    let index = fs_core::Index::temporary().unwrap();
+    let server = Server::bind(&config, Arc::new(MemoryStore::new()), index)
         .await
         .unwrap();
     let addr = server.local_addr();
@@ -1485,11 +1743,14 @@ fn rivulet_bin() -> PathBuf {
     })
 }
 
+/// `rivulet gateway` over the local store `store`, with an index of its own beside it.
 fn gateway_command(store: &Path) -> Command {
     let mut cmd = Command::new(rivulet_bin());
     cmd.arg("gateway")
         .arg("--store")
         .arg(store)
+        .arg("--index")
+        .arg(store.with_file_name("gateway-index"))
         .env_remove("RIVULET_ACCESS_KEY_ID")
         .env_remove("RIVULET_SECRET_ACCESS_KEY")
         .stdin(Stdio::null())
@@ -1537,12 +1798,11 @@ fn the_command_refuses_to_start_without_credentials() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("go together"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_command_serves_until_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let mut child = gateway_command(&store)
+/// Starts `rivulet gateway` over `store` on a free port; returns it and its address.
+async fn spawn_gateway(store: &Path, args: &[&str]) -> (std::process::Child, SocketAddr) {
+    let mut child = gateway_command(store)
         .args(["--listen", "127.0.0.1:0"])
+        .args(args)
         .env("RIVULET_ACCESS_KEY_ID", ACCESS_KEY)
         .env("RIVULET_SECRET_ACCESS_KEY", SECRET_KEY)
         .spawn()
@@ -1565,6 +1825,15 @@ async fn the_command_serves_until_sigterm() {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     assert!(addr.ip().is_loopback());
     assert_ne!(addr.port(), 0);
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_serves_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    // Never idle long enough to seal: only the shutdown commits the appended object.
+    let (mut child, addr) = spawn_gateway(&store, &["--seal-after", "1h"]).await;
 
     let c = client(addr, ACCESS_KEY, SECRET_KEY);
     create_bucket(&c, "cli").await;
@@ -1572,6 +1841,15 @@ async fn the_command_serves_until_sigterm() {
     assert_eq!(
         std::fs::read(store.join("cli/k")).unwrap(),
         b"through the binary"
+    );
+    append(&c, "cli", "log", 0, b"appended, ").await.unwrap();
+    append(&c, "cli", "log", 10, b"then sealed at shutdown")
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(store.join("cli/log")).unwrap(),
+        b"",
+        "open until sealed"
     );
 
     let status = Command::new("kill")
@@ -1599,4 +1877,63 @@ async fn the_command_serves_until_sigterm() {
         .unwrap();
     assert_eq!(exit.code(), Some(0), "stderr: {stderr}");
     assert!(TcpStream::connect(addr).is_err(), "the port is closed");
+    assert_eq!(
+        std::fs::read(store.join("cli/log")).unwrap(),
+        b"appended, then sealed at shutdown"
+    );
+}
+
+/// `kill -9` between acknowledged appends, a few rounds: every restart on the same store and
+/// index finishes the open object with every acknowledged byte, before serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_loses_no_acknowledged_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut want: Vec<u8> = Vec::new();
+    for round in 0..4u8 {
+        // Never idle long enough to seal: only recovery commits what was appended.
+        let (mut child, addr) = spawn_gateway(&store, &["--seal-after", "1h"]).await;
+        let c = client(addr, ACCESS_KEY, SECRET_KEY);
+        if round == 0 {
+            create_bucket(&c, "crash").await;
+        } else {
+            // Recovered before serving: in the store itself and through the gateway.
+            let stored = std::fs::read(store.join("crash/log")).unwrap();
+            assert_bytes(
+                &stored,
+                &want,
+                &format!("round {round}: the store's object"),
+            );
+            assert_bytes(&get(&c, "crash", "log").await, &want, "through the gateway");
+        }
+        let mut sizes: Vec<usize> = (0..6).map(|i| 500 + 37 * i + usize::from(round)).collect();
+        if round == 1 {
+            // Across a part boundary (8 MiB): uploaded parts are recovered too.
+            sizes.push(9 * MIB);
+        }
+        for (i, size) in sizes.into_iter().enumerate() {
+            let chunk = data(size, round.wrapping_mul(16).wrapping_add(i as u8));
+            append(&c, "crash", "log", want.len() as u64, &chunk)
+                .await
+                .unwrap_or_else(|e| panic!("round {round} append {i}: {e:?}"));
+            want.extend_from_slice(&chunk);
+        }
+        child.kill().unwrap(); // SIGKILL: no shutdown, no seal
+        child.wait().unwrap();
+        assert!(
+            std::fs::read(store.join("crash/log")).unwrap() != want,
+            "round {round}: the object was still open when the gateway was killed"
+        );
+    }
+    let (mut child, addr) = spawn_gateway(&store, &[]).await;
+    let c = client(addr, ACCESS_KEY, SECRET_KEY);
+    assert_bytes(
+        &get(&c, "crash", "log").await,
+        &want,
+        "after the last restart",
+    );
+    let stored = std::fs::read(store.join("crash/log")).unwrap();
+    assert_bytes(&stored, &want, "the store's object after the last restart");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
