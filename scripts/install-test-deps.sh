@@ -3,11 +3,13 @@
 #   - moto (S3 API server enforcing S3's rules) in a venv under $RIVULET_VENV
 #   - s3s-fs 0.14.1 (fast S3 API server over a directory) via cargo install
 #   - fuse3 (for the FUSE mount tests)
+#   - fsx 0.3.2 (File System eXerciser, run by the FUSE tests) via cargo install
 # Every step is skipped when its result is already there, so repeated runs are cheap.
 set -euo pipefail
 
 VENV="${RIVULET_VENV:-$HOME/.cache/rivulet-venv}"
 S3S_FS_VERSION=0.14.1
+FSX_VERSION=0.3.2
 
 log() { printf '[install-test-deps] %s\n' "$*" >&2; }
 
@@ -30,5 +32,11 @@ if ! s3s-fs --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
   cargo install -q "s3s-fs@$S3S_FS_VERSION" --locked --features binary
 fi
 
+if ! fsx --version 2>/dev/null | grep -q "$FSX_VERSION"; then
+  log "installing fsx $FSX_VERSION (cargo install, a minute once)"
+  cargo install -q "fsx@$FSX_VERSION" --locked
+fi
+
 log "moto_server: $VENV/bin/moto_server"
 log "s3s-fs: $(command -v s3s-fs)"
+log "fsx: $(command -v fsx)"

@@ -496,3 +496,418 @@ fn mount_errors_are_one_line_and_exit_1() {
     assert!(stderr.contains("is not a directory"), "{stderr}");
     assert!(!is_mounted(&file));
 }
+
+/// The `fsx` binary (scripts/install-test-deps.sh installs it): on `PATH`, else in
+/// `~/.cargo/bin`. Missing, the test fails saying so.
+fn fsx_bin() -> PathBuf {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join("fsx"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cargo/bin/fsx"));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "fsx is not installed: run scripts/install-test-deps.sh (cargo install \
+                 fsx@0.3.2 --locked)"
+            )
+        })
+}
+
+/// Runs fsx for `ops` operations on one file in the mount, with a file of at most `flen` bytes.
+/// The operations are the ones the mount serves: pread/pwrite, ftruncate, fsync, fdatasync and
+/// close + reopen (every close commits the file to the store, so the next write goes through
+/// `open_append`). mmap is off: the mount does not promise shared writable mappings.
+fn run_fsx(fx: &Fixture, mount: &Mount, name: &str, flen: u64, max_op: u64, ops: u64, seed: u64) {
+    let config = fx.dir.path().join(format!("{name}.toml"));
+    fs::write(
+        &config,
+        format!(
+            "flen = {flen}\n\
+             [opsize]\nmin = 1\nmax = {max_op}\n\
+             [weights]\n\
+             close_open = 2\nread = 10\nwrite = 10\nmapread = 0\nmapwrite = 0\n\
+             invalidate = 0\ntruncate = 3\nfsync = 1\nfdatasync = 1\n"
+        ),
+    )
+    .unwrap();
+    // Artifacts (the expected file, the log of the last operations) go outside the mount.
+    let artifacts = fx.dir.path().join(format!("{name}-artifacts"));
+    fs::create_dir(&artifacts).unwrap();
+    let started = Instant::now();
+    let out = Command::new(fsx_bin())
+        .arg("-f")
+        .arg(&config)
+        .args(["-N", &ops.to_string(), "-S", &seed.to_string()])
+        .arg("-P")
+        .arg(&artifacts)
+        .arg(mount.path(name))
+        .output()
+        .expect("run fsx");
+    eprintln!("fsx {name}: {ops} operations in {:?}", started.elapsed());
+    assert!(
+        out.status.success(),
+        "fsx {name} (seed {seed}, {ops} operations, flen {flen}) failed ({}): {}{}\nmount log: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        mount.log_text()
+    );
+}
+
+/// Operations of the fsx run on a file larger than a part.
+const LARGE_FSX_OPS: u64 = 250;
+
+#[test]
+fn fsx_through_the_mount() {
+    let fx = Fixture::new();
+    let mount = fx.mount();
+    // Many operations on a file that stays inside one part (256 KiB, the fsx default).
+    run_fsx(&fx, &mount, "small", 256 << 10, 64 << 10, 20_000, 1);
+    // A file larger than the part size (5 MiB here): writes before the end, truncates and
+    // reopens cross part boundaries, so parts are copied, cut and re-uploaded.
+    run_fsx(&fx, &mount, "large", 12 << 20, 1 << 20, LARGE_FSX_OPS, 2);
+    // What fsx left behind is in the store as it reads through the mount.
+    for name in ["small", "large"] {
+        let through = fs::read(mount.path(name)).unwrap();
+        assert!(
+            fx.object(name) == Some(through),
+            "{name}: the store's object differs from the mount's file"
+        );
+    }
+    mount.unmount();
+}
+
+/// A file tree inside the mount and the same tree in a plain directory, changed alike.
+struct Twin {
+    roots: [PathBuf; 2],
+    /// Per name, the open read-write handle of each side (a handle stays open across
+    /// operations, so writes, truncates and fsyncs hit a file the mount has open for writing).
+    open: std::collections::BTreeMap<&'static str, [File; 2]>,
+    seed: u64,
+    step: usize,
+    /// The mount's log, shown when the two sides disagree.
+    log: PathBuf,
+}
+
+/// The names the random operations use: files at the root and in two directories.
+const TWIN_NAMES: [&str; 6] = ["a", "b", "c", "d/x", "d/y", "e/z"];
+
+impl Twin {
+    /// Runs `f` on both sides; both must succeed.
+    #[track_caller]
+    fn both<T>(&mut self, what: &str, mut f: impl FnMut(&Path) -> std::io::Result<T>) -> [T; 2] {
+        let mount = f(&self.roots[0]);
+        let plain = f(&self.roots[1]);
+        self.agree(what, [mount, plain])
+    }
+
+    /// Both outcomes of an operation (mount, plain directory) must be successes.
+    #[track_caller]
+    fn agree<T>(&self, what: &str, [mount, plain]: [std::io::Result<T>; 2]) -> [T; 2] {
+        match (mount, plain) {
+            (Ok(m), Ok(p)) => [m, p],
+            (m, p) => panic!(
+                "seed {} step {}: {what}: the mount gave {:?}, a plain directory {:?}\n\
+                 mount log: {}",
+                self.seed,
+                self.step,
+                m.err(),
+                p.err(),
+                fs::read_to_string(&self.log).unwrap_or_default()
+            ),
+        }
+    }
+
+    fn handles(&mut self, name: &'static str) -> &mut [File; 2] {
+        if !self.open.contains_key(name) {
+            let files = self.both(&format!("open {name}"), |root| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(root.join(name))
+            });
+            self.open.insert(name, files);
+        }
+        self.open.get_mut(name).unwrap()
+    }
+
+    fn close(&mut self, name: &str) {
+        self.open.remove(name);
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        self.roots[1].join(name).exists()
+    }
+
+    /// Listing and every byte of both trees (read by path, so open files are read too).
+    fn compare(&self) {
+        let trees = self.roots.clone().map(|root| tree(&root));
+        assert!(
+            trees[0] == trees[1],
+            "seed {} step {}: the trees differ:\nmount: {:?}\nplain: {:?}",
+            self.seed,
+            self.step,
+            trees[0].keys().collect::<Vec<_>>(),
+            trees[1].keys().collect::<Vec<_>>()
+        );
+    }
+}
+
+/// The same operation on each side's handle.
+trait Each {
+    fn each<T>(&self, f: impl FnMut(&File) -> std::io::Result<T>) -> [std::io::Result<T>; 2];
+}
+
+impl Each for [File; 2] {
+    fn each<T>(&self, mut f: impl FnMut(&File) -> std::io::Result<T>) -> [std::io::Result<T>; 2] {
+        [f(&self[0]), f(&self[1])]
+    }
+}
+
+/// Path (relative) -> contents (`None` for a directory), recursively.
+fn tree(root: &Path) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if path.is_dir() {
+                out.insert(rel, None);
+                dirs.push(path);
+            } else {
+                out.insert(rel, Some(fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// The seed of the random operation test: `RIVULET_FUSE_SEED` to replay one, else new.
+fn twin_seed() -> u64 {
+    std::env::var("RIVULET_FUSE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+const TWIN_OPS: usize = 10_000;
+
+#[test]
+fn random_operations_match_a_plain_directory() {
+    use rand::{Rng, SeedableRng};
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+
+    let fx = Fixture::new();
+    let mount = fx.mount();
+    let plain = fx.dir.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    let seed = twin_seed();
+    eprintln!("random operations: seed {seed} (replay with RIVULET_FUSE_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut twin = Twin {
+        roots: [mount.mountpoint.clone(), plain],
+        open: Default::default(),
+        seed,
+        step: 0,
+        log: mount.log.clone(),
+    };
+    twin.both("mkdir", |root| {
+        fs::create_dir(root.join("d"))?;
+        fs::create_dir(root.join("e"))
+    });
+    let started = Instant::now();
+    for step in 0..TWIN_OPS {
+        twin.step = step;
+        let name = TWIN_NAMES[rng.random_range(0..TWIN_NAMES.len())];
+        // Small files (up to 96 KiB): a write before the end re-appends what follows it.
+        let len = if twin.exists(name) {
+            fs::metadata(twin.roots[1].join(name)).unwrap().len()
+        } else {
+            0
+        };
+        // Every close, append, rename and unlink commits a file (fsyncs in the index and the
+        // local store): those are a fifth of the mix, so 10,000 operations fit in a minute or two.
+        match rng.random_range(0..100) {
+            // Write at a random offset, possibly past the end (a hole).
+            0..=29 => {
+                let offset = rng.random_range(0..=len + 4096).min(90 << 10);
+                let data: Vec<u8> = (0..rng.random_range(1..8192))
+                    .map(|_| rng.random())
+                    .collect();
+                let files = twin.handles(name);
+                let done = files.each(|file| file.write_all_at(&data, offset));
+                twin.agree(&format!("write {name} at {offset}"), done);
+            }
+            // Append through O_APPEND, its own descriptor (closed, so committed, at once).
+            30..=35 => {
+                let data: Vec<u8> = (0..rng.random_range(1..4096))
+                    .map(|_| rng.random())
+                    .collect();
+                if len < (90 << 10) {
+                    twin.both(&format!("append {name}"), |root| {
+                        OpenOptions::new()
+                            .append(true)
+                            .create(true)
+                            .open(root.join(name))?
+                            .write_all(&data)
+                    });
+                }
+            }
+            // Truncate (shrink or grow) through the open handle.
+            36..=45 => {
+                let new_len = rng.random_range(0..=len + 2048);
+                let files = twin.handles(name);
+                let done = files.each(|file| file.set_len(new_len));
+                twin.agree(&format!("truncate {name} to {new_len}"), done);
+            }
+            46..=49 => {
+                if let Some(files) = twin.open.get(name) {
+                    let done = files.each(|file| file.sync_all());
+                    twin.agree(&format!("fsync {name}"), done);
+                }
+            }
+            // Close (commits the file in the mount) and maybe reopen.
+            50..=55 => {
+                twin.close(name);
+                if rng.random_bool(0.5) && twin.exists(name) {
+                    twin.handles(name);
+                }
+            }
+            // Read a random range through the open handle, or the whole file by path.
+            56..=89 => {
+                if rng.random_bool(0.5) && twin.exists(name) {
+                    let offset = rng.random_range(0..=len);
+                    let size = rng.random_range(1..16384);
+                    let files = twin.handles(name);
+                    let got = [0, 1].map(|i| {
+                        let mut buf = vec![0u8; size];
+                        files[i].seek(SeekFrom::Start(offset)).unwrap();
+                        let mut n = 0;
+                        loop {
+                            let read = std::io::Read::read(&mut files[i], &mut buf[n..]).unwrap();
+                            if read == 0 {
+                                break;
+                            }
+                            n += read;
+                        }
+                        buf.truncate(n);
+                        buf
+                    });
+                    assert!(
+                        got[0] == got[1],
+                        "seed {seed} step {step}: read {name} at {offset}: {} bytes from the \
+                         mount, {} from a plain directory, or different bytes",
+                        got[0].len(),
+                        got[1].len()
+                    );
+                } else if twin.exists(name) {
+                    let got = twin.both(&format!("read {name}"), |root| fs::read(root.join(name)));
+                    assert!(
+                        got[0] == got[1],
+                        "seed {seed} step {step}: {name} differs ({} bytes in the mount, {} in \
+                         a plain directory)",
+                        got[0].len(),
+                        got[1].len()
+                    );
+                }
+            }
+            // Rename, possibly over an existing file (both closed first).
+            90..=94 => {
+                let to = TWIN_NAMES[rng.random_range(0..TWIN_NAMES.len())];
+                if twin.exists(name) && to != name {
+                    twin.close(name);
+                    twin.close(to);
+                    twin.both(&format!("rename {name} {to}"), |root| {
+                        fs::rename(root.join(name), root.join(to))
+                    });
+                }
+            }
+            // Unlink, sometimes while open (the handle keeps working on both sides).
+            _ => {
+                if twin.exists(name) {
+                    if rng.random_bool(0.7) {
+                        twin.close(name);
+                    }
+                    twin.both(&format!("unlink {name}"), |root| {
+                        fs::remove_file(root.join(name))
+                    });
+                    // A later operation on the name starts a new file.
+                    twin.close(name);
+                }
+            }
+        }
+        if step % 500 == 499 {
+            twin.compare();
+        }
+    }
+    twin.open.clear();
+    twin.compare();
+    eprintln!("random operations: {TWIN_OPS} in {:?}", started.elapsed());
+    // After the unmount the store holds exactly the plain tree's files.
+    let expected: Vec<(String, Vec<u8>)> = tree(&twin.roots[1])
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+    mount.unmount();
+    for (key, bytes) in expected {
+        assert!(
+            fx.object(&key) == Some(bytes),
+            "seed {seed}: {key} in the store differs after the unmount"
+        );
+    }
+}
+
+#[test]
+fn git_repository_inside_the_mount() {
+    let fx = Fixture::new();
+    let mount = fx.mount();
+    let m = mount.mountpoint.clone();
+    let git = "git -c user.name=Rivulet -c user.email=rivulet@example.invalid \
+               -c init.defaultBranch=main -c gc.auto=0";
+    sh(
+        &m,
+        "mkdir -p repo/src/deep && cd repo && printf 'hello\\n' > README && \
+            seq 1 20000 > src/numbers && printf 'fn main() {}\\n' > src/deep/main.rs",
+    );
+    let repo = m.join("repo");
+    sh(&repo, &format!("{git} init -q ."));
+    sh(&repo, &format!("{git} add -A && {git} commit -q -m first"));
+    // A second commit: the index and refs are rewritten (a lock file renamed over the old one).
+    sh(
+        &repo,
+        &format!("echo more >> README && {git} commit -q -am second"),
+    );
+    let log = sh(&repo, &format!("{git} log --format=%s"));
+    assert_eq!(log, "second\nfirst\n");
+    sh(&repo, &format!("{git} fsck --full --strict"));
+    assert_eq!(sh(&repo, &format!("{git} status --porcelain")), "");
+    assert_eq!(
+        sh(&repo, &format!("{git} show HEAD:README")),
+        "hello\nmore\n"
+    );
+    mount.unmount();
+    // The repository is usable from the store's side too (a local store is a directory).
+    let log = sh(&fx.store().join("repo"), &format!("{git} log --format=%s"));
+    assert_eq!(log, "second\nfirst\n");
+}
