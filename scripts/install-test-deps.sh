@@ -27,6 +27,12 @@ if [ ! -x "$VENV/bin/moto_server" ]; then
   "$VENV/bin/pip" install -q 'moto[server]'
 fi
 
+# Real S3 clients for the gateway's tests: the AWS CLI and boto3.
+if [ ! -x "$VENV/bin/aws" ] || ! "$VENV/bin/python" -c 'import boto3' 2>/dev/null; then
+  log "installing the AWS CLI and boto3 into $VENV"
+  "$VENV/bin/pip" install -q awscli boto3
+fi
+
 if ! s3s-fs --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
   log "installing s3s-fs $S3S_FS_VERSION (cargo install, a few minutes once)"
   cargo install -q "s3s-fs@$S3S_FS_VERSION" --locked --features binary

@@ -1937,3 +1937,169 @@ async fn a_killed_gateway_loses_no_acknowledged_append() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A program from the test venv (`scripts/install-test-deps.sh` puts the AWS CLI and boto3
+/// there); the test fails, never skips, when it is missing.
+fn venv_program(name: &str) -> PathBuf {
+    let venv = std::env::var_os("RIVULET_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rivulet-venv")))
+        .expect("RIVULET_VENV or HOME");
+    let path = venv.join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-test-deps.sh",
+        path.display()
+    );
+    path
+}
+
+/// Runs a real S3 client against the gateway with its credentials and nothing from the
+/// user's AWS configuration; returns (success, stdout, stderr).
+fn real_client(program: &Path, addr: SocketAddr, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(program)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("GATEWAY", format!("http://{addr}"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const BOTO3_SCRIPT: &str = r#"
+import os, boto3
+from boto3.s3.transfer import TransferConfig
+s3 = boto3.client("s3", endpoint_url=os.environ["GATEWAY"])
+s3.create_bucket(Bucket="boto")
+s3.put_object(Bucket="boto", Key="small.txt", Body=b"hello", ContentType="text/plain",
+              Metadata={"origin": "boto3"})
+head = s3.head_object(Bucket="boto", Key="small.txt")
+assert head["ContentLength"] == 5 and head["ContentType"] == "text/plain", head
+assert head["Metadata"] == {"origin": "boto3"}, head["Metadata"]
+assert s3.get_object(Bucket="boto", Key="small.txt")["Body"].read() == b"hello"
+# Appends with the header S3 Express defined.
+s3.put_object(Bucket="boto", Key="log", Body=b"one,", WriteOffsetBytes=0)
+s3.put_object(Bucket="boto", Key="log", Body=b"two", WriteOffsetBytes=4)
+try:
+    s3.put_object(Bucket="boto", Key="log", Body=b"x", WriteOffsetBytes=1)
+    raise SystemExit("an append at a wrong offset was accepted")
+except s3.exceptions.ClientError as e:
+    assert e.response["Error"]["Code"] == "InvalidWriteOffset", e.response
+assert s3.get_object(Bucket="boto", Key="log")["Body"].read() == b"one,two"
+# A multipart upload through the transfer manager (6 MiB, 5 MiB parts), then a ranged read.
+body = bytes(range(256)) * (6 * 1024 * 1024 // 256)
+with open(os.environ["BIG"], "wb") as f:
+    f.write(body)
+config = TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024)
+s3.upload_file(os.environ["BIG"], "boto", "big.bin", Config=config)
+etag = s3.head_object(Bucket="boto", Key="big.bin")["ETag"]
+assert etag.endswith('-2"'), etag
+got = s3.get_object(Bucket="boto", Key="big.bin", Range="bytes=100-199")["Body"].read()
+assert got == body[100:200]
+keys = [o["Key"] for o in s3.list_objects_v2(Bucket="boto")["Contents"]]
+assert keys == ["big.bin", "log", "small.txt"], keys
+print("boto3 ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_cli_and_boto3_work_against_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (mut child, addr) = spawn_gateway(&store, &[]).await;
+    let endpoint = format!("http://{addr}");
+    let aws = venv_program("aws");
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--endpoint-url", endpoint.as_str()];
+        all.extend_from_slice(args);
+        real_client(&aws, addr, &all)
+    };
+
+    // aws s3: mb, cp up and down, sync, ls.
+    let (ok, _, err) = cli(&["s3", "mb", "s3://cli"]);
+    assert!(ok, "aws s3 mb: {err}");
+    let local = dir.path().join("up.txt");
+    std::fs::write(&local, b"first line\n").unwrap();
+    let (ok, _, err) = cli(&["s3", "cp", &local.to_string_lossy(), "s3://cli/log.txt"]);
+    assert!(ok, "aws s3 cp: {err}");
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a.txt"), b"a").unwrap();
+    std::fs::write(tree.join("sub/b.txt"), b"bb").unwrap();
+    let (ok, _, err) = cli(&["s3", "sync", &tree.to_string_lossy(), "s3://cli/tree"]);
+    assert!(ok, "aws s3 sync: {err}");
+    let (ok, listing, err) = cli(&["s3", "ls", "--recursive", "s3://cli/"]);
+    assert!(ok, "aws s3 ls: {err}");
+    for key in ["log.txt", "tree/a.txt", "tree/sub/b.txt"] {
+        assert!(listing.contains(key), "{key} missing from: {listing}");
+    }
+
+    // aws s3api: an append at the object's size, then one at a wrong offset.
+    let more = dir.path().join("more.txt");
+    std::fs::write(&more, b"second line\n").unwrap();
+    let (ok, out, err) = cli(&[
+        "s3api",
+        "put-object",
+        "--bucket",
+        "cli",
+        "--key",
+        "log.txt",
+        "--body",
+        &more.to_string_lossy(),
+        "--write-offset-bytes",
+        "11",
+    ]);
+    assert!(ok, "aws s3api put-object --write-offset-bytes: {err}");
+    assert!(out.contains("\"Size\": 23"), "{out}");
+    let (ok, _, err) = cli(&[
+        "s3api",
+        "put-object",
+        "--bucket",
+        "cli",
+        "--key",
+        "log.txt",
+        "--body",
+        &more.to_string_lossy(),
+        "--write-offset-bytes",
+        "5",
+    ]);
+    assert!(
+        !ok && err.contains("InvalidWriteOffset"),
+        "a wrong offset: {err}"
+    );
+    let down = dir.path().join("down.txt");
+    let (ok, _, err) = cli(&["s3", "cp", "s3://cli/log.txt", &down.to_string_lossy()]);
+    assert!(ok, "aws s3 cp down: {err}");
+    assert_eq!(std::fs::read(&down).unwrap(), b"first line\nsecond line\n");
+
+    // boto3: metadata, appends, a multipart upload and a ranged read.
+    let python = venv_program("python");
+    let out = Command::new(&python)
+        .args(["-c", BOTO3_SCRIPT])
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("GATEWAY", &endpoint)
+        .env("BIG", dir.path().join("big.bin"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("boto3 ok"),
+        "boto3: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
