@@ -852,7 +852,7 @@ impl Filesystem {
         }
         // A write before the end: S3 objects cannot be changed in place, so the file is cut at
         // `offset`, the new bytes are appended, then the old bytes after them are re-appended.
-        // Costs reading and re-uploading everything after `offset` (see docs/mount.md).
+        // Costs reading and re-uploading everything after `offset` (see docs/fuse.md).
         let end = offset + data.len() as u64;
         let rest = if end < len {
             writer.read_at(end, len - end).await.map_err(werr)?

@@ -7,7 +7,7 @@
 //! - [`mount`]: mounting, serving until unmounted or signalled, committing open files.
 //! - [`recovery`]: committing what a crashed mount left persisted.
 //!
-//! See `docs/mount.md`.
+//! See `docs/fuse.md`.
 
 pub mod adapter;
 pub mod error;

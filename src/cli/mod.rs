@@ -392,7 +392,7 @@ written durable (it survives a kill of the mount, which commits it when mounted 
 publishing it. Appending is cheap (the object's bytes are copied server-side); writing before the
 end of a file re-uploads everything after that point. Runs in the foreground only: SIGTERM,
 Ctrl-C or `fusermount3 -u MOUNTPOINT` unmounts and commits the files still open. --index and
---cache-dir apply (the index stays locked while mounted). See docs/mount.md.
+--cache-dir apply (the index stays locked while mounted). See docs/fuse.md.
 
 Examples:
   rivulet mount --foreground s3://bkt/data /mnt/data

@@ -74,7 +74,7 @@ fn unmount(mountpoint: &Path) {
 /// The tests of this file run one at a time. A FUSE `flush` (which commits) is sent for every
 /// close of a descriptor, including the copies a concurrently spawned child process inherits
 /// and closes at exec: tests spawning processes while another holds a file open would commit
-/// that file early, at any moment. (docs/mount.md describes this for users.)
+/// that file early, at any moment. (docs/fuse.md describes this for users.)
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// A temporary store, index, cache and mount point.
