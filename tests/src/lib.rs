@@ -422,3 +422,26 @@ impl Drop for TestServer {
         let _ = self.child.wait();
     }
 }
+
+/// The `rivulet` binary of this build, for tests that run the command line: beside the test
+/// binary (`target/debug/deps/<test>-<hash>` -> `target/debug/rivulet`) or under
+/// `$CARGO_TARGET_DIR`. Panics with what to do when it is missing (tests fail, never skip).
+pub fn rivulet_bin() -> PathBuf {
+    let mut candidates = Vec::new();
+    // target/debug/deps/<test>-<hash> -> target/debug/rivulet
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(deps) = exe.parent()
+    {
+        candidates.push(deps.join("../rivulet"));
+        candidates.push(deps.join("rivulet"));
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(target).join("debug/rivulet"));
+    }
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!(
+            "the rivulet binary is missing (looked at {candidates:?}): build the workspace first \
+             with `cargo build --workspace`"
+        )
+    })
+}

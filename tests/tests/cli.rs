@@ -4,6 +4,7 @@
 //! this test's own executable (`target/debug/rivulet`) or under `$CARGO_TARGET_DIR/debug`, and a
 //! missing binary fails every test with a message saying to build the workspace first.
 
+use harness::rivulet_bin;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -16,26 +17,6 @@ use fs_core::{Index, RecoverableWriter, WriterConfig};
 use tempfile::TempDir;
 
 const MIB: usize = 1024 * 1024;
-
-fn rivulet_bin() -> PathBuf {
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(deps) = exe.parent()
-    {
-        // target/debug/deps/cli-<hash> -> target/debug/rivulet
-        candidates.push(deps.join("../rivulet"));
-        candidates.push(deps.join("rivulet"));
-    }
-    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(target).join("debug/rivulet"));
-    }
-    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
-        panic!(
-            "the rivulet binary is missing (looked at {candidates:?}): build the workspace first \
-             with `cargo build --workspace`"
-        )
-    })
-}
 
 /// A temporary directory with a store (`store/`), an index and a part cache of its own.
 struct Fixture {

@@ -5,6 +5,7 @@
 //! Needs /dev/fuse and `fusermount3` (scripts/install-test-deps.sh installs fuse3): without
 //! them every test here fails saying so, never skips. The binary is found like in cli.rs.
 
+use harness::rivulet_bin;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,25 +14,6 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-
-fn rivulet_bin() -> PathBuf {
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(deps) = exe.parent()
-    {
-        candidates.push(deps.join("../rivulet"));
-        candidates.push(deps.join("rivulet"));
-    }
-    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(target).join("debug/rivulet"));
-    }
-    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
-        panic!(
-            "the rivulet binary is missing (looked at {candidates:?}): build the workspace first \
-             with `cargo build --workspace`"
-        )
-    })
-}
 
 /// Fails (never skips) when FUSE cannot work here.
 fn require_fuse() {

@@ -5,6 +5,7 @@
 //! in-process on 127.0.0.1:0 for the API checks; the command-line checks run the `rivulet`
 //! binary (found like `tests/cli.rs` finds it).
 
+use harness::rivulet_bin;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -1723,25 +1724,6 @@ async fn an_anonymous_gateway_takes_unsigned_requests() {
 }
 
 // ---- the command line ----
-
-fn rivulet_bin() -> PathBuf {
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(deps) = exe.parent()
-    {
-        candidates.push(deps.join("../rivulet"));
-        candidates.push(deps.join("rivulet"));
-    }
-    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(target).join("debug/rivulet"));
-    }
-    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
-        panic!(
-            "the rivulet binary is missing (looked at {candidates:?}): build the workspace first \
-             with `cargo build --workspace`"
-        )
-    })
-}
 
 /// `rivulet gateway` over the local store `store`, with an index of its own beside it.
 fn gateway_command(store: &Path) -> Command {
