@@ -567,10 +567,11 @@ fn max_keys(requested: Option<i32>) -> S3Result<usize> {
     }
 }
 
-fn wants_url_encoding(encoding: Option<&dto::EncodingType>) -> S3Result<bool> {
+/// How listed keys are written: percent-encoded for `encoding-type=url`, else as they are.
+fn key_encoder(encoding: Option<&dto::EncodingType>) -> S3Result<fn(&str) -> String> {
     match encoding {
-        None => Ok(false),
-        Some(e) if e.as_str() == dto::EncodingType::URL => Ok(true),
+        None => Ok(str::to_string),
+        Some(e) if e.as_str() == dto::EncodingType::URL => Ok(url_encode),
         Some(e) => Err(s3_err(
             S3ErrorCode::InvalidArgument,
             format!(
@@ -992,14 +993,7 @@ impl S3 for GatewayService {
     ) -> S3Result<S3Response<dto::ListObjectsV2Output>> {
         let input = req.input;
         self.buckets.require(&input.bucket).await?;
-        let encode_keys = wants_url_encoding(input.encoding_type.as_ref())?;
-        let encode = |s: &str| {
-            if encode_keys {
-                url_encode(s)
-            } else {
-                s.to_string()
-            }
-        };
+        let encode = key_encoder(input.encoding_type.as_ref())?;
         let max = max_keys(input.max_keys)?;
         let cursor = match &input.continuation_token {
             Some(token) => Cursor::decode(token)?,
@@ -1047,14 +1041,7 @@ impl S3 for GatewayService {
     ) -> S3Result<S3Response<dto::ListObjectsOutput>> {
         let input = req.input;
         self.buckets.require(&input.bucket).await?;
-        let encode_keys = wants_url_encoding(input.encoding_type.as_ref())?;
-        let encode = |s: &str| {
-            if encode_keys {
-                url_encode(s)
-            } else {
-                s.to_string()
-            }
-        };
+        let encode = key_encoder(input.encoding_type.as_ref())?;
         let max = max_keys(input.max_keys)?;
         let page = listing::list_bucket(
             &self.store,
