@@ -1,0 +1,258 @@
+//! Row formats on disk: JSON lines and CSV, both ways.
+//!
+//! Encoding appends to a byte buffer with no intermediate allocation per field (the file sink
+//! encodes every record of a job). Decoding takes a schema and fails with a message that names
+//! the field, which the caller prefixes with where the record came from.
+//!
+//! Timestamps are written as RFC 3339 in UTC with milliseconds (`2026-11-25T10:00:00.000Z`) and
+//! read back from that form or from integer milliseconds.
+
+use std::io::Write as _;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DataType, Row, Schema, Timestamp, Value};
+
+/// A row format of files, as job files name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON object per line (`json`, `jsonl` or `ndjson` in job files).
+    #[serde(alias = "jsonl", alias = "ndjson")]
+    Json,
+    /// Comma-separated values with a fixed column order (the schema's), no header.
+    Csv,
+}
+
+impl Format {
+    /// The file name extension of the format.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Json => "jsonl",
+            Format::Csv => "csv",
+        }
+    }
+
+    /// Appends `row` as one line (newline included).
+    pub fn encode(self, schema: &Schema, row: &Row, out: &mut Vec<u8>) {
+        match self {
+            Format::Json => encode_json(schema, row, out),
+            Format::Csv => encode_csv(row, out),
+        }
+    }
+}
+
+/// Formats a timestamp as RFC 3339 UTC with milliseconds; out-of-range values stay numbers.
+pub fn format_timestamp(ts: Timestamp) -> String {
+    match DateTime::<Utc>::from_timestamp_millis(ts) {
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
+        None => ts.to_string(),
+    }
+}
+
+/// Reads a timestamp from RFC 3339 text or integer milliseconds.
+pub fn parse_timestamp(text: &str) -> Option<Timestamp> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i64>() {
+        return Some(ms);
+    }
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// Appends `row` as a JSON object line.
+pub fn encode_json(schema: &Schema, row: &Row, out: &mut Vec<u8>) {
+    out.push(b'{');
+    for (i, (field, value)) in schema.fields.iter().zip(row).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_string(&field.name, out);
+        out.push(b':');
+        match value {
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Bool(v) => out.extend_from_slice(if *v { b"true" } else { b"false" }),
+            Value::Int(v) => {
+                let _ = write!(out, "{v}");
+            }
+            Value::Float(v) if v.is_finite() => {
+                let _ = write!(out, "{v}");
+            }
+            // JSON has no NaN or infinity.
+            Value::Float(_) => out.extend_from_slice(b"null"),
+            Value::Str(s) => json_string(s, out),
+            Value::Time(t) => json_string(&format_timestamp(*t), out),
+        }
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+fn json_string(s: &str, out: &mut Vec<u8>) {
+    // serde_json's escaping into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Appends `row` as a CSV line, quoting only fields that need it.
+pub fn encode_csv(row: &Row, out: &mut Vec<u8>) {
+    for (i, value) in row.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match value {
+            Value::Null => {}
+            Value::Str(s) => csv_field(s, out),
+            Value::Time(t) => out.extend_from_slice(format_timestamp(*t).as_bytes()),
+            Value::Float(v) if !v.is_finite() => {}
+            other => {
+                let _ = write!(out, "{other}");
+            }
+        }
+    }
+    out.push(b'\n');
+}
+
+fn csv_field(s: &str, out: &mut Vec<u8>) {
+    if s.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+        out.push(b'"');
+        for b in s.bytes() {
+            if b == b'"' {
+                out.push(b'"');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// Parses the text of one field as `data_type`; empty text is null.
+pub fn parse_value(text: &str, data_type: DataType) -> Result<Value, String> {
+    if text.is_empty() {
+        return Ok(Value::Null);
+    }
+    let bad = || format!("`{text}` is not a {data_type}");
+    Ok(match data_type {
+        DataType::Bool => match text.trim() {
+            "true" | "TRUE" | "True" | "1" => Value::Bool(true),
+            "false" | "FALSE" | "False" | "0" => Value::Bool(false),
+            _ => return Err(bad()),
+        },
+        DataType::Int => Value::Int(text.trim().parse().map_err(|_| bad())?),
+        DataType::Float => Value::Float(text.trim().parse().map_err(|_| bad())?),
+        DataType::String => Value::Str(text.to_string()),
+        DataType::Timestamp => Value::Time(parse_timestamp(text).ok_or_else(bad)?),
+    })
+}
+
+/// Decodes one CSV record (already split into fields) against `schema`.
+pub fn decode_csv(schema: &Schema, record: &csv::StringRecord) -> Result<Row, String> {
+    if record.len() != schema.len() {
+        return Err(format!(
+            "{} fields, the schema has {} ({})",
+            record.len(),
+            schema.len(),
+            schema.names()
+        ));
+    }
+    schema
+        .fields
+        .iter()
+        .zip(record.iter())
+        .map(|(field, text)| {
+            parse_value(text, field.data_type).map_err(|e| format!("field `{}`: {e}", field.name))
+        })
+        .collect()
+}
+
+/// Decodes one JSON object line against `schema`. Missing fields are null; fields not in the
+/// schema are ignored.
+pub fn decode_json(schema: &Schema, line: &str) -> Result<Row, String> {
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
+    schema
+        .fields
+        .iter()
+        .map(|field| {
+            let value = object.get(&field.name).unwrap_or(&serde_json::Value::Null);
+            json_value(value, field.data_type).map_err(|e| format!("field `{}`: {e}", field.name))
+        })
+        .collect()
+}
+
+fn json_value(value: &serde_json::Value, data_type: DataType) -> Result<Value, String> {
+    use serde_json::Value as J;
+    let bad = || format!("{value} is not a {data_type}");
+    Ok(match (value, data_type) {
+        (J::Null, _) => Value::Null,
+        (J::Bool(b), DataType::Bool) => Value::Bool(*b),
+        (J::Number(n), DataType::Int) => Value::Int(n.as_i64().ok_or_else(bad)?),
+        (J::Number(n), DataType::Float) => Value::Float(n.as_f64().ok_or_else(bad)?),
+        (J::Number(n), DataType::Timestamp) => Value::Time(n.as_i64().ok_or_else(bad)?),
+        (J::String(s), DataType::String) => Value::Str(s.clone()),
+        (J::String(s), DataType::Timestamp) => Value::Time(parse_timestamp(s).ok_or_else(bad)?),
+        (J::String(s), other) => parse_value(s, other)?,
+        (J::Number(n), DataType::String) => Value::Str(n.to_string()),
+        _ => return Err(bad()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Field;
+
+    fn schema() -> Schema {
+        Schema::new(vec![
+            Field::new("id", DataType::Int),
+            Field::new("name", DataType::String),
+            Field::new("price", DataType::Float),
+            Field::new("at", DataType::Timestamp),
+            Field::new("ok", DataType::Bool),
+        ])
+    }
+
+    fn row() -> Row {
+        vec![
+            Value::Int(7),
+            Value::Str("a \"quoted\", name\n".into()),
+            Value::Float(1.5),
+            Value::Time(1_764_064_800_123),
+            Value::Null,
+        ]
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let mut out = Vec::new();
+        encode_json(&schema(), &row(), &mut out);
+        let line = std::str::from_utf8(&out).unwrap();
+        assert!(line.ends_with("}\n"));
+        assert!(line.contains("\"at\":\"2025-11-25T10:00:00.123Z\""), "{line}");
+        assert_eq!(decode_json(&schema(), line.trim_end()).unwrap(), row());
+    }
+
+    #[test]
+    fn csv_round_trips() {
+        let mut out = Vec::new();
+        encode_csv(&row(), &mut out);
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(out.as_slice());
+        let record = reader.records().next().unwrap().unwrap();
+        assert_eq!(decode_csv(&schema(), &record).unwrap(), row());
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let err = decode_json(&schema(), r#"{"id":"x"}"#).unwrap_err();
+        assert!(err.contains("field `id`"), "{err}");
+        let err = decode_json(&schema(), "[1]").unwrap_err();
+        assert!(err.contains("not a JSON object"), "{err}");
+        let record = csv::StringRecord::from(vec!["1", "a"]);
+        let err = decode_csv(&schema(), &record).unwrap_err();
+        assert!(err.contains("2 fields"), "{err}");
+    }
+}

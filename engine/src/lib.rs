@@ -1,0 +1,11 @@
+//! Rivulet's stream processor: Flink's runtime concepts in Rust, with exactly-once bucketed
+//! file output through fs-core's recoverable writer. See `docs/engine.md`.
+
+pub mod data;
+pub mod error;
+pub mod format;
+pub mod operator;
+
+pub use data::{DataType, Field, Record, Row, Schema, SchemaRef, Timestamp, Value};
+pub use error::EngineError;
+pub use operator::{Operator, Output, Source, SourceStatus, TaskContext};
