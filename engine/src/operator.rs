@@ -73,6 +73,13 @@ pub trait Operator: Send {
         out.watermark(watermark)
     }
 
+    /// Processing time has advanced to `now` (ms since the epoch). Called about every
+    /// [`TICK_INTERVAL`] while the task runs, for work driven by the clock (rolling files on
+    /// inactivity, processing-time buckets).
+    fn tick(&mut self, _now: Timestamp, _out: &mut dyn Output) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     /// Takes the operator's state for checkpoint `checkpoint_id` (the barrier has reached it,
     /// and every record before the barrier has been processed). `None` means stateless.
     fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Option<Vec<u8>>, EngineError> {
@@ -91,6 +98,9 @@ pub trait Operator: Send {
         Ok(())
     }
 }
+
+/// How often the runtime calls [`Operator::tick`].
+pub const TICK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// What a source's `poll` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
