@@ -230,7 +230,10 @@ mod tests {
         encode_json(&schema(), &row(), &mut out);
         let line = std::str::from_utf8(&out).unwrap();
         assert!(line.ends_with("}\n"));
-        assert!(line.contains("\"at\":\"2025-11-25T10:00:00.123Z\""), "{line}");
+        assert!(
+            line.contains("\"at\":\"2025-11-25T10:00:00.123Z\""),
+            "{line}"
+        );
         assert_eq!(decode_json(&schema(), line.trim_end()).unwrap(), row());
     }
 

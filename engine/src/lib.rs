@@ -9,3 +9,5 @@ pub mod operator;
 pub use data::{DataType, Field, Record, Row, Schema, SchemaRef, Timestamp, Value};
 pub use error::EngineError;
 pub use operator::{Operator, Output, Source, SourceStatus, TaskContext};
+pub mod graph;
+pub mod runtime;

@@ -1,0 +1,407 @@
+//! The subtask loops. Each subtask runs on its own thread: a source subtask polls its source
+//! into its chain; any other subtask reads its input gate into its chain. Both take part in
+//! checkpoints (barriers) and answer the job master's control messages.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError};
+
+use super::chain::Chain;
+use super::checkpoint::{CheckpointStorage, OperatorState};
+use super::element::{Barrier, Element};
+use super::exchange::{InputGate, NetworkOutput};
+use super::metrics::JobMetrics;
+use crate::data::{MAX_TIMESTAMP, MIN_TIMESTAMP, Record, Timestamp};
+use crate::error::EngineError;
+use crate::operator::{Output, Source, SourceStatus, TICK_INTERVAL, TaskContext};
+
+/// Which subtask: the task (chain) index in the plan and the subtask index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubtaskId {
+    pub task: usize,
+    pub subtask: usize,
+}
+
+/// What the job master tells a subtask.
+#[derive(Debug, Clone)]
+pub enum TaskControl {
+    /// Sources only: emit this barrier now.
+    TriggerCheckpoint(Barrier),
+    CheckpointComplete(u64),
+    Cancel,
+}
+
+/// What a subtask tells the job master.
+#[derive(Debug)]
+pub enum TaskEvent {
+    /// The subtask took its snapshot for the checkpoint.
+    Ack {
+        checkpoint_id: u64,
+        subtask: SubtaskId,
+        states: Vec<OperatorState>,
+    },
+    /// A bounded source has emitted everything.
+    SourceFinished(SubtaskId),
+    Failed(SubtaskId, String),
+    /// The subtask ended after the final checkpoint completed.
+    Finished(SubtaskId),
+}
+
+/// The source part of a source subtask.
+pub struct SourceRunner {
+    pub vertex: usize,
+    pub vertex_id: String,
+    pub source: Box<dyn Source>,
+    pub ctx: TaskContext,
+    /// Bounded out-of-orderness of the watermarks generated from the records' timestamps.
+    pub watermark_delay: Duration,
+    pub restored_position: Option<Vec<u8>>,
+}
+
+/// Everything one subtask runs with.
+pub struct Subtask {
+    pub id: SubtaskId,
+    pub name: String,
+    pub source: Option<SourceRunner>,
+    pub chain: Chain,
+    pub chain_states: Vec<Option<Vec<u8>>>,
+    pub inputs: InputGate,
+    pub output: NetworkOutput,
+    pub control: Receiver<TaskControl>,
+    pub events: Sender<TaskEvent>,
+    pub cancelled: Arc<AtomicBool>,
+    pub storage: Arc<CheckpointStorage>,
+    pub metrics: Arc<JobMetrics>,
+}
+
+/// Records per source poll: small enough to answer control messages promptly.
+const POLL_BATCH: usize = 1024;
+
+/// Counts a source's records and tracks their largest timestamp for watermarks.
+struct SourceOutput<'a> {
+    chain: &'a mut Chain,
+    network: &'a mut NetworkOutput,
+    emitted: u64,
+    max_timestamp: Timestamp,
+}
+
+impl Output for SourceOutput<'_> {
+    fn emit(&mut self, record: Record) -> Result<(), EngineError> {
+        self.emitted += 1;
+        if record.timestamp > self.max_timestamp {
+            self.max_timestamp = record.timestamp;
+        }
+        self.chain.process(record, self.network)
+    }
+
+    fn watermark(&mut self, watermark: Timestamp) -> Result<(), EngineError> {
+        self.chain.watermark(watermark, self.network)
+    }
+}
+
+fn now_millis() -> Timestamp {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Subtask {
+    /// Runs the subtask to its end and reports how it ended to the job master.
+    pub fn run(mut self) {
+        let runtime = self.chain_runtime();
+        let _entered = runtime.as_ref().map(|h| h.enter());
+        let id = self.id;
+        let result = if self.source.is_some() {
+            self.run_source()
+        } else {
+            self.run_inputs()
+        };
+        self.publish_metrics();
+        let event = match result {
+            Ok(()) => TaskEvent::Finished(id),
+            Err(EngineError::Cancelled) => return,
+            Err(e) => TaskEvent::Failed(id, format!("{}: {e}", self.name)),
+        };
+        let _ = self.events.send(event);
+    }
+
+    /// The runtime handle, so that what operators drop (open uploads) can clean up after
+    /// themselves on it.
+    fn chain_runtime(&self) -> Option<tokio::runtime::Handle> {
+        if let Some(s) = &self.source {
+            return Some(s.ctx.runtime.clone());
+        }
+        self.chain.operators.first().map(|o| o.ctx.runtime.clone())
+    }
+
+    fn check_cancelled(&self) -> Result<(), EngineError> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            Err(EngineError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn publish_metrics(&mut self) {
+        for op in &mut self.chain.operators {
+            self.metrics.vertex(op.vertex).add_in(op.records_in);
+            op.records_in = 0;
+        }
+        self.metrics
+            .add_blocked(std::mem::take(&mut self.output.blocked));
+        let out = std::mem::take(&mut self.output.records_out);
+        if let Some(last) = self.chain.operators.last() {
+            self.metrics.vertex(last.vertex).add_out(out);
+        } else if let Some(source) = &self.source {
+            self.metrics.vertex(source.vertex).add_out(out);
+        }
+    }
+
+    /// Snapshots the source (if any) and the chain, stores the states, forwards the barrier
+    /// and acknowledges the checkpoint.
+    fn checkpoint(&mut self, barrier: Barrier) -> Result<(), EngineError> {
+        if barrier.is_final {
+            self.chain.finish(&mut self.output)?;
+        }
+        let id = barrier.checkpoint_id;
+        let mut states = Vec::new();
+        if let Some(source) = &mut self.source {
+            let position = source.source.snapshot(id).map_err(|e| EngineError::Task {
+                task: source.ctx.describe(),
+                message: e.to_string(),
+            })?;
+            states.push(self.storage.store_state(
+                id,
+                &source.vertex_id,
+                self.id.subtask,
+                Some(position),
+            )?);
+        }
+        for snapshot in self.chain.snapshot(id)? {
+            states.push(self.storage.store_state(
+                id,
+                &snapshot.vertex_id,
+                self.id.subtask,
+                snapshot.state,
+            )?);
+        }
+        self.output.barrier(barrier)?;
+        self.events
+            .send(TaskEvent::Ack {
+                checkpoint_id: id,
+                subtask: self.id,
+                states,
+            })
+            .map_err(|_| EngineError::Cancelled)
+    }
+
+    fn complete(&mut self, checkpoint_id: u64) -> Result<(), EngineError> {
+        if let Some(source) = &mut self.source {
+            source.source.checkpoint_complete(checkpoint_id)?;
+        }
+        self.chain.checkpoint_complete(checkpoint_id)
+    }
+
+    fn open(&mut self) -> Result<(), EngineError> {
+        if let Some(source) = &mut self.source {
+            let describe = |e: EngineError| EngineError::Task {
+                task: source.ctx.describe(),
+                message: e.to_string(),
+            };
+            if let Some(position) = source.restored_position.take() {
+                source
+                    .source
+                    .restore(&source.ctx, &position)
+                    .map_err(describe)?;
+            }
+            source.source.open(&source.ctx).map_err(describe)?;
+        }
+        let states = std::mem::take(&mut self.chain_states);
+        self.chain.restore_and_open(&states)
+    }
+
+    fn run_source(&mut self) -> Result<(), EngineError> {
+        self.open()?;
+        let mut finished = false;
+        let mut final_checkpoint: Option<u64> = None;
+        let mut max_timestamp = MIN_TIMESTAMP;
+        let mut last_watermark = MIN_TIMESTAMP;
+        let mut last_tick = Instant::now();
+        let mut idle_until: Option<Instant> = None;
+        loop {
+            self.check_cancelled()?;
+            // Control first: barriers must not wait behind a long run of polls.
+            let wait = if finished {
+                Some(TICK_INTERVAL)
+            } else {
+                idle_until.map(|t| {
+                    t.saturating_duration_since(Instant::now())
+                        .min(TICK_INTERVAL)
+                })
+            };
+            let message = match wait {
+                Some(d) if !d.is_zero() => match self.control.recv_timeout(d) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return Err(EngineError::Cancelled),
+                },
+                _ => match self.control.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return Err(EngineError::Cancelled),
+                },
+            };
+            match message {
+                Some(TaskControl::Cancel) => return Err(EngineError::Cancelled),
+                Some(TaskControl::TriggerCheckpoint(barrier)) => {
+                    self.checkpoint(barrier)?;
+                    if barrier.is_final {
+                        final_checkpoint = Some(barrier.checkpoint_id);
+                    }
+                    continue;
+                }
+                Some(TaskControl::CheckpointComplete(id)) => {
+                    self.complete(id)?;
+                    if final_checkpoint.is_some_and(|f| id >= f) {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                None => {}
+            }
+            if !finished && idle_until.is_none_or(|t| Instant::now() >= t) {
+                idle_until = None;
+                let Some(source) = self.source.as_mut() else {
+                    return Ok(());
+                };
+                let mut out = SourceOutput {
+                    chain: &mut self.chain,
+                    network: &mut self.output,
+                    emitted: 0,
+                    max_timestamp,
+                };
+                let status =
+                    source
+                        .source
+                        .poll(&mut out, POLL_BATCH)
+                        .map_err(|e| EngineError::Task {
+                            task: source.ctx.describe(),
+                            message: e.to_string(),
+                        })?;
+                max_timestamp = out.max_timestamp;
+                let emitted = out.emitted;
+                self.metrics.vertex(source.vertex).add_out(emitted);
+                let delay = source.watermark_delay.as_millis() as i64;
+                match status {
+                    SourceStatus::More => {}
+                    SourceStatus::Idle(d) => idle_until = Some(Instant::now() + d),
+                    SourceStatus::Finished => {
+                        finished = true;
+                        // Fires every window downstream: no record will follow.
+                        self.chain.watermark(MAX_TIMESTAMP, &mut self.output)?;
+                        last_watermark = MAX_TIMESTAMP;
+                        self.output.flush()?;
+                        let _ = self.events.send(TaskEvent::SourceFinished(self.id));
+                    }
+                }
+                if !finished && max_timestamp > MIN_TIMESTAMP {
+                    let watermark = max_timestamp.saturating_sub(delay).saturating_sub(1);
+                    if watermark > last_watermark {
+                        last_watermark = watermark;
+                        self.chain.watermark(watermark, &mut self.output)?;
+                    }
+                }
+            }
+            if last_tick.elapsed() >= TICK_INTERVAL {
+                last_tick = Instant::now();
+                self.chain.tick(now_millis(), &mut self.output)?;
+                self.publish_metrics();
+            }
+            self.output.flush_if_due()?;
+        }
+    }
+
+    fn run_inputs(&mut self) -> Result<(), EngineError> {
+        self.open()?;
+        let mut aligning: Option<Barrier> = None;
+        let mut final_checkpoint: Option<u64> = None;
+        let mut last_tick = Instant::now();
+        // Owned handles (cheap clones), so that the select does not hold `self` borrowed.
+        let control = self.control.clone();
+        let receivers = self.inputs.receivers.clone();
+        loop {
+            self.check_cancelled()?;
+            // Read the control channel and every channel not held back by alignment.
+            let mut select = Select::new();
+            let control_index = select.recv(&control);
+            let mut channel_of = Vec::new();
+            if final_checkpoint.is_none() {
+                for (i, receiver) in receivers.iter().enumerate() {
+                    if !self.inputs.blocked[i] {
+                        select.recv(receiver);
+                        channel_of.push(i);
+                    }
+                }
+            }
+            let timeout = TICK_INTERVAL
+                .saturating_sub(last_tick.elapsed())
+                .min(super::exchange::FLUSH_INTERVAL);
+            match select.select_timeout(timeout) {
+                Err(_) => {}
+                Ok(op) if op.index() == control_index => match op.recv(&control) {
+                    Err(_) | Ok(TaskControl::Cancel) => return Err(EngineError::Cancelled),
+                    Ok(TaskControl::CheckpointComplete(id)) => {
+                        self.complete(id)?;
+                        if final_checkpoint.is_some_and(|f| id >= f) {
+                            return Ok(());
+                        }
+                    }
+                    // Only sources are triggered; a stray trigger is harmless.
+                    Ok(TaskControl::TriggerCheckpoint(_)) => {}
+                },
+                Ok(op) => {
+                    let channel = channel_of[op.index() - 1];
+                    let batch = match op.recv(&receivers[channel]) {
+                        Ok(batch) => batch,
+                        // An upstream task ended without a final barrier: it was torn down.
+                        Err(_) => return Err(EngineError::Cancelled),
+                    };
+                    for element in batch {
+                        match element {
+                            Element::Record(record) => {
+                                self.chain.process(record, &mut self.output)?;
+                            }
+                            Element::Watermark(w) => {
+                                if let Some(w) = self.inputs.advance_watermark(channel, w) {
+                                    self.chain.watermark(w, &mut self.output)?;
+                                }
+                            }
+                            Element::Barrier(barrier) => {
+                                self.inputs.blocked[channel] = true;
+                                aligning = Some(barrier);
+                            }
+                        }
+                    }
+                    if let Some(barrier) = aligning
+                        && self.inputs.aligned()
+                    {
+                        aligning = None;
+                        self.inputs.unblock_all();
+                        self.checkpoint(barrier)?;
+                        if barrier.is_final {
+                            final_checkpoint = Some(barrier.checkpoint_id);
+                        }
+                    }
+                }
+            }
+            if last_tick.elapsed() >= TICK_INTERVAL {
+                last_tick = Instant::now();
+                if final_checkpoint.is_none() {
+                    self.chain.tick(now_millis(), &mut self.output)?;
+                }
+                self.publish_metrics();
+            }
+            self.output.flush_if_due()?;
+        }
+    }
+}

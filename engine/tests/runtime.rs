@@ -1,0 +1,321 @@
+//! The runtime on its own: chaining, exchanges, checkpoints and restarts, with test sources
+//! and sinks whose output is exactly-once only if the runtime's barriers are right.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use engine::EngineError;
+use engine::data::{DataType, Field, Record, Schema, SchemaRef, Value};
+use engine::graph::{
+    CheckpointConfig, Edge, JobGraph, Partitioning, RestartStrategy, Vertex, VertexKind,
+};
+use engine::operator::{Operator, Output, Source, SourceStatus, TaskContext};
+use engine::runtime::{JobEnvironment, JobState, MiniCluster};
+use fs_core::store::memory::MemoryStore;
+use fs_core::{Index, RecoverableWriter, WriterConfig};
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("n", DataType::Int)]))
+}
+
+/// Emits the numbers below `count` that are `subtask` modulo `parallelism`; its position is
+/// the next number.
+struct Numbers {
+    count: i64,
+    next: i64,
+    step: i64,
+}
+
+impl Source for Numbers {
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+
+    fn restore(&mut self, _ctx: &TaskContext, position: &[u8]) -> Result<(), EngineError> {
+        let bytes: [u8; 8] = position
+            .try_into()
+            .map_err(|_| EngineError::state("numbers", "bad position"))?;
+        self.next = i64::from_le_bytes(bytes);
+        Ok(())
+    }
+
+    fn open(&mut self, ctx: &TaskContext) -> Result<(), EngineError> {
+        self.step = ctx.parallelism as i64;
+        if self.next < 0 {
+            self.next = ctx.subtask as i64;
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut dyn Output, max: usize) -> Result<SourceStatus, EngineError> {
+        for _ in 0..max.min(64) {
+            if self.next >= self.count {
+                return Ok(SourceStatus::Finished);
+            }
+            out.emit(Record::new(self.next, vec![Value::Int(self.next)]))?;
+            self.next += self.step;
+        }
+        Ok(SourceStatus::More)
+    }
+
+    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Vec<u8>, EngineError> {
+        Ok(self.next.to_le_bytes().to_vec())
+    }
+}
+
+/// Passes records on, and fails the first attempt after `fail_after` records.
+struct FailOnce {
+    fail_after: u64,
+    seen: u64,
+    attempt: u32,
+}
+
+impl Operator for FailOnce {
+    fn open(&mut self, ctx: &TaskContext) -> Result<(), EngineError> {
+        self.attempt = ctx.attempt;
+        Ok(())
+    }
+
+    fn process(&mut self, record: Record, out: &mut dyn Output) -> Result<(), EngineError> {
+        self.seen += 1;
+        if self.attempt == 0 && self.seen == self.fail_after {
+            return Err(EngineError::record("test", "injected failure"));
+        }
+        out.emit(record)
+    }
+}
+
+/// What the two-phase test sink has published: per (subtask, checkpoint), the values.
+type Published = Arc<Mutex<BTreeMap<(usize, u64), Vec<i64>>>>;
+
+/// A transactional sink: values since the last barrier are staged with the checkpoint and
+/// published when it completes (or on restore, for the checkpoint restored from).
+struct StagingSink {
+    subtask: usize,
+    open: Vec<i64>,
+    staged: BTreeMap<u64, Vec<i64>>,
+    published: Published,
+}
+
+impl StagingSink {
+    fn publish_up_to(&mut self, id: u64) {
+        let mut published = self.published.lock().unwrap();
+        let done: Vec<u64> = self.staged.range(..=id).map(|(k, _)| *k).collect();
+        for k in done {
+            let values = self.staged.remove(&k).unwrap();
+            // Idempotent: a checkpoint's values are published once whatever happens.
+            published.entry((self.subtask, k)).or_insert(values);
+        }
+    }
+}
+
+impl Operator for StagingSink {
+    fn restore(&mut self, ctx: &TaskContext, state: &[u8]) -> Result<(), EngineError> {
+        self.subtask = ctx.subtask;
+        self.staged = serde_json::from_slice(state).map_err(|e| EngineError::state("sink", e))?;
+        self.publish_up_to(u64::MAX);
+        Ok(())
+    }
+
+    fn open(&mut self, ctx: &TaskContext) -> Result<(), EngineError> {
+        self.subtask = ctx.subtask;
+        Ok(())
+    }
+
+    fn process(&mut self, record: Record, _out: &mut dyn Output) -> Result<(), EngineError> {
+        if let Value::Int(n) = record.row[0] {
+            self.open.push(n);
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, id: u64) -> Result<Option<Vec<u8>>, EngineError> {
+        self.staged.insert(id, std::mem::take(&mut self.open));
+        Ok(Some(serde_json::to_vec(&self.staged).unwrap()))
+    }
+
+    fn checkpoint_complete(&mut self, id: u64) -> Result<(), EngineError> {
+        self.publish_up_to(id);
+        Ok(())
+    }
+}
+
+struct Env {
+    runtime: tokio::runtime::Runtime,
+    env: JobEnvironment,
+}
+
+fn environment() -> Env {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store: fs_core::store::DynStore = Arc::new(MemoryStore::new());
+    let writer = RecoverableWriter::new(
+        store.clone(),
+        Index::temporary().unwrap(),
+        WriterConfig::default(),
+    )
+    .unwrap();
+    let env = JobEnvironment {
+        store,
+        writer: Arc::new(writer),
+        runtime: runtime.handle().clone(),
+    };
+    Env { runtime, env }
+}
+
+fn graph(count: i64, fail_after: u64, published: Published) -> JobGraph {
+    let source = Vertex {
+        id: "numbers".into(),
+        description: "numbers".into(),
+        parallelism: 2,
+        kind: VertexKind::Source {
+            factory: Arc::new(move |_| {
+                Ok(Box::new(Numbers {
+                    count,
+                    next: -1,
+                    step: 1,
+                }) as Box<dyn Source>)
+            }),
+            watermark_delay: Duration::ZERO,
+        },
+        schema: schema(),
+    };
+    let fail = Vertex {
+        id: "fail".into(),
+        description: "fail once".into(),
+        parallelism: 3,
+        kind: VertexKind::Operator {
+            factory: Arc::new(move |_| {
+                Ok(Box::new(FailOnce {
+                    fail_after,
+                    seen: 0,
+                    attempt: 0,
+                }) as Box<dyn Operator>)
+            }),
+            is_sink: false,
+        },
+        schema: schema(),
+    };
+    let sink = Vertex {
+        id: "sink".into(),
+        description: "staging sink".into(),
+        parallelism: 3,
+        kind: VertexKind::Operator {
+            factory: Arc::new(move |_| {
+                Ok(Box::new(StagingSink {
+                    subtask: 0,
+                    open: Vec::new(),
+                    staged: BTreeMap::new(),
+                    published: published.clone(),
+                }) as Box<dyn Operator>)
+            }),
+            is_sink: true,
+        },
+        schema: schema(),
+    };
+    JobGraph {
+        name: "numbers".into(),
+        vertices: vec![source, fail, sink],
+        edges: vec![
+            Edge {
+                from: 0,
+                to: 1,
+                partitioning: Partitioning::Hash(vec![0]),
+            },
+            Edge {
+                from: 1,
+                to: 2,
+                partitioning: Partitioning::Forward,
+            },
+        ],
+        checkpoint: CheckpointConfig {
+            interval: Some(Duration::from_millis(20)),
+            timeout: Duration::from_secs(30),
+            retained: 2,
+        },
+        restart: RestartStrategy::FixedDelay {
+            attempts: 2,
+            delay: Duration::from_millis(10),
+        },
+    }
+}
+
+fn published_values(published: &Published) -> Vec<i64> {
+    let mut all: Vec<i64> = published
+        .lock()
+        .unwrap()
+        .values()
+        .flatten()
+        .copied()
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn bounded_job_publishes_every_record_once() {
+    let env = environment();
+    let published = Published::default();
+    let cluster = MiniCluster::new(env.env.clone(), 1, 4);
+    let job = cluster
+        .submit(graph(20_000, u64::MAX, published.clone()), "plain")
+        .unwrap();
+    assert_eq!(job.wait(), JobState::Finished);
+    assert_eq!(
+        published_values(&published),
+        (0..20_000).collect::<Vec<_>>()
+    );
+    assert_eq!(job.metrics().vertex(2).records_in(), 20_000);
+    assert!(
+        job.metrics()
+            .checkpoints()
+            .iter()
+            .any(|c| c.is_final && c.completed)
+    );
+    drop(env.runtime);
+}
+
+#[test]
+fn a_failed_task_restarts_from_the_checkpoint_exactly_once() {
+    let env = environment();
+    let published = Published::default();
+    let cluster = MiniCluster::new(env.env.clone(), 2, 2);
+    let job = cluster
+        .submit(graph(200_000, 30_000, published.clone()), "failing")
+        .unwrap();
+    assert_eq!(job.wait(), JobState::Finished);
+    assert_eq!(job.metrics().restarts(), 1);
+    let values = published_values(&published);
+    let unique: BTreeSet<i64> = values.iter().copied().collect();
+    assert_eq!(unique.len(), values.len(), "duplicates published");
+    assert_eq!(values, (0..200_000).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_job_needing_more_slots_than_the_cluster_has_says_so() {
+    let env = environment();
+    let cluster = MiniCluster::new(env.env.clone(), 1, 2);
+    let err = cluster
+        .submit(graph(10, u64::MAX, Published::default()), "big")
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("needs 3 slots"), "{err}");
+}
+
+#[test]
+fn failing_for_good_fails_the_job_with_the_reason() {
+    let env = environment();
+    let published = Published::default();
+    let mut g = graph(100_000, 10, published);
+    g.restart = RestartStrategy::None;
+    let cluster = MiniCluster::new(env.env.clone(), 1, 4);
+    let job = cluster.submit(g, "doomed").unwrap();
+    match job.wait() {
+        JobState::Failed(reason) => assert!(reason.contains("injected failure"), "{reason}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
