@@ -1,21 +1,91 @@
 //! The embedded mini-cluster: a job manager and task managers in one process, for
-//! `rivulet run` without `--jobmanager` and for tests.
+//! `rivulet run` without `--jobmanager` and for tests. Its task managers share one executor:
+//! every channel is in-process.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::master::{JobEnvironment, JobMaster, JobShared, JobState};
+use crossbeam_channel::Sender;
+
+use super::executor::{DeployRequest, Placement, TaskExecutor};
+use super::master::{JobEnvironment, JobMaster, JobShared, JobState, TaskManagers};
 use super::metrics::JobMetrics;
+use super::task::{SubtaskId, TaskControl, TaskEvent};
 use crate::error::EngineError;
 use crate::graph::JobGraph;
+
+/// The task manager id of the embedded cluster's (shared) executor.
+const LOCAL: &str = "local";
+
+/// Slots in this process.
+struct LocalTaskManagers {
+    executor: TaskExecutor,
+    slots: usize,
+    /// Slots held by each job.
+    allocated: Mutex<HashMap<String, usize>>,
+}
+
+impl TaskManagers for LocalTaskManagers {
+    fn allocate(&self, job_id: &str, slots: usize) -> Result<Placement, String> {
+        let mut allocated = self
+            .allocated
+            .lock()
+            .map_err(|_| "slot table lock poisoned".to_string())?;
+        allocated.remove(job_id);
+        let used: usize = allocated.values().sum();
+        let free = self.slots.saturating_sub(used);
+        if slots > free {
+            return Err(format!(
+                "the job needs {slots} slots and {free} of {} are free",
+                self.slots
+            ));
+        }
+        allocated.insert(job_id.to_string(), slots);
+        Ok(Placement::local(LOCAL, slots))
+    }
+
+    fn release(&self, job_id: &str) {
+        if let Ok(mut allocated) = self.allocated.lock() {
+            allocated.remove(job_id);
+        }
+    }
+
+    fn deploy(
+        &self,
+        _task_manager: &str,
+        graph: &JobGraph,
+        request: &DeployRequest,
+        events: Sender<TaskEvent>,
+        metrics: Arc<JobMetrics>,
+    ) -> Result<(), EngineError> {
+        self.executor.deploy(graph, request, events, metrics)
+    }
+
+    fn control(
+        &self,
+        _task_manager: &str,
+        job_id: &str,
+        attempt: u32,
+        subtask: SubtaskId,
+        message: TaskControl,
+    ) {
+        self.executor.control(job_id, attempt, subtask, message);
+    }
+
+    fn cancel(&self, _task_manager: &str, job_id: &str, attempt: u32) {
+        self.executor.cancel(job_id, attempt);
+    }
+}
 
 /// Task managers and their slots, in this process.
 pub struct MiniCluster {
     env: JobEnvironment,
     task_managers: usize,
     slots_per_task_manager: usize,
+    local: Arc<LocalTaskManagers>,
 }
 
 /// A submitted job.
@@ -53,12 +123,48 @@ impl JobHandle {
     }
 }
 
+/// Starts a job master for `graph` on its own thread.
+pub fn start_job(
+    graph: JobGraph,
+    spec: Option<String>,
+    job_id: &str,
+    env: &JobEnvironment,
+    task_managers: Arc<dyn TaskManagers>,
+) -> Result<JobHandle, EngineError> {
+    graph.validate()?;
+    let shared = Arc::new(JobShared {
+        job_id: job_id.to_string(),
+        metrics: Arc::new(JobMetrics::new(graph.vertices.len())),
+        graph,
+        spec,
+        note: Mutex::new(None),
+        state: Mutex::new(JobState::Created),
+        cancel_requested: AtomicBool::new(false),
+        started: Instant::now(),
+    });
+    let master = JobMaster::new(shared.clone(), env, task_managers);
+    let thread = std::thread::Builder::new()
+        .name(format!("job-master-{job_id}"))
+        .spawn(move || master.run())
+        .map_err(|e| EngineError::io("starting the job master", e))?;
+    Ok(JobHandle {
+        shared,
+        master: Mutex::new(Some(thread)),
+    })
+}
+
 impl MiniCluster {
     pub fn new(env: JobEnvironment, task_managers: usize, slots_per_task_manager: usize) -> Self {
+        let local = Arc::new(LocalTaskManagers {
+            executor: TaskExecutor::new(LOCAL, env.clone(), None),
+            slots: task_managers * slots_per_task_manager,
+            allocated: Mutex::new(HashMap::new()),
+        });
         Self {
             env,
             task_managers,
             slots_per_task_manager,
+            local,
         }
     }
 
@@ -69,9 +175,9 @@ impl MiniCluster {
     /// Starts `graph` as job `job_id`. A job id whose checkpoints are in the store resumes
     /// from its latest one.
     pub fn submit(&self, graph: JobGraph, job_id: &str) -> Result<JobHandle, EngineError> {
-        graph.validate()?;
         let needed = graph.slots_needed();
         if needed > self.slots() {
+            // No slots will ever be added to an embedded cluster: say so now.
             return Err(EngineError::job(
                 "parallelism",
                 format!(
@@ -83,22 +189,6 @@ impl MiniCluster {
                 ),
             ));
         }
-        let shared = Arc::new(JobShared {
-            job_id: job_id.to_string(),
-            metrics: Arc::new(JobMetrics::new(graph.vertices.len())),
-            graph,
-            state: Mutex::new(JobState::Created),
-            cancel_requested: AtomicBool::new(false),
-            started: Instant::now(),
-        });
-        let master = JobMaster::new(shared.clone(), self.env.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("job-master-{job_id}"))
-            .spawn(move || master.run())
-            .map_err(|e| EngineError::io("starting the job master", e))?;
-        Ok(JobHandle {
-            shared,
-            master: Mutex::new(Some(thread)),
-        })
+        start_job(graph, None, job_id, &self.env, self.local.clone())
     }
 }

@@ -1,11 +1,9 @@
 //! The job master: deploys a job's subtasks, coordinates its checkpoints, and restarts it
 //! from the latest completed checkpoint when a subtask fails.
 
-use std::collections::{HashMap, HashSet};
-use std::panic::AssertUnwindSafe;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -13,16 +11,42 @@ use fs_core::RecoverableWriter;
 use fs_core::store::DynStore;
 use serde::Serialize;
 
-use super::chain::{Chain, ChainedOperator};
 use super::checkpoint::{CheckpointMetadata, CheckpointStorage, OperatorState};
 use super::element::Barrier;
-use super::exchange::{self, EdgeOutput, InputGate, NetworkOutput};
+use super::executor::{DeployRequest, Placement};
 use super::metrics::{CheckpointRecord, JobMetrics};
 use super::plan::ExecutionPlan;
-use super::task::{SourceRunner, Subtask, SubtaskId, TaskControl, TaskEvent};
+use super::task::{SubtaskId, TaskControl, TaskEvent};
 use crate::error::EngineError;
-use crate::graph::{JobGraph, Partitioning, RestartStrategy, VertexKind};
-use crate::operator::TaskContext;
+use crate::graph::{JobGraph, RestartStrategy};
+
+/// The task managers a job master deploys to: in this process (the embedded cluster) or
+/// remote ones registered with the job manager.
+pub trait TaskManagers: Send + Sync {
+    /// Reserves `slots` slots for the job, or says why it cannot yet.
+    fn allocate(&self, job_id: &str, slots: usize) -> Result<Placement, String>;
+    /// Frees the job's slots.
+    fn release(&self, job_id: &str);
+    /// Starts the subtasks placed on `task_manager`; their events go to `events`.
+    fn deploy(
+        &self,
+        task_manager: &str,
+        graph: &JobGraph,
+        request: &DeployRequest,
+        events: Sender<TaskEvent>,
+        metrics: Arc<JobMetrics>,
+    ) -> Result<(), EngineError>;
+    fn control(
+        &self,
+        task_manager: &str,
+        job_id: &str,
+        attempt: u32,
+        subtask: SubtaskId,
+        message: TaskControl,
+    );
+    /// Stops the attempt's subtasks on `task_manager` and waits for them.
+    fn cancel(&self, task_manager: &str, job_id: &str, attempt: u32);
+}
 
 /// Where a job runs: its store, the writer service over it, and the runtime for store calls.
 #[derive(Clone)]
@@ -57,6 +81,11 @@ impl JobState {
 pub struct JobShared {
     pub job_id: String,
     pub graph: JobGraph,
+    /// The job file's text, for task managers in other processes (which compile it
+    /// themselves); `None` for graphs built in code, which only run embedded.
+    pub spec: Option<String>,
+    /// Why the job is not running right now, if it is waiting (for slots).
+    pub note: Mutex<Option<String>>,
     pub metrics: Arc<JobMetrics>,
     pub state: Mutex<JobState>,
     pub cancel_requested: AtomicBool,
@@ -80,45 +109,27 @@ impl JobShared {
     pub fn cancel(&self) {
         self.cancel_requested.store(true, Ordering::SeqCst);
     }
+
+    pub fn note(&self) -> Option<String> {
+        self.note.lock().ok().and_then(|n| n.clone())
+    }
+
+    fn set_note(&self, note: Option<String>) {
+        if let Ok(mut n) = self.note.lock() {
+            *n = note;
+        }
+    }
 }
 
-/// A deployed attempt: its subtask threads and their channels.
+/// A deployed attempt: where its subtasks run, and their events.
 struct Deployment {
-    threads: Vec<JoinHandle<()>>,
-    controls: Vec<Sender<TaskControl>>,
-    sources: Vec<Sender<TaskControl>>,
-    subtasks: usize,
-    source_subtasks: usize,
+    attempt: u32,
+    /// Every subtask with its task manager.
+    subtasks: Vec<(SubtaskId, String)>,
+    /// The subtasks that run a source, with their task managers.
+    sources: Vec<(SubtaskId, String)>,
+    task_managers: BTreeSet<String>,
     events: Receiver<TaskEvent>,
-    cancelled: Arc<AtomicBool>,
-}
-
-impl Deployment {
-    fn broadcast(&self, message: &TaskControl) {
-        for control in &self.controls {
-            let _ = control.send(message.clone());
-        }
-    }
-
-    /// Stops every subtask and waits for their threads (up to a bound: a subtask stuck in a
-    /// store call against a dead backend is left behind rather than hanging the restart).
-    fn tear_down(self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-        self.broadcast(&TaskControl::Cancel);
-        drop(self.controls);
-        drop(self.sources);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for thread in self.threads {
-            while !thread.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if thread.is_finished() {
-                let _ = thread.join();
-            } else {
-                tracing::warn!("a subtask did not stop within 30 s of its job's cancellation");
-            }
-        }
-    }
 }
 
 enum Outcome {
@@ -138,20 +149,24 @@ struct PendingCheckpoint {
 pub struct JobMaster {
     shared: Arc<JobShared>,
     plan: ExecutionPlan,
-    env: JobEnvironment,
+    task_managers: Arc<dyn TaskManagers>,
     storage: Arc<CheckpointStorage>,
     next_checkpoint_id: u64,
 }
 
 impl JobMaster {
-    pub fn new(shared: Arc<JobShared>, env: JobEnvironment) -> Self {
+    pub fn new(
+        shared: Arc<JobShared>,
+        env: &JobEnvironment,
+        task_managers: Arc<dyn TaskManagers>,
+    ) -> Self {
         let plan = ExecutionPlan::new(&shared.graph);
         let storage =
             CheckpointStorage::new(env.store.clone(), &shared.job_id, env.runtime.clone());
         Self {
             shared,
             plan,
-            env,
+            task_managers,
             storage,
             next_checkpoint_id: 1,
         }
@@ -164,6 +179,8 @@ impl JobMaster {
             Ok(state) => state,
             Err(e) => JobState::Failed(e.to_string()),
         };
+        self.task_managers.release(&self.shared.job_id);
+        self.shared.set_note(None);
         self.shared.set_state(state.clone());
         state
     }
@@ -180,10 +197,18 @@ impl JobMaster {
                     "restoring from the latest completed checkpoint"
                 );
             }
+            let Some(placement) = self.wait_for_slots() else {
+                return Ok(JobState::Canceled);
+            };
             self.shared.set_state(JobState::Running);
-            let deployment = self.deploy(attempt, restore.as_ref())?;
-            let outcome = self.coordinate(&deployment);
-            deployment.tear_down();
+            let outcome = match self.deploy(attempt, placement, restore) {
+                Ok(deployment) => {
+                    let outcome = self.coordinate(&deployment);
+                    self.tear_down(&deployment);
+                    outcome
+                }
+                Err(e) => Outcome::Failed(format!("deploying the job: {e}")),
+            };
             match outcome {
                 Outcome::Finished => return Ok(JobState::Finished),
                 Outcome::Canceled => return Ok(JobState::Canceled),
@@ -215,179 +240,104 @@ impl JobMaster {
         }
     }
 
-    fn context(&self, vertex: usize, subtask: usize, attempt: u32) -> TaskContext {
-        let graph = &self.shared.graph;
-        TaskContext {
-            job_id: self.shared.job_id.clone(),
-            job_name: graph.name.clone(),
-            operator_id: graph.vertices[vertex].id.clone(),
-            subtask,
-            parallelism: graph.vertices[vertex].parallelism,
-            attempt,
-            writer: self.env.writer.clone(),
-            runtime: self.env.runtime.clone(),
+    /// Waits until the job's slots are free (saying why meanwhile); `None` if cancelled.
+    fn wait_for_slots(&self) -> Option<Placement> {
+        let needed = self.shared.graph.slots_needed();
+        loop {
+            match self.task_managers.allocate(&self.shared.job_id, needed) {
+                Ok(placement) => {
+                    self.shared.set_note(None);
+                    return Some(placement);
+                }
+                Err(why) => {
+                    if self.shared.note().as_deref() != Some(why.as_str()) {
+                        tracing::warn!(job = %self.shared.job_id, "waiting for slots: {why}");
+                    }
+                    self.shared.set_note(Some(why));
+                }
+            }
+            for _ in 0..10 {
+                if self.shared.cancel_requested.load(Ordering::SeqCst) {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 
-    /// Builds every subtask with its restored state and channels, and starts their threads.
+    /// Starts an attempt's subtasks on the task managers of `placement`.
     fn deploy(
         &self,
         attempt: u32,
-        restore: Option<&CheckpointMetadata>,
+        placement: Placement,
+        restore: Option<CheckpointMetadata>,
     ) -> Result<Deployment, EngineError> {
         let graph = &self.shared.graph;
-        let mut states: HashMap<(&str, usize), Vec<u8>> = HashMap::new();
-        if let Some(m) = restore {
-            for s in &m.states {
-                if let Some(handle) = &s.handle {
-                    states.insert(
-                        (s.vertex_id.as_str(), s.subtask),
-                        self.storage.load_state(handle)?,
-                    );
-                }
-            }
-        }
-        // Channels: outputs[task][subtask] and inputs[task][subtask].
-        let mut outputs: Vec<Vec<Vec<EdgeOutput>>> = self
-            .plan
-            .tasks
-            .iter()
-            .map(|t| (0..t.parallelism).map(|_| Vec::new()).collect())
-            .collect();
-        let mut inputs: Vec<Vec<Vec<Receiver<_>>>> = self
-            .plan
-            .tasks
-            .iter()
-            .map(|t| (0..t.parallelism).map(|_| Vec::new()).collect())
-            .collect();
-        for edge in &self.plan.edges {
-            let (up, down) = (
-                self.plan.tasks[edge.from_task].parallelism,
-                self.plan.tasks[edge.to_task].parallelism,
-            );
-            if edge.partitioning == Partitioning::Forward {
-                for i in 0..up {
-                    let (tx, rx) = exchange::channel();
-                    outputs[edge.from_task][i].push(EdgeOutput {
-                        partitioning: Partitioning::Forward,
-                        senders: vec![tx],
-                    });
-                    inputs[edge.to_task][i].push(rx);
-                }
-            } else {
-                let mut senders: Vec<Vec<_>> = (0..up).map(|_| Vec::new()).collect();
-                for receivers in inputs[edge.to_task].iter_mut().take(down) {
-                    for up_senders in senders.iter_mut() {
-                        let (tx, rx) = exchange::channel();
-                        up_senders.push(tx);
-                        receivers.push(rx);
-                    }
-                }
-                for (i, s) in senders.into_iter().enumerate() {
-                    outputs[edge.from_task][i].push(EdgeOutput {
-                        partitioning: edge.partitioning.clone(),
-                        senders: s,
-                    });
-                }
-            }
-        }
-
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let mut deployment = Deployment {
-            threads: Vec::new(),
-            controls: Vec::new(),
-            sources: Vec::new(),
-            subtasks: 0,
-            source_subtasks: 0,
-            events: events_rx,
-            cancelled: cancelled.clone(),
-        };
         let mut subtasks = Vec::new();
+        let mut sources = Vec::new();
         for (t, task) in self.plan.tasks.iter().enumerate() {
-            for s in (0..task.parallelism).rev() {
+            let is_source = graph.vertices[task.vertices[0]].is_source();
+            for s in 0..task.parallelism {
                 let id = SubtaskId {
                     task: t,
                     subtask: s,
                 };
-                let output =
-                    NetworkOutput::new(outputs[t].pop().unwrap_or_default(), cancelled.clone());
-                let gate = InputGate::new(inputs[t].pop().unwrap_or_default());
-                let (control_tx, control_rx) = crossbeam_channel::unbounded();
-                let mut source = None;
-                let mut chain = Chain::default();
-                let mut chain_states = Vec::new();
-                for &v in &task.vertices {
-                    let vertex = &graph.vertices[v];
-                    let ctx = self.context(v, s, attempt);
-                    let restored = states.remove(&(vertex.id.as_str(), s));
-                    match &vertex.kind {
-                        VertexKind::Source {
-                            factory,
-                            watermark_delay,
-                        } => {
-                            source = Some(SourceRunner {
-                                vertex: v,
-                                vertex_id: vertex.id.clone(),
-                                source: factory(s)?,
-                                ctx,
-                                watermark_delay: *watermark_delay,
-                                restored_position: restored,
-                            });
-                        }
-                        VertexKind::Operator { factory, .. } => {
-                            chain.operators.push(ChainedOperator {
-                                vertex_id: vertex.id.clone(),
-                                vertex: v,
-                                operator: factory(s)?,
-                                ctx,
-                                records_in: 0,
-                            });
-                            chain_states.push(restored);
-                        }
-                    }
+                let tm = placement.task_manager_of(s).to_string();
+                if is_source {
+                    sources.push((id, tm.clone()));
                 }
-                if source.is_some() {
-                    deployment.sources.push(control_tx.clone());
-                    deployment.source_subtasks += 1;
-                }
-                deployment.controls.push(control_tx);
-                deployment.subtasks += 1;
-                subtasks.push(Subtask {
-                    id,
-                    name: format!(
-                        "{} ({}/{})",
-                        self.plan.describe_task(graph, t),
-                        s + 1,
-                        task.parallelism
-                    ),
-                    source,
-                    chain,
-                    chain_states,
-                    inputs: gate,
-                    output,
-                    control: control_rx,
-                    events: events_tx.clone(),
-                    cancelled: cancelled.clone(),
-                    storage: self.storage.clone(),
-                    metrics: self.shared.metrics.clone(),
-                });
+                subtasks.push((id, tm));
             }
         }
-        for subtask in subtasks {
-            let events = events_tx.clone();
-            let (id, name) = (subtask.id, subtask.name.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("task-{}-{}", id.task, id.subtask))
-                .spawn(move || {
-                    if std::panic::catch_unwind(AssertUnwindSafe(|| subtask.run())).is_err() {
-                        let _ = events.send(TaskEvent::Failed(id, format!("{name}: panicked")));
-                    }
-                })
-                .map_err(|e| EngineError::io("starting a task thread", e))?;
-            deployment.threads.push(thread);
+        let task_managers: BTreeSet<String> = placement.slots.iter().cloned().collect();
+        let request = DeployRequest {
+            job_id: self.shared.job_id.clone(),
+            job_name: graph.name.clone(),
+            spec: self.shared.spec.clone(),
+            attempt,
+            placement,
+            restore,
+        };
+        let deployment = Deployment {
+            attempt,
+            subtasks,
+            sources,
+            task_managers,
+            events: events_rx,
+        };
+        for tm in &deployment.task_managers {
+            if let Err(e) = self.task_managers.deploy(
+                tm,
+                graph,
+                &request,
+                events_tx.clone(),
+                self.shared.metrics.clone(),
+            ) {
+                self.tear_down(&deployment);
+                return Err(e);
+            }
         }
         Ok(deployment)
+    }
+
+    fn broadcast(&self, deployment: &Deployment, message: &TaskControl) {
+        for (id, tm) in &deployment.subtasks {
+            self.task_managers.control(
+                tm,
+                &self.shared.job_id,
+                deployment.attempt,
+                *id,
+                message.clone(),
+            );
+        }
+    }
+
+    fn tear_down(&self, deployment: &Deployment) {
+        for tm in &deployment.task_managers {
+            self.task_managers
+                .cancel(tm, &self.shared.job_id, deployment.attempt);
+        }
     }
 
     fn trigger(&mut self, deployment: &Deployment, is_final: bool) -> PendingCheckpoint {
@@ -397,8 +347,14 @@ impl JobMaster {
             checkpoint_id: id,
             is_final,
         };
-        for source in &deployment.sources {
-            let _ = source.send(TaskControl::TriggerCheckpoint(barrier));
+        for (id, tm) in &deployment.sources {
+            self.task_managers.control(
+                tm,
+                &self.shared.job_id,
+                deployment.attempt,
+                *id,
+                TaskControl::TriggerCheckpoint(barrier),
+            );
         }
         PendingCheckpoint {
             id,
@@ -420,7 +376,7 @@ impl JobMaster {
             if self.shared.cancel_requested.load(Ordering::SeqCst) {
                 return Outcome::Canceled;
             }
-            let all_sources_done = finished_sources.len() == deployment.source_subtasks;
+            let all_sources_done = finished_sources.len() == deployment.sources.len();
             if pending.is_none() && !final_completed {
                 if all_sources_done {
                     pending = Some(self.trigger(deployment, true));
@@ -463,7 +419,7 @@ impl JobMaster {
                 }
                 TaskEvent::Finished(id) => {
                     finished_subtasks.insert(id);
-                    if final_completed && finished_subtasks.len() == deployment.subtasks {
+                    if final_completed && finished_subtasks.len() == deployment.subtasks.len() {
                         return Outcome::Finished;
                     }
                 }
@@ -476,7 +432,7 @@ impl JobMaster {
                         continue; // a late ack of a declined checkpoint
                     };
                     p.acks.insert(subtask, states);
-                    if p.acks.len() < deployment.subtasks {
+                    if p.acks.len() < deployment.subtasks.len() {
                         continue;
                     }
                     let Some(p) = pending.take() else { continue };
@@ -484,7 +440,7 @@ impl JobMaster {
                         Ok(is_final) => final_completed |= is_final,
                         Err(e) => return Outcome::Failed(format!("completing a checkpoint: {e}")),
                     }
-                    if final_completed && finished_subtasks.len() == deployment.subtasks {
+                    if final_completed && finished_subtasks.len() == deployment.subtasks.len() {
                         return Outcome::Finished;
                     }
                 }
@@ -505,7 +461,7 @@ impl JobMaster {
             duration_ms: p.started.elapsed().as_millis() as u64,
             state_bytes,
         });
-        deployment.broadcast(&TaskControl::CheckpointComplete(p.id));
+        self.broadcast(deployment, &TaskControl::CheckpointComplete(p.id));
         if let Err(e) = self
             .storage
             .discard_old(self.shared.graph.checkpoint.retained)
