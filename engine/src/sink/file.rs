@@ -289,7 +289,13 @@ fn now_ms() -> Timestamp {
 
 impl Operator for FileSink {
     fn restore(&mut self, ctx: &TaskContext, state: &[u8]) -> Result<(), EngineError> {
-        let state = SinkState::decode(state)?;
+        let state = SinkState::decode(state).map_err(|e| match e {
+            EngineError::State { what, message } => EngineError::State {
+                what: format!("{what} {}", ctx.describe()),
+                message,
+            },
+            other => other,
+        })?;
         let now = now_ms();
         let base = self.base.clone();
         let files = self.attach(ctx);
@@ -397,7 +403,9 @@ impl Operator for FileSink {
 
     fn snapshot(&mut self, checkpoint_id: u64) -> Result<Option<Vec<u8>>, EngineError> {
         let files = self.files.as_mut().ok_or_else(not_open)?;
-        let mut in_progress = Vec::new();
+        // Every file's persist is started first and awaited together: the tails go up in
+        // parallel, so a checkpoint costs one round trip, not one per bucket.
+        let mut persists = Vec::new();
         for (id, bucket) in &mut self.buckets {
             if !bucket.has_part() {
                 continue;
@@ -412,13 +420,27 @@ impl Operator for FileSink {
             }
             files.flush(bucket)?;
             if let Some(part) = &mut bucket.writer {
-                let token = files.persist(part)?;
-                in_progress.push(InProgressState {
-                    bucket: id.clone(),
-                    created: bucket.started,
-                    token,
-                });
+                persists.push((id.clone(), bucket.started, files.begin_persist(part)?));
             }
+        }
+        let mut in_progress = Vec::with_capacity(persists.len());
+        for (bucket_id, created, persist) in persists {
+            let token = files.finish_persist(persist)?;
+            // Marked clean only once the token is durable: a failed persist is retried by the
+            // next checkpoint, never answered with an older token.
+            if let Some(part) = self
+                .buckets
+                .get_mut(&bucket_id)
+                .and_then(|b| b.writer.as_mut())
+            {
+                part.last_token = Some(token.clone());
+                part.dirty = false;
+            }
+            in_progress.push(InProgressState {
+                bucket: bucket_id,
+                created,
+                token,
+            });
         }
         self.buckets.retain(|_, b| b.has_part());
         if !self.rolled.is_empty() {
@@ -484,6 +506,13 @@ impl Drop for FileSink {
             self.buckets.clear();
         }
     }
+}
+
+/// A persist of one part file for a snapshot.
+enum Persist {
+    /// Nothing was written since the last persist: its token still holds.
+    Unchanged(ResumeToken),
+    Running(tokio::task::JoinHandle<Result<ResumeToken, fs_core::WriterError>>),
 }
 
 /// The store side of one sink subtask: names, opens, persists, rolls and commits part files.
@@ -564,15 +593,28 @@ impl PartFiles {
         Ok(Some(self.block_on(part.writer.close_for_commit())?))
     }
 
-    /// A resume token for the part file as it is now.
-    fn persist(&mut self, part: &mut PartWriter) -> Result<ResumeToken, EngineError> {
+    /// Starts a persist of the part file as it is now (or reuses the last token when nothing
+    /// was written since).
+    fn begin_persist(&self, part: &mut PartWriter) -> Result<Persist, EngineError> {
         if let (false, Some(token)) = (part.dirty, &part.last_token) {
-            return Ok(token.clone());
+            return Ok(Persist::Unchanged(token.clone()));
         }
-        let token = self.runtime.block_on(part.writer.persist())?;
-        part.last_token = Some(token.clone());
-        part.dirty = false;
-        Ok(token)
+        let pending = part.writer.begin_persist()?;
+        Ok(Persist::Running(self.runtime.spawn(pending.wait())))
+    }
+
+    /// Waits for a persist started by [`PartFiles::begin_persist`].
+    fn finish_persist(&self, persist: Persist) -> Result<ResumeToken, EngineError> {
+        match persist {
+            Persist::Unchanged(token) => Ok(token),
+            Persist::Running(task) => self
+                .block_on(task)
+                .map_err(|e| EngineError::Task {
+                    task: self.task.clone(),
+                    message: format!("a part file persist task failed: {e}"),
+                })?
+                .map_err(EngineError::from),
+        }
     }
 
     /// Publishes a pending file (idempotently).
