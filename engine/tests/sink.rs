@@ -11,7 +11,10 @@ use engine::EngineError;
 use engine::data::{DataType, Field, Record, Schema, SchemaRef, Timestamp, Value};
 use engine::format::{self, Format};
 use engine::operator::{Operator, Output, TaskContext};
+use engine::sink::state::SinkState;
 use engine::sink::{BucketAssigner, FileSink, FileSinkConfig, RollingPolicy, TimeSource};
+use fs_core::retry::RetryPolicy;
+use fs_core::store::fault::{FaultConfig, FaultStore};
 use fs_core::store::local::LocalStore;
 use fs_core::store::memory::MemoryStore;
 use fs_core::store::{DynStore, ObjectStoreExt};
@@ -47,6 +50,33 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path().join("store")).unwrap();
         Self::over(Arc::new(store), 5 * 1024 * 1024, Some(dir))
+    }
+
+    /// A memory store behind a fault injector: transient errors and lost answers on every
+    /// kind of call, retried quickly by the writer.
+    fn faulty() -> (Self, Arc<FaultStore>) {
+        let inner: DynStore = Arc::new(MemoryStore::new().with_min_part_size(4096));
+        let faults = Arc::new(FaultStore::new(
+            inner,
+            FaultConfig {
+                error_rate: 0.05,
+                lost_answer_rate: 0.05,
+                ..FaultConfig::default()
+            },
+        ));
+        let mut h = Self::over(faults.clone(), 4096, None);
+        let config = WriterConfig {
+            retry: RetryPolicy {
+                max_attempts: 40,
+                base_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(4),
+            },
+            ..h.writer.config().clone()
+        };
+        h.writer = Arc::new(
+            RecoverableWriter::new(faults.clone(), Index::temporary().unwrap(), config).unwrap(),
+        );
+        (h, faults)
     }
 
     fn over(store: DynStore, part_size: u64, dir: Option<tempfile::TempDir>) -> Self {
@@ -392,6 +422,11 @@ fn rolls_on_checkpoint_and_on_inactivity() {
 /// is never seen, the task crashes with more written; the restored task commits 2's pending
 /// files, cuts the in-progress ones back, and the input is replayed from checkpoint 2.
 fn crash_after_snapshot(h: &Harness) {
+    crash_after_snapshot_checked(h, || {});
+}
+
+/// `before_checks` runs before the test reads the store (to stop injecting faults).
+fn crash_after_snapshot_checked(h: &Harness, before_checks: impl Fn()) {
     let config = FileSinkConfig {
         rolling: RollingPolicy {
             max_part_size: 6_000,
@@ -406,21 +441,17 @@ fn crash_after_snapshot(h: &Harness) {
     write(&mut sink, 400..800);
     let state2 = sink.snapshot(2).unwrap().unwrap();
     write(&mut sink, 800..1000);
-    // Leftovers of the crashed attempt: files rolled after checkpoint 2, open uploads.
-    assert!(!h.open_uploads().is_empty());
     // A crash: nothing runs, nothing is cleaned up.
     std::mem::forget(sink);
 
     let mut sink = h.start(&config, Some(&state2), 1);
-    // Checkpoint 2's pending files are published at restore; its in-progress ones are not yet.
-    let after_restore = published_ids(h, Format::Json);
-    assert!(after_restore.len() > 400 && after_restore.len() < 800);
     // The source replays from checkpoint 2's position.
     write(&mut sink, 800..1200);
     sink.snapshot(3).unwrap();
     sink.checkpoint_complete(3).unwrap();
     write(&mut sink, 1200..1300);
     finish_and_commit(&mut sink, 4);
+    before_checks();
     assert_eq!(
         published_ids(h, Format::Json),
         (0..1300).collect::<Vec<_>>(),
@@ -430,8 +461,50 @@ fn crash_after_snapshot(h: &Harness) {
 }
 
 #[test]
+fn a_restore_publishes_the_checkpoints_pending_files_and_cuts_the_rest() {
+    let h = Harness::memory();
+    let config = FileSinkConfig {
+        rolling: RollingPolicy {
+            max_part_size: 6_000,
+            ..RollingPolicy::default()
+        },
+        ..config(Format::Json)
+    };
+    let mut sink = h.start(&config, None, 0);
+    write(&mut sink, 0..400);
+    let state = sink.snapshot(1).unwrap().unwrap();
+    write(&mut sink, 400..1200);
+    // Leftovers of the crashed attempt: files rolled after the checkpoint, open uploads.
+    let before_crash = h.open_uploads().len();
+    std::mem::forget(sink);
+    let decoded = SinkState::decode(&state).unwrap();
+    let pending = decoded.pending[&1].len();
+    let in_progress = decoded.in_progress.len();
+    assert!(pending > 0 && in_progress > 0);
+    assert!(before_crash > pending + in_progress, "{before_crash}");
+
+    let sink = h.start(&config, Some(&state), 1);
+    // Checkpoint 1's pending files are published; the in-progress ones stay open, cut back;
+    // everything the crashed attempt started after the checkpoint is aborted.
+    assert_eq!(h.objects("out/").len(), pending);
+    assert_eq!(h.open_uploads().len(), in_progress);
+    let published = published_ids(&h, Format::Json);
+    assert!(published.iter().all(|id| *id < 400));
+    assert_eq!(
+        sink.metrics().files_finished.load(Ordering::Relaxed),
+        pending as u64
+    );
+}
+
+#[test]
 fn crash_after_snapshot_is_exactly_once_on_memory_store() {
     crash_after_snapshot(&Harness::memory());
+}
+
+#[test]
+fn crash_after_snapshot_is_exactly_once_under_store_faults() {
+    let (h, faults) = Harness::faulty();
+    crash_after_snapshot_checked(&h, || faults.set_config(FaultConfig::default()));
 }
 
 #[test]

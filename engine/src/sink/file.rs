@@ -125,6 +125,8 @@ pub struct FileSink {
     completed: VecDeque<u64>,
     /// Uploads the restored state resumes: the stale-upload cleanup must keep them.
     restored_uploads: HashSet<String>,
+    /// `finish` was called: once nothing is pending, no upload of this subtask is needed.
+    finished: bool,
 }
 
 /// One bucket: its buffered records and its in-progress part file. A bucket "has a part" when
@@ -216,6 +218,7 @@ impl FileSink {
             snapshots: VecDeque::new(),
             completed: VecDeque::new(),
             restored_uploads: HashSet::new(),
+            finished: false,
         })
     }
 
@@ -484,6 +487,14 @@ impl Operator for FileSink {
             self.pending.remove(&id);
         }
         self.release_tails(checkpoint_id);
+        if self.finished && self.pending.is_empty() && self.rolled.is_empty() {
+            // The bounded run is done and published. An upload a lost answer left behind (a
+            // create whose reply timed out and was retried) would otherwise stay until the
+            // next run's `open` or `rivulet gc`.
+            if let Some(files) = &self.files {
+                files.abort_stale_uploads(&self.base, &HashSet::new())?;
+            }
+        }
         Ok(())
     }
 
@@ -493,6 +504,7 @@ impl Operator for FileSink {
             self.rolled.extend(files.roll(bucket)?);
         }
         self.buckets.clear();
+        self.finished = true;
         Ok(())
     }
 }
