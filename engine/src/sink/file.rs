@@ -35,7 +35,9 @@
 //! 1. At `open`, every open upload under the sink's path that carries this subtask's name
 //!    pattern and is not referenced by the restored state is aborted, before anything is
 //!    written. The crashed attempt's commit tokens for them (in the state of a checkpoint that
-//!    never completed) can then never be completed, and nothing is left behind.
+//!    never completed) can then never be completed, and nothing is left behind. (The same
+//!    sweep runs once a finished sink has published everything, for uploads that a lost answer
+//!    to a create call left behind.)
 //! 2. Every part file is created with "create only" (`If-None-Match: *`) as its commit
 //!    condition, so even an upload that escaped step 1 (a zombie task still running) cannot
 //!    replace a published object, nor can ours replace one: a conflicting commit fails loudly.
@@ -84,6 +86,9 @@ pub struct FileSinkConfig {
     pub bucket: BucketAssigner,
     pub rolling: RollingPolicy,
     /// First part of every file name; give each run of a job its own (`part-<job uuid>`).
+    /// Two file sinks that write under the same path at the same time need different
+    /// prefixes: each treats open uploads named with its prefix as its own (see the module
+    /// documentation).
     pub part_prefix: String,
     /// How many completed checkpoints stay restorable (their tails are kept).
     pub retained_checkpoints: usize,
@@ -361,7 +366,10 @@ impl Operator for FileSink {
             self.buckets.insert(id.to_string(), Bucket::new(dir, now));
         }
         let Some(bucket) = self.buckets.get_mut(id) else {
-            return Err(not_open());
+            return Err(EngineError::Task {
+                task: files.task.clone(),
+                message: format!("bucket `{id}` is missing right after it was added"),
+            });
         };
         if !bucket.has_part() {
             bucket.started = now;
