@@ -103,12 +103,16 @@ impl Harness {
     }
 
     fn ctx(&self, attempt: u32) -> TaskContext {
+        self.subtask_ctx(0, 1, attempt)
+    }
+
+    fn subtask_ctx(&self, subtask: usize, parallelism: usize, attempt: u32) -> TaskContext {
         TaskContext {
             job_id: "job".into(),
             job_name: "test".into(),
             operator_id: "sink".into(),
-            subtask: 0,
-            parallelism: 1,
+            subtask,
+            parallelism,
             attempt,
             writer: self.writer.clone(),
             runtime: self.rt.handle().clone(),
@@ -199,6 +203,27 @@ fn config(format: Format) -> FileSinkConfig {
         part_prefix: "part-test".into(),
         ..FileSinkConfig::new("out", format)
     }
+}
+
+/// The ids of every published JSON object, sorted, whatever subtask wrote them.
+fn published_ids_of(h: &Harness) -> Vec<i64> {
+    let mut ids: Vec<i64> = h
+        .objects("out/")
+        .values()
+        .flat_map(|body| {
+            String::from_utf8(body.clone())
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    format::decode_json(&schema(), l).unwrap()[0]
+                        .as_i64()
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// The ids in every published object, sorted, after checking each row sits in its bucket.
@@ -616,6 +641,37 @@ fn older_retained_checkpoints_stay_restorable_and_older_tails_go() {
         published_ids(&h, Format::Json),
         (0..100).collect::<Vec<_>>()
     );
+    assert_clean(&h);
+}
+
+#[test]
+fn a_restarting_subtask_leaves_the_other_subtasks_uploads_alone() {
+    let h = Harness::memory();
+    let config = config(Format::Json);
+    let start = |subtask: usize| {
+        let mut sink = FileSink::new(config.clone(), schema()).unwrap();
+        sink.open(&h.subtask_ctx(subtask, 2, 0)).unwrap();
+        sink
+    };
+    let mut zero = start(0);
+    let mut one = start(1);
+    // Enough for both to start part files (a buffer is handed over at 256 KiB).
+    write(&mut zero, 0..12000);
+    write(&mut one, 12000..24000);
+    one.snapshot(1).unwrap();
+    let open_of_one = h.open_uploads();
+    assert_eq!(open_of_one.len(), 3 + 3, "{open_of_one:?}");
+    // Subtask 0 dies before any checkpoint and starts again from nothing: its own uploads
+    // are aborted, subtask 1's are not.
+    std::mem::forget(zero);
+    let mut zero = start(0);
+    let open: Vec<String> = h.open_uploads();
+    assert_eq!(open.len(), 3, "{open:?}");
+    assert!(open.iter().all(|k| k.contains("/part-test-1-")), "{open:?}");
+    write(&mut zero, 0..12000);
+    finish_and_commit(&mut zero, 2);
+    finish_and_commit(&mut one, 2);
+    assert_eq!(published_ids_of(&h), (0..24000).collect::<Vec<_>>());
     assert_clean(&h);
 }
 
