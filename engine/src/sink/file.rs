@@ -1,0 +1,691 @@
+//! The exactly-once bucketed file sink: Flink's `FileSink` over fs-core's recoverable writer.
+//!
+//! ## A part file's life
+//!
+//! ```text
+//!  in-progress ──roll (size, time, checkpoint, finish)──▶ pending ──checkpoint complete──▶ finished
+//!  (open upload on the final key,                       (closed: a commit     (the object,
+//!   invisible; persisted at each checkpoint)             token in the state)   published atomically)
+//! ```
+//!
+//! Records are encoded into a per-bucket buffer and handed to the bucket's [`FileWriter`] in
+//! chunks, so the task thread enters the async runtime once per chunk, not once per record.
+//! At a checkpoint every in-progress file is either rolled or persisted (its resume token goes
+//! into the state), and every pending file not yet published goes into the state, grouped by
+//! the checkpoint that made it pending. When checkpoint `n` completes, the groups up to `n` are
+//! committed; groups of a declined checkpoint are thus published by the next completed one.
+//!
+//! ## Restore
+//!
+//! The restored state is that of a completed checkpoint, so its pending files are committed
+//! first (`commit_after_recovery`, which recognises a file the crashed attempt had already
+//! published). Each in-progress file is resumed from its token: fs-core truncates it to the
+//! checkpointed length, so whatever the crashed attempt wrote after the checkpoint is gone and
+//! is written again from the replayed input.
+//!
+//! ## Why a part file name is never published twice with different content
+//!
+//! Names are `<path>/<bucket>/<part_prefix>-<subtask>-<counter>.<ext>`; the counter only grows
+//! and is in the state. A restored attempt continues from the checkpoint's counter, so it may
+//! reuse names that the crashed attempt started after that checkpoint. Those files were never
+//! published: publishing happens only for checkpoints up to the completed one being restored,
+//! whose files all have smaller counters. They are open uploads, and three things make reusing
+//! their names safe:
+//!
+//! 1. At `open`, every open upload under the sink's path that carries this subtask's name
+//!    pattern and is not referenced by the restored state is aborted, before anything is
+//!    written. The crashed attempt's commit tokens for them (in the state of a checkpoint that
+//!    never completed) can then never be completed, and nothing is left behind. (The same
+//!    sweep runs once a finished sink has published everything, for uploads that a lost answer
+//!    to a create call left behind.)
+//! 2. Every part file is created with "create only" (`If-None-Match: *`) as its commit
+//!    condition, so even an upload that escaped step 1 (a zombie task still running) cannot
+//!    replace a published object, nor can ours replace one: a conflicting commit fails loudly.
+//! 3. A new part file skips any name that already has an object (a job restored from an older
+//!    checkpoint, whose later files were published, continues after them).
+//!
+//! Offsetting the counter by the restart attempt instead would avoid reuse only while attempts
+//! are numbered consistently across processes, leave the stale uploads behind, and still not
+//! cover restoring an older checkpoint; the three steps above hold regardless.
+//!
+//! ## Tails
+//!
+//! Each persist stages a small tail object. Flink deletes a checkpoint's tails one checkpoint
+//! later, so restoring an older retained checkpoint fails. Here the tails of a snapshot are
+//! kept while it may still be restored: while it is newer than the latest completed checkpoint
+//! (it may complete yet), or is one of the last `retained_checkpoints` completed ones. Tails
+//! of files that are published or aborted are deleted by fs-core with their upload.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fs_core::store::{ObjectStoreExt, StoreErrorKind, UploadsMarker};
+use fs_core::{Committer, FileWriter, RecoverableWriter, ResumeToken};
+
+use super::SinkMetrics;
+use super::bucket::{BucketAssigner, Bucketer};
+use super::rolling::RollingPolicy;
+use super::state::{InProgressState, SinkState};
+use crate::data::{Record, SchemaRef, Timestamp};
+use crate::error::EngineError;
+use crate::format::Format;
+use crate::operator::{Operator, Output, TaskContext};
+
+/// Encoded records are handed to the file writer once a bucket's buffer holds this much.
+const CHUNK_SIZE: usize = 256 * 1024;
+
+/// How a [`FileSink`] writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSinkConfig {
+    /// Store key prefix of every part file (a "directory"; no leading or trailing `/` needed).
+    pub path: String,
+    pub format: Format,
+    pub bucket: BucketAssigner,
+    pub rolling: RollingPolicy,
+    /// First part of every file name; give each run of a job its own (`part-<job uuid>`).
+    /// Two file sinks that write under the same path at the same time need different
+    /// prefixes: each treats open uploads named with its prefix as its own (see the module
+    /// documentation).
+    pub part_prefix: String,
+    /// How many completed checkpoints stay restorable (their tails are kept).
+    pub retained_checkpoints: usize,
+}
+
+impl FileSinkConfig {
+    /// A configuration with the defaults: hourly processing-time buckets, Flink's rolling
+    /// policy, `part` file names, three retained checkpoints.
+    pub fn new(path: impl Into<String>, format: Format) -> Self {
+        Self {
+            path: path.into(),
+            format,
+            bucket: BucketAssigner::default(),
+            rolling: RollingPolicy::default(),
+            part_prefix: "part".to_string(),
+            retained_checkpoints: 3,
+        }
+    }
+}
+
+/// The exactly-once bucketed file sink. See the module documentation.
+pub struct FileSink {
+    config: FileSinkConfig,
+    schema: SchemaRef,
+    bucketer: Bucketer,
+    /// `path` with a trailing `/` (empty for the store's root).
+    base: String,
+    metrics: Arc<SinkMetrics>,
+    /// Set by `restore` or `open`: the store side.
+    files: Option<PartFiles>,
+    buckets: HashMap<String, Bucket>,
+    /// Files rolled since the last snapshot: the next snapshot makes them pending.
+    rolled: Vec<Committer>,
+    /// Files waiting for their checkpoint to complete, by the checkpoint that made them pending.
+    pending: BTreeMap<u64, Vec<Committer>>,
+    /// The in-progress tokens of each snapshot whose tails are kept, oldest first.
+    snapshots: VecDeque<(u64, Vec<ResumeToken>)>,
+    /// The latest completed checkpoints, oldest first (at most `retained_checkpoints`).
+    completed: VecDeque<u64>,
+    /// Uploads the restored state resumes: the stale-upload cleanup must keep them.
+    restored_uploads: HashSet<String>,
+    /// `finish` was called: once nothing is pending, no upload of this subtask is needed.
+    finished: bool,
+}
+
+/// One bucket: its buffered records and its in-progress part file. A bucket "has a part" when
+/// either holds something.
+struct Bucket {
+    /// `<base><bucket>/`
+    dir: String,
+    buffer: Vec<u8>,
+    writer: Option<PartWriter>,
+    /// When the current part got its first record (ms), for the rollover interval.
+    started: Timestamp,
+    last_write: Timestamp,
+}
+
+struct PartWriter {
+    writer: FileWriter,
+    /// The token of the last persist, handed out again when nothing was written since.
+    last_token: Option<ResumeToken>,
+    dirty: bool,
+}
+
+impl Bucket {
+    fn new(dir: String, now: Timestamp) -> Self {
+        Self {
+            dir,
+            buffer: Vec::new(),
+            writer: None,
+            started: now,
+            last_write: now,
+        }
+    }
+
+    fn has_part(&self) -> bool {
+        self.writer.is_some() || !self.buffer.is_empty()
+    }
+
+    fn part_size(&self) -> u64 {
+        self.writer.as_ref().map_or(0, |w| w.writer.len()) + self.buffer.len() as u64
+    }
+}
+
+impl FileSink {
+    pub fn new(config: FileSinkConfig, schema: SchemaRef) -> Result<Self, EngineError> {
+        let bucketer = Bucketer::new(&config.bucket, &schema)?;
+        config.rolling.validate()?;
+        let prefix = &config.part_prefix;
+        if prefix.is_empty()
+            || prefix.starts_with('.')
+            || prefix.contains("..")
+            || prefix
+                .chars()
+                .any(|c| c == '/' || c == '\\' || c.is_control())
+        {
+            return Err(EngineError::job(
+                "sink.part_prefix",
+                format!(
+                    "`{prefix}` is not a file name prefix (empty, leading `.`, `..`, `/`, `\\` or control characters)"
+                ),
+            ));
+        }
+        if config.retained_checkpoints == 0 {
+            return Err(EngineError::job(
+                "sink.retained_checkpoints",
+                "must be at least 1: the latest completed checkpoint must stay restorable",
+            ));
+        }
+        let path = config.path.trim_matches('/');
+        if path.split('/').any(|s| s == "." || s == "..") || path.contains("//") {
+            return Err(EngineError::job(
+                "sink.path",
+                format!("`{}` is not a relative key prefix", config.path),
+            ));
+        }
+        let base = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        Ok(Self {
+            config,
+            schema,
+            bucketer,
+            base,
+            metrics: Arc::default(),
+            files: None,
+            buckets: HashMap::new(),
+            rolled: Vec::new(),
+            pending: BTreeMap::new(),
+            snapshots: VecDeque::new(),
+            completed: VecDeque::new(),
+            restored_uploads: HashSet::new(),
+            finished: false,
+        })
+    }
+
+    /// The sink's counters, shared (they stay readable after the sink is dropped).
+    pub fn metrics(&self) -> Arc<SinkMetrics> {
+        self.metrics.clone()
+    }
+
+    fn attach(&mut self, ctx: &TaskContext) -> &mut PartFiles {
+        let prefix = format!("{}-{}-", self.config.part_prefix, ctx.subtask);
+        let extension = self.config.format.extension();
+        let metrics = self.metrics.clone();
+        self.files.get_or_insert_with(|| PartFiles {
+            writer: ctx.writer.clone(),
+            runtime: ctx.runtime.clone(),
+            task: ctx.describe(),
+            prefix,
+            extension,
+            next_counter: 0,
+            metrics,
+        })
+    }
+
+    /// Remembers that checkpoint `id` completed and deletes the tails no restorable snapshot
+    /// needs any more.
+    fn release_tails(&mut self, completed: u64) {
+        if self.completed.back().is_none_or(|&last| last < completed) {
+            self.completed.push_back(completed);
+        }
+        while self.completed.len() > self.config.retained_checkpoints {
+            self.completed.pop_front();
+        }
+        let latest = self.completed.back().copied();
+        let restorable = |id: u64| latest.is_none_or(|l| id > l) || self.completed.contains(&id);
+        let (keep, drop): (Vec<_>, Vec<_>) = self
+            .snapshots
+            .drain(..)
+            .partition(|(id, _)| restorable(*id));
+        self.snapshots = keep.into();
+        let Some(files) = &self.files else { return };
+        let live: HashSet<&str> = self
+            .snapshots
+            .iter()
+            .flat_map(|(_, tokens)| tokens.iter().map(|t| t.tail_key.as_str()))
+            .collect();
+        for token in drop.iter().flat_map(|(_, tokens)| tokens) {
+            if live.contains(token.tail_key.as_str()) {
+                continue;
+            }
+            // A tail that cannot be deleted is garbage, not a failure: fs-core deletes every
+            // tail of an upload when the file is published, and `rivulet gc` finds the rest.
+            if let Err(e) = files.block_on(files.writer.cleanup(token)) {
+                tracing::warn!(task = %files.task, tail = %token.tail_key, error = %e, "cannot delete an old tail");
+            }
+        }
+    }
+}
+
+fn not_open() -> EngineError {
+    EngineError::Task {
+        task: "file sink".into(),
+        message: "used before restore or open was called".into(),
+    }
+}
+
+fn now_ms() -> Timestamp {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Operator for FileSink {
+    fn restore(&mut self, ctx: &TaskContext, state: &[u8]) -> Result<(), EngineError> {
+        let state = SinkState::decode(state).map_err(|e| match e {
+            EngineError::State { what, message } => EngineError::State {
+                what: format!("{what} {}", ctx.describe()),
+                message,
+            },
+            other => other,
+        })?;
+        let now = now_ms();
+        let base = self.base.clone();
+        let files = self.attach(ctx);
+        // These files belong to the completed checkpoint being restored: publish them (the
+        // crashed attempt may have already; that is recognised, not repeated).
+        for tokens in state.pending.values() {
+            for token in tokens {
+                let committer = files.writer.recover_for_commit(token);
+                files.commit(&committer, true)?;
+            }
+        }
+        let mut buckets = HashMap::new();
+        let mut tokens: Vec<ResumeToken> = Vec::new();
+        for file in state.in_progress {
+            if buckets.contains_key(&file.bucket) {
+                return Err(EngineError::state(
+                    format!("file sink {}", files.task),
+                    format!("bucket `{}` has two in-progress files", file.bucket),
+                ));
+            }
+            let writer = files.block_on(files.writer.recover(&file.token))?;
+            tokens.push(file.token.clone());
+            buckets.insert(
+                file.bucket.clone(),
+                Bucket {
+                    dir: format!("{base}{}/", file.bucket),
+                    buffer: Vec::new(),
+                    writer: Some(PartWriter {
+                        writer,
+                        last_token: Some(file.token),
+                        dirty: false,
+                    }),
+                    started: file.created,
+                    last_write: now,
+                },
+            );
+        }
+        files.next_counter = files.next_counter.max(state.next_counter);
+        self.restored_uploads
+            .extend(tokens.iter().map(|t| t.upload_id.clone()));
+        self.buckets = buckets;
+        self.snapshots = VecDeque::from([(state.checkpoint_id, tokens)]);
+        self.completed = VecDeque::from([state.checkpoint_id]);
+        Ok(())
+    }
+
+    fn open(&mut self, ctx: &TaskContext) -> Result<(), EngineError> {
+        let base = self.base.clone();
+        let keep = std::mem::take(&mut self.restored_uploads);
+        self.attach(ctx).abort_stale_uploads(&base, &keep)
+    }
+
+    fn process(&mut self, record: Record, _out: &mut dyn Output) -> Result<(), EngineError> {
+        let files = self.files.as_mut().ok_or_else(not_open)?;
+        let now = now_ms();
+        let id = self.bucketer.resolve(&record, now);
+        // Two lookups instead of `entry`, which would need an owned key for every record.
+        if !self.buckets.contains_key(id) {
+            let dir = format!("{}{id}/", self.base);
+            self.buckets.insert(id.to_string(), Bucket::new(dir, now));
+        }
+        let Some(bucket) = self.buckets.get_mut(id) else {
+            return Err(EngineError::Task {
+                task: files.task.clone(),
+                message: format!("bucket `{id}` is missing right after it was added"),
+            });
+        };
+        if !bucket.has_part() {
+            bucket.started = now;
+        }
+        bucket.last_write = now;
+        let before = bucket.buffer.len();
+        self.config
+            .format
+            .encode(&self.schema, &record.row, &mut bucket.buffer);
+        self.metrics.records_written.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .bytes_written
+            .fetch_add((bucket.buffer.len() - before) as u64, Ordering::Relaxed);
+        if bucket.buffer.len() >= CHUNK_SIZE {
+            files.flush(bucket)?;
+        }
+        if self.config.rolling.should_roll_on_event(bucket.part_size()) {
+            self.rolled.extend(files.roll(bucket)?);
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, now: Timestamp, _out: &mut dyn Output) -> Result<(), EngineError> {
+        let Some(files) = self.files.as_mut() else {
+            return Ok(());
+        };
+        for bucket in self.buckets.values_mut() {
+            if bucket.has_part()
+                && self.config.rolling.should_roll_on_processing_time(
+                    bucket.started,
+                    bucket.last_write,
+                    now,
+                )
+            {
+                self.rolled.extend(files.roll(bucket)?);
+            }
+        }
+        // Buckets of past hours (or rare field values) go once they hold nothing.
+        self.buckets.retain(|_, b| b.has_part());
+        Ok(())
+    }
+
+    fn snapshot(&mut self, checkpoint_id: u64) -> Result<Option<Vec<u8>>, EngineError> {
+        let files = self.files.as_mut().ok_or_else(not_open)?;
+        // Every file's persist is started first and awaited together: the tails go up in
+        // parallel, so a checkpoint costs one round trip, not one per bucket.
+        let mut persists = Vec::new();
+        for (id, bucket) in &mut self.buckets {
+            if !bucket.has_part() {
+                continue;
+            }
+            if self
+                .config
+                .rolling
+                .should_roll_on_checkpoint(bucket.part_size())
+            {
+                self.rolled.extend(files.roll(bucket)?);
+                continue;
+            }
+            files.flush(bucket)?;
+            if let Some(part) = &mut bucket.writer {
+                persists.push((id.clone(), bucket.started, files.begin_persist(part)?));
+            }
+        }
+        let mut in_progress = Vec::with_capacity(persists.len());
+        for (bucket_id, created, persist) in persists {
+            let token = files.finish_persist(persist)?;
+            // Marked clean only once the token is durable: a failed persist is retried by the
+            // next checkpoint, never answered with an older token.
+            if let Some(part) = self
+                .buckets
+                .get_mut(&bucket_id)
+                .and_then(|b| b.writer.as_mut())
+            {
+                part.last_token = Some(token.clone());
+                part.dirty = false;
+            }
+            in_progress.push(InProgressState {
+                bucket: bucket_id,
+                created,
+                token,
+            });
+        }
+        self.buckets.retain(|_, b| b.has_part());
+        if !self.rolled.is_empty() {
+            self.pending
+                .entry(checkpoint_id)
+                .or_default()
+                .append(&mut self.rolled);
+        }
+        let state = SinkState {
+            checkpoint_id,
+            next_counter: files.next_counter,
+            pending: self
+                .pending
+                .iter()
+                .map(|(id, group)| (*id, group.iter().map(|c| c.token().clone()).collect()))
+                .collect(),
+            in_progress,
+        };
+        self.snapshots.push_back((
+            checkpoint_id,
+            state.in_progress.iter().map(|f| f.token.clone()).collect(),
+        ));
+        Ok(Some(state.encode()))
+    }
+
+    fn checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), EngineError> {
+        let files = self.files.as_mut().ok_or_else(not_open)?;
+        let due: Vec<u64> = self
+            .pending
+            .range(..=checkpoint_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(group) = self.pending.get(&id) {
+                for committer in group {
+                    files.commit(committer, false)?;
+                }
+            }
+            // Dropped only once all of its files are published: after a failure the task
+            // restarts from a checkpoint that still lists them, and commits are idempotent.
+            self.pending.remove(&id);
+        }
+        self.release_tails(checkpoint_id);
+        if self.finished && self.pending.is_empty() && self.rolled.is_empty() {
+            // The bounded run is done and published. An upload a lost answer left behind (a
+            // create whose reply timed out and was retried) would otherwise stay until the
+            // next run's `open` or `rivulet gc`.
+            if let Some(files) = &self.files {
+                files.abort_stale_uploads(&self.base, &HashSet::new())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, _out: &mut dyn Output) -> Result<(), EngineError> {
+        let files = self.files.as_mut().ok_or_else(not_open)?;
+        for bucket in self.buckets.values_mut() {
+            self.rolled.extend(files.roll(bucket)?);
+        }
+        self.buckets.clear();
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for FileSink {
+    /// Writers dropped without a persist abort their upload in the background, which needs the
+    /// runtime's context; the task thread is not a runtime thread, so it is entered here.
+    fn drop(&mut self) {
+        if let Some(files) = &self.files {
+            let _guard = files.runtime.enter();
+            self.buckets.clear();
+        }
+    }
+}
+
+/// A persist of one part file for a snapshot.
+enum Persist {
+    /// Nothing was written since the last persist: its token still holds.
+    Unchanged(ResumeToken),
+    Running(tokio::task::JoinHandle<Result<ResumeToken, fs_core::WriterError>>),
+}
+
+/// The store side of one sink subtask: names, opens, persists, rolls and commits part files.
+struct PartFiles {
+    writer: Arc<RecoverableWriter>,
+    runtime: tokio::runtime::Handle,
+    /// The subtask, for logs and errors.
+    task: String,
+    /// `<part_prefix>-<subtask>-`
+    prefix: String,
+    extension: &'static str,
+    next_counter: u64,
+    metrics: Arc<SinkMetrics>,
+}
+
+impl PartFiles {
+    /// Runs a store call from the task thread (a plain thread, never a runtime worker).
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// Starts the next part file in `dir`, skipping names that already have an object.
+    fn open_next(&mut self, dir: &str) -> Result<FileWriter, EngineError> {
+        loop {
+            let counter = self.next_counter;
+            self.next_counter += 1;
+            let key = format!("{dir}{}{counter}.{}", self.prefix, self.extension);
+            let store = self.writer.store();
+            let retry = &self.writer.config().retry;
+            let existing = self.block_on(retry.run(|| store.head_opt(&key)))?;
+            if existing.is_some() {
+                tracing::warn!(task = %self.task, key = %key, "part file name already taken; skipping it");
+                continue;
+            }
+            // `open_append` on a missing key creates the upload with "create only" as its
+            // commit condition (see the module documentation).
+            let file = self.block_on(self.writer.open_append(&key))?;
+            if !file.is_empty() {
+                // An object appeared between the two checks: not ours to extend.
+                self.block_on(file.abort())?;
+                continue;
+            }
+            return Ok(file);
+        }
+    }
+
+    /// Hands the bucket's buffered records to its part file, starting one if needed.
+    fn flush(&mut self, bucket: &mut Bucket) -> Result<(), EngineError> {
+        if bucket.buffer.is_empty() {
+            return Ok(());
+        }
+        if bucket.writer.is_none() {
+            let writer = self.open_next(&bucket.dir)?;
+            bucket.writer = Some(PartWriter {
+                writer,
+                last_token: None,
+                dirty: false,
+            });
+        }
+        if let Some(part) = &mut bucket.writer {
+            self.runtime.block_on(part.writer.write(&bucket.buffer))?;
+            part.dirty = true;
+        }
+        bucket.buffer.clear();
+        Ok(())
+    }
+
+    /// Closes the bucket's part file for commit. An empty file is abandoned, not published.
+    fn roll(&mut self, bucket: &mut Bucket) -> Result<Option<Committer>, EngineError> {
+        self.flush(bucket)?;
+        let Some(mut part) = bucket.writer.take() else {
+            return Ok(None);
+        };
+        if part.writer.is_empty() {
+            self.block_on(part.writer.abort())?;
+            return Ok(None);
+        }
+        Ok(Some(self.block_on(part.writer.close_for_commit())?))
+    }
+
+    /// Starts a persist of the part file as it is now (or reuses the last token when nothing
+    /// was written since).
+    fn begin_persist(&self, part: &mut PartWriter) -> Result<Persist, EngineError> {
+        if let (false, Some(token)) = (part.dirty, &part.last_token) {
+            return Ok(Persist::Unchanged(token.clone()));
+        }
+        let pending = part.writer.begin_persist()?;
+        Ok(Persist::Running(self.runtime.spawn(pending.wait())))
+    }
+
+    /// Waits for a persist started by [`PartFiles::begin_persist`].
+    fn finish_persist(&self, persist: Persist) -> Result<ResumeToken, EngineError> {
+        match persist {
+            Persist::Unchanged(token) => Ok(token),
+            Persist::Running(task) => self
+                .block_on(task)
+                .map_err(|e| EngineError::Task {
+                    task: self.task.clone(),
+                    message: format!("a part file persist task failed: {e}"),
+                })?
+                .map_err(EngineError::from),
+        }
+    }
+
+    /// Publishes a pending file (idempotently).
+    fn commit(&self, committer: &Committer, after_recovery: bool) -> Result<(), EngineError> {
+        let outcome = if after_recovery {
+            self.block_on(committer.commit_after_recovery())?
+        } else {
+            self.block_on(committer.commit())?
+        };
+        if !outcome.already_committed {
+            self.metrics.files_finished.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Aborts every open upload under `base` named like this subtask's part files, except
+    /// those in `keep`: files of an earlier attempt that no completed checkpoint references.
+    fn abort_stale_uploads(&self, base: &str, keep: &HashSet<String>) -> Result<(), EngineError> {
+        let store = self.writer.store();
+        let retry = &self.writer.config().retry;
+        let mut marker: Option<UploadsMarker> = None;
+        loop {
+            let page = match self
+                .block_on(retry.run(|| store.list_multipart_uploads(base, marker.clone())))
+            {
+                Ok(page) => page,
+                Err(e) if e.kind() == StoreErrorKind::NotSupported => {
+                    tracing::warn!(task = %self.task, "the store cannot list uploads; uploads of earlier attempts stay until `rivulet gc`");
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            for upload in &page.uploads {
+                if self.is_own_part(&upload.key) && !keep.contains(&upload.upload_id) {
+                    tracing::info!(task = %self.task, key = %upload.key, "aborting a part file of an earlier attempt");
+                    self.block_on(self.writer.abort_upload(&upload.key, &upload.upload_id))?;
+                }
+            }
+            match page.next {
+                Some(next) if Some(&next) != marker.as_ref() => marker = Some(next),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Whether `key` names a part file of this subtask: `…/<prefix><digits>.<ext>`.
+    fn is_own_part(&self, key: &str) -> bool {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        name.strip_prefix(&self.prefix)
+            .and_then(|rest| rest.strip_suffix(self.extension))
+            .and_then(|rest| rest.strip_suffix('.'))
+            .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+    }
+}

@@ -1,0 +1,25 @@
+//! Sinks: the exactly-once bucketed file sink and a discarding sink for benchmarks.
+
+pub mod bucket;
+pub mod discard;
+pub mod file;
+pub mod rolling;
+pub mod state;
+
+use std::sync::atomic::AtomicU64;
+
+pub use bucket::{BucketAssigner, TimeSource};
+pub use discard::DiscardSink;
+pub use file::{FileSink, FileSinkConfig};
+pub use rolling::RollingPolicy;
+
+/// Counters of a file sink subtask, readable while it runs.
+#[derive(Debug, Default)]
+pub struct SinkMetrics {
+    /// Records encoded into part files.
+    pub records_written: AtomicU64,
+    /// Encoded bytes of those records.
+    pub bytes_written: AtomicU64,
+    /// Part files this subtask published (not counting files an earlier attempt published).
+    pub files_finished: AtomicU64,
+}
