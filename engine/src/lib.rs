@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod error;
+pub mod expr;
 pub mod format;
 pub mod operator;
 
