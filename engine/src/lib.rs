@@ -6,6 +6,7 @@ pub mod error;
 pub mod expr;
 pub mod format;
 pub mod operator;
+pub mod operators;
 
 pub use data::{DataType, Field, Record, Row, Schema, SchemaRef, Timestamp, Value};
 pub use error::EngineError;

@@ -40,6 +40,15 @@ use crate::error::EngineError;
 pub use ast::{BinaryOp, Function, Node};
 pub use parser::MAX_DEPTH;
 
+// The window operator reads `name = function(field)` aggregate entries with the same tokens
+// and error positions as expressions.
+pub(crate) use lexer::{Tok, tokenize};
+pub(crate) use parser::error_at;
+
+/// How expressions order two values (ints with floats, timestamps with ints; `None` for null,
+/// NaN or types that do not compare); min/max aggregates order the same way.
+pub(crate) use eval::compare as compare_values;
+
 use bind::Bound;
 
 /// A parsed expression, not yet tied to a schema.
