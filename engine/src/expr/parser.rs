@@ -57,6 +57,13 @@ pub(crate) fn split_named(text: &str) -> Result<(String, &str), EngineError> {
     if let (Some(name), Some(Token { tok: Tok::Eq, .. }), Some(rest)) =
         (name, tokens.get(1), tokens.get(2))
     {
+        if rest.tok == Tok::End {
+            return Err(error_at(
+                text,
+                rest.offset,
+                "expected an expression after `=`",
+            ));
+        }
         return Ok((name, text.get(rest.offset..).unwrap_or("")));
     }
     match parse(text)? {
@@ -158,6 +165,14 @@ impl Parser<'_> {
         Ok(())
     }
 
+    /// The depth of a node one level above a subtree of `depth`, if within the limit.
+    fn above(&self, depth: usize) -> Result<usize, EngineError> {
+        if depth >= MAX_DEPTH {
+            return Err(self.too_deep());
+        }
+        Ok(depth + 1)
+    }
+
     fn too_deep(&self) -> EngineError {
         self.error(format!(
             "nested too deeply (the limit is {MAX_DEPTH} levels)"
@@ -166,10 +181,7 @@ impl Parser<'_> {
 
     /// Combines two subtrees under a binary operator, checking the depth of the result.
     fn binary(&self, op: BinaryOp, left: Parsed, right: Parsed) -> Result<Parsed, EngineError> {
-        let depth = left.depth.max(right.depth) + 1;
-        if depth > MAX_DEPTH {
-            return Err(self.too_deep());
-        }
+        let depth = self.above(left.depth.max(right.depth))?;
         Ok(Parsed {
             node: Node::Binary {
                 op,
@@ -218,7 +230,7 @@ impl Parser<'_> {
         let inner = inner?;
         Ok(Parsed {
             node: Node::Not(Box::new(inner.node)),
-            depth: inner.depth + 1,
+            depth: self.above(inner.depth)?,
         })
     }
 
@@ -255,7 +267,7 @@ impl Parser<'_> {
                     expr: Box::new(left.node),
                     negated,
                 },
-                depth: left.depth + 1,
+                depth: self.above(left.depth)?,
             }
         } else if self.is_word("in") || (self.is_word("not") && self.is_word_at(1, "in")) {
             let negated = self.is_word("not");
@@ -279,10 +291,7 @@ impl Parser<'_> {
     fn in_list(&mut self, left: Parsed, negated: bool) -> Result<Parsed, EngineError> {
         self.expect(Tok::LParen, "`(` after `in`")?;
         let (list, depth) = self.list("a value of the `in` list")?;
-        let depth = depth.max(left.depth) + 1;
-        if depth > MAX_DEPTH {
-            return Err(self.too_deep());
-        }
+        let depth = self.above(depth.max(left.depth))?;
         Ok(Parsed {
             node: Node::InList {
                 expr: Box::new(left.node),
@@ -365,7 +374,7 @@ impl Parser<'_> {
         };
         Ok(Parsed {
             node,
-            depth: inner.depth + 1,
+            depth: self.above(inner.depth)?,
         })
     }
 
@@ -439,12 +448,9 @@ impl Parser<'_> {
         let args = self.list(&format!("an argument of `{function}`"));
         self.nesting -= 1;
         let (args, depth) = args?;
-        if depth + 1 > MAX_DEPTH {
-            return Err(self.too_deep());
-        }
         Ok(Parsed {
             node: Node::Call { function, args },
-            depth: depth + 1,
+            depth: self.above(depth)?,
         })
     }
 }

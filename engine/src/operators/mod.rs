@@ -9,7 +9,7 @@ mod window;
 pub use aggregate::{AggregateFunction, AggregateSpec, parse_aggregate};
 pub use filter::FilterOperator;
 pub use project::ProjectOperator;
-pub use window::{WindowAssigner, WindowOperator, WindowSpec};
+pub use window::{MAX_WINDOWS_PER_RECORD, WindowAssigner, WindowOperator, WindowSpec};
 
 #[cfg(test)]
 mod tests;

@@ -60,6 +60,16 @@ impl WindowAssigner {
                 ),
             ));
         }
+        if size / slide > MAX_WINDOWS_PER_RECORD {
+            return Err(EngineError::job(
+                "window",
+                format!(
+                    "a sliding window of {size} ms every {slide} ms puts each record in {} \
+                     windows; the limit is {MAX_WINDOWS_PER_RECORD} (slide further)",
+                    size / slide
+                ),
+            ));
+        }
         if size % slide != 0 {
             return Err(EngineError::job(
                 "window",
@@ -72,6 +82,10 @@ impl WindowAssigner {
         Ok(())
     }
 }
+
+/// The most windows one record may be in (`size / slide`): beyond it every record would cost
+/// that many state updates, which is better refused at plan time than discovered in production.
+pub const MAX_WINDOWS_PER_RECORD: i64 = 10_000;
 
 /// What a window operator computes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,8 +317,16 @@ impl WindowOperator {
             .zip(&self.input_types)
             .map(|(a, ty)| Accumulator::new(a.function, *ty))
             .collect();
+        let size = self.spec.assigner.size_ms();
         let mut windows = BTreeMap::new();
         for window in state.windows {
+            // Firing computes `end - size` and `end - 1`: a corrupt end must fail here instead.
+            if window.end.checked_sub(size).is_none() {
+                return Err(EngineError::state(
+                    what,
+                    format!("window end {} cannot end a window of {size} ms", window.end),
+                ));
+            }
             let mut pane = Pane::new();
             for entry in window.keys {
                 if entry.key.len() != self.spec.key_fields.len() {

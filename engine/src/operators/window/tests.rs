@@ -449,6 +449,11 @@ fn invalid_specs_are_rejected_with_the_reason() {
         e.contains("multiple of its slide") && e.contains("25"),
         "{e}"
     );
+    let e = error(spec(WindowAssigner::Sliding {
+        size_ms: 86_400_000,
+        slide_ms: 1,
+    }));
+    assert!(e.contains("86400000 windows") && e.contains("10000"), "{e}");
     let e = error(spec(WindowAssigner::Tumbling { size_ms: 0 }));
     assert!(e.contains("must be positive"), "{e}");
     let mut s = spec(WindowAssigner::Tumbling { size_ms: 10 });
@@ -483,6 +488,15 @@ fn restore_rejects_state_of_another_job_or_garbage() {
         e.contains("window operator") && e.contains("aggregates"),
         "{e}"
     );
+
+    let corrupt = String::from_utf8(bytes)
+        .unwrap()
+        .replace("\"end\":10", &format!("\"end\":{}", i64::MIN));
+    let e = op
+        .restore_state(corrupt.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot end a window"), "{e}");
 
     let e = op.restore_state(b"{not json").unwrap_err().to_string();
     assert!(e.contains("state of window operator"), "{e}");
