@@ -380,57 +380,50 @@ impl Parser<'_> {
 
     fn primary(&mut self) -> Result<Parsed, EngineError> {
         let offset = self.offset();
-        let leaf = |node| Ok(Parsed { node, depth: 1 });
-        let tok = self.peek().clone();
-        if !matches!(
-            tok,
-            Tok::Int(_)
-                | Tok::Float(_)
-                | Tok::Str(_)
-                | Tok::Quoted(_)
-                | Tok::LParen
-                | Tok::Ident(_)
-        ) {
-            return Err(self.unexpected("a value, a field or `(`"));
-        }
-        self.advance();
-        match tok {
-            Tok::Int(v) => leaf(Node::Literal(Value::Int(v))),
-            Tok::Float(v) => leaf(Node::Literal(Value::Float(v))),
-            Tok::Str(s) => leaf(Node::Literal(Value::Str(s))),
-            Tok::Quoted(name) => leaf(Node::Field(name)),
+        let node = match self.peek().clone() {
+            Tok::Int(v) => Node::Literal(Value::Int(v)),
+            Tok::Float(v) => Node::Literal(Value::Float(v)),
+            Tok::Str(s) => Node::Literal(Value::Str(s)),
+            Tok::Quoted(name) => Node::Field(name),
             Tok::LParen => {
+                self.advance();
                 let inner = self.expr()?;
                 self.expect(Tok::RParen, "`)`")?;
-                Ok(inner)
+                return Ok(inner);
             }
             Tok::Ident(word) => {
+                self.advance();
                 if *self.peek() == Tok::LParen {
                     self.advance();
                     return self.call(&word, offset);
                 }
-                match word.to_ascii_lowercase().as_str() {
-                    "true" => leaf(Node::Literal(Value::Bool(true))),
-                    "false" => leaf(Node::Literal(Value::Bool(false))),
-                    "null" => leaf(Node::Literal(Value::Null)),
-                    _ if is_keyword(&word) => Err(error_at(
-                        self.text,
-                        offset,
-                        format!(
-                            "expected a value, found the keyword `{word}` (write `` `{word}` `` \
-                             for a field of that name)"
-                        ),
-                    )),
-                    _ => leaf(Node::Field(word)),
-                }
+                return self.word(word, offset);
             }
-            // Ruled out above; kept as an error rather than a panic.
-            other => Err(error_at(
-                self.text,
-                offset,
-                format!("expected a value, a field or `(`, found {other}"),
-            )),
-        }
+            _ => return Err(self.unexpected("a value, a field or `(`")),
+        };
+        self.advance();
+        Ok(Parsed { node, depth: 1 })
+    }
+
+    /// A bare word in value position: a literal keyword or a field name.
+    fn word(&self, word: String, offset: usize) -> Result<Parsed, EngineError> {
+        let node = match word.to_ascii_lowercase().as_str() {
+            "true" => Node::Literal(Value::Bool(true)),
+            "false" => Node::Literal(Value::Bool(false)),
+            "null" => Node::Literal(Value::Null),
+            _ if is_keyword(&word) => {
+                return Err(error_at(
+                    self.text,
+                    offset,
+                    format!(
+                        "expected a value, found the keyword `{word}` (a field of that name \
+                         must be written in backticks)"
+                    ),
+                ));
+            }
+            _ => Node::Field(word),
+        };
+        Ok(Parsed { node, depth: 1 })
     }
 
     fn call(&mut self, name: &str, offset: usize) -> Result<Parsed, EngineError> {
