@@ -426,3 +426,34 @@ proptest! {
         let _ = parse_named(&text);
     }
 }
+
+fn pair() -> Schema {
+    Schema::new(vec![
+        Field::new("x", DataType::Int),
+        Field::new("y", DataType::Int),
+    ])
+}
+
+proptest! {
+    #[test]
+    fn int_arithmetic_wraps_and_divides_by_zero_to_null(
+        x in prop_oneof![any::<i64>(), -3i64..3, Just(i64::MIN)],
+        y in prop_oneof![any::<i64>(), -3i64..3, Just(-1i64)],
+    ) {
+        let row = vec![Value::Int(x), Value::Int(y)];
+        let eval = |text: &str| Expr::parse(text).unwrap().bind(&pair()).unwrap().eval(&row);
+        prop_assert_eq!(eval("x + y"), Value::Int(x.wrapping_add(y)));
+        prop_assert_eq!(eval("x - y"), Value::Int(x.wrapping_sub(y)));
+        prop_assert_eq!(eval("x * y"), Value::Int(x.wrapping_mul(y)));
+        let (div, rem) = if y == 0 {
+            (Value::Null, Value::Null)
+        } else {
+            (Value::Int(x.wrapping_div(y)), Value::Int(x.wrapping_rem(y)))
+        };
+        prop_assert_eq!(eval("x / y"), div);
+        prop_assert_eq!(eval("x % y"), rem);
+        prop_assert_eq!(eval("-x"), Value::Int(x.wrapping_neg()));
+        prop_assert_eq!(eval("x < y"), Value::Bool(x < y));
+        prop_assert_eq!(eval("x in (y, 7)"), Value::Bool(x == y || x == 7));
+    }
+}
