@@ -3,12 +3,14 @@
 
 pub mod data;
 pub mod error;
+pub mod expr;
 pub mod format;
+pub mod graph;
 pub mod operator;
+pub mod operators;
+pub mod runtime;
 pub mod sink;
 
 pub use data::{DataType, Field, Record, Row, Schema, SchemaRef, Timestamp, Value};
 pub use error::EngineError;
 pub use operator::{Operator, Output, Source, SourceStatus, TaskContext};
-pub mod graph;
-pub mod runtime;
