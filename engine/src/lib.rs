@@ -5,6 +5,7 @@ pub mod data;
 pub mod error;
 pub mod format;
 pub mod operator;
+pub mod source;
 
 pub use data::{DataType, Field, Record, Row, Schema, SchemaRef, Timestamp, Value};
 pub use error::EngineError;
