@@ -5,8 +5,10 @@
 //!   event number.
 //! - [`files`]: JSON-lines or CSV files under a prefix of the job's store.
 
+pub mod files;
 pub mod nexmark;
 #[cfg(test)]
 mod testing;
 
+pub use files::{DEFAULT_DISCOVER_INTERVAL, FilesConfig, FilesSource, OnError};
 pub use nexmark::{EventKind, NexmarkConfig, NexmarkSource, schema_for};

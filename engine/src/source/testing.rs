@@ -3,18 +3,20 @@
 
 use std::sync::Arc;
 
-use fs_core::store::DynStore;
+use bytes::Bytes;
 use fs_core::store::memory::MemoryStore;
+use fs_core::store::{DynStore, PutOptions};
 use fs_core::{Index, RecoverableWriter, WriterConfig};
 
 use crate::data::{Record, Timestamp};
 use crate::error::EngineError;
 use crate::operator::{Output, Source, SourceStatus, TaskContext};
 
-/// A memory store's writer, and a runtime of its own. Tests run on the plain test thread,
+/// A store, a writer over it, and a runtime of its own. Tests run on the plain test thread,
 /// like tasks do, so `block_on` through the handle is allowed.
 pub struct TestJob {
     pub runtime: tokio::runtime::Runtime,
+    pub store: DynStore,
     pub writer: Arc<RecoverableWriter>,
 }
 
@@ -34,6 +36,7 @@ impl TestJob {
         .unwrap();
         Self {
             runtime,
+            store,
             writer: Arc::new(writer),
         }
     }
@@ -49,6 +52,13 @@ impl TestJob {
             writer: self.writer.clone(),
             runtime: self.runtime.handle().clone(),
         }
+    }
+
+    pub fn put(&self, key: &str, body: &[u8]) {
+        let body = Bytes::copy_from_slice(body);
+        self.runtime
+            .block_on(self.store.put(key, body, PutOptions::default()))
+            .unwrap();
     }
 }
 
