@@ -33,6 +33,8 @@ pub const CHUNK_SIZE: u64 = 1024 * 1024;
 /// A record may be at most this long: a file with a longer one (most likely not in the
 /// configured format at all) fails the source instead of filling its memory.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+/// A poll that has emitted nothing yet fetches at most this many chunks before returning.
+const MAX_FETCHES_PER_POLL: usize = 4;
 
 /// What to do with a record that cannot be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -559,6 +561,7 @@ impl Source for FilesSource {
         let max = max.max(1);
         let now = now_ms();
         let mut emitted = 0;
+        let mut fetches = 0;
         while let Some((key, cursor)) = self.pending.iter_mut().next() {
             emitted += self.decoder.read(key, cursor, out, max - emitted, now)?;
             if emitted >= max {
@@ -572,11 +575,13 @@ impl Source for FilesSource {
                 self.finished.insert(key);
                 continue;
             }
-            if emitted > 0 {
-                // One GET at most after emitting, so that a poll stays short and checkpoints
-                // are not held up.
+            if emitted > 0 || fetches == MAX_FETCHES_PER_POLL {
+                // No GET once records are out, and a few at most without (a run of malformed
+                // records or blank lines, a long record): a poll stays short, so checkpoints
+                // are not held up. The buffer keeps what was fetched for the next poll.
                 return Ok(SourceStatus::More);
             }
+            fetches += 1;
             fetch(
                 opened(&self.io, &self.prefix)?,
                 key,

@@ -331,3 +331,19 @@ fn configuration_and_positions_are_validated() {
         .poll(&mut Collect::default(), 1);
     assert!(unopened.is_err());
 }
+
+#[test]
+fn a_poll_reads_a_bounded_amount_before_returning() {
+    let job = TestJob::new();
+    let mut body = vec![b'\n'; 100];
+    body.extend_from_slice(b"{\"id\":1,\"at\":1}\n");
+    job.put("in/a.jsonl", &body);
+    let mut source = open(&job, config("in/", Format::Json), 0, 1);
+    source.chunk_size = 10;
+    let mut out = Collect::default();
+    // Ten chunks of blank lines: the first poll returns after a few, having emitted nothing.
+    assert_eq!(source.poll(&mut out, 10).unwrap(), SourceStatus::More);
+    assert!(out.records.is_empty());
+    drain(&mut source, &mut out, 10);
+    assert_eq!(ids(&out.records), [1]);
+}
