@@ -444,7 +444,11 @@ impl Decoder {
             Err(message) => match self.on_error {
                 OnError::Skip => {
                     self.malformed += 1;
-                    tracing::warn!(at = %format!("{key}:{line}"), %message, "skipped a malformed record");
+                    tracing::warn!(
+                        at = %format!("{key}:{line}"),
+                        %message,
+                        "skipped a malformed record"
+                    );
                     Ok(false)
                 }
                 OnError::Fail => Err(EngineError::record(format!("{key}:{line}"), message)),
@@ -456,7 +460,8 @@ impl Decoder {
         let Some(index) = self.timestamp_index else {
             return Ok(Record::new(now, row));
         };
-        match row[index].as_i64() {
+        // Decoded rows have one value per field of the schema, the event time's included.
+        match row.get(index).and_then(Value::as_i64) {
             Some(timestamp) => Ok(Record::new(timestamp, row)),
             None => Err(format!(
                 "the event time field `{}` is null",
@@ -517,7 +522,7 @@ impl Source for FilesSource {
             return Err(EngineError::state(
                 what,
                 format!(
-                    "the checkpoint was taken by subtask {} of {}; it cannot resume subtask {} of {}",
+                    "a checkpoint of subtask {} of {} cannot resume subtask {} of {}",
                     saved.subtask + 1,
                     saved.parallelism,
                     ctx.subtask + 1,

@@ -42,7 +42,12 @@ fn json_lines_become_records_with_their_event_time() {
     // A blank line, CRLF, and a last line without newline.
     job.put(
         "in/a.jsonl",
-        b"{\"id\":1,\"name\":\"x\",\"at\":5}\n\n  \r\n{\"id\":2,\"at\":\"1970-01-01T00:00:00.007Z\"}\r\n{\"id\":3,\"at\":9}",
+        concat!(
+            "{\"id\":1,\"name\":\"x\",\"at\":5}\n\n  \r\n",
+            "{\"id\":2,\"at\":\"1970-01-01T00:00:00.007Z\"}\r\n",
+            "{\"id\":3,\"at\":9}",
+        )
+        .as_bytes(),
     );
     let records = read_all(&job, config("in/", Format::Json));
     assert_eq!(ids(&records), [1, 2, 3]);

@@ -211,7 +211,7 @@ impl Source for NexmarkSource {
             return Err(EngineError::state(
                 format!("nexmark source {}", ctx.describe()),
                 format!(
-                    "the checkpoint was taken by subtask {} of {}; it cannot resume subtask {} of {}",
+                    "a checkpoint of subtask {} of {} cannot resume subtask {} of {}",
                     saved_subtask + 1,
                     saved_parallelism,
                     subtask + 1,
