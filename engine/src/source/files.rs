@@ -33,6 +33,8 @@ pub const CHUNK_SIZE: u64 = 1024 * 1024;
 /// A record may be at most this long: a file with a longer one (most likely not in the
 /// configured format at all) fails the source instead of filling its memory.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+/// The UTF-8 byte-order mark.
+const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
 /// A poll that has emitted nothing yet fetches at most this many chunks before returning.
 const MAX_FETCHES_PER_POLL: usize = 4;
 
@@ -326,6 +328,10 @@ impl Decoder {
         now: Timestamp,
     ) -> Result<usize, EngineError> {
         let mut consumed = 0;
+        if cursor.offset == 0 && cursor.buffer.starts_with(UTF8_BOM) {
+            // Some tools start text files with a byte-order mark; it is not part of a record.
+            consumed = UTF8_BOM.len();
+        }
         let result = match self.format {
             Format::Json => self.read_json(key, cursor, out, max, now, &mut consumed),
             Format::Csv => self.read_csv(key, cursor, out, max, now, &mut consumed),
@@ -388,12 +394,13 @@ impl Decoder {
         consumed: &mut usize,
     ) -> Result<usize, EngineError> {
         let buffer = &cursor.buffer;
+        let start = *consumed;
         // Flexible: a record with the wrong number of fields is for `decode_csv` to report,
         // with the schema's names, not a parse error of the reader.
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
-            .from_reader(buffer.as_slice());
+            .from_reader(&buffer[start..]);
         let mut record = csv::ByteRecord::new();
         let mut emitted = 0;
         while emitted < max {
@@ -407,7 +414,7 @@ impl Decoder {
                     ));
                 }
             }
-            let end = reader.position().byte() as usize;
+            let end = start + reader.position().byte() as usize;
             // A record that runs to the end of the buffer may go on in the next chunk (a
             // quoted field with a newline, or just the rest of a line).
             if end >= buffer.len() && !cursor.at_end {

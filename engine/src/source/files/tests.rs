@@ -352,3 +352,12 @@ fn a_poll_reads_a_bounded_amount_before_returning() {
     drain(&mut source, &mut out, 10);
     assert_eq!(ids(&out.records), [1]);
 }
+
+#[test]
+fn a_byte_order_mark_is_not_part_of_the_first_record() {
+    let job = TestJob::new();
+    job.put("in/a.csv", b"\xef\xbb\xbf1,x,5\n2,y,6\n");
+    job.put("in/b.jsonl", b"\xef\xbb\xbf{\"id\":3,\"at\":7}\n");
+    assert_eq!(ids(&read_all(&job, config("in/a", Format::Csv))), [1, 2]);
+    assert_eq!(ids(&read_all(&job, config("in/b", Format::Json))), [3]);
+}
