@@ -44,6 +44,9 @@ const HOT_AUCTION_RATIO: u64 = 2;
 const HOT_BIDDER_RATIO: u64 = 4;
 /// 1 in HOT_SELLER_RATIO auctions is by a random seller, the rest by the hot one.
 const HOT_SELLER_RATIO: u64 = 4;
+/// The hot auction, bidder and seller are the first (the bidder: second, so it is not also the
+/// hot seller) of the latest batch of this many auctions or people.
+const HOT_BATCH: u64 = 100;
 /// 1 in HOT_CHANNEL_RATIO bids comes through a random channel, the rest a hot one.
 const HOT_CHANNEL_RATIO: u64 = 2;
 const NUM_CHANNELS: u64 = 10_000;
@@ -161,37 +164,45 @@ fn channels() -> &'static (Vec<Channel>, Vec<Channel>) {
     CHANNELS.get_or_init(|| {
         let hot = HOT_CHANNELS
             .iter()
-            .map(|name| Channel {
+            .zip(0u64..)
+            .map(|(name, n)| Channel {
                 name: (*name).to_string(),
-                url: format!(
-                    "https://www.nexmark.com/{}/item.htm?query=1",
-                    name.to_lowercase()
-                ),
+                url: channel_url(mix(n ^ SEED.rotate_left(17)), None),
             })
             .collect();
         let numbered = (0..NUM_CHANNELS)
             .map(|n| {
-                // A channel's URL is random but fixed per channel: seeded by its number.
-                let mut rng = Rng(mix(n ^ !SEED));
-                let mut url = String::from("https://www.nexmark.com/");
-                for _ in 0..3 {
-                    rng.push_letters(&mut url, 5);
-                    url.push('/');
-                }
-                url.push_str("item.htm?query=1");
-                // Nine in ten URLs also carry the channel's id.
-                if rng.below(10) > 0 {
-                    let id = (n as i32).reverse_bits().unsigned_abs();
-                    url.push_str(&format!("&channel_id={id}"));
-                }
+                // A channel's URL is random but fixed per channel: seeded by its number. Nine
+                // in ten also carry the channel's id.
+                let seed = mix(n ^ !SEED);
+                let id =
+                    (!seed.is_multiple_of(10)).then(|| (n as i32).reverse_bits().unsigned_abs());
                 Channel {
                     name: format!("channel-{n}"),
-                    url: url.replace(' ', "_"),
+                    url: channel_url(seed, id),
                 }
             })
             .collect();
         (hot, numbered)
     })
+}
+
+/// A URL of three random path segments, with the channel id if there is one.
+fn channel_url(seed: u64, channel_id: Option<u32>) -> String {
+    let mut rng = Rng(seed);
+    let mut url = String::from("https://www.nexmark.com/");
+    for _ in 0..3 {
+        let mut segment = String::with_capacity(5);
+        rng.push_letters(&mut segment, 5);
+        // No spaces in URLs: the reference uses `_` where its strings have spaces.
+        url.push_str(&segment.replace(' ', "_"));
+        url.push('/');
+    }
+    url.push_str("item.htm?query=1");
+    if let Some(id) = channel_id {
+        url.push_str(&format!("&channel_id={id}"));
+    }
+    url
 }
 
 /// Generates the events of one stream: every event is a function of the generator's timing
@@ -283,8 +294,8 @@ impl Generator {
     pub fn auction(&self, index: u64) -> Auction {
         let mut rng = Rng::for_event(index);
         let seller = if rng.below(HOT_SELLER_RATIO) > 0 {
-            // The hot seller: the newest person, rounded down to the ratio.
-            (last_base0_person_id(index) / HOT_SELLER_RATIO) * HOT_SELLER_RATIO
+            // The hot seller.
+            (last_base0_person_id(index) / HOT_BATCH) * HOT_BATCH
         } else {
             next_base0_person_id(index, &mut rng)
         };
@@ -308,12 +319,12 @@ impl Generator {
     pub fn bid(&self, index: u64) -> Bid {
         let mut rng = Rng::for_event(index);
         let auction = if rng.below(HOT_AUCTION_RATIO) > 0 {
-            (last_base0_auction_id(index) / HOT_AUCTION_RATIO) * HOT_AUCTION_RATIO
+            (last_base0_auction_id(index) / HOT_BATCH) * HOT_BATCH
         } else {
             next_base0_auction_id(index, &mut rng)
         };
         let bidder = if rng.below(HOT_BIDDER_RATIO) > 0 {
-            (last_base0_person_id(index) / HOT_BIDDER_RATIO) * HOT_BIDDER_RATIO + 1
+            (last_base0_person_id(index) / HOT_BATCH) * HOT_BATCH + 1
         } else {
             next_base0_person_id(index, &mut rng)
         };
@@ -466,7 +477,8 @@ mod tests {
             if Generator::kind_of(i) == EventKind::Bid {
                 let bid = g.bid(i);
                 bids += 1;
-                let hot_auction = (last_base0_auction_id(i) / 2 * 2 + FIRST_AUCTION_ID) as i64;
+                let hot_auction =
+                    (last_base0_auction_id(i) / HOT_BATCH * HOT_BATCH + FIRST_AUCTION_ID) as i64;
                 if bid.auction == hot_auction {
                     hot += 1;
                 }
@@ -480,6 +492,32 @@ mod tests {
         assert!((0.5..0.56).contains(&share), "{share}");
         let share = f64::from(hot_channel) / f64::from(bids);
         assert!((0.48..0.52).contains(&share), "{share}");
+    }
+
+    #[test]
+    fn each_channel_has_one_url() {
+        let g = generator();
+        let mut urls = std::collections::HashMap::new();
+        let mut with_id = 0;
+        for i in 0..200_000 {
+            if Generator::kind_of(i) == EventKind::Bid {
+                let bid = g.bid(i);
+                let url = urls.entry(bid.channel.clone()).or_insert(bid.url.clone());
+                assert_eq!(*url, bid.url, "{}", bid.channel);
+            }
+        }
+        for (channel, url) in &urls {
+            assert!(url.starts_with("https://www.nexmark.com/"), "{url}");
+            assert!(!url.contains(' '), "{url}");
+            if url.contains("&channel_id=") {
+                assert!(channel.starts_with("channel-"), "{channel}");
+                with_id += 1;
+            }
+        }
+        // Most of the 10,000 numbered channels are seen; nine in ten carry their id.
+        let share = f64::from(with_id) / (urls.len() - HOT_CHANNELS.len()) as f64;
+        assert!(urls.len() > 9000, "{}", urls.len());
+        assert!((0.87..0.93).contains(&share), "{share}");
     }
 
     #[test]
