@@ -119,11 +119,15 @@ impl Rng {
         }
     }
 
-    /// A string of 3 to `max_len - 1` characters.
+    /// A string of 3 to `max_len - 1` characters, without spaces at either end (so possibly
+    /// shorter).
     fn string(&mut self, max_len: u64) -> String {
         let len = 3 + self.below(max_len - 3);
         let mut s = String::with_capacity(len as usize);
         self.push_letters(&mut s, len);
+        if s.starts_with(' ') || s.ends_with(' ') {
+            s = s.trim().to_string();
+        }
         s
     }
 
@@ -453,6 +457,8 @@ mod tests {
                     assert!(a.seller >= 1000 && a.seller < 1000 + people + 10);
                     assert!(a.reserve >= a.initial_bid);
                     assert!(a.expires > a.date_time);
+                    assert_eq!(a.item_name.trim(), a.item_name);
+                    assert!(a.item_name.len() < 20 && a.description.len() < 100);
                     assert!((10..15).contains(&a.category));
                 }
                 Event::Bid(b) => {
