@@ -33,6 +33,9 @@ pub const CHUNK_SIZE: u64 = 1024 * 1024;
 /// A record may be at most this long: a file with a longer one (most likely not in the
 /// configured format at all) fails the source instead of filling its memory.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+/// The longest pause an unbounded source asks for while waiting to list again: polls stay
+/// frequent enough for the task to stay responsive, whatever the discovery interval.
+const MAX_IDLE: Duration = Duration::from_secs(1);
 /// The UTF-8 byte-order mark.
 const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
 /// A poll that has emitted nothing yet fetches at most this many chunks before returning.
@@ -225,7 +228,11 @@ impl FilesSource {
             self.finished.retain(|key| seen.contains(key));
         }
         self.listed = true;
-        self.next_discovery = Some(Instant::now() + self.discover_interval);
+        let now = Instant::now();
+        // An interval too long for the clock means "not again for a very long time".
+        self.next_discovery = now
+            .checked_add(self.discover_interval)
+            .or_else(|| now.checked_add(MAX_IDLE));
         Ok(())
     }
 
@@ -242,7 +249,7 @@ impl FilesSource {
             .map_or(Duration::ZERO, |at| {
                 at.saturating_duration_since(Instant::now())
             })
-            .max(Duration::from_millis(1));
+            .clamp(Duration::from_millis(1), MAX_IDLE);
         SourceStatus::Idle(wait)
     }
 }

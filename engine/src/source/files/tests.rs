@@ -361,3 +361,25 @@ fn a_byte_order_mark_is_not_part_of_the_first_record() {
     assert_eq!(ids(&read_all(&job, config("in/a", Format::Csv))), [1, 2]);
     assert_eq!(ids(&read_all(&job, config("in/b", Format::Json))), [3]);
 }
+
+#[test]
+fn long_discovery_intervals_keep_polls_responsive() {
+    let job = TestJob::new();
+    for interval in [Duration::from_secs(3600), Duration::MAX] {
+        let mut source = open(
+            &job,
+            FilesConfig {
+                bounded: false,
+                discover_interval: interval,
+                ..config("in/", Format::Json)
+            },
+            0,
+            1,
+        );
+        let status = source.poll(&mut Collect::default(), 10).unwrap();
+        assert!(
+            matches!(status, SourceStatus::Idle(d) if d <= MAX_IDLE),
+            "{status:?}"
+        );
+    }
+}

@@ -313,7 +313,7 @@ impl Pacer {
     /// The local index the schedule has reached at `now`: indices below it are due.
     fn due(&self, now: Instant) -> u64 {
         let elapsed = now.saturating_duration_since(self.start).as_nanos();
-        let passed = elapsed * self.rate / (self.parallelism * 1_000_000_000);
+        let passed = elapsed.saturating_mul(self.rate) / (self.parallelism * 1_000_000_000);
         self.start_local
             .saturating_add(u64::try_from(passed).unwrap_or(u64::MAX))
     }
@@ -321,7 +321,10 @@ impl Pacer {
     /// How long until local index `next` is due.
     fn wait(&self, next: u64, now: Instant) -> Duration {
         let count = u128::from(next - self.start_local) + 1;
-        let due_at = (count * self.parallelism * 1_000_000_000).div_ceil(self.rate);
+        let due_at = count
+            .saturating_mul(self.parallelism)
+            .saturating_mul(1_000_000_000)
+            .div_ceil(self.rate);
         let elapsed = now.saturating_duration_since(self.start).as_nanos();
         let wait = u64::try_from(due_at.saturating_sub(elapsed)).unwrap_or(u64::MAX);
         Duration::from_nanos(wait).clamp(MIN_IDLE, MAX_IDLE)
