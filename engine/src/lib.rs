@@ -10,6 +10,7 @@ pub mod operator;
 pub mod operators;
 pub mod runtime;
 pub mod sink;
+pub mod source;
 
 pub use data::{DataType, Field, Record, Row, Schema, SchemaRef, Timestamp, Value};
 pub use error::EngineError;
