@@ -108,7 +108,7 @@ impl Env {
         self.index_at(path).await
     }
 
-    async fn index_at(&self, path: PathBuf) -> Result<Index> {
+    pub async fn index_at(&self, path: PathBuf) -> Result<Index> {
         let started = Instant::now();
         let mut delay = Duration::from_millis(50);
         let mut said = false;

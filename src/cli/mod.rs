@@ -1,12 +1,14 @@
 //! The command line: argument definitions (clap derive), the shared context of a run, and the
 //! dispatch into one module per group of subcommands.
 
+mod cluster;
 mod env;
 mod gateway;
 mod maint;
 mod mount;
 mod objects;
 mod output;
+mod run;
 mod transfer;
 mod write;
 
@@ -119,6 +121,39 @@ fn duration_arg(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a job file (a stream processing job) on an embedded cluster, or submit it to one
+    #[command(after_help = RUN_HELP)]
+    Run(run::RunArgs),
+
+    /// Run the engine's job manager: REST API, task manager registry, one master per job
+    #[command(after_help = JOBMANAGER_HELP)]
+    Jobmanager(cluster::JobManagerArgs),
+
+    /// Run a task manager that offers task slots to a job manager
+    Taskmanager(cluster::TaskManagerArgs),
+
+    /// List the jobs of a job manager
+    List(cluster::JobManagerAddress),
+
+    /// Show a job (or, without JOB, the cluster)
+    Status {
+        #[command(flatten)]
+        jobmanager: cluster::JobManagerAddress,
+        /// The job id (from `list` or `run --detach`)
+        job: Option<String>,
+        /// JSON as the REST API returns it
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Cancel a job
+    Cancel {
+        #[command(flatten)]
+        jobmanager: cluster::JobManagerAddress,
+        /// The job id
+        job: String,
+    },
+
     /// Copy a local file to a store object, a store object to a local file, or between stores
     #[command(after_help = CP_HELP)]
     Cp(CpArgs),
@@ -398,6 +433,31 @@ Examples:
   rivulet mount --foreground s3://bkt/data /mnt/data
   rivulet mount -f --read-only --allow-other /srv/store /mnt/store";
 
+const RUN_HELP: &str = "\
+The job runs on a mini-cluster in this process: a job manager and task managers with slots
+(one slot per subtask of the job's widest stage). It checkpoints to _checkpoints/<job>/ in the
+store and restarts from the latest checkpoint when a task fails. If the process dies, running
+the same job file again resumes that run from its latest checkpoint (--fresh starts anew).
+File sinks commit their output exactly once, at checkpoints. docs/engine.md describes job
+files.
+
+Examples:
+  rivulet run jobs/quickstart.toml
+  rivulet run --store 's3://bkt/rivulet?endpoint=http://127.0.0.1:9000' jobs/nexmark-q5.toml
+  rivulet run --json jobs/nexmark-q0.toml > summary.json";
+
+const JOBMANAGER_HELP: &str = "\
+One port serves the REST API (GET /overview, /jobs, /jobs/ID, /jobs/ID/checkpoints,
+/taskmanagers, /metrics; POST /jobs with a job file, /jobs/ID/cancel) and the task managers'
+connections. Jobs are recorded in the store under _jobs/; a job manager that starts resumes
+the jobs that were running from their latest checkpoints.
+
+Examples:
+  export RIVULET_CLUSTER_TOKEN=$(head -c16 /dev/urandom | xxd -p)
+  rivulet jobmanager --store s3://bkt/rivulet &
+  rivulet taskmanager --slots 4 &
+  rivulet run --jobmanager 127.0.0.1:8081 jobs/quickstart.toml";
+
 const RECOVER_HELP: &str = "\
 After a crash, the index still lists the uploads that were open, with their last token: a
 resume token (the file was persisted at some length) or a commit token (it was closed, the
@@ -414,6 +474,12 @@ impl Command {
     /// `<command> <url>`, as error messages name it.
     pub fn subject(&self) -> String {
         match self {
+            Command::Run(a) => format!("run {}", a.job.display()),
+            Command::Jobmanager(a) => format!("jobmanager --listen {}", a.listen),
+            Command::Taskmanager(a) => format!("taskmanager --jobmanager {}", a.jobmanager.address),
+            Command::List(a) => format!("list --jobmanager {}", a.address),
+            Command::Status { job, .. } => format!("status {}", job.as_deref().unwrap_or("")),
+            Command::Cancel { job, .. } => format!("cancel {job}"),
             Command::Cp(a) => format!("cp {} {}", a.src, a.dst),
             Command::Cat { url } => format!("cat {url}"),
             Command::Ls { url, .. } => format!("ls {url}"),
@@ -433,6 +499,16 @@ impl Command {
 /// Runs one parsed command.
 pub async fn run(env: &Env, command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Run(args) => run::run(env, args).await,
+        Command::Jobmanager(args) => cluster::jobmanager(env, args).await,
+        Command::Taskmanager(args) => cluster::taskmanager(env, args).await,
+        Command::List(address) => cluster::list(&address).await,
+        Command::Status {
+            jobmanager,
+            job,
+            json,
+        } => cluster::status(&jobmanager, job.as_deref(), json).await,
+        Command::Cancel { jobmanager, job } => cluster::cancel(&jobmanager, &job).await,
         Command::Cp(args) => transfer::cp(env, &args.src, &args.dst).await,
         Command::Cat { url } => transfer::cat(env, &url).await,
         Command::Ls {

@@ -156,7 +156,7 @@ pub fn start_job(
 impl MiniCluster {
     pub fn new(env: JobEnvironment, task_managers: usize, slots_per_task_manager: usize) -> Self {
         let local = Arc::new(LocalTaskManagers {
-            executor: TaskExecutor::new(LOCAL, env.clone(), None),
+            executor: TaskExecutor::new(LOCAL, env.clone(), None, None),
             slots: task_managers * slots_per_task_manager,
             allocated: Mutex::new(HashMap::new()),
         });

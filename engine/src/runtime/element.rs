@@ -4,7 +4,7 @@
 use crate::data::{Record, Timestamp};
 
 /// A checkpoint barrier. Everything before it on a channel belongs to the checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Barrier {
     pub checkpoint_id: u64,
     /// The last checkpoint of a bounded job: every input has ended, so tasks finish their

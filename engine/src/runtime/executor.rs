@@ -74,6 +74,8 @@ pub struct TaskExecutor {
     task_manager: String,
     env: JobEnvironment,
     inbound: Option<Arc<InboundChannels>>,
+    /// The cluster's secret, presented on data connections to other task managers.
+    token: Option<String>,
     running: Mutex<HashMap<(String, u32), Running>>,
 }
 
@@ -84,11 +86,13 @@ impl TaskExecutor {
         task_manager: &str,
         env: JobEnvironment,
         inbound: Option<Arc<InboundChannels>>,
+        token: Option<String>,
     ) -> Self {
         Self {
             task_manager: task_manager.to_string(),
             env,
             inbound,
+            token,
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -304,10 +308,11 @@ impl TaskExecutor {
                                     task: format!("deploy {}", request.job_id),
                                     message: format!("no data address for task manager {tm}"),
                                 })?;
-                        senders
-                            .entry(u)
-                            .or_default()
-                            .push(network::connect(*address, &key)?);
+                        senders.entry(u).or_default().push(network::connect(
+                            *address,
+                            &key,
+                            self.token.as_deref(),
+                        )?);
                     }
                     (false, true) => {
                         if let Some(inbound) = &self.inbound {

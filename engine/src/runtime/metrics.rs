@@ -34,6 +34,13 @@ impl VertexMetrics {
     }
 }
 
+/// Records in and out of one vertex, over the subtasks counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VertexCounts {
+    pub records_in: u64,
+    pub records_out: u64,
+}
+
 /// One completed or declined checkpoint, as the history shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CheckpointRecord {
@@ -63,6 +70,17 @@ impl JobMetrics {
 
     pub fn vertex(&self, index: usize) -> &VertexMetrics {
         &self.vertices[index]
+    }
+
+    /// Every vertex's counts, in vertex order.
+    pub fn counts(&self) -> Vec<VertexCounts> {
+        self.vertices
+            .iter()
+            .map(|v| VertexCounts {
+                records_in: v.records_in(),
+                records_out: v.records_out(),
+            })
+            .collect()
     }
 
     pub fn add_blocked(&self, d: Duration) {

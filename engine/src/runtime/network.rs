@@ -125,6 +125,14 @@ fn write_frame(writer: &mut impl Write, body: &[u8]) -> std::io::Result<()> {
     writer.write_all(body)
 }
 
+/// The first frame of a data connection.
+#[derive(Debug, Serialize, Deserialize)]
+struct Hello {
+    /// The cluster's shared secret, when it has one: data ports accept only their cluster.
+    token: Option<String>,
+    key: ChannelKey,
+}
+
 /// Accepts data connections for the subtasks of this task manager.
 pub struct DataServer {
     pub address: SocketAddr,
@@ -132,8 +140,9 @@ pub struct DataServer {
 }
 
 impl DataServer {
-    /// Listens on `address` (port 0 picks one) and serves connections on threads.
-    pub fn start(address: SocketAddr) -> Result<DataServer, EngineError> {
+    /// Listens on `address` (port 0 picks one) and serves connections on threads. With a
+    /// `token`, connections that do not present it are closed.
+    pub fn start(address: SocketAddr, token: Option<String>) -> Result<DataServer, EngineError> {
         let listener = TcpListener::bind(address)
             .map_err(|e| EngineError::io(format!("listening for data on {address}"), e))?;
         let address = listener
@@ -147,10 +156,11 @@ impl DataServer {
                 for stream in listener.incoming() {
                     let Ok(stream) = stream else { continue };
                     let inbound = serving.clone();
+                    let token = token.clone();
                     let _ = std::thread::Builder::new()
                         .name("data-in".into())
                         .spawn(move || {
-                            if let Err(e) = serve_connection(stream, &inbound) {
+                            if let Err(e) = serve_connection(stream, &inbound, token.as_deref()) {
                                 tracing::debug!("data connection ended: {e}");
                             }
                         });
@@ -161,14 +171,25 @@ impl DataServer {
     }
 }
 
-fn serve_connection(stream: TcpStream, inbound: &InboundChannels) -> std::io::Result<()> {
+fn serve_connection(
+    stream: TcpStream,
+    inbound: &InboundChannels,
+    token: Option<&str>,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let mut reader = BufReader::with_capacity(256 * 1024, stream);
     let Some(header) = read_frame(&mut reader, MAX_HEADER)? else {
         return Ok(());
     };
-    let key: ChannelKey = serde_json::from_slice(&header)
+    let hello: Hello = serde_json::from_slice(&header)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    if token.is_some() && hello.token.as_deref() != token {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "a data connection without the cluster's token",
+        ));
+    }
+    let key = hello.key;
     let Some(sender) = inbound.sender(&key) else {
         return Ok(());
     };
@@ -183,7 +204,11 @@ fn serve_connection(stream: TcpStream, inbound: &InboundChannels) -> std::io::Re
 }
 
 /// Opens the producer's end of a channel to a subtask on the task manager at `address`.
-pub fn connect(address: SocketAddr, key: &ChannelKey) -> Result<Sender<Batch>, EngineError> {
+pub fn connect(
+    address: SocketAddr,
+    key: &ChannelKey,
+    token: Option<&str>,
+) -> Result<Sender<Batch>, EngineError> {
     let what = || format!("connecting to the task manager at {address}");
     let mut attempt = 0;
     let stream = loop {
@@ -201,7 +226,11 @@ pub fn connect(address: SocketAddr, key: &ChannelKey) -> Result<Sender<Batch>, E
         .set_nodelay(true)
         .map_err(|e| EngineError::io(what(), e))?;
     let mut writer = BufWriter::with_capacity(256 * 1024, stream);
-    let header = serde_json::to_vec(key).map_err(|e| EngineError::state("channel key", e))?;
+    let hello = Hello {
+        token: token.map(str::to_string),
+        key: key.clone(),
+    };
+    let header = serde_json::to_vec(&hello).map_err(|e| EngineError::state("channel key", e))?;
     write_frame(&mut writer, &header)
         .and_then(|()| writer.flush())
         .map_err(|e| EngineError::io(what(), e))?;
@@ -241,7 +270,7 @@ mod tests {
 
     #[test]
     fn batches_cross_a_connection_in_order_whichever_end_comes_first() {
-        let server = DataServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let server = DataServer::start("127.0.0.1:0".parse().unwrap(), Some("t".into())).unwrap();
         let key = |to| ChannelKey {
             job_id: "j".into(),
             attempt: 0,
@@ -251,9 +280,9 @@ mod tests {
         };
         // Consumer first.
         let rx0 = server.inbound.receiver(&key(0));
-        let tx0 = connect(server.address, &key(0)).unwrap();
+        let tx0 = connect(server.address, &key(0), Some("t")).unwrap();
         // Connection first.
-        let tx1 = connect(server.address, &key(1)).unwrap();
+        let tx1 = connect(server.address, &key(1), Some("t")).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let rx1 = server.inbound.receiver(&key(1));
         for i in 0..100 {

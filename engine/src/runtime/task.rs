@@ -18,14 +18,14 @@ use crate::error::EngineError;
 use crate::operator::{Output, Source, SourceStatus, TICK_INTERVAL, TaskContext};
 
 /// Which subtask: the task (chain) index in the plan and the subtask index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SubtaskId {
     pub task: usize,
     pub subtask: usize,
 }
 
 /// What the job master tells a subtask.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum TaskControl {
     /// Sources only: emit this barrier now.
     TriggerCheckpoint(Barrier),
@@ -34,7 +34,7 @@ pub enum TaskControl {
 }
 
 /// What a subtask tells the job master.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum TaskEvent {
     /// The subtask took its snapshot for the checkpoint.
     Ack {
@@ -149,11 +149,11 @@ impl Subtask {
         }
         self.metrics
             .add_blocked(std::mem::take(&mut self.output.blocked));
+        // What left the task came out of its last operator. A task that is only a source
+        // counts its records as it polls them.
         let out = std::mem::take(&mut self.output.records_out);
         if let Some(last) = self.chain.operators.last() {
             self.metrics.vertex(last.vertex).add_out(out);
-        } else if let Some(source) = &self.source {
-            self.metrics.vertex(source.vertex).add_out(out);
         }
     }
 

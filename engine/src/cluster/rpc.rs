@@ -1,0 +1,104 @@
+//! The control protocol between task managers and the job manager: JSON messages in frames
+//! (`length u32 LE | JSON`) over one TCP connection that the task manager opens. The job
+//! manager tells RPC from HTTP on its single port by the first bytes: [`MAGIC`].
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::executor::DeployRequest;
+use crate::runtime::task::{SubtaskId, TaskControl, TaskEvent};
+
+/// What a task manager writes first on its connection.
+pub const MAGIC: &[u8; 4] = b"RVRP";
+
+/// Largest control message accepted (deploy requests carry job files and checkpoint
+/// metadata).
+const MAX_MESSAGE: usize = 64 << 20;
+
+pub use crate::runtime::metrics::VertexCounts;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToJobManager {
+    Register {
+        task_manager: String,
+        token: Option<String>,
+        slots: usize,
+        data_address: SocketAddr,
+        host: String,
+    },
+    /// Every second, with the counters of the jobs running there (totals since the task
+    /// manager started).
+    Heartbeat {
+        jobs: Vec<(String, Vec<VertexCounts>)>,
+    },
+    Event {
+        job_id: String,
+        attempt: u32,
+        event: TaskEvent,
+    },
+    /// The answer to a deploy.
+    Deployed {
+        job_id: String,
+        attempt: u32,
+        error: Option<String>,
+    },
+    /// The answer to a cancel: the attempt's subtasks here have stopped.
+    Cancelled { job_id: String, attempt: u32 },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToTaskManager {
+    /// Registration accepted: the store the cluster's jobs use.
+    Registered {
+        store: String,
+    },
+    /// Registration refused, and why.
+    Refused {
+        reason: String,
+    },
+    Deploy(Box<DeployRequest>),
+    Control {
+        job_id: String,
+        attempt: u32,
+        subtask: SubtaskId,
+        control: TaskControl,
+    },
+    Cancel {
+        job_id: String,
+        attempt: u32,
+    },
+}
+
+pub fn write_message<T: Serialize>(writer: &mut impl Write, message: &T) -> std::io::Result<()> {
+    let body = serde_json::to_vec(message)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    writer.write_all(&(body.len() as u32).to_le_bytes())?;
+    writer.write_all(&body)?;
+    writer.flush()
+}
+
+/// The next message, or `None` at the end of the stream.
+pub fn read_message<T: for<'de> Deserialize<'de>>(
+    reader: &mut impl Read,
+) -> std::io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a control message of {len} bytes (at most {MAX_MESSAGE})"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}

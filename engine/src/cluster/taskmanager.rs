@@ -1,0 +1,308 @@
+//! A task manager process: registers its slots with the job manager, runs the subtasks job
+//! masters deploy to it, and exchanges data with other task managers over TCP.
+//!
+//! If the job manager goes away, the task manager stops every subtask (a job manager that
+//! comes back restarts its jobs from their checkpoints) and keeps trying to reconnect.
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fs_core::store::{StoreUrl, open_store};
+use fs_core::{Index, RecoverableWriter, WriterConfig};
+
+use super::rpc::{MAGIC, ToJobManager, ToTaskManager, VertexCounts, read_message, write_message};
+use crate::error::EngineError;
+use crate::graph::JobGraph;
+use crate::runtime::executor::{DeployRequest, TaskExecutor};
+use crate::runtime::master::JobEnvironment;
+use crate::runtime::metrics::JobMetrics;
+use crate::runtime::network::DataServer;
+use crate::runtime::task::TaskEvent;
+
+/// How a task manager runs.
+#[derive(Debug, Clone)]
+pub struct TaskManagerConfig {
+    /// The job manager's address (its one port serves both REST and task managers).
+    pub job_manager: SocketAddr,
+    /// The cluster's shared secret, if the job manager requires one.
+    pub token: Option<String>,
+    pub slots: usize,
+    /// Where other task managers connect for data (port 0 picks one).
+    pub data_listen: SocketAddr,
+    /// The name shown for this task manager.
+    pub host: String,
+    /// The writer's tuning (part size, retries) for the sinks run here.
+    pub writer: WriterConfig,
+}
+
+type SharedWriter = Arc<Mutex<BufWriter<TcpStream>>>;
+
+fn send(writer: &SharedWriter, message: &ToJobManager) -> std::io::Result<()> {
+    let mut w = writer
+        .lock()
+        .map_err(|_| std::io::Error::other("connection lock poisoned"))?;
+    write_message(&mut *w, message)
+}
+
+/// The state a task manager keeps across reconnections.
+struct TaskManager {
+    id: String,
+    config: TaskManagerConfig,
+    data: DataServer,
+    runtime: tokio::runtime::Handle,
+    executor: Option<Arc<TaskExecutor>>,
+    graphs: HashMap<String, Arc<JobGraph>>,
+    metrics: Arc<Mutex<HashMap<String, Arc<JobMetrics>>>>,
+}
+
+/// Runs a task manager until `stop` is set. Fails only when the job manager refuses it (a
+/// wrong token) or its data port cannot be opened.
+pub fn run(
+    config: TaskManagerConfig,
+    runtime: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+) -> Result<(), EngineError> {
+    let data = DataServer::start(config.data_listen, config.token.clone())?;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let mut tm = TaskManager {
+        id: format!("{}-{}", config.host, &suffix[..8]),
+        config,
+        data,
+        runtime,
+        executor: None,
+        graphs: HashMap::new(),
+        metrics: Arc::new(Mutex::new(HashMap::new())),
+    };
+    tracing::info!(task_manager = %tm.id, data = %tm.data.address, "task manager started");
+    eprintln!(
+        "task manager {} with {} slots, data on {}, job manager {}",
+        tm.id, tm.config.slots, tm.data.address, tm.config.job_manager
+    );
+    let mut announced_outage = false;
+    while !stop.load(Ordering::SeqCst) {
+        match TcpStream::connect_timeout(&tm.config.job_manager, Duration::from_secs(5)) {
+            Ok(stream) => {
+                announced_outage = false;
+                match tm.session(stream, &stop) {
+                    Ok(()) => {}
+                    Err(SessionEnd::Refused(reason)) => {
+                        return Err(EngineError::Task {
+                            task: format!("task manager {}", tm.id),
+                            message: format!("the job manager refused it: {reason}"),
+                        });
+                    }
+                    Err(SessionEnd::Lost(e)) => {
+                        eprintln!(
+                            "task manager {}: lost the job manager ({e}); stopping its subtasks and reconnecting",
+                            tm.id
+                        );
+                    }
+                }
+                if let Some(executor) = &tm.executor {
+                    executor.cancel_all();
+                }
+            }
+            Err(e) => {
+                if !announced_outage {
+                    eprintln!(
+                        "task manager {}: cannot reach the job manager at {} ({e}); retrying every second",
+                        tm.id, tm.config.job_manager
+                    );
+                    announced_outage = true;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    if let Some(executor) = &tm.executor {
+        executor.cancel_all();
+    }
+    Ok(())
+}
+
+enum SessionEnd {
+    Refused(String),
+    Lost(String),
+}
+
+impl TaskManager {
+    fn environment(&mut self, store_url: &str) -> Result<Arc<TaskExecutor>, EngineError> {
+        if let Some(e) = &self.executor {
+            return Ok(e.clone());
+        }
+        let url = StoreUrl::parse(store_url)?;
+        let store = self.runtime.block_on(open_store(&url))?;
+        // The sinks' resume and commit tokens live in checkpoints; this index only tracks
+        // what the writer has open in this process.
+        let index = Index::temporary().map_err(fs_core::WriterError::from)?;
+        let writer = RecoverableWriter::new(store.clone(), index, self.config.writer.clone())?;
+        let env = JobEnvironment {
+            store,
+            writer: Arc::new(writer),
+            runtime: self.runtime.clone(),
+        };
+        let executor = Arc::new(TaskExecutor::new(
+            &self.id,
+            env,
+            Some(self.data.inbound.clone()),
+            self.config.token.clone(),
+        ));
+        self.executor = Some(executor.clone());
+        Ok(executor)
+    }
+
+    /// One connection to the job manager, until it breaks.
+    fn session(&mut self, stream: TcpStream, stop: &Arc<AtomicBool>) -> Result<(), SessionEnd> {
+        let lost = |e: std::io::Error| SessionEnd::Lost(e.to_string());
+        stream.set_nodelay(true).map_err(lost)?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(lost)?);
+        let writer: SharedWriter = Arc::new(Mutex::new(BufWriter::new(stream)));
+        {
+            let mut w = writer
+                .lock()
+                .map_err(|_| SessionEnd::Lost("lock poisoned".into()))?;
+            w.write_all(MAGIC).map_err(lost)?;
+            write_message(
+                &mut *w,
+                &ToJobManager::Register {
+                    task_manager: self.id.clone(),
+                    token: self.config.token.clone(),
+                    slots: self.config.slots,
+                    data_address: self.data.address,
+                    host: self.config.host.clone(),
+                },
+            )
+            .map_err(lost)?;
+        }
+        let executor = match read_message::<ToTaskManager>(&mut reader).map_err(lost)? {
+            Some(ToTaskManager::Registered { store }) => self
+                .environment(&store)
+                .map_err(|e| SessionEnd::Refused(format!("opening the store {store}: {e}")))?,
+            Some(ToTaskManager::Refused { reason }) => return Err(SessionEnd::Refused(reason)),
+            _ => return Err(SessionEnd::Lost("no answer to the registration".into())),
+        };
+        eprintln!("task manager {}: registered", self.id);
+
+        let connected = Arc::new(AtomicBool::new(true));
+        self.start_heartbeats(writer.clone(), connected.clone(), stop.clone());
+        let result = loop {
+            let message = match read_message::<ToTaskManager>(&mut reader) {
+                Ok(Some(m)) => m,
+                Ok(None) => break Err(SessionEnd::Lost("the connection closed".into())),
+                Err(e) => break Err(lost(e)),
+            };
+            match message {
+                ToTaskManager::Deploy(request) => {
+                    let error = self.deploy(&executor, &request, &writer).err();
+                    let reply = ToJobManager::Deployed {
+                        job_id: request.job_id.clone(),
+                        attempt: request.attempt,
+                        error: error.map(|e| e.to_string()),
+                    };
+                    if let Err(e) = send(&writer, &reply) {
+                        break Err(lost(e));
+                    }
+                }
+                ToTaskManager::Control {
+                    job_id,
+                    attempt,
+                    subtask,
+                    control,
+                } => executor.control(&job_id, attempt, subtask, control),
+                ToTaskManager::Cancel { job_id, attempt } => {
+                    executor.cancel(&job_id, attempt);
+                    if let Err(e) = send(&writer, &ToJobManager::Cancelled { job_id, attempt }) {
+                        break Err(lost(e));
+                    }
+                }
+                ToTaskManager::Registered { .. } | ToTaskManager::Refused { .. } => {}
+            }
+            if stop.load(Ordering::SeqCst) {
+                break Ok(());
+            }
+        };
+        connected.store(false, Ordering::SeqCst);
+        result
+    }
+
+    fn deploy(
+        &mut self,
+        executor: &TaskExecutor,
+        request: &DeployRequest,
+        writer: &SharedWriter,
+    ) -> Result<(), EngineError> {
+        let graph = match self.graphs.get(&request.job_id) {
+            Some(g) => g.clone(),
+            None => {
+                let spec_text = request.spec.as_deref().ok_or_else(|| {
+                    EngineError::job(
+                        "job",
+                        "jobs built in code run only on an embedded cluster (no job file to send)",
+                    )
+                })?;
+                let spec = crate::job::parse(spec_text)?;
+                let graph = Arc::new(crate::job::compile(&spec, &request.job_id)?.graph);
+                self.graphs.insert(request.job_id.clone(), graph.clone());
+                graph
+            }
+        };
+        let metrics = self
+            .metrics
+            .lock()
+            .map_err(|_| EngineError::state("metrics", "lock poisoned"))?
+            .entry(request.job_id.clone())
+            .or_insert_with(|| Arc::new(JobMetrics::new(graph.vertices.len())))
+            .clone();
+        // Events of this attempt's subtasks go to the job manager in order.
+        let (events_tx, events_rx) = crossbeam_channel::unbounded::<TaskEvent>();
+        let forward_to = writer.clone();
+        let (job_id, attempt) = (request.job_id.clone(), request.attempt);
+        std::thread::Builder::new()
+            .name("task-events".into())
+            .spawn(move || {
+                for event in events_rx.iter() {
+                    let message = ToJobManager::Event {
+                        job_id: job_id.clone(),
+                        attempt,
+                        event,
+                    };
+                    if send(&forward_to, &message).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| EngineError::io("starting an event forwarder", e))?;
+        executor.deploy(&graph, request, events_tx, metrics)
+    }
+
+    fn start_heartbeats(
+        &self,
+        writer: SharedWriter,
+        connected: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
+    ) {
+        let metrics = self.metrics.clone();
+        let _ = std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || {
+                while connected.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+                    let jobs: Vec<(String, Vec<VertexCounts>)> = metrics
+                        .lock()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(job, metrics)| (job.clone(), metrics.counts()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if send(&writer, &ToJobManager::Heartbeat { jobs }).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+    }
+}

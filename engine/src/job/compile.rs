@@ -1,0 +1,574 @@
+//! From a job file to a job graph: each stage becomes a vertex built with the DataStream API,
+//! checked against the schema of its input when the job is compiled (an unknown field or a
+//! type error is reported before anything runs, naming the stage and the field).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::spec::{JobSpec, OperatorSpec, SinkSpec, SourceSpec, parse_duration};
+use crate::builder::{DataStream, JobBuilder, StageOptions};
+use crate::data::{DataType, Field, Schema};
+use crate::error::EngineError;
+use crate::expr::{Expr, parse_named};
+use crate::graph::{CheckpointConfig, JobGraph, RestartStrategy};
+use crate::operator::{Operator, Source};
+use crate::operators::{
+    FilterOperator, ProjectOperator, WindowAssigner, WindowOperator, WindowSpec, parse_aggregate,
+};
+use crate::sink::{
+    BucketAssigner, DiscardSink, FileSink, FileSinkConfig, RollingPolicy, TimeSource,
+};
+use crate::source::files::{FilesConfig, FilesSource, OnError};
+use crate::source::nexmark::{EventKind, NexmarkConfig, NexmarkSource, schema_for};
+
+/// Where a file sink of the job writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputInfo {
+    pub sink_id: String,
+    pub path: String,
+}
+
+/// A compiled job: its graph and what it writes.
+pub struct CompiledJob {
+    pub graph: JobGraph,
+    pub outputs: Vec<OutputInfo>,
+}
+
+/// Compiles `spec` for the run `job_id` (file sinks name their part files after it, so two
+/// runs of a job never write the same names).
+pub fn compile(spec: &JobSpec, job_id: &str) -> Result<CompiledJob, EngineError> {
+    let job = JobBuilder::new(&spec.name);
+    let default_parallelism = spec.parallelism.unwrap_or(1);
+    if default_parallelism == 0 {
+        return Err(EngineError::job("parallelism", "must be at least 1"));
+    }
+    job.set_parallelism(default_parallelism);
+    job.set_checkpointing(checkpoint_config(spec)?);
+    job.set_restart(restart_strategy(spec)?);
+    if spec.sources.is_empty() {
+        return Err(EngineError::job("source", "the job has no [[source]]"));
+    }
+    if spec.sinks.is_empty() {
+        return Err(EngineError::job(
+            "sink",
+            "the job has no [[sink]]; add one (kind = \"discard\" drops the output)",
+        ));
+    }
+
+    let mut last: Option<DataStream> = None;
+    for (i, source) in spec.sources.iter().enumerate() {
+        last = Some(add_source(&job, i, source)?);
+    }
+    for (i, operator) in spec.operators.iter().enumerate() {
+        last = Some(add_operator(&job, i, operator, last.as_ref())?);
+    }
+    let mut outputs = Vec::new();
+    for (i, sink) in spec.sinks.iter().enumerate() {
+        if let Some(output) = add_sink(&job, i, sink, last.as_ref(), job_id)? {
+            outputs.push(output);
+        }
+    }
+    Ok(CompiledJob {
+        graph: job.build()?,
+        outputs,
+    })
+}
+
+fn checkpoint_config(spec: &JobSpec) -> Result<CheckpointConfig, EngineError> {
+    let mut config = CheckpointConfig::default();
+    let c = &spec.checkpoint;
+    if let Some(text) = &c.interval {
+        config.interval = if text.trim() == "off" {
+            None
+        } else {
+            let d = parse_duration("checkpoint.interval", text)?;
+            if d < Duration::from_millis(10) {
+                return Err(EngineError::job(
+                    "checkpoint.interval",
+                    "must be at least 10ms (or \"off\")",
+                ));
+            }
+            Some(d)
+        };
+    }
+    if let Some(text) = &c.timeout {
+        config.timeout = parse_duration("checkpoint.timeout", text)?;
+    }
+    if let Some(n) = c.retained {
+        if n == 0 {
+            return Err(EngineError::job(
+                "checkpoint.retained",
+                "must be at least 1",
+            ));
+        }
+        config.retained = n;
+    }
+    Ok(config)
+}
+
+fn restart_strategy(spec: &JobSpec) -> Result<RestartStrategy, EngineError> {
+    let r = &spec.restart;
+    match r.strategy.as_deref().unwrap_or("fixed-delay") {
+        "none" => Ok(RestartStrategy::None),
+        "fixed-delay" => Ok(RestartStrategy::FixedDelay {
+            attempts: r.attempts.unwrap_or(3),
+            delay: match &r.delay {
+                Some(t) => parse_duration("restart.delay", t)?,
+                None => Duration::from_secs(1),
+            },
+        }),
+        other => Err(EngineError::job(
+            "restart.strategy",
+            format!("`{other}` is not a strategy (fixed-delay or none)"),
+        )),
+    }
+}
+
+/// `source[2]`-style names for stages without an id.
+fn stage_id(id: &Option<String>, kind: &str, index: usize) -> String {
+    id.clone()
+        .unwrap_or_else(|| format!("{kind}-{}", index + 1))
+}
+
+fn add_source(job: &JobBuilder, i: usize, spec: &SourceSpec) -> Result<DataStream, EngineError> {
+    match spec {
+        SourceSpec::Nexmark {
+            id,
+            parallelism,
+            events,
+            count,
+            rate,
+            watermark_delay,
+        } => {
+            let id = stage_id(id, "nexmark", i);
+            let kind = match events.as_deref().unwrap_or("bid") {
+                "bid" | "bids" => EventKind::Bid,
+                "auction" | "auctions" => EventKind::Auction,
+                "person" | "persons" | "people" => EventKind::Person,
+                "all" => EventKind::All,
+                other => {
+                    return Err(EngineError::job(
+                        format!("source {id}.events"),
+                        format!("`{other}` is not bid, auction, person or all"),
+                    ));
+                }
+            };
+            let config = NexmarkConfig {
+                events: kind,
+                count: *count,
+                rate: *rate,
+                ..NexmarkConfig::default()
+            };
+            // Built once here so that a bad configuration fails at compile time.
+            NexmarkSource::new(config.clone())?;
+            let delay =
+                optional_duration(&format!("source {id}.watermark_delay"), watermark_delay)?;
+            job.source_with(
+                StageOptions {
+                    id: &id,
+                    description: "nexmark",
+                    parallelism: *parallelism,
+                },
+                delay,
+                Arc::new(move |_| {
+                    Ok(Box::new(NexmarkSource::new(config.clone())?) as Box<dyn Source>)
+                }),
+                schema_for(kind),
+            )
+        }
+        SourceSpec::Files {
+            id,
+            parallelism,
+            prefix,
+            format,
+            schema,
+            timestamp,
+            bounded,
+            discover_interval,
+            on_error,
+            watermark_delay,
+        } => {
+            let id = stage_id(id, "files", i);
+            let schema = Arc::new(parse_schema(&format!("source {id}.schema"), schema)?);
+            let on_error = match on_error.as_deref().unwrap_or("fail") {
+                "fail" => OnError::Fail,
+                "skip" => OnError::Skip,
+                other => {
+                    return Err(EngineError::job(
+                        format!("source {id}.on_error"),
+                        format!("`{other}` is not fail or skip"),
+                    ));
+                }
+            };
+            let mut config = FilesConfig::new(prefix.clone(), *format, schema.clone());
+            config.timestamp_field = timestamp.clone();
+            config.bounded = bounded.unwrap_or(true);
+            config.on_error = on_error;
+            if let Some(t) = discover_interval {
+                config.discover_interval =
+                    parse_duration(&format!("source {id}.discover_interval"), t)?;
+            }
+            FilesSource::new(config.clone())?;
+            let delay =
+                optional_duration(&format!("source {id}.watermark_delay"), watermark_delay)?;
+            job.source_with(
+                StageOptions {
+                    id: &id,
+                    description: "files",
+                    parallelism: *parallelism,
+                },
+                delay,
+                Arc::new(move |_| {
+                    Ok(Box::new(FilesSource::new(config.clone())?) as Box<dyn Source>)
+                }),
+                schema,
+            )
+        }
+    }
+}
+
+fn optional_duration(at: &str, text: &Option<String>) -> Result<Duration, EngineError> {
+    match text {
+        Some(t) => parse_duration(at, t),
+        None => Ok(Duration::ZERO),
+    }
+}
+
+/// `["id:int", "name:string"]` to a schema.
+fn parse_schema(at: &str, fields: &[String]) -> Result<Schema, EngineError> {
+    if fields.is_empty() {
+        return Err(EngineError::job(
+            at,
+            "needs at least one \"name:type\" field",
+        ));
+    }
+    let mut out: Vec<Field> = Vec::new();
+    for (i, f) in fields.iter().enumerate() {
+        let (name, ty) = f.split_once(':').ok_or_else(|| {
+            EngineError::job(
+                format!("{at}[{i}]"),
+                format!("`{f}` is not \"name:type\" (types: int, float, string, bool, timestamp)"),
+            )
+        })?;
+        let (name, ty) = (name.trim(), ty.trim());
+        let data_type = DataType::parse(ty).ok_or_else(|| {
+            EngineError::job(
+                format!("{at}[{i}]"),
+                format!("`{ty}` is not a type (int, float, string, bool, timestamp)"),
+            )
+        })?;
+        if name.is_empty() || out.iter().any(|o| o.name == name) {
+            return Err(EngineError::job(
+                format!("{at}[{i}]"),
+                format!("`{name}` is empty or named twice"),
+            ));
+        }
+        out.push(Field::new(name, data_type));
+    }
+    Ok(Schema::new(out))
+}
+
+/// The stage a stage reads: its `input`, else the stage defined before it.
+fn input_of(
+    job: &JobBuilder,
+    at: &str,
+    input: &Option<String>,
+    previous: Option<&DataStream>,
+) -> Result<DataStream, EngineError> {
+    match input {
+        Some(name) => job.stream(name).ok_or_else(|| {
+            EngineError::job(
+                format!("{at}.input"),
+                format!("no stage `{name}` is defined before this one"),
+            )
+        }),
+        None => previous.cloned().ok_or_else(|| {
+            EngineError::job(format!("{at}.input"), "there is no stage before this one")
+        }),
+    }
+}
+
+fn add_operator(
+    job: &JobBuilder,
+    i: usize,
+    spec: &OperatorSpec,
+    previous: Option<&DataStream>,
+) -> Result<DataStream, EngineError> {
+    match spec {
+        OperatorSpec::Filter {
+            id,
+            input,
+            parallelism,
+            predicate,
+        } => {
+            let id = stage_id(id, "filter", i);
+            let at = format!("operator {id}");
+            let input = input_of(job, &at, input, previous)?;
+            let expr = Expr::parse(predicate).map_err(|e| in_stage(&at, "where", e))?;
+            let schema = input.schema();
+            let bound = expr.bind(&schema).map_err(|e| in_stage(&at, "where", e))?;
+            if bound.data_type() != DataType::Bool {
+                return Err(EngineError::job(
+                    format!("{at}.where"),
+                    format!("`{predicate}` is a {}, not a condition", bound.data_type()),
+                ));
+            }
+            FilterOperator::new(bound.clone()).map_err(|e| in_stage(&at, "where", e))?;
+            input.transform(
+                StageOptions {
+                    id: &id,
+                    description: "filter",
+                    parallelism: *parallelism,
+                },
+                schema,
+                Arc::new(move |_| {
+                    Ok(Box::new(FilterOperator::new(bound.clone())?) as Box<dyn Operator>)
+                }),
+            )
+        }
+        OperatorSpec::Map {
+            id,
+            input,
+            parallelism,
+            fields,
+        } => {
+            let id = stage_id(id, "map", i);
+            let at = format!("operator {id}");
+            let input = input_of(job, &at, input, previous)?;
+            let schema = input.schema();
+            let mut named = Vec::new();
+            for (n, text) in fields.iter().enumerate() {
+                let field_at = format!("fields[{n}]");
+                let (name, expr) = parse_named(text).map_err(|e| in_stage(&at, &field_at, e))?;
+                let bound = expr
+                    .bind(&schema)
+                    .map_err(|e| in_stage(&at, &field_at, e))?;
+                named.push((name, bound));
+            }
+            if named.is_empty() {
+                return Err(EngineError::job(format!("{at}.fields"), "lists no field"));
+            }
+            let project =
+                ProjectOperator::new(named.clone()).map_err(|e| in_stage(&at, "fields", e))?;
+            let output = Arc::new(project.output_schema());
+            input.transform(
+                StageOptions {
+                    id: &id,
+                    description: "map",
+                    parallelism: *parallelism,
+                },
+                output,
+                Arc::new(move |_| {
+                    Ok(Box::new(ProjectOperator::new(named.clone())?) as Box<dyn Operator>)
+                }),
+            )
+        }
+        OperatorSpec::Window {
+            id,
+            input,
+            parallelism,
+            key_by,
+            window,
+            size,
+            slide,
+            aggregates,
+        } => {
+            let id = stage_id(id, "window", i);
+            let at = format!("operator {id}");
+            let input = input_of(job, &at, input, previous)?;
+            let schema = input.schema();
+            let keys: Vec<&str> = key_by.iter().map(String::as_str).collect();
+            let keyed = input
+                .key_by(&keys)
+                .map_err(|e| in_stage(&at, "key_by", e))?;
+            let size_ms = parse_duration(&format!("{at}.size"), size)?.as_millis() as i64;
+            let assigner = match window.as_str() {
+                "tumbling" => WindowAssigner::Tumbling { size_ms },
+                "sliding" => {
+                    let slide = slide.as_ref().ok_or_else(|| {
+                        EngineError::job(format!("{at}.slide"), "a sliding window needs a slide")
+                    })?;
+                    WindowAssigner::Sliding {
+                        size_ms,
+                        slide_ms: parse_duration(&format!("{at}.slide"), slide)?.as_millis() as i64,
+                    }
+                }
+                other => {
+                    return Err(EngineError::job(
+                        format!("{at}.window"),
+                        format!("`{other}` is not tumbling or sliding"),
+                    ));
+                }
+            };
+            let mut specs = Vec::new();
+            for (n, text) in aggregates.iter().enumerate() {
+                specs.push(
+                    parse_aggregate(text, &schema)
+                        .map_err(|e| in_stage(&at, &format!("aggregates[{n}]"), e))?,
+                );
+            }
+            let key_fields = keys
+                .iter()
+                .filter_map(|k| schema.index_of(k))
+                .collect::<Vec<_>>();
+            let window_spec = WindowSpec {
+                assigner,
+                key_fields,
+                aggregates: specs,
+            };
+            let operator = WindowOperator::new(window_spec.clone(), &schema)
+                .map_err(|e| in_stage(&at, "window", e))?;
+            let output = Arc::new(operator.output_schema());
+            keyed.transform(
+                StageOptions {
+                    id: &id,
+                    description: "window",
+                    parallelism: *parallelism,
+                },
+                output,
+                Arc::new(move |_| {
+                    Ok(Box::new(WindowOperator::new(window_spec.clone(), &schema)?)
+                        as Box<dyn Operator>)
+                }),
+            )
+        }
+    }
+}
+
+/// Prefixes an error with the stage and field it came from.
+fn in_stage(at: &str, field: &str, e: EngineError) -> EngineError {
+    match e {
+        EngineError::Job { at: inner, message } => {
+            EngineError::job(format!("{at}.{field} ({inner})"), message)
+        }
+        other => EngineError::job(format!("{at}.{field}"), other.to_string()),
+    }
+}
+
+fn add_sink(
+    job: &JobBuilder,
+    i: usize,
+    spec: &SinkSpec,
+    previous: Option<&DataStream>,
+    job_id: &str,
+) -> Result<Option<OutputInfo>, EngineError> {
+    match spec {
+        SinkSpec::Discard {
+            id,
+            input,
+            parallelism,
+        } => {
+            let id = stage_id(id, "discard", i);
+            let input = input_of(job, &format!("sink {id}"), input, previous)?;
+            input.sink(
+                StageOptions {
+                    id: &id,
+                    description: "discard",
+                    parallelism: *parallelism,
+                },
+                Arc::new(|_| Ok(Box::new(DiscardSink::new()) as Box<dyn Operator>)),
+            )?;
+            Ok(None)
+        }
+        SinkSpec::File {
+            id,
+            input,
+            parallelism,
+            path,
+            format,
+            bucket,
+            bucket_time,
+            bucket_field,
+            max_part_size,
+            rollover_interval,
+            inactivity_interval,
+            roll_on_checkpoint,
+        } => {
+            let id = stage_id(id, "file", i);
+            let at = format!("sink {id}");
+            let input = input_of(job, &at, input, previous)?;
+            let schema = input.schema();
+            let path = path.trim_matches('/').to_string();
+            if path.is_empty()
+                || path
+                    .split('/')
+                    .any(|s| s == ".." || s == "." || s.is_empty())
+            {
+                return Err(EngineError::job(
+                    format!("{at}.path"),
+                    format!("`{path}` is not a key prefix like out/bids"),
+                ));
+            }
+            let mut config = FileSinkConfig::new(path.clone(), *format);
+            config.bucket = match (bucket, bucket_field) {
+                (Some(_), Some(_)) => {
+                    return Err(EngineError::job(
+                        format!("{at}.bucket_field"),
+                        "give either bucket (a date-time pattern) or bucket_field, not both",
+                    ));
+                }
+                (_, Some(field)) => BucketAssigner::Field {
+                    index: schema.index_of(field).ok_or_else(|| {
+                        EngineError::job(
+                            format!("{at}.bucket_field"),
+                            format!("no field `{field}`; the input has {}", schema.names()),
+                        )
+                    })?,
+                },
+                (pattern, None) => {
+                    let time = match bucket_time.as_deref().unwrap_or("processing") {
+                        "processing" => TimeSource::Processing,
+                        "event" => TimeSource::Event,
+                        other => {
+                            return Err(EngineError::job(
+                                format!("{at}.bucket_time"),
+                                format!("`{other}` is not event or processing"),
+                            ));
+                        }
+                    };
+                    BucketAssigner::date_time(
+                        pattern
+                            .clone()
+                            .unwrap_or_else(|| "%Y-%m-%d--%H".to_string()),
+                        time,
+                    )
+                    .map_err(|e| in_stage(&at, "bucket", e))?
+                }
+            };
+            let mut rolling = RollingPolicy::default();
+            if let Some(size) = max_part_size {
+                rolling.max_part_size = size
+                    .bytes()
+                    .map_err(|m| EngineError::job(format!("{at}.max_part_size"), m))?;
+            }
+            if let Some(t) = rollover_interval {
+                rolling.rollover_interval = parse_duration(&format!("{at}.rollover_interval"), t)?;
+            }
+            if let Some(t) = inactivity_interval {
+                rolling.inactivity_interval =
+                    parse_duration(&format!("{at}.inactivity_interval"), t)?;
+            }
+            rolling.roll_on_checkpoint = roll_on_checkpoint.unwrap_or(false);
+            config.rolling = rolling;
+            config.part_prefix = format!("part-{}", run_suffix(job_id));
+            FileSink::new(config.clone(), schema.clone())?;
+            input.sink(
+                StageOptions {
+                    id: &id,
+                    description: "file sink",
+                    parallelism: *parallelism,
+                },
+                Arc::new(move |_| {
+                    Ok(Box::new(FileSink::new(config.clone(), schema.clone())?)
+                        as Box<dyn Operator>)
+                }),
+            )?;
+            Ok(Some(OutputInfo { sink_id: id, path }))
+        }
+    }
+}
+
+/// The random part of a job id (what makes a run's file names its own).
+fn run_suffix(job_id: &str) -> &str {
+    job_id.rsplit('-').next().unwrap_or(job_id)
+}

@@ -1,0 +1,427 @@
+//! `run`: runs a job file on an embedded mini-cluster (a job manager and task managers in this
+//! process) over a store, printing progress and a summary.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use engine::job::registry::{self, JobRecord, RecordedState};
+use engine::runtime::{JobEnvironment, JobHandle, JobState, MiniCluster};
+use fs_core::store::{DynStore, ObjectStoreExt};
+use fs_core::{Index, RecoverableWriter, WriterConfig};
+
+use super::{Env, location};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The job file (TOML; see docs/engine.md)
+    pub job: PathBuf,
+
+    /// The store the job reads, writes and checkpoints to
+    #[arg(long, value_name = "URL", default_value = "./rivulet-data")]
+    pub store: String,
+
+    /// Task managers of the embedded cluster
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub task_managers: usize,
+
+    /// Slots per task manager (default: enough for the job's highest parallelism)
+    #[arg(long, value_name = "N")]
+    pub slots: Option<usize>,
+
+    /// Start the job anew even if an unfinished run of it is in the store (by default that
+    /// run is resumed from its latest checkpoint)
+    #[arg(long)]
+    pub fresh: bool,
+
+    /// Print the summary as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+
+    /// Submit to the job manager at this address instead of running embedded
+    #[arg(long, value_name = "ADDR")]
+    pub jobmanager: Option<std::net::SocketAddr>,
+
+    /// The cluster's shared secret (with --jobmanager)
+    #[arg(
+        long,
+        env = "RIVULET_CLUSTER_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// With --jobmanager: print the job id and return instead of following the job
+    #[arg(long, requires = "jobmanager")]
+    pub detach: bool,
+}
+
+/// `rivulet run JOB.toml`.
+pub async fn run(env: &Env, args: RunArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.job)
+        .with_context(|| format!("reading the job file {}", args.job.display()))?;
+    let spec =
+        engine::job::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.job.display()))?;
+    if let Some(address) = args.jobmanager {
+        let client = engine::cluster::client::Client::new(address, args.token.clone());
+        return run_on_cluster(&client, &text, args.detach, args.json).await;
+    }
+    if !args.store.contains("://") {
+        // The local store of `run` (./rivulet-data by default) is created on first use.
+        std::fs::create_dir_all(&args.store)
+            .with_context(|| format!("creating the store directory {}", args.store))?;
+    }
+    let store_url = location::store(&args.store)?;
+    let store = env.open_store(&store_url).await?;
+    let index = engine_index(env).await?;
+    let mut config = WriterConfig {
+        part_size: env.global.part_size,
+        max_in_flight: env.global.max_in_flight,
+        retry: env.retry_for(&store_url),
+        // The sink never reads back what it writes; recovery goes through resume tokens.
+        cache_parts: false,
+        ..WriterConfig::default()
+    };
+    if let Some(dir) = &env.global.cache_dir {
+        config.cache_dir = dir.clone();
+    }
+    let writer = Arc::new(RecoverableWriter::new(store.clone(), index, config)?);
+
+    let (job_id, resumed) = job_identity(&store, &spec.name, &text, args.fresh).await?;
+    let compiled = engine::job::compile(&spec, &job_id)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.job.display()))?;
+    let needed = compiled.graph.slots_needed();
+    let slots = args
+        .slots
+        .unwrap_or_else(|| needed.div_ceil(args.task_managers.max(1)));
+    let cluster = MiniCluster::new(
+        JobEnvironment {
+            store: store.clone(),
+            writer,
+            runtime: tokio::runtime::Handle::current(),
+        },
+        args.task_managers.max(1),
+        slots.max(1),
+    );
+    let outputs = compiled.outputs.clone();
+    if !args.json {
+        eprintln!(
+            "{} job {} ({}) on {}",
+            if resumed { "resuming" } else { "running" },
+            spec.name,
+            job_id,
+            store.describe()
+        );
+    }
+    // The job's threads block on the store through this runtime: run the wait off it.
+    let job = Arc::new(cluster.submit(compiled.graph, &job_id)?);
+    let progress = {
+        let job = job.clone();
+        let quiet = env.global.quiet || args.json;
+        tokio::task::spawn_blocking(move || report_progress(&job, quiet))
+    };
+    let interrupt = {
+        let job = job.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "interrupted: cancelling the job (its output up to the last checkpoint is committed)"
+                );
+                job.cancel();
+            }
+        })
+    };
+    let waited = job.clone();
+    let state = tokio::task::spawn_blocking(move || waited.wait())
+        .await
+        .context("waiting for the job")?;
+    interrupt.abort();
+    let _ = progress.await;
+
+    let recorded = match &state {
+        JobState::Finished => RecordedState::Finished,
+        JobState::Canceled => RecordedState::Canceled,
+        _ => RecordedState::Failed,
+    };
+    registry::set_state(&store, &job_id, recorded).await?;
+    let summary = summarize(&job, &store, &outputs).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    match state {
+        JobState::Finished => Ok(()),
+        JobState::Canceled => bail!("the job was cancelled"),
+        JobState::Failed(reason) => bail!("the job failed: {reason}"),
+        other => bail!("the job ended in state {other:?}"),
+    }
+}
+
+/// The engine's own index (the job holds it while it runs, so it is not the default index
+/// that every other command opens).
+async fn engine_index(env: &Env) -> Result<Index> {
+    match &env.global.index {
+        Some(_) => env.index().await,
+        None => {
+            let path = Index::default_path().with_file_name("engine-index");
+            env.index_at(path).await
+        }
+    }
+}
+
+/// The job id to run under: an unfinished run of the same job file is resumed unless
+/// `fresh`; otherwise a new id is recorded.
+async fn job_identity(
+    store: &DynStore,
+    name: &str,
+    text: &str,
+    fresh: bool,
+) -> Result<(String, bool)> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let unfinished: Vec<JobRecord> = registry::list(store)
+        .await?
+        .into_iter()
+        .filter(|r| r.name == name && r.state == RecordedState::Running)
+        .collect();
+    if let Some(last) = unfinished.last() {
+        if !fresh && last.spec == text {
+            return Ok((last.job_id.clone(), true));
+        }
+        // Superseded: a fresh run, or the job file changed (its checkpoints may not fit).
+        for r in &unfinished {
+            registry::set_state(store, &r.job_id, RecordedState::Canceled).await?;
+        }
+    }
+    let job_id = registry::new_job_id(name);
+    registry::save(
+        store,
+        &JobRecord {
+            job_id: job_id.clone(),
+            name: name.to_string(),
+            spec: text.to_string(),
+            state: RecordedState::Running,
+            submitted_at_ms: now,
+            updated_at_ms: now,
+        },
+    )
+    .await?;
+    Ok((job_id, false))
+}
+
+/// Prints a progress line every second until the job ends.
+fn report_progress(job: &JobHandle, quiet: bool) {
+    let started = Instant::now();
+    let graph = &job.shared.graph;
+    let sources: Vec<usize> = (0..graph.vertices.len())
+        .filter(|v| graph.vertices[*v].is_source())
+        .collect();
+    let sinks: Vec<usize> = (0..graph.vertices.len())
+        .filter(|v| graph.vertices[*v].is_sink())
+        .collect();
+    let mut last_events = 0u64;
+    let mut last_at = Instant::now();
+    while !job.state().is_terminal() {
+        std::thread::sleep(Duration::from_millis(100));
+        if quiet || last_at.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        let metrics = job.metrics();
+        let events: u64 = sources
+            .iter()
+            .map(|v| metrics.vertex(*v).records_out())
+            .sum();
+        let sunk: u64 = sinks.iter().map(|v| metrics.vertex(*v).records_in()).sum();
+        let rate = (events.saturating_sub(last_events)) as f64 / last_at.elapsed().as_secs_f64();
+        let checkpoints = metrics.checkpoints();
+        let completed = checkpoints.iter().filter(|c| c.completed).count();
+        let last = checkpoints
+            .iter()
+            .rev()
+            .find(|c| c.completed)
+            .map(|c| format!(" (last {} ms)", c.duration_ms))
+            .unwrap_or_default();
+        eprintln!(
+            "[{:>6.1}s] {:>12} events ({}/s) | sinks {:>12} | checkpoints {completed}{last} | restarts {}",
+            started.elapsed().as_secs_f64(),
+            events,
+            human(rate),
+            sunk,
+            metrics.restarts()
+        );
+        last_events = events;
+        last_at = Instant::now();
+    }
+}
+
+fn human(n: f64) -> String {
+    if n >= 1e6 {
+        format!("{:.2}M", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.1}K", n / 1e3)
+    } else {
+        format!("{n:.0}")
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    job_id: String,
+    name: String,
+    state: JobState,
+    seconds: f64,
+    events: u64,
+    events_per_second: f64,
+    records_to_sinks: u64,
+    checkpoints_completed: usize,
+    checkpoints_declined: usize,
+    restarts: u64,
+    outputs: Vec<OutputSummary>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct OutputSummary {
+    sink: String,
+    path: String,
+    finished_files: usize,
+    bytes: u64,
+}
+
+async fn summarize(
+    job: &JobHandle,
+    store: &DynStore,
+    outputs: &[engine::job::compile::OutputInfo],
+) -> Result<Summary> {
+    let graph = &job.shared.graph;
+    let metrics = job.metrics();
+    let seconds = job.shared.started.elapsed().as_secs_f64();
+    let events: u64 = (0..graph.vertices.len())
+        .filter(|v| graph.vertices[*v].is_source())
+        .map(|v| metrics.vertex(v).records_out())
+        .sum();
+    let records_to_sinks = (0..graph.vertices.len())
+        .filter(|v| graph.vertices[*v].is_sink())
+        .map(|v| metrics.vertex(v).records_in())
+        .sum();
+    let checkpoints = metrics.checkpoints();
+    let mut output_summaries = Vec::new();
+    for output in outputs {
+        let prefix = format!("{}/", output.path.trim_end_matches('/'));
+        let files: Vec<_> = store
+            .list_all(&prefix)
+            .await?
+            .into_iter()
+            .filter(|o| {
+                !o.key
+                    .split('/')
+                    .any(|s| s.starts_with('.') || s.starts_with('_'))
+            })
+            .collect();
+        output_summaries.push(OutputSummary {
+            sink: output.sink_id.clone(),
+            path: output.path.clone(),
+            finished_files: files.len(),
+            bytes: files.iter().map(|f| f.size).sum(),
+        });
+    }
+    Ok(Summary {
+        job_id: job.job_id().to_string(),
+        name: graph.name.clone(),
+        state: job.state(),
+        seconds,
+        events,
+        events_per_second: events as f64 / seconds.max(1e-9),
+        records_to_sinks,
+        checkpoints_completed: checkpoints.iter().filter(|c| c.completed).count(),
+        checkpoints_declined: checkpoints.iter().filter(|c| !c.completed).count(),
+        restarts: metrics.restarts(),
+        outputs: output_summaries,
+    })
+}
+
+fn print_summary(s: &Summary) {
+    eprintln!(
+        "job {} ({}): {:?} after {:.1}s",
+        s.name, s.job_id, s.state, s.seconds
+    );
+    eprintln!(
+        "  {} events ({}/s), {} records to sinks, {} checkpoints ({} declined), {} restarts",
+        s.events,
+        human(s.events_per_second),
+        s.records_to_sinks,
+        s.checkpoints_completed,
+        s.checkpoints_declined,
+        s.restarts
+    );
+    for o in &s.outputs {
+        eprintln!(
+            "  {}: {} finished files, {} bytes under {}/",
+            o.sink, o.finished_files, o.bytes, o.path
+        );
+    }
+}
+
+/// `run --jobmanager`: submits the job file and follows the job until it ends.
+async fn run_on_cluster(
+    client: &engine::cluster::client::Client,
+    text: &str,
+    detach: bool,
+    json: bool,
+) -> Result<()> {
+    let submitted = client.post("/jobs", text.to_string()).await?;
+    let Some(job_id) = submitted["jobid"].as_str().map(str::to_string) else {
+        bail!("the job manager did not return a job id: {submitted}");
+    };
+    if detach || json {
+        println!("{job_id}");
+        if detach {
+            return Ok(());
+        }
+    } else {
+        eprintln!("submitted job {job_id}");
+    }
+    let started = Instant::now();
+    let mut last_note = String::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let job = client.get(&format!("/jobs/{job_id}")).await?;
+        let state = job["state"].as_str().unwrap_or("?").to_string();
+        let sum = |kind: &str, metric: &str| -> u64 {
+            job["vertices"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|v| v["kind"].as_str() == Some(kind))
+                .map(|v| v["metrics"][metric].as_u64().unwrap_or(0))
+                .sum()
+        };
+        if !json {
+            eprintln!(
+                "[{:>6.1}s] {state:<10} {:>12} events | sinks {:>12} | restarts {}",
+                started.elapsed().as_secs_f64(),
+                sum("source", "write-records"),
+                sum("sink", "read-records"),
+                job["restarts"].as_u64().unwrap_or(0)
+            );
+            if let Some(reason) = job["reason"].as_str()
+                && reason != last_note
+            {
+                eprintln!("  {reason}");
+                last_note = reason.to_string();
+            }
+        }
+        match state.as_str() {
+            "FINISHED" => return Ok(()),
+            "CANCELED" => bail!("job {job_id} was cancelled"),
+            "FAILED" => bail!(
+                "job {job_id} failed: {}",
+                job["reason"]
+                    .as_str()
+                    .unwrap_or("see the job manager's log")
+            ),
+            _ => {}
+        }
+    }
+}
