@@ -22,9 +22,9 @@ pub const DEFAULT_JOBMANAGER: &str = "127.0.0.1:8081";
 /// How to reach a job manager.
 #[derive(Debug, Clone, Args)]
 pub struct JobManagerAddress {
-    /// The job manager's address
-    #[arg(long = "jobmanager", value_name = "ADDR", default_value = DEFAULT_JOBMANAGER)]
-    pub address: SocketAddr,
+    /// The job manager's address (host:port)
+    #[arg(long = "jobmanager", value_name = "HOST:PORT", default_value = DEFAULT_JOBMANAGER)]
+    pub address: String,
 
     /// The cluster's shared secret
     #[arg(
@@ -38,7 +38,7 @@ pub struct JobManagerAddress {
 
 impl JobManagerAddress {
     pub fn client(&self) -> Client {
-        Client::new(self.address, self.token.clone())
+        Client::new(self.address.clone(), self.token.clone())
     }
 }
 
@@ -82,6 +82,11 @@ pub struct TaskManagerArgs {
     /// Address other task managers send data to (port 0 picks a free port)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub data_listen: SocketAddr,
+
+    /// The data address to give other task managers, if not the bound one (e.g. the pod IP
+    /// when listening on 0.0.0.0:6121)
+    #[arg(long, value_name = "ADDR")]
+    pub data_advertise: Option<SocketAddr>,
 
     /// The name this task manager shows (default: the host name)
     #[arg(long, value_name = "NAME")]
@@ -127,10 +132,11 @@ pub async fn taskmanager(env: &Env, args: TaskManagerArgs) -> Result<()> {
             .unwrap_or_else(|| "taskmanager".to_string())
     });
     let config = TaskManagerConfig {
-        job_manager: args.jobmanager.address,
+        job_manager: args.jobmanager.address.clone(),
         token: args.jobmanager.token.clone(),
         slots: args.slots,
         data_listen: args.data_listen,
+        data_advertise: args.data_advertise,
         host,
         writer: writer_config(env),
     };

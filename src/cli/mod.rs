@@ -476,7 +476,9 @@ impl Command {
         match self {
             Command::Run(a) => format!("run {}", a.job.display()),
             Command::Jobmanager(a) => format!("jobmanager --listen {}", a.listen),
-            Command::Taskmanager(a) => format!("taskmanager --jobmanager {}", a.jobmanager.address),
+            Command::Taskmanager(a) => {
+                format!("taskmanager --jobmanager {}", a.jobmanager.address)
+            }
             Command::List(a) => format!("list --jobmanager {}", a.address),
             Command::Status { job, .. } => format!("status {}", job.as_deref().unwrap_or("")),
             Command::Cancel { job, .. } => format!("cancel {job}"),

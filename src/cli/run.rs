@@ -40,9 +40,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Submit to the job manager at this address instead of running embedded
-    #[arg(long, value_name = "ADDR")]
-    pub jobmanager: Option<std::net::SocketAddr>,
+    /// Submit to the job manager at this address (host:port) instead of running embedded
+    #[arg(long, value_name = "HOST:PORT")]
+    pub jobmanager: Option<String>,
 
     /// The cluster's shared secret (with --jobmanager)
     #[arg(

@@ -1,8 +1,6 @@
 //! A small client of the job manager's REST API, for `rivulet run --jobmanager`, `list`,
 //! `status` and `cancel`.
 
-use std::net::SocketAddr;
-
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -13,12 +11,13 @@ use tokio::net::TcpStream;
 use crate::error::EngineError;
 
 pub struct Client {
-    address: SocketAddr,
+    /// `host:port`, resolved at each request (a job manager behind a DNS name may move).
+    address: String,
     token: Option<String>,
 }
 
 impl Client {
-    pub fn new(address: SocketAddr, token: Option<String>) -> Self {
+    pub fn new(address: String, token: Option<String>) -> Self {
         Self { address, token }
     }
 
@@ -36,11 +35,13 @@ impl Client {
         path: &str,
         body: Option<String>,
     ) -> Result<Json, EngineError> {
-        let stream = TcpStream::connect(self.address).await.map_err(|e| {
-            self.failed(format!(
-                "cannot connect ({e}); is `rivulet jobmanager` running there?"
-            ))
-        })?;
+        let stream = TcpStream::connect(self.address.as_str())
+            .await
+            .map_err(|e| {
+                self.failed(format!(
+                    "cannot connect ({e}); is `rivulet jobmanager` running there?"
+                ))
+            })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.failed(e))?;
@@ -50,7 +51,7 @@ impl Client {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, self.address.to_string());
+            .header(http::header::HOST, self.address.as_str());
         if let Some(token) = &self.token {
             builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }

@@ -26,13 +26,18 @@ use crate::runtime::task::TaskEvent;
 /// How a task manager runs.
 #[derive(Debug, Clone)]
 pub struct TaskManagerConfig {
-    /// The job manager's address (its one port serves both REST and task managers).
-    pub job_manager: SocketAddr,
+    /// The job manager's `host:port` (its one port serves both REST and task managers),
+    /// resolved at every connection attempt: a job manager that restarts elsewhere behind the
+    /// same name is found again.
+    pub job_manager: String,
     /// The cluster's shared secret, if the job manager requires one.
     pub token: Option<String>,
     pub slots: usize,
     /// Where other task managers connect for data (port 0 picks one).
     pub data_listen: SocketAddr,
+    /// The data address other task managers are told to use, when it differs from the bound
+    /// one (listening on 0.0.0.0 in a container, say).
+    pub data_advertise: Option<SocketAddr>,
     /// The name shown for this task manager.
     pub host: String,
     /// The writer's tuning (part size, retries) for the sinks run here.
@@ -84,7 +89,7 @@ pub fn run(
     );
     let mut announced_outage = false;
     while !stop.load(Ordering::SeqCst) {
-        match TcpStream::connect_timeout(&tm.config.job_manager, Duration::from_secs(5)) {
+        match connect(&tm.config.job_manager) {
             Ok(stream) => {
                 announced_outage = false;
                 match tm.session(stream, &stop) {
@@ -122,6 +127,22 @@ pub fn run(
         executor.cancel_all();
     }
     Ok(())
+}
+
+/// Connects to `host:port`, trying each address it resolves to.
+fn connect(address: &str) -> std::io::Result<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("{address} resolves to no address"),
+    );
+    for candidate in address.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&candidate, Duration::from_secs(5)) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 enum SessionEnd {
@@ -172,7 +193,7 @@ impl TaskManager {
                     task_manager: self.id.clone(),
                     token: self.config.token.clone(),
                     slots: self.config.slots,
-                    data_address: self.data.address,
+                    data_address: self.config.data_advertise.unwrap_or(self.data.address),
                     host: self.config.host.clone(),
                 },
             )
