@@ -51,6 +51,40 @@ pub fn format_timestamp(ts: Timestamp) -> String {
     }
 }
 
+/// Appends `ts` as [`format_timestamp`] does, without allocating: records of a stream are
+/// mostly in time order, so the text up to the second is kept per thread and only the
+/// milliseconds are written for each record.
+pub fn write_timestamp(ts: Timestamp, out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    thread_local! {
+        /// The second last formatted, and its text up to the dot ("2026-01-01T00:00:05").
+        static LAST_SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let second = ts.div_euclid(1000);
+    let millis = ts.rem_euclid(1000);
+    let written = LAST_SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != second {
+            let Some(t) = DateTime::<Utc>::from_timestamp(second, 0) else {
+                return false;
+            };
+            cached.1 = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+            cached.0 = second;
+        }
+        out.extend_from_slice(cached.1.as_bytes());
+        true
+    });
+    if written {
+        out.push(b'.');
+        out.push(b'0' + (millis / 100) as u8);
+        out.push(b'0' + (millis / 10 % 10) as u8);
+        out.push(b'0' + (millis % 10) as u8);
+        out.push(b'Z');
+    } else {
+        out.extend_from_slice(ts.to_string().as_bytes());
+    }
+}
+
 /// Reads a timestamp from RFC 3339 text or integer milliseconds.
 pub fn parse_timestamp(text: &str) -> Option<Timestamp> {
     let text = text.trim();
@@ -83,7 +117,12 @@ pub fn encode_json(schema: &Schema, row: &Row, out: &mut Vec<u8>) {
             // JSON has no NaN or infinity.
             Value::Float(_) => out.extend_from_slice(b"null"),
             Value::Str(s) => json_string(s, out),
-            Value::Time(t) => json_string(&format_timestamp(*t), out),
+            Value::Time(t) => {
+                // RFC 3339 text never needs JSON escaping.
+                out.push(b'"');
+                write_timestamp(*t, out);
+                out.push(b'"');
+            }
         }
     }
     out.extend_from_slice(b"}\n");
@@ -103,7 +142,7 @@ pub fn encode_csv(row: &Row, out: &mut Vec<u8>) {
         match value {
             Value::Null => {}
             Value::Str(s) => csv_field(s, out),
-            Value::Time(t) => out.extend_from_slice(format_timestamp(*t).as_bytes()),
+            Value::Time(t) => write_timestamp(*t, out),
             Value::Float(v) if !v.is_finite() => {}
             other => {
                 let _ = write!(out, "{other}");
@@ -246,6 +285,29 @@ mod tests {
             .from_reader(out.as_slice());
         let record = reader.records().next().unwrap().unwrap();
         assert_eq!(decode_csv(&schema(), &record).unwrap(), row());
+    }
+
+    #[test]
+    fn written_timestamps_match_formatted_ones() {
+        for ts in [
+            0,
+            999,
+            1_764_064_800_123,
+            1_764_064_800_999,
+            1_764_064_801_000,
+            -1,
+            -1_500,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let mut out = Vec::new();
+            write_timestamp(ts, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format_timestamp(ts),
+                "{ts}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,9 @@ use engine::cluster::taskmanager::{self, TaskManagerConfig};
 use fs_core::WriterConfig;
 use serde_json::Value as Json;
 
+use std::fmt::Write as _;
+
+use super::output::Out;
 use super::{Env, location};
 
 /// The default address of a job manager (REST and task managers).
@@ -184,20 +187,29 @@ pub async fn shutdown_signal() {
 /// `rivulet list`.
 pub async fn list(address: &JobManagerAddress) -> Result<()> {
     let jobs = address.client().get("/jobs").await?;
+    let mut text = String::new();
     let empty = Vec::new();
     let jobs = jobs["jobs"].as_array().unwrap_or(&empty);
     if jobs.is_empty() {
         eprintln!("no jobs");
     }
     for job in jobs {
-        println!(
+        let _ = writeln!(
+            text,
             "{:<40} {:<11} {}",
             job["id"].as_str().unwrap_or("?"),
             job["status"].as_str().unwrap_or("?"),
             job["name"].as_str().unwrap_or("")
         );
     }
-    Ok(())
+    print(&text)
+}
+
+/// Writes `text` to stdout (a closed pipe is not an error to report).
+fn print(text: &str) -> Result<()> {
+    let mut out = Out::new();
+    out.line(format_args!("{}", text.trim_end_matches('\n')))?;
+    out.flush()
 }
 
 /// `rivulet status [JOB]`: one job, or the cluster's overview.
@@ -213,31 +225,33 @@ pub async fn status(address: &JobManagerAddress, job: Option<&str>, json: bool) 
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(());
+        return print(&serde_json::to_string_pretty(&value)?);
     }
-    match job {
-        Some(_) => print_job(&value),
-        None => print_overview(&value),
-    }
-    Ok(())
+    let text = match job {
+        Some(_) => job_text(&value),
+        None => overview_text(&value),
+    };
+    print(&text)
 }
 
-fn print_job(job: &Json) {
-    println!(
+fn job_text(job: &Json) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
         "{} ({}): {}",
         job["name"].as_str().unwrap_or("?"),
         job["jid"].as_str().unwrap_or("?"),
         job["state"].as_str().unwrap_or("?")
     );
     if let Some(reason) = job["reason"].as_str() {
-        println!("  {reason}");
+        let _ = writeln!(text, "  {reason}");
     }
     if let Some(restarts) = job["restarts"].as_u64() {
-        println!("  restarts: {restarts}");
+        let _ = writeln!(text, "  restarts: {restarts}");
     }
     for v in job["vertices"].as_array().into_iter().flatten() {
-        println!(
+        let _ = writeln!(
+            text,
             "  {:<24} x{:<3} in {:>12} out {:>12}",
             v["id"].as_str().unwrap_or("?"),
             v["parallelism"].as_u64().unwrap_or(0),
@@ -245,10 +259,13 @@ fn print_job(job: &Json) {
             v["metrics"]["write-records"].as_u64().unwrap_or(0)
         );
     }
+    text
 }
 
-fn print_overview(o: &Json) {
-    println!(
+fn overview_text(o: &Json) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
         "task managers {}, slots {} ({} free), jobs running {}, finished {}, failed {}, cancelled {}",
         o["taskmanagers"],
         o["slots-total"],
@@ -259,7 +276,8 @@ fn print_overview(o: &Json) {
         o["jobs-cancelled"]
     );
     for tm in o["taskmanagers-detail"].as_array().into_iter().flatten() {
-        println!(
+        let _ = writeln!(
+            text,
             "  {:<32} slots {} ({} free), heartbeat {} ms ago",
             tm["id"].as_str().unwrap_or("?"),
             tm["slotsNumber"],
@@ -267,6 +285,7 @@ fn print_overview(o: &Json) {
             tm["timeSinceLastHeartbeat"]
         );
     }
+    text
 }
 
 /// `rivulet cancel JOB`.

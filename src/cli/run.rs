@@ -12,6 +12,7 @@ use engine::runtime::{JobEnvironment, JobHandle, JobState, MiniCluster};
 use fs_core::store::{DynStore, ObjectStoreExt};
 use fs_core::{Index, RecoverableWriter, WriterConfig};
 
+use super::output::Out;
 use super::{Env, location};
 
 #[derive(Debug, Args)]
@@ -148,7 +149,9 @@ pub async fn run(env: &Env, args: RunArgs) -> Result<()> {
     registry::set_state(&store, &job_id, recorded).await?;
     let summary = summarize(&job, &store, &outputs).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        let mut out = Out::new();
+        out.line(format_args!("{}", serde_json::to_string_pretty(&summary)?))?;
+        out.flush()?;
     } else {
         print_summary(&summary);
     }
@@ -277,6 +280,8 @@ struct Summary {
     records_to_sinks: u64,
     checkpoints_completed: usize,
     checkpoints_declined: usize,
+    /// Durations of the completed checkpoints, in order.
+    checkpoint_durations_ms: Vec<u64>,
     restarts: u64,
     outputs: Vec<OutputSummary>,
 }
@@ -336,6 +341,11 @@ async fn summarize(
         records_to_sinks,
         checkpoints_completed: checkpoints.iter().filter(|c| c.completed).count(),
         checkpoints_declined: checkpoints.iter().filter(|c| !c.completed).count(),
+        checkpoint_durations_ms: checkpoints
+            .iter()
+            .filter(|c| c.completed)
+            .map(|c| c.duration_ms)
+            .collect(),
         restarts: metrics.restarts(),
         outputs: output_summaries,
     })
@@ -375,7 +385,9 @@ async fn run_on_cluster(
         bail!("the job manager did not return a job id: {submitted}");
     };
     if detach || json {
-        println!("{job_id}");
+        let mut out = Out::new();
+        out.line(format_args!("{job_id}"))?;
+        out.flush()?;
         if detach {
             return Ok(());
         }
