@@ -108,9 +108,7 @@ pub fn encode_json(schema: &Schema, row: &Row, out: &mut Vec<u8>) {
         match value {
             Value::Null => out.extend_from_slice(b"null"),
             Value::Bool(v) => out.extend_from_slice(if *v { b"true" } else { b"false" }),
-            Value::Int(v) => {
-                let _ = write!(out, "{v}");
-            }
+            Value::Int(v) => write_int(*v, out),
             Value::Float(v) if v.is_finite() => {
                 let _ = write!(out, "{v}");
             }
@@ -129,8 +127,20 @@ pub fn encode_json(schema: &Schema, row: &Row, out: &mut Vec<u8>) {
 }
 
 fn json_string(s: &str, out: &mut Vec<u8>) {
+    // Most strings need no escaping: copy them as they are.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // serde_json's escaping into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn write_int(v: i64, out: &mut Vec<u8>) {
+    let mut buffer = itoa::Buffer::new();
+    out.extend_from_slice(buffer.format(v).as_bytes());
 }
 
 /// Appends `row` as a CSV line, quoting only fields that need it.
@@ -144,6 +154,7 @@ pub fn encode_csv(row: &Row, out: &mut Vec<u8>) {
             Value::Str(s) => csv_field(s, out),
             Value::Time(t) => write_timestamp(*t, out),
             Value::Float(v) if !v.is_finite() => {}
+            Value::Int(v) => write_int(*v, out),
             other => {
                 let _ = write!(out, "{other}");
             }
