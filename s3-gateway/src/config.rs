@@ -54,6 +54,8 @@ pub struct GatewayConfig {
     /// Where the parts of open appendable objects are cached for reads (stores that cannot read
     /// an upload's parts back, like S3); `None`: the writer's default.
     pub cache_dir: Option<PathBuf>,
+    /// Where to serve `/metrics` (Prometheus text), apart from the S3 port; `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for GatewayConfig {
@@ -69,6 +71,7 @@ impl Default for GatewayConfig {
             part_size: fs_core::WriterConfig::default().part_size,
             max_in_flight: fs_core::WriterConfig::default().max_in_flight,
             cache_dir: None,
+            metrics_listen: None,
         }
     }
 }

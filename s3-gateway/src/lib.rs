@@ -15,6 +15,7 @@ pub mod buckets;
 pub mod config;
 pub mod errors;
 pub mod listing;
+pub mod metrics;
 pub mod server;
 pub mod service;
 

@@ -3,7 +3,11 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
 
 use fs_core::store::DynStore;
 use fs_core::{Index, RecoverableWriter, WriterConfig};
@@ -18,6 +22,7 @@ use crate::appends::{Appends, RecoveryReport};
 use crate::auth::KeyPairAuth;
 use crate::config::GatewayConfig;
 use crate::errors::GatewayError;
+use crate::metrics::{self, Metrics};
 use crate::service::GatewayService;
 
 /// How long a shutdown waits for in-flight requests before dropping their connections.
@@ -30,6 +35,9 @@ pub struct Server {
     local_addr: SocketAddr,
     appends: Appends,
     recovered: RecoveryReport,
+    metrics: Arc<Metrics>,
+    metrics_listener: Option<TcpListener>,
+    domains: Arc<Vec<String>>,
 }
 
 impl Server {
@@ -87,13 +95,31 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| GatewayError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(Server {
             listener,
             service,
             local_addr,
             appends,
             recovered,
+            metrics: Arc::new(Metrics::default()),
+            metrics_listener,
+            domains: Arc::new(config.domains.clone()),
         })
+    }
+
+    /// The address `/metrics` is served on, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// What starting up recovered of a previous run's open appendable objects.
@@ -108,8 +134,12 @@ impl Server {
 
     /// Serves until `shutdown` completes, then stops accepting, waits up to
     /// [`SHUTDOWN_GRACE`] for the requests in flight, and seals every open appendable object.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
         let sealer = self.appends.spawn_sealer();
+        let metrics_server = self
+            .metrics_listener
+            .take()
+            .map(|l| tokio::spawn(serve_metrics(l, self.metrics.clone(), self.appends.clone())));
         let http = ConnBuilder::new(TokioExecutor::new());
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -131,7 +161,12 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
-            let conn = http.serve_connection(TokioIo::new(socket), self.service.clone());
+            let service = counted(
+                self.service.clone(),
+                self.metrics.clone(),
+                self.domains.clone(),
+            );
+            let conn = http.serve_connection(TokioIo::new(socket), service);
             let conn = graceful.watch(conn.into_owned());
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
@@ -146,6 +181,9 @@ impl Server {
                 tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; closing them");
             }
         }
+        if let Some(server) = metrics_server {
+            server.abort();
+        }
         sealer.stop().await;
         // Requests cut off above may still hold a key: seal_all waits for each key's lock.
         let unsealed = self.appends.seal_all().await;
@@ -156,6 +194,76 @@ impl Server {
             );
         }
         Ok(())
+    }
+}
+
+/// The S3 service, counting each request in `metrics` by operation, status, latency and size.
+fn counted(
+    service: S3Service,
+    metrics: Arc<Metrics>,
+    domains: Arc<Vec<String>>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = s3s::HttpResponse,
+    Error = s3s::HttpError,
+    Future = impl Future<Output = Result<s3s::HttpResponse, s3s::HttpError>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let (service, metrics) = (service.clone(), metrics.clone());
+        let operation =
+            metrics::operation(request.method(), request.uri(), request.headers(), &domains);
+        let bytes_in = metrics::content_length(request.headers());
+        async move {
+            let started = Instant::now();
+            let result = hyper::service::Service::call(&service, request).await;
+            let (status, bytes_out) = match &result {
+                Ok(response) => (
+                    response.status().as_u16(),
+                    metrics::content_length(response.headers()),
+                ),
+                Err(_) => (500, 0),
+            };
+            metrics.record(operation, status, started.elapsed(), bytes_in, bytes_out);
+            result
+        }
+    })
+}
+
+/// Serves `GET /metrics` on its own listener until aborted.
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, appends: Appends) {
+    let http = ConnBuilder::new(TokioExecutor::new());
+    loop {
+        let Ok((socket, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let (metrics, appends, http) = (metrics.clone(), appends.clone(), http.clone());
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let (metrics, appends) = (metrics.clone(), appends.clone());
+                    async move {
+                        let mut response = if request.uri().path() == "/metrics" {
+                            let body = metrics.render(appends.open_views("").len());
+                            let mut r = http::Response::new(Full::new(Bytes::from(body)));
+                            r.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                            );
+                            r
+                        } else {
+                            http::Response::new(Full::new(Bytes::from_static(
+                                b"only /metrics here\n",
+                            )))
+                        };
+                        if request.uri().path() != "/metrics" {
+                            *response.status_mut() = http::StatusCode::NOT_FOUND;
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+            let _ = http.serve_connection(TokioIo::new(socket), service).await;
+        });
     }
 }
 

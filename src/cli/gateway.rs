@@ -56,6 +56,10 @@ pub struct GatewayArgs {
     /// Commit an appendable object to the store after this long without appends (e.g. 5s, 300ms)
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub seal_after: Duration,
+
+    /// Serve Prometheus metrics on GET /metrics at this address (e.g. 127.0.0.1:9100)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub const GATEWAY_HELP: &str = "\
@@ -88,6 +92,7 @@ pub async fn gateway(env: &Env, args: GatewayArgs) -> Result<()> {
         part_size: env.part_size(),
         max_in_flight: env.max_in_flight(),
         cache_dir: env.global.cache_dir.clone(),
+        metrics_listen: args.metrics_listen,
         ..GatewayConfig::default()
     };
     // Refuse a bad configuration before touching the store (no directory created for nothing).
@@ -107,6 +112,9 @@ pub async fn gateway(env: &Env, args: GatewayArgs) -> Result<()> {
     writeln!(stdout, "listening on http://{}", server.local_addr())
         .and_then(|()| stdout.flush())
         .context("writing the address to stdout")?;
+    if let Some(addr) = server.metrics_addr() {
+        env.say(format_args!("metrics on http://{addr}/metrics"));
+    }
     server.run(shutdown_signal()).await?;
     env.say("gateway stopped");
     Ok(())
