@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use engine::job::{compile, parse};
 use engine::runtime::{JobEnvironment, JobState, MiniCluster};
 use fs_core::store::memory::MemoryStore;
-use fs_core::store::{DynStore, ObjectStore, PutOptions};
+use fs_core::store::{DynStore, ObjectStoreExt, PutOptions};
 use fs_core::{Index, RecoverableWriter, WriterConfig};
 
 /// A valid job to break: one nexmark source, a filter, a window and a file sink.

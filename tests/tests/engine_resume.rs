@@ -58,6 +58,7 @@ fn a_killed_embedded_run_resumes_from_its_checkpoint_exactly_once() {
 
     let mut kills = Vec::new();
     let mut job_id: Option<String> = None;
+    let mut silent_kill = false;
     for round in 0..5 {
         let log = dir.path().join(format!("run-{round}.log"));
         let mut run = Process::start(&args, log.clone(), &index);
@@ -69,15 +70,19 @@ fn a_killed_embedded_run_resumes_from_its_checkpoint_exactly_once() {
         }
         run.kill();
         kills.push(format!("run {round} after {after:?}"));
-        let (resumed, id) = announced(&log).unwrap_or_else(|| {
-            panic!(
-                "seed {seed}: run {round} never announced its job: {}",
-                fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
+        // A process killed very early (a loaded machine) may die before it announces its
+        // job, possibly after recording it: then the next run may resume a run this test
+        // never saw announced.
+        let Some((resumed, id)) = announced(&log) else {
+            silent_kill = true;
+            continue;
+        };
         match &job_id {
             None => {
-                assert!(!resumed, "seed {seed}: the first run claims to resume");
+                assert!(
+                    !resumed || silent_kill,
+                    "seed {seed}: the first run claims to resume"
+                );
                 job_id = Some(id);
             }
             Some(first) => {
