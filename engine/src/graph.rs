@@ -184,6 +184,13 @@ impl JobGraph {
             }
             for edge in &inputs {
                 let from = &self.vertices[edge.from];
+                // A sink emits nothing: a stage reading one would wait for input forever.
+                if from.is_sink() {
+                    return Err(EngineError::job(
+                        &v.id,
+                        format!("its input `{}` is a sink, which has no output", from.id),
+                    ));
+                }
                 if edge.from >= i {
                     return Err(EngineError::job(
                         &v.id,
@@ -206,7 +213,9 @@ impl JobGraph {
                     ));
                 }
             }
-            if !v.is_sink() && !v.is_source() && self.outputs_of(i).next().is_none() {
+            // Sources too: a source nothing reads would still run (and hold a slot) for
+            // nothing, which is always a mistake in the job (a misspelt `input`).
+            if !v.is_sink() && self.outputs_of(i).next().is_none() {
                 return Err(EngineError::job(
                     &v.id,
                     "its output goes nowhere; add a sink (kind = \"discard\" to drop it)",

@@ -5,11 +5,10 @@
 //!
 //! Seeded: set `RIVULET_ENGINE_SEED` to replay a run's kill schedule.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use harness::rivulet_bin;
@@ -17,115 +16,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
 
-const TOKEN: &str = "engine-test-token";
+mod engine_support;
 
-/// The job: bids (rate-limited so that it runs long enough to be killed in), a filter and
-/// projection into CSV files, and a keyed tumbling-window count into JSON-lines files.
-fn job_file(count: u64, rate: Option<u64>) -> String {
-    let rate = rate.map(|r| format!("rate = {r}\n")).unwrap_or_default();
-    format!(
-        r#"
-name = "exactly-once"
-parallelism = 2
-
-[checkpoint]
-interval = "300ms"
-
-[restart]
-attempts = 50
-delay = "200ms"
-
-[[source]]
-id = "bids"
-kind = "nexmark"
-events = "bid"
-count = {count}
-{rate}
-[[operator]]
-id = "big"
-kind = "filter"
-where = "price > 3000"
-
-[[operator]]
-id = "project"
-kind = "map"
-fields = ["auction", "bidder", "price", "date_time"]
-
-[[operator]]
-id = "per-auction"
-input = "bids"
-kind = "window"
-key_by = ["auction"]
-window = "tumbling"
-size = "1s"
-aggregates = ["bids = count()", "top = max(price)"]
-
-[[sink]]
-id = "big-bids"
-input = "project"
-kind = "file"
-path = "out/big"
-format = "csv"
-bucket_time = "event"
-max_part_size = "64KiB"
-
-[[sink]]
-id = "counts"
-input = "per-auction"
-kind = "file"
-path = "out/counts"
-format = "json"
-bucket_time = "event"
-"#
-    )
-}
+use engine_support::{Process, TOKEN, job_file, open_uploads, output_lines, reference_output};
 
 fn free_address() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port on 127.0.0.1")
-}
-
-/// A `rivulet` process with its log in a file.
-struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn start(args: &[&str], log: PathBuf, index: &Path) -> Process {
-        let err = fs::File::create(&log).expect("a log file");
-        let child = Command::new(rivulet_bin())
-            .args(args)
-            .arg("--index")
-            .arg(index)
-            .env("RIVULET_CLUSTER_TOKEN", TOKEN)
-            .env("RUST_LOG", "warn,engine=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("starting rivulet");
-        Process { child, log }
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Cluster {
@@ -274,76 +172,6 @@ impl Cluster {
         self.status(Some(job))
             .and_then(|j| j["state"].as_str().map(str::to_string))
     }
-}
-
-/// Every line of every finished file under `out/`, counted.
-fn output_lines(store: &Path) -> BTreeMap<String, usize> {
-    let mut lines = BTreeMap::new();
-    let mut stack = vec![store.join("out")];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') || name.starts_with('_') {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let prefix = path
-                    .strip_prefix(store)
-                    .unwrap()
-                    .components()
-                    .take(2)
-                    .map(|c| c.as_os_str().to_string_lossy().to_string())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                for line in fs::read_to_string(&path).unwrap().lines() {
-                    *lines.entry(format!("{prefix}: {line}")).or_default() += 1;
-                }
-            }
-        }
-    }
-    lines
-}
-
-/// The reference: the same events, no rate limit, embedded, no failures.
-fn reference_output(events: u64) -> BTreeMap<String, usize> {
-    let dir = TempDir::new().unwrap();
-    let file = dir.path().join("job.toml");
-    fs::write(&file, job_file(events, None)).unwrap();
-    let store = dir.path().join("store");
-    let out = Command::new(rivulet_bin())
-        .args(["run", "--quiet", "--store"])
-        .arg(&store)
-        .arg("--index")
-        .arg(dir.path().join("index"))
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the reference run failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    output_lines(&store)
-}
-
-/// Multipart uploads still open in a local store (in-progress or pending files).
-fn open_uploads(store: &Path) -> usize {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        use fs_core::store::ObjectStore;
-        let store = fs_core::store::local::LocalStore::open(store).unwrap();
-        store
-            .list_multipart_uploads("", None)
-            .await
-            .map(|page| page.uploads.len())
-            .unwrap()
-    })
 }
 
 #[test]

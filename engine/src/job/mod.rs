@@ -27,14 +27,70 @@ pub fn load(path: &Path) -> Result<JobSpec, EngineError> {
 /// Parses the text of a job file.
 pub fn parse(text: &str) -> Result<JobSpec, EngineError> {
     toml::from_str(text).map_err(|e| {
+        let message = e.message().to_string();
         let at = match e.span() {
             Some(span) => {
-                let before = &text.as_bytes()[..span.start.min(text.len())];
-                let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-                format!("line {line}")
+                let line = line_of(text, span.start);
+                match key_in(text, span, &message) {
+                    Some((line, key)) => format!("line {line}, {key}"),
+                    None => format!("line {line}"),
+                }
             }
             None => "(whole file)".to_string(),
         };
-        EngineError::job(at, e.message().to_string())
+        EngineError::job(at, message)
     })
+}
+
+/// The 1-based line of byte `offset`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    before.iter().filter(|b| **b == b'\n').count() + 1
+}
+
+/// The line and key an error is about, when toml only gives the span of the whole table:
+/// stages are internally tagged enums (by `kind`), which serde buffers, so that errors inside
+/// a `[[source]]`, `[[operator]]` or `[[sink]]` lose their key's position. An unknown field
+/// names its key; a wrong type names its value, found if exactly one key in the table has it.
+fn key_in(text: &str, span: std::ops::Range<usize>, message: &str) -> Option<(usize, String)> {
+    // toml points at the table's header (or its whole text); otherwise at the key or value
+    // itself, and the line is right already. The table runs to the next header.
+    let start = span.start;
+    let from_start = text.get(start..)?;
+    if !from_start.starts_with('[') {
+        return None;
+    }
+    let body_at = from_start.find('\n')? + 1;
+    let end = from_start[body_at..]
+        .find("\n[")
+        .map(|i| start + body_at + i + 1)
+        .unwrap_or(text.len())
+        .max(span.end.min(text.len()));
+    let table = &text[start..end];
+    let quoted = |prefix: &str| -> Option<&str> {
+        let rest = message.split_once(prefix)?.1;
+        let start = rest.find('`')? + 1;
+        let len = rest[start..].find('`')?;
+        Some(&rest[start..start + len])
+    };
+    let mut found = Vec::new();
+    let mut offset = start;
+    for line in table.split_inclusive('\n') {
+        if let Some((key, value)) = line.split_once('=') {
+            let key = key.trim();
+            let value = value.trim();
+            let hit = if let Some(name) = quoted("unknown field") {
+                key == name
+            } else if let Some(v) = quoted("invalid type: ").or_else(|| quoted("invalid value: ")) {
+                value == v || value.trim_matches('"') == v
+            } else {
+                false
+            };
+            if hit && !key.starts_with('[') {
+                found.push((line_of(text, offset), key.to_string()));
+            }
+        }
+        offset += line.len();
+    }
+    if found.len() == 1 { found.pop() } else { None }
 }

@@ -1,0 +1,310 @@
+//! Bad job files: each kind of mistake is an error that says where it is (the line, or the
+//! stage and field) and what is wrong, found when the job is parsed and compiled, before
+//! anything runs. And the files source's `on_error`: malformed lines skipped or fatal.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine::job::{compile, parse};
+use engine::runtime::{JobEnvironment, JobState, MiniCluster};
+use fs_core::store::memory::MemoryStore;
+use fs_core::store::{DynStore, ObjectStoreExt, PutOptions};
+use fs_core::{Index, RecoverableWriter, WriterConfig};
+
+/// A valid job to break: one nexmark source, a filter, a window and a file sink.
+const GOOD: &str = r#"
+name = "good"
+
+[[source]]
+id = "bids"
+kind = "nexmark"
+count = 1000
+
+[[operator]]
+id = "big"
+kind = "filter"
+where = "price > 100"
+
+[[operator]]
+id = "per-auction"
+kind = "window"
+key_by = ["auction"]
+window = "tumbling"
+size = "1s"
+aggregates = ["n = count()"]
+
+[[sink]]
+id = "out"
+kind = "file"
+path = "out/counts"
+format = "json"
+"#;
+
+/// Parses and compiles `text`, returning the error's message (panicking if there is none).
+fn error_of(text: &str) -> String {
+    let result = parse(text).and_then(|spec| compile(&spec, "job-0123456789abcdef").map(|_| ()));
+    match result {
+        Ok(()) => panic!("this job file was accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_mentions(text: &str, needles: &[&str]) {
+    let error = error_of(text);
+    for needle in needles {
+        assert!(
+            error.contains(needle),
+            "the error `{error}` does not mention `{needle}`; job file:\n{text}"
+        );
+    }
+    // One line: it is printed as the whole of `rivulet run`'s complaint.
+    assert!(!error.contains('\n'), "a multi-line error: {error}");
+}
+
+#[test]
+fn the_good_job_compiles() {
+    let spec = parse(GOOD).unwrap();
+    let job = compile(&spec, "job-0123456789abcdef").unwrap();
+    assert_eq!(job.graph.vertices.len(), 4);
+}
+
+#[test]
+fn an_unknown_key_names_its_line() {
+    // `prise` on line 9 of this text (the leading newline is line 1).
+    let text = GOOD.replace(
+        "where = \"price > 100\"",
+        "where = \"price > 100\"\nprise = 3",
+    );
+    let line = text.lines().position(|l| l.starts_with("prise")).unwrap() + 1;
+    assert_mentions(&text, &[&format!("line {line}, prise"), "unknown field"]);
+
+    // At the top level too (a misspelt `parallelism`).
+    let text = format!("paralelism = 2\n{GOOD}");
+    assert_mentions(&text, &["line 1", "paralelism"]);
+
+    // An unknown section.
+    let text = format!("{GOOD}\n[checkpoints]\ninterval = \"1s\"\n");
+    let line = text.lines().position(|l| l == "[checkpoints]").unwrap() + 1;
+    assert_mentions(&text, &[&format!("line {line}"), "checkpoints"]);
+}
+
+#[test]
+fn an_unknown_field_in_an_expression_lists_the_available_ones() {
+    let text = GOOD.replace("price > 100", "prise > 100");
+    assert_mentions(
+        &text,
+        &[
+            "operator big.where",
+            "prise",
+            "auction",
+            "bidder",
+            "price",
+            "date_time",
+        ],
+    );
+
+    let text = GOOD.replace("key_by = [\"auction\"]", "key_by = [\"auktion\"]");
+    assert_mentions(&text, &["per-auction", "key_by", "auktion", "auction"]);
+
+    let text = GOOD.replace("n = count()", "top = max(prize)");
+    assert_mentions(&text, &["per-auction", "aggregates", "prize", "price"]);
+}
+
+#[test]
+fn a_bad_type_in_a_schema_names_the_field() {
+    let text = r#"
+name = "typed"
+[[source]]
+id = "clicks"
+kind = "files"
+prefix = "in/"
+format = "csv"
+schema = ["user:int", "url:strng"]
+[[sink]]
+kind = "discard"
+"#;
+    assert_mentions(text, &["source clicks.schema[1]", "strng", "string"]);
+
+    let text = text.replace("\"url:strng\"", "\"url\"");
+    assert_mentions(&text, &["source clicks.schema[1]", "name:type"]);
+}
+
+#[test]
+fn bad_durations_name_their_field() {
+    let text = GOOD.replace("size = \"1s\"", "size = \"1 fortnite\"");
+    assert_mentions(&text, &["per-auction.size", "1 fortnite", "duration"]);
+
+    let text = format!("{GOOD}\n[checkpoint]\ninterval = \"soon\"\n");
+    assert_mentions(&text, &["checkpoint.interval", "soon"]);
+
+    let text = format!("{GOOD}\n[restart]\ndelay = \"-1s\"\n");
+    assert_mentions(&text, &["restart.delay", "-1s"]);
+
+    // A number where a duration string belongs is a type error with its line.
+    let text = format!("{GOOD}\n[checkpoint]\ninterval = 10\n");
+    let line = text.lines().position(|l| l == "interval = 10").unwrap() + 1;
+    assert_mentions(&text, &[&format!("line {line}")]);
+}
+
+#[test]
+fn a_sliding_window_needs_a_slide() {
+    let text = GOOD.replace("window = \"tumbling\"", "window = \"sliding\"");
+    assert_mentions(&text, &["per-auction.slide", "slide"]);
+}
+
+#[test]
+fn an_input_must_name_an_earlier_stage() {
+    let text = GOOD.replace("id = \"out\"", "id = \"out\"\ninput = \"per-auktion\"");
+    assert_mentions(&text, &["sink out.input", "per-auktion"]);
+
+    // Stages are compiled sources, operators, sinks: an operator cannot read a later one.
+    let text = GOOD.replace("id = \"big\"", "id = \"big\"\ninput = \"per-auction\"");
+    assert_mentions(&text, &["operator big.input", "per-auction"]);
+}
+
+#[test]
+fn ids_are_unique() {
+    let text = GOOD.replace("id = \"per-auction\"", "id = \"big\"");
+    assert_mentions(&text, &["big", "unique"]);
+
+    let text = GOOD.replace("id = \"out\"", "id = \"bids\"");
+    assert_mentions(&text, &["bids", "unique"]);
+}
+
+#[test]
+fn a_sink_needs_an_input_that_has_output() {
+    // No sink at all.
+    let text = GOOD.split("[[sink]]").next().unwrap().to_string();
+    assert_mentions(&text, &["sink", "no [[sink]]"]);
+
+    // A sink reading another sink: a sink has no output, so it would receive nothing.
+    let text = format!("{GOOD}\n[[sink]]\nid = \"again\"\ninput = \"out\"\nkind = \"discard\"\n");
+    assert_mentions(&text, &["again", "`out` is a sink"]);
+
+    // A sink with an input that is not a string.
+    let text = GOOD.replace("id = \"out\"", "id = \"out\"\ninput = 3");
+    let line = text.lines().position(|l| l == "input = 3").unwrap() + 1;
+    assert_mentions(&text, &[&format!("line {line}, input"), "string"]);
+}
+
+#[test]
+fn a_source_that_nothing_reads_is_an_error() {
+    let text = GOOD.replace(
+        "[[operator]]\nid = \"big\"",
+        "[[source]]\nid = \"lost\"\nkind = \"nexmark\"\ncount = 10\n\n[[operator]]\nid = \"big\"\ninput = \"bids\"",
+    );
+    assert_mentions(&text, &["lost", "goes nowhere"]);
+}
+
+fn environment() -> (tokio::runtime::Runtime, JobEnvironment) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store: DynStore = Arc::new(MemoryStore::new());
+    let writer = RecoverableWriter::new(
+        store.clone(),
+        Index::temporary().unwrap(),
+        WriterConfig::default(),
+    )
+    .unwrap();
+    let env = JobEnvironment {
+        store,
+        writer: Arc::new(writer),
+        runtime: runtime.handle().clone(),
+    };
+    (runtime, env)
+}
+
+/// Input with malformed lines: line 2 of a.csv has a word for an int, line 3 of b.csv too
+/// few fields; every other line is good.
+const A_CSV: &str = "1,one\nx,two\n3,three\n";
+const B_CSV: &str = "4,four\n5,five\n6\n7,seven\n";
+
+fn files_job(on_error: &str) -> String {
+    format!(
+        r#"
+name = "malformed-{on_error}"
+[restart]
+strategy = "none"
+[[source]]
+id = "in"
+kind = "files"
+prefix = "input/"
+format = "csv"
+schema = ["n:int", "word:string"]
+on_error = "{on_error}"
+[[sink]]
+id = "out"
+kind = "file"
+path = "out"
+format = "csv"
+bucket_field = "word"
+"#
+    )
+}
+
+/// Runs `job` over a memory store holding the two input files; returns the end state and
+/// the rows of the finished output files, sorted.
+fn run_files_job(job: &str) -> (JobState, Vec<String>) {
+    let (runtime, env) = environment();
+    let store = env.store.clone();
+    runtime.block_on(async {
+        for (key, body) in [("input/a.csv", A_CSV), ("input/b.csv", B_CSV)] {
+            store
+                .put(key, body.as_bytes().to_vec().into(), PutOptions::default())
+                .await
+                .unwrap();
+        }
+    });
+    let spec = parse(job).unwrap();
+    let compiled = compile(&spec, "job-00000000000000000000000000000001").unwrap();
+    let cluster = MiniCluster::new(env, 1, 1);
+    let handle = cluster.submit(compiled.graph, "files-1").unwrap();
+    // A bounded job over two small files: if it has not ended in a minute, it never will.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !handle.state().is_terminal() {
+        assert!(Instant::now() < deadline, "the files job did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let state = handle.wait();
+    let rows = runtime.block_on(async {
+        let mut rows = Vec::new();
+        for object in store.list_all("out/").await.unwrap() {
+            let body = store.get(&object.key, None).await.unwrap().body;
+            rows.extend(
+                String::from_utf8(body.to_vec())
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+        rows
+    });
+    let mut rows = rows;
+    rows.sort();
+    (state, rows)
+}
+
+#[test]
+fn malformed_records_are_skipped_with_on_error_skip() {
+    let (state, rows) = run_files_job(&files_job("skip"));
+    assert_eq!(state, JobState::Finished);
+    assert_eq!(
+        rows,
+        vec!["1,one", "3,three", "4,four", "5,five", "7,seven"],
+        "only the good records, each once"
+    );
+}
+
+#[test]
+fn a_malformed_record_fails_the_job_naming_the_key_and_line() {
+    let (state, rows) = run_files_job(&files_job("fail"));
+    assert!(rows.is_empty(), "a failed job published {rows:?}");
+    match state {
+        // Files are read in key order: a.csv's line 2 is the first bad one.
+        JobState::Failed(reason) => assert!(reason.contains("input/a.csv:2"), "{reason}"),
+        other => panic!("expected the job to fail, got {other:?}"),
+    }
+}

@@ -1,0 +1,188 @@
+//! `rivulet run` with bad job files and bad input records, as a user meets them: a bad job
+//! file exits non-zero with one line naming where the mistake is, before anything runs; a
+//! `files` source over a local store skips malformed lines with `on_error = "skip"` and fails
+//! the job naming `key:line` with `on_error = "fail"`.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use harness::rivulet_bin;
+use tempfile::TempDir;
+
+mod engine_support;
+
+use engine_support::output_lines;
+
+fn run(dir: &Path, job: &str) -> Output {
+    let file = dir.join("job.toml");
+    fs::write(&file, job).unwrap();
+    Command::new(rivulet_bin())
+        .args(["run", "--json", "--store"])
+        .arg(dir.join("store"))
+        .arg("--index")
+        .arg(dir.join("store").join("idx"))
+        .arg(&file)
+        .output()
+        .expect("running rivulet")
+}
+
+/// The error lines of a failed run (stderr, less any log lines the runtime printed).
+fn error_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+const GOOD: &str = r#"
+name = "cli"
+
+[[source]]
+id = "bids"
+kind = "nexmark"
+count = 1000
+
+[[operator]]
+id = "big"
+kind = "filter"
+where = "price > 100"
+
+[[sink]]
+id = "out"
+kind = "discard"
+"#;
+
+#[test]
+fn a_bad_job_file_exits_non_zero_with_one_line_naming_the_mistake() {
+    let dir = TempDir::new().unwrap();
+    let good = run(dir.path(), GOOD);
+    assert!(
+        good.status.success(),
+        "the good job failed: {}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            GOOD.replace("count = 1000", "count = 1000\ncuont = 3"),
+            // GOOD starts with a newline: `count` is on its line 7, `cuont` on line 8.
+            vec!["line 8, cuont", "unknown field"],
+        ),
+        (
+            GOOD.replace("price > 100", "prise > 100"),
+            vec!["operator big.where", "prise", "price", "auction"],
+        ),
+        (
+            GOOD.replace("id = \"out\"", "id = \"out\"\ninput = \"nope\""),
+            vec!["sink out.input", "nope"],
+        ),
+        (GOOD.replace("id = \"big\"", "id = \"bids\""), vec!["bids", "unique"]),
+        (
+            format!("{GOOD}\n[checkpoint]\ninterval = \"often\"\n"),
+            vec!["checkpoint.interval", "often"],
+        ),
+        (
+            GOOD.replace("kind = \"filter\"\nwhere = \"price > 100\"", "kind = \"window\"\nkey_by = [\"auction\"]\nwindow = \"sliding\"\nsize = \"10s\"\naggregates = [\"count()\"]"),
+            vec!["big.slide"],
+        ),
+    ];
+    for (job, needles) in cases {
+        let out = run(dir.path(), &job);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "a bad job did not exit 1: {job}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "a bad job printed a summary: {job}");
+        let lines = error_lines(&out);
+        assert_eq!(lines.len(), 1, "not one line: {lines:?}\n{job}");
+        for needle in needles {
+            assert!(
+                lines[0].contains(needle),
+                "`{}` does not mention `{needle}`",
+                lines[0]
+            );
+        }
+        assert!(lines[0].contains("job.toml"), "{}", lines[0]);
+    }
+}
+
+/// Two input files with a malformed line each: `x` is not an int (a.csv line 2) and a line
+/// with one field where two are due (b.csv line 3).
+fn put_input(store: &Path) {
+    let dir = store.join("input");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("a.csv"), "1,one\nx,two\n3,three\n").unwrap();
+    fs::write(dir.join("b.csv"), "4,four\n5,five\n6\n7,seven\n").unwrap();
+}
+
+fn files_job(on_error: &str) -> String {
+    format!(
+        r#"
+name = "malformed-{on_error}"
+
+[restart]
+strategy = "none"
+
+[[source]]
+id = "in"
+kind = "files"
+prefix = "input/"
+format = "csv"
+schema = ["n:int", "word:string"]
+on_error = "{on_error}"
+
+[[sink]]
+id = "out"
+kind = "file"
+path = "out/rows"
+format = "csv"
+bucket_field = "word"
+"#
+    )
+}
+
+#[test]
+fn malformed_lines_are_skipped_or_fail_the_job() {
+    let dir = TempDir::new().unwrap();
+    put_input(&dir.path().join("store"));
+    let out = run(dir.path(), &files_job("skip"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["state"]["state"], "FINISHED", "{summary}");
+    assert_eq!(summary["events"], 5, "{summary}");
+    let mut rows: Vec<String> = output_lines(&dir.path().join("store"))
+        .into_iter()
+        .flat_map(|(line, n)| std::iter::repeat_n(line, n))
+        .map(|l| l.rsplit(": ").next().unwrap().to_string())
+        .collect();
+    rows.sort();
+    assert_eq!(rows, ["1,one", "3,three", "4,four", "5,five", "7,seven"]);
+
+    let dir = TempDir::new().unwrap();
+    put_input(&dir.path().join("store"));
+    let out = run(dir.path(), &files_job("fail"));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("failed") && last.contains("input/a.csv:2"),
+        "{err}"
+    );
+    assert!(
+        output_lines(&dir.path().join("store")).is_empty(),
+        "a failed job published output"
+    );
+}

@@ -1,0 +1,163 @@
+//! Resume of an embedded run: `rivulet run JOB.toml` killed with SIGKILL at random moments,
+//! and the same command run again each time. Each new process must find the unfinished run in
+//! the store and resume it from its latest checkpoint (same job id), so that once a run
+//! finally completes, the output equals a failure-free run's as a multiset (a run that started
+//! over would publish its output twice; one that skipped ahead would lose some), and no
+//! multipart upload is left open.
+//!
+//! Seeded: set `RIVULET_ENGINE_SEED` to replay a run's kill schedule.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::rivulet_bin;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tempfile::TempDir;
+
+mod engine_support;
+
+use engine_support::{Process, job_file, open_uploads, output_lines, reference_output};
+
+/// The job id a run's log announces: "running job NAME (ID) on ..." or "resuming job ...".
+fn announced(log: &Path) -> Option<(bool, String)> {
+    let text = fs::read_to_string(log).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("running job") || l.starts_with("resuming job"))?;
+    let id = line.split('(').nth(1)?.split(')').next()?.to_string();
+    Some((line.starts_with("resuming"), id))
+}
+
+#[test]
+fn a_killed_embedded_run_resumes_from_its_checkpoint_exactly_once() {
+    let seed: u64 = std::env::var("RIVULET_ENGINE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("RIVULET_ENGINE_SEED={seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    const EVENTS: u64 = 300_000;
+    let expected = reference_output(EVENTS);
+    assert!(expected.len() > 1000, "the reference output is too small");
+
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    let index = dir.path().join("index");
+    let file = dir.path().join("job.toml");
+    // ~40,000 events/s: about eight seconds without failures; checkpoints every 300ms.
+    fs::write(&file, job_file(EVENTS, Some(40_000))).unwrap();
+    let args = [
+        "run",
+        "--store",
+        &store.to_string_lossy(),
+        &file.to_string_lossy(),
+    ];
+
+    let mut kills = Vec::new();
+    let mut job_id: Option<String> = None;
+    let mut silent_kill = false;
+    for round in 0..5 {
+        let log = dir.path().join(format!("run-{round}.log"));
+        let mut run = Process::start(&args, log.clone(), &index);
+        let after = Duration::from_millis(rng.random_range(600..2500));
+        std::thread::sleep(after);
+        if run.child.try_wait().unwrap().is_some() {
+            // Finished (or failed) before the kill: the final run below says which.
+            break;
+        }
+        run.kill();
+        kills.push(format!("run {round} after {after:?}"));
+        // A process killed very early (a loaded machine) may die before it announces its
+        // job, possibly after recording it: then the next run may resume a run this test
+        // never saw announced.
+        let Some((resumed, id)) = announced(&log) else {
+            silent_kill = true;
+            continue;
+        };
+        match &job_id {
+            None => {
+                assert!(
+                    !resumed || silent_kill,
+                    "seed {seed}: the first run claims to resume"
+                );
+                job_id = Some(id);
+            }
+            Some(first) => {
+                assert!(resumed, "seed {seed}: run {round} started a new run");
+                assert_eq!(&id, first, "seed {seed}: run {round} resumed another job");
+            }
+        }
+    }
+    assert!(
+        kills.len() >= 2,
+        "seed {seed}: the job ended before the kills ({kills:?})"
+    );
+
+    // The last run, to completion.
+    let log = dir.path().join("final.log");
+    let started = Instant::now();
+    let out = Command::new(rivulet_bin())
+        .args(args)
+        .arg("--index")
+        .arg(&index)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running rivulet");
+    fs::write(&log, &out.stderr).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "seed {seed}: the final run failed after kills {kills:?}: {stderr}"
+    );
+    let (resumed, id) = announced(&log).expect("the final run's announcement");
+    assert!(
+        resumed,
+        "seed {seed}: the final run did not resume: {stderr}"
+    );
+    assert_eq!(Some(&id), job_id.as_ref(), "seed {seed}: {stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(180),
+        "the final run took {:?}",
+        started.elapsed()
+    );
+
+    let got = output_lines(&store);
+    if got != expected {
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|(l, n)| got.get(*l) != Some(n))
+            .take(5)
+            .collect();
+        let extra: Vec<_> = got
+            .iter()
+            .filter(|(l, n)| expected.get(*l) != Some(n))
+            .take(5)
+            .collect();
+        panic!(
+            "seed {seed}, kills {kills:?}: the output differs from the failure-free run's \
+             ({} vs {} distinct lines); missing or miscounted {missing:?}; extra {extra:?}",
+            got.len(),
+            expected.len()
+        );
+    }
+    assert_eq!(
+        open_uploads(&store),
+        0,
+        "seed {seed}: in-progress or pending files were left behind"
+    );
+
+    // The run is recorded as finished, so running the file again would start a new run
+    // rather than resume this one.
+    let record: serde_json::Value = serde_json::from_slice(
+        &fs::read(store.join("_jobs").join(format!("{id}.json"))).expect("the job's record"),
+    )
+    .unwrap();
+    assert_eq!(record["state"], "FINISHED", "{record}");
+    eprintln!(
+        "seed {seed}: kills {kills:?}; {} distinct output lines",
+        got.len()
+    );
+}
