@@ -197,7 +197,7 @@ pub fn operation(
             Method::GET if has("uploads") => "ListMultipartUploads",
             Method::GET if has("location") => "GetBucketLocation",
             Method::GET if has("versions") => "ListObjectVersions",
-            Method::GET if query.iter().any(|k| *k == "list-type") => "ListObjectsV2",
+            Method::GET if has("list-type") => "ListObjectsV2",
             Method::GET => "ListObjects",
             Method::PUT => "CreateBucket",
             Method::DELETE => "DeleteBucket",
