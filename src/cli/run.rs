@@ -91,8 +91,7 @@ pub async fn run(env: &Env, args: RunArgs) -> Result<()> {
     let writer = Arc::new(RecoverableWriter::new(store.clone(), index, config)?);
 
     let (job_id, resumed) = job_identity(&store, &spec.name, &text, args.fresh).await?;
-    let compiled = engine::job::compile(&spec, &job_id)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.job.display()))?;
+    let compiled = engine::job::compile(&spec, &job_id)?;
     let needed = compiled.graph.slots_needed();
     let slots = args
         .slots

@@ -2085,3 +2085,75 @@ async fn the_aws_cli_and_boto3_work_against_the_gateway() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Fetches `path` over plain HTTP/1.1 and returns the body.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::Write as _;
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_bytes_latency_and_open_appendable_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let (mut child, addr) = spawn_gateway(
+        &store,
+        &[
+            "--seal-after",
+            "1h",
+            "--metrics-listen",
+            &metrics_addr.to_string(),
+        ],
+    )
+    .await;
+    let c = client(addr, ACCESS_KEY, SECRET_KEY);
+    create_bucket(&c, "met").await;
+    put(&c, "met", "a", b"12345").await;
+    put(&c, "met", "b", b"678").await;
+    let missing = c.get_object().bucket("met").key("nope").send().await;
+    assert!(missing.is_err());
+    append(&c, "met", "log", 0, b"open").await.unwrap();
+    let bad = client(addr, ACCESS_KEY, "not-the-secret");
+    assert!(bad.list_buckets().send().await.is_err());
+
+    let text = tokio::task::spawn_blocking(move || http_get(metrics_addr, "/metrics"))
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    for expected in [
+        "rivulet_gateway_requests_total{operation=\"CreateBucket\",status=\"200\"} 1",
+        "rivulet_gateway_requests_total{operation=\"PutObject\",status=\"200\"} 2",
+        "rivulet_gateway_requests_total{operation=\"GetObject\",status=\"404\"} 1",
+        "rivulet_gateway_requests_total{operation=\"AppendObject\",status=\"200\"} 1",
+        "rivulet_gateway_requests_total{operation=\"ListBuckets\",status=\"403\"} 1",
+        "rivulet_gateway_request_duration_seconds_count{operation=\"PutObject\"} 2",
+        "rivulet_gateway_open_appendable_objects 1",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    let bytes_in: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("rivulet_gateway_bytes_total{direction=\"in\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        bytes_in >= 12,
+        "5 + 3 + 4 body bytes at least, got {bytes_in}"
+    );
+}
