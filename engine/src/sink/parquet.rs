@@ -366,7 +366,10 @@ mod tests {
             .push(&vec![Value::Int(1), Value::Bool(true)], &mut out)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("bucket `eu`") && err.contains("`name`"), "{err}");
+        assert!(
+            err.contains("bucket `eu`") && err.contains("`name`"),
+            "{err}"
+        );
         let err = part.push(&vec![Value::Int(1)], &mut out).unwrap_err();
         assert!(err.to_string().contains("1 values"), "{err}");
         assert_eq!(part.rows(), 0);
