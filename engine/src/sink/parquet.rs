@@ -107,7 +107,9 @@ impl ParquetLayout {
 }
 
 /// One column's builder. Builders keep their data type (the timestamp's time zone) across
-/// `finish`, so one set serves every batch of a part.
+/// `finish`, so one set serves every batch of a part. They start empty and grow: a sink may
+/// have many buckets that each see a few rows, and preallocating a batch per column for each
+/// would cost more than the rows.
 enum Column {
     Int(Int64Builder),
     Float(Float64Builder),
@@ -119,13 +121,13 @@ enum Column {
 impl Column {
     fn new(data_type: DataType) -> Self {
         match data_type {
-            DataType::Int => Column::Int(Int64Builder::with_capacity(BATCH_ROWS)),
-            DataType::Float => Column::Float(Float64Builder::with_capacity(BATCH_ROWS)),
-            DataType::Bool => Column::Bool(BooleanBuilder::with_capacity(BATCH_ROWS)),
+            DataType::Int => Column::Int(Int64Builder::new()),
+            DataType::Float => Column::Float(Float64Builder::new()),
+            DataType::Bool => Column::Bool(BooleanBuilder::new()),
             DataType::String => Column::Str(StringBuilder::new()),
-            DataType::Timestamp => Column::Time(
-                TimestampMillisecondBuilder::with_capacity(BATCH_ROWS).with_timezone(UTC),
-            ),
+            DataType::Timestamp => {
+                Column::Time(TimestampMillisecondBuilder::new().with_timezone(UTC))
+            }
         }
     }
 
