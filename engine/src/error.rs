@@ -14,6 +14,10 @@ pub enum EngineError {
     /// A record that cannot be read; `at` names where it came from (`key:line`).
     #[error("malformed record at {at}: {message}")]
     Record { at: String, message: String },
+    /// Records could not be encoded into an output file; `what` names the file (or its
+    /// bucket and sink while it has no name yet).
+    #[error("encoding {what}: {message}")]
+    Encode { what: String, message: String },
     #[error(transparent)]
     Writer(#[from] fs_core::WriterError),
     #[error(transparent)]

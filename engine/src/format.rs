@@ -1,4 +1,5 @@
-//! Row formats on disk: JSON lines and CSV, both ways.
+//! Formats of files on disk: the row formats JSON lines and CSV, both ways, and the name of
+//! the bulk format Parquet, which only the file sink writes (see `sink::parquet`).
 //!
 //! Encoding appends to a byte buffer with no intermediate allocation per field (the file sink
 //! encodes every record of a job). Decoding takes a schema and fails with a message that names
@@ -13,8 +14,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataType, Row, Schema, Timestamp, Value};
+use crate::error::EngineError;
 
-/// A row format of files, as job files name it.
+/// A format of files, as job files name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
@@ -23,6 +25,10 @@ pub enum Format {
     Json,
     /// Comma-separated values with a fixed column order (the schema's), no header.
     Csv,
+    /// Apache Parquet, written by the file sink only. A bulk format: a file is encoded whole
+    /// (its footer describes everything before it), so it cannot be resumed after a restore,
+    /// and the sink rolls every Parquet file at every checkpoint.
+    Parquet,
 }
 
 impl Format {
@@ -31,15 +37,31 @@ impl Format {
         match self {
             Format::Json => "jsonl",
             Format::Csv => "csv",
+            Format::Parquet => "parquet",
         }
     }
 
-    /// Appends `row` as one line (newline included).
-    pub fn encode(self, schema: &Schema, row: &Row, out: &mut Vec<u8>) {
+    /// Whether files are encoded whole rather than row by row (Parquet): such a file has no
+    /// valid prefix to resume from, so it must never be in progress across a checkpoint.
+    pub fn is_bulk(self) -> bool {
+        matches!(self, Format::Parquet)
+    }
+
+    /// Appends `row` as one line (newline included). A bulk format has no per-row encoding
+    /// (its rows go through a per-file encoder, `sink::parquet::ParquetPart`): asking for one
+    /// is an error, never silently nothing.
+    pub fn encode(self, schema: &Schema, row: &Row, out: &mut Vec<u8>) -> Result<(), EngineError> {
         match self {
             Format::Json => encode_json(schema, row, out),
             Format::Csv => encode_csv(row, out),
+            Format::Parquet => {
+                return Err(EngineError::Encode {
+                    what: "a parquet row".into(),
+                    message: "parquet is a bulk format with no per-row encoding; rows go through a parquet part encoder".into(),
+                });
+            }
         }
+        Ok(())
     }
 }
 

@@ -189,6 +189,12 @@ fn add_source(job: &JobBuilder, i: usize, spec: &SourceSpec) -> Result<DataStrea
             watermark_delay,
         } => {
             let id = stage_id(id, "files", i);
+            if format.is_bulk() {
+                return Err(EngineError::job(
+                    format!("source {id}.format"),
+                    "the files source reads json or csv; parquet is an output format only",
+                ));
+            }
             let schema = Arc::new(parse_schema(&format!("source {id}.schema"), schema)?);
             let on_error = match on_error.as_deref().unwrap_or("fail") {
                 "fail" => OnError::Fail,
@@ -548,7 +554,16 @@ fn add_sink(
                 rolling.inactivity_interval =
                     parse_duration(&format!("{at}.inactivity_interval"), t)?;
             }
-            rolling.roll_on_checkpoint = roll_on_checkpoint.unwrap_or(false);
+            // A bulk file (Parquet) cannot be resumed after a restore, so it never stays in
+            // progress across a checkpoint. The sink forces this too; a job file that asks
+            // otherwise is told rather than silently overridden.
+            if format.is_bulk() && *roll_on_checkpoint == Some(false) {
+                return Err(EngineError::job(
+                    format!("{at}.roll_on_checkpoint"),
+                    "parquet files roll at every checkpoint (a bulk file cannot be resumed after a restore); remove `roll_on_checkpoint = false`",
+                ));
+            }
+            rolling.roll_on_checkpoint = roll_on_checkpoint.unwrap_or(format.is_bulk());
             config.rolling = rolling;
             config.part_prefix = format!("part-{}", run_suffix(job_id));
             FileSink::new(config.clone(), schema.clone())?;

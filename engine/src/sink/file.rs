@@ -10,6 +10,9 @@
 //!
 //! Records are encoded into a per-bucket buffer and handed to the bucket's [`FileWriter`] in
 //! chunks, so the task thread enters the async runtime once per chunk, not once per record.
+//! Row formats (JSON, CSV) append each record as a line; Parquet keeps a per-file encoder in
+//! the bucket ([`ParquetPart`]) that appends bytes to the buffer as they become final and the
+//! footer when the file rolls.
 //! At a checkpoint every in-progress file is either rolled or persisted (its resume token goes
 //! into the state), and every pending file not yet published goes into the state, grouped by
 //! the checkpoint that made it pending. When checkpoint `n` completes, the groups up to `n` are
@@ -22,6 +25,15 @@
 //! published). Each in-progress file is resumed from its token: fs-core truncates it to the
 //! checkpointed length, so whatever the crashed attempt wrote after the checkpoint is gone and
 //! is written again from the replayed input.
+//!
+//! ## Bulk formats
+//!
+//! A Parquet file cannot be resumed: its footer, written last, describes everything before
+//! it. So with a bulk format the sink rolls every part file at every checkpoint (the rolling
+//! policy's `roll_on_checkpoint` is forced on, as Flink does for its bulk formats): a
+//! checkpoint's state then lists pending Parquet files only, never an in-progress one, and a
+//! restore publishes those and starts new files. A state that does list one (not written by
+//! this sink) is refused rather than resumed into a corrupt file.
 //!
 //! ## Why a part file name is never published twice with different content
 //!
@@ -67,6 +79,7 @@ use fs_core::{Committer, FileWriter, RecoverableWriter, ResumeToken};
 
 use super::SinkMetrics;
 use super::bucket::{BucketAssigner, Bucketer};
+use super::parquet::{ParquetLayout, ParquetPart};
 use super::rolling::RollingPolicy;
 use super::state::{InProgressState, SinkState};
 use crate::data::{Record, SchemaRef, Timestamp};
@@ -84,6 +97,7 @@ pub struct FileSinkConfig {
     pub path: String,
     pub format: Format,
     pub bucket: BucketAssigner,
+    /// With a bulk format (Parquet), `roll_on_checkpoint` is always on, whatever it says here.
     pub rolling: RollingPolicy,
     /// First part of every file name; give each run of a job its own (`part-<job uuid>`).
     /// Two file sinks that write under the same path at the same time need different
@@ -113,6 +127,7 @@ impl FileSinkConfig {
 pub struct FileSink {
     config: FileSinkConfig,
     schema: SchemaRef,
+    encoder: PartEncoder,
     bucketer: Bucketer,
     /// `path` with a trailing `/` (empty for the store's root).
     base: String,
@@ -134,13 +149,26 @@ pub struct FileSink {
     finished: bool,
 }
 
+/// How records become bytes of part files.
+enum PartEncoder {
+    /// A row format: each record is appended to its bucket's buffer as a line; no per-file
+    /// state.
+    Rows(Format),
+    /// Parquet: each in-progress file has its own [`ParquetPart`] in its bucket; they share
+    /// this layout.
+    Parquet(Arc<ParquetLayout>),
+}
+
 /// One bucket: its buffered records and its in-progress part file. A bucket "has a part" when
-/// either holds something.
+/// any of them holds something.
 struct Bucket {
     /// `<base><bucket>/`
     dir: String,
+    /// Encoded bytes not yet handed to `writer`.
     buffer: Vec<u8>,
     writer: Option<PartWriter>,
+    /// Parquet only: the encoder of the in-progress file, from its first record to its roll.
+    parquet: Option<ParquetPart>,
     /// When the current part got its first record (ms), for the rollover interval.
     started: Timestamp,
     last_write: Timestamp,
@@ -159,24 +187,35 @@ impl Bucket {
             dir,
             buffer: Vec::new(),
             writer: None,
+            parquet: None,
             started: now,
             last_write: now,
         }
     }
 
     fn has_part(&self) -> bool {
-        self.writer.is_some() || !self.buffer.is_empty()
+        self.writer.is_some() || !self.buffer.is_empty() || self.parquet.is_some()
     }
 
+    /// Bytes written plus buffered, plus the estimated rest of a Parquet file.
     fn part_size(&self) -> u64 {
-        self.writer.as_ref().map_or(0, |w| w.writer.len()) + self.buffer.len() as u64
+        self.writer.as_ref().map_or(0, |w| w.writer.len())
+            + self.buffer.len() as u64
+            + self.parquet.as_ref().map_or(0, ParquetPart::pending_size)
     }
 }
 
 impl FileSink {
-    pub fn new(config: FileSinkConfig, schema: SchemaRef) -> Result<Self, EngineError> {
+    pub fn new(mut config: FileSinkConfig, schema: SchemaRef) -> Result<Self, EngineError> {
         let bucketer = Bucketer::new(&config.bucket, &schema)?;
         config.rolling.validate()?;
+        let encoder = if config.format.is_bulk() {
+            // See "Bulk formats" in the module documentation.
+            config.rolling.roll_on_checkpoint = true;
+            PartEncoder::Parquet(Arc::new(ParquetLayout::new(schema.clone())?))
+        } else {
+            PartEncoder::Rows(config.format)
+        };
         let prefix = &config.part_prefix;
         if prefix.is_empty()
             || prefix.starts_with('.')
@@ -213,6 +252,7 @@ impl FileSink {
         Ok(Self {
             config,
             schema,
+            encoder,
             bucketer,
             base,
             metrics: Arc::default(),
@@ -306,6 +346,7 @@ impl Operator for FileSink {
         })?;
         let now = now_ms();
         let base = self.base.clone();
+        let bulk = matches!(self.encoder, PartEncoder::Parquet(_));
         let files = self.attach(ctx);
         // These files belong to the completed checkpoint being restored: publish them (the
         // crashed attempt may have already; that is recognised, not repeated).
@@ -314,6 +355,17 @@ impl Operator for FileSink {
                 let committer = files.writer.recover_for_commit(token);
                 files.commit(&committer, true)?;
             }
+        }
+        if let (true, Some(file)) = (bulk, state.in_progress.first()) {
+            // This sink never leaves a bulk file in progress at a checkpoint; resuming one
+            // would append to a file whose footer is lost.
+            return Err(EngineError::state(
+                format!("file sink {}", files.task),
+                format!(
+                    "in-progress part file `{}` cannot be resumed: parquet files roll at every checkpoint (was the state written with another format?)",
+                    file.token.key
+                ),
+            ));
         }
         let mut buckets = HashMap::new();
         let mut tokens: Vec<ResumeToken> = Vec::new();
@@ -336,6 +388,7 @@ impl Operator for FileSink {
                         last_token: Some(file.token),
                         dirty: false,
                     }),
+                    parquet: None,
                     started: file.created,
                     last_write: now,
                 },
@@ -376,9 +429,21 @@ impl Operator for FileSink {
         }
         bucket.last_write = now;
         let before = bucket.buffer.len();
-        self.config
-            .format
-            .encode(&self.schema, &record.row, &mut bucket.buffer);
+        match &self.encoder {
+            PartEncoder::Rows(format) => {
+                format.encode(&self.schema, &record.row, &mut bucket.buffer)?;
+            }
+            PartEncoder::Parquet(layout) => {
+                let part = match &mut bucket.parquet {
+                    Some(part) => part,
+                    None => bucket.parquet.insert(ParquetPart::new(
+                        layout.clone(),
+                        format!("a parquet part file in `{}` ({})", bucket.dir, files.task),
+                    )?),
+                };
+                part.push(&record.row, &mut bucket.buffer)?;
+            }
+        }
         self.metrics.records_written.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .bytes_written
@@ -602,6 +667,18 @@ impl PartFiles {
 
     /// Closes the bucket's part file for commit. An empty file is abandoned, not published.
     fn roll(&mut self, bucket: &mut Bucket) -> Result<Option<Committer>, EngineError> {
+        if let Some(parquet) = bucket.parquet.take() {
+            if parquet.rows() == 0 {
+                // Only the header can have come out: a file of no rows is not published.
+                bucket.buffer.clear();
+            } else {
+                let before = bucket.buffer.len();
+                parquet.finish(&mut bucket.buffer)?;
+                self.metrics
+                    .bytes_written
+                    .fetch_add((bucket.buffer.len() - before) as u64, Ordering::Relaxed);
+            }
+        }
         self.flush(bucket)?;
         let Some(mut part) = bucket.writer.take() else {
             return Ok(None);

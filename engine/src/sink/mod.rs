@@ -3,6 +3,7 @@
 pub mod bucket;
 pub mod discard;
 pub mod file;
+pub mod parquet;
 pub mod rolling;
 pub mod state;
 
@@ -18,7 +19,8 @@ pub use rolling::RollingPolicy;
 pub struct SinkMetrics {
     /// Records encoded into part files.
     pub records_written: AtomicU64,
-    /// Encoded bytes of those records.
+    /// Encoded bytes of those records (Parquet: of the files, footers included, counted as
+    /// they are encoded).
     pub bytes_written: AtomicU64,
     /// Part files this subtask published (not counting files an earlier attempt published).
     pub files_finished: AtomicU64,

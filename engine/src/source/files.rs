@@ -161,6 +161,14 @@ impl FilesSource {
         if config.schema.is_empty() {
             return Err(EngineError::job("files.schema", "has no fields"));
         }
+        if config.format.is_bulk() {
+            // Reading Parquet needs whole-file (footer first) access, not the line cursor this
+            // source checkpoints; it is an output format only for now.
+            return Err(EngineError::job(
+                "files.format",
+                "the files source reads json or csv; parquet is an output format only",
+            ));
+        }
         if config.discover_interval.is_zero() {
             return Err(EngineError::job(
                 "files.discover_interval",
@@ -342,6 +350,11 @@ impl Decoder {
         let result = match self.format {
             Format::Json => self.read_json(key, cursor, out, max, now, &mut consumed),
             Format::Csv => self.read_csv(key, cursor, out, max, now, &mut consumed),
+            // Refused by `FilesSource::new`; kept an error rather than a panic all the same.
+            Format::Parquet => Err(EngineError::record(
+                key,
+                "the files source cannot read parquet",
+            )),
         };
         // Records emitted before a failure are downstream already: the cursor moves past them
         // either way.
