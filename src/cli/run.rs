@@ -3,10 +3,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use engine::job::compile::OutputInfo;
 use engine::job::registry::{self, JobRecord, RecordedState};
 use engine::runtime::{JobEnvironment, JobHandle, JobState, MiniCluster};
 use fs_core::store::{DynStore, ObjectStoreExt};
@@ -120,7 +122,8 @@ pub async fn run(env: &Env, args: RunArgs) -> Result<()> {
     let progress = {
         let job = job.clone();
         let quiet = env.global.quiet || args.json;
-        tokio::task::spawn_blocking(move || report_progress(&job, quiet))
+        let outputs = outputs.clone();
+        tokio::task::spawn_blocking(move || report_progress(&job, &outputs, quiet))
     };
     let interrupt = {
         let job = job.clone();
@@ -214,7 +217,7 @@ async fn job_identity(
 }
 
 /// Prints a progress line every second until the job ends.
-fn report_progress(job: &JobHandle, quiet: bool) {
+fn report_progress(job: &JobHandle, outputs: &[OutputInfo], quiet: bool) {
     let started = Instant::now();
     let graph = &job.shared.graph;
     let sources: Vec<usize> = (0..graph.vertices.len())
@@ -245,8 +248,12 @@ fn report_progress(job: &JobHandle, quiet: bool) {
             .find(|c| c.completed)
             .map(|c| format!(" (last {} ms)", c.duration_ms))
             .unwrap_or_default();
+        let finished: u64 = outputs
+            .iter()
+            .map(|o| o.metrics.files_finished.load(Ordering::Relaxed))
+            .sum();
         eprintln!(
-            "[{:>6.1}s] {:>12} events ({}/s) | sinks {:>12} | checkpoints {completed}{last} | restarts {}",
+            "[{:>6.1}s] {:>12} events ({}/s) | sinks {:>12} | checkpoints {completed}{last} | finished files {finished} | restarts {}",
             started.elapsed().as_secs_f64(),
             events,
             human(rate),
@@ -293,11 +300,7 @@ struct OutputSummary {
     bytes: u64,
 }
 
-async fn summarize(
-    job: &JobHandle,
-    store: &DynStore,
-    outputs: &[engine::job::compile::OutputInfo],
-) -> Result<Summary> {
+async fn summarize(job: &JobHandle, store: &DynStore, outputs: &[OutputInfo]) -> Result<Summary> {
     let graph = &job.shared.graph;
     let metrics = job.metrics();
     let seconds = job.shared.started.elapsed().as_secs_f64();

@@ -16,16 +16,18 @@ use crate::operators::{
     FilterOperator, ProjectOperator, WindowAssigner, WindowOperator, WindowSpec, parse_aggregate,
 };
 use crate::sink::{
-    BucketAssigner, DiscardSink, FileSink, FileSinkConfig, RollingPolicy, TimeSource,
+    BucketAssigner, DiscardSink, FileSink, FileSinkConfig, RollingPolicy, SinkMetrics, TimeSource,
 };
 use crate::source::files::{FilesConfig, FilesSource, OnError};
 use crate::source::nexmark::{EventKind, NexmarkConfig, NexmarkSource, schema_for};
 
-/// Where a file sink of the job writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a file sink of the job writes, and its counters over all its subtasks and restarts
+/// in this process.
+#[derive(Debug, Clone)]
 pub struct OutputInfo {
     pub sink_id: String,
     pub path: String,
+    pub metrics: Arc<SinkMetrics>,
 }
 
 /// A compiled job: its graph and what it writes.
@@ -567,6 +569,8 @@ fn add_sink(
             config.rolling = rolling;
             config.part_prefix = format!("part-{}", run_suffix(job_id));
             FileSink::new(config.clone(), schema.clone())?;
+            let metrics = Arc::new(SinkMetrics::default());
+            let shared = metrics.clone();
             input.sink(
                 StageOptions {
                     id: &id,
@@ -574,11 +578,16 @@ fn add_sink(
                     parallelism: *parallelism,
                 },
                 Arc::new(move |_| {
-                    Ok(Box::new(FileSink::new(config.clone(), schema.clone())?)
-                        as Box<dyn Operator>)
+                    Ok(Box::new(
+                        FileSink::new(config.clone(), schema.clone())?.with_metrics(shared.clone()),
+                    ) as Box<dyn Operator>)
                 }),
             )?;
-            Ok(Some(OutputInfo { sink_id: id, path }))
+            Ok(Some(OutputInfo {
+                sink_id: id,
+                path,
+                metrics,
+            }))
         }
     }
 }

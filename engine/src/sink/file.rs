@@ -272,6 +272,13 @@ impl FileSink {
         self.metrics.clone()
     }
 
+    /// Counts into `metrics` instead of counters of its own: every subtask (and every
+    /// restart) of one sink can add to the same counters, which a progress report reads.
+    pub fn with_metrics(mut self, metrics: Arc<SinkMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     fn attach(&mut self, ctx: &TaskContext) -> &mut PartFiles {
         let prefix = format!("{}-{}-", self.config.part_prefix, ctx.subtask);
         let extension = self.config.format.extension();
