@@ -16,8 +16,6 @@ use engine::runtime::element::BATCH_SIZE;
 use engine::runtime::exchange::CHANNEL_CAPACITY;
 use engine::runtime::{JobEnvironment, JobState, MiniCluster};
 use engine::source::{EventKind, NexmarkConfig, NexmarkSource, schema_for};
-use fs_core::store::memory::MemoryStore;
-use fs_core::{Index, RecoverableWriter, WriterConfig};
 
 /// Source and sink parallelism; the key_by between them is an all-to-all hash edge, so there
 /// are `PARALLELISM * PARALLELISM` channels.
@@ -50,24 +48,7 @@ impl Operator for SlowSink {
 }
 
 fn environment() -> (tokio::runtime::Runtime, JobEnvironment) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let store: fs_core::store::DynStore = Arc::new(MemoryStore::new());
-    let writer = RecoverableWriter::new(
-        store.clone(),
-        Index::temporary().unwrap(),
-        WriterConfig::default(),
-    )
-    .unwrap();
-    let env = JobEnvironment {
-        store,
-        writer: Arc::new(writer),
-        runtime: runtime.handle().clone(),
-    };
-    (runtime, env)
+    JobEnvironment::in_memory().unwrap()
 }
 
 /// Most records that can be between the source's count and the sinks' count at any moment:

@@ -2,14 +2,11 @@
 //! stage and field) and what is wrong, found when the job is parsed and compiled, before
 //! anything runs. And the files source's `on_error`: malformed lines skipped or fatal.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine::job::{compile, parse};
 use engine::runtime::{JobEnvironment, JobState, MiniCluster};
-use fs_core::store::memory::MemoryStore;
-use fs_core::store::{DynStore, ObjectStoreExt, PutOptions};
-use fs_core::{Index, RecoverableWriter, WriterConfig};
+use fs_core::store::{ObjectStoreExt, PutOptions};
 
 /// A valid job to break: one nexmark source, a filter, a window and a file sink.
 const GOOD: &str = r#"
@@ -197,24 +194,7 @@ fn a_source_that_nothing_reads_is_an_error() {
 }
 
 fn environment() -> (tokio::runtime::Runtime, JobEnvironment) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let store: DynStore = Arc::new(MemoryStore::new());
-    let writer = RecoverableWriter::new(
-        store.clone(),
-        Index::temporary().unwrap(),
-        WriterConfig::default(),
-    )
-    .unwrap();
-    let env = JobEnvironment {
-        store,
-        writer: Arc::new(writer),
-        runtime: runtime.handle().clone(),
-    };
-    (runtime, env)
+    JobEnvironment::in_memory().unwrap()
 }
 
 /// Input with malformed lines: line 2 of a.csv has a word for an int, line 3 of b.csv too

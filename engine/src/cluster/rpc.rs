@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::executor::DeployRequest;
+use crate::runtime::network::{read_frame, write_frame};
 use crate::runtime::task::{SubtaskId, TaskControl, TaskEvent};
 
 /// What a task manager writes first on its connection.
@@ -74,8 +75,7 @@ pub enum ToTaskManager {
 pub fn write_message<T: Serialize>(writer: &mut impl Write, message: &T) -> std::io::Result<()> {
     let body = serde_json::to_vec(message)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    writer.write_all(&(body.len() as u32).to_le_bytes())?;
-    writer.write_all(&body)?;
+    write_frame(writer, &body)?;
     writer.flush()
 }
 
@@ -83,21 +83,9 @@ pub fn write_message<T: Serialize>(writer: &mut impl Write, message: &T) -> std:
 pub fn read_message<T: for<'de> Deserialize<'de>>(
     reader: &mut impl Read,
 ) -> std::io::Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match reader.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_MESSAGE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("a control message of {len} bytes (at most {MAX_MESSAGE})"),
-        ));
-    }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body)?;
+    let Some(body) = read_frame(reader, MAX_MESSAGE)? else {
+        return Ok(None);
+    };
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))

@@ -56,6 +56,28 @@ pub struct JobEnvironment {
     pub runtime: tokio::runtime::Handle,
 }
 
+impl JobEnvironment {
+    /// A job environment over a fresh in-memory store, with the tokio runtime its store calls
+    /// run on (keep it alive while jobs run): for tests, examples and trying jobs out.
+    pub fn in_memory() -> Result<(tokio::runtime::Runtime, JobEnvironment), EngineError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| EngineError::io("starting a tokio runtime", e))?;
+        let store: DynStore = Arc::new(fs_core::store::memory::MemoryStore::new());
+        let index = fs_core::Index::temporary().map_err(fs_core::WriterError::from)?;
+        let writer =
+            RecoverableWriter::new(store.clone(), index, fs_core::WriterConfig::default())?;
+        let env = JobEnvironment {
+            store,
+            writer: Arc::new(writer),
+            runtime: runtime.handle().clone(),
+        };
+        Ok((runtime, env))
+    }
+}
+
 /// The state of a job, as `status` and the REST API report it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", content = "reason", rename_all = "SCREAMING_SNAKE_CASE")]

@@ -101,7 +101,9 @@ impl InboundChannels {
     }
 }
 
-fn read_frame(reader: &mut impl Read, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
+/// The next frame's body, or `None` at the end of the stream; a frame over `limit` is an
+/// error (a peer cannot make us allocate more).
+pub(crate) fn read_frame(reader: &mut impl Read, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match reader.read_exact(&mut len) {
         Ok(()) => {}
@@ -120,7 +122,7 @@ fn read_frame(reader: &mut impl Read, limit: usize) -> std::io::Result<Option<Ve
     Ok(Some(body))
 }
 
-fn write_frame(writer: &mut impl Write, body: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_frame(writer: &mut impl Write, body: &[u8]) -> std::io::Result<()> {
     writer.write_all(&(body.len() as u32).to_le_bytes())?;
     writer.write_all(body)
 }
