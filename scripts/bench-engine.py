@@ -4,7 +4,12 @@ against a discarding sink in the same run, checkpoint durations, the time to rec
 killed task manager, and (with --flink) Apache Flink 2.3 running the same job shapes on the
 same machine in the same run (../shared/anchors/flink).
 
-    scripts/bench-engine.py [--runs 3] [--events 20000000] [--flink] [--only q0,q10,...]
+    scripts/bench-engine.py [--runs 3] [--events 20000000] [--flink] [--only nexmark,anchor,recovery]
+                            [--dir /dev/shm]
+
+Stores (Rivulet's local store, Flink's file system sink) live under --dir: tmpfs by default, so
+that the figures are of the engines and not of a shared disk (this machine's disk writes about
+170 MB/s with fsync; give --dir /tmp to measure on it).
 
 Every figure is the median of --runs runs. rows/s per core is rows/s divided by the job's
 parallelism (at most the machine's cores), as the Flink anchor computes it; cpu is the CPU
@@ -200,7 +205,7 @@ def recovery_time(workdir, runs):
     return round(statistics.median(times), 2) if times else None
 
 
-def flink(rows, runs):
+def flink(rows, runs, directory):
     """Runs the Flink anchor's matrix in this run; returns {(sink, par): median rows/s}."""
     py = "/tmp/flinkvenv/bin/python"
     if not os.path.exists(py):
@@ -208,7 +213,8 @@ def flink(rows, runs):
     out = {}
     for sink in ("blackhole", "q1", "csv", "json"):
         for par in (1, 2):
-            res = subprocess.run([py, os.path.join(ANCHOR, "bench.py"), sink, str(par), str(rows), str(runs + 1)],
+            path = "file://" + os.path.join(directory, "flinkout")
+            res = subprocess.run([py, os.path.join(ANCHOR, "bench.py"), sink, str(par), str(rows), str(runs + 1), path],
                                  capture_output=True, text=True)
             lines = [json.loads(l) for l in res.stdout.splitlines() if l.startswith("{")]
             warm = [l["rows_per_s"] for l in lines if l["run"] > 0]  # run 0 is a cold JVM
@@ -224,15 +230,16 @@ def main():
     ap.add_argument("--events", type=int, default=20_000_000, help="bids per job")
     ap.add_argument("--flink", action="store_true", help="also run the Flink anchor in this run")
     ap.add_argument("--only", default="", help="comma-separated subset of: nexmark,anchor,recovery")
+    ap.add_argument("--dir", default="/dev/shm", help="where stores and outputs go (default tmpfs)")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else {"nexmark", "anchor", "recovery"}
     # The same target directory as BIN, whatever the caller's environment says.
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "rivulet"], cwd=ROOT, check=True,
                    env=dict(os.environ, CARGO_TARGET_DIR=TARGET))
-    workdir = tempfile.mkdtemp(prefix="rivulet-bench-", dir="/tmp")
+    workdir = tempfile.mkdtemp(prefix="rivulet-bench-", dir=args.dir)
     rows_out = []
     print(f"rivulet engine benchmarks: {args.events} bids a job, median of {args.runs} runs, "
-          f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}\n")
+          f"{os.cpu_count()} cores, stores under {args.dir}, {time.strftime('%Y-%m-%d %H:%M')}\n")
     if "nexmark" in only:
         print("| job | par | rows/s | rows/s per core | cpu s | checkpoint p50 |\n|---|---|---|---|---|---|")
         for name, make in NEXMARK.items():
@@ -246,7 +253,7 @@ def main():
             ratio = by[("q10", par)]["rows_per_s"] / by[("q10-discard", par)]["rows_per_s"]
             print(f"\nq10 exactly-once file sink vs discarding sink, parallelism {par}: {ratio:.2f}x")
     if "anchor" in only:
-        fl = flink(args.events, args.runs) if args.flink else {}
+        fl = flink(args.events, args.runs, workdir) if args.flink else {}
         print("\n| anchor job | par | rivulet rows/s | flink rows/s | ratio |\n|---|---|---|---|---|")
         for name, make in ANCHOR_SHAPES.items():
             for par in (1, 2):
