@@ -252,7 +252,7 @@ pub enum Command {
     /// Serve a store over the S3 API (its top-level folders are the buckets)
     #[command(after_help = gateway::GATEWAY_HELP)]
     Gateway(gateway::GatewayArgs),
-    /// Mount a store as a file system (FUSE), in the foreground
+    /// Mount a store as a file system (FUSE), in the background or with -f the foreground
     #[command(after_help = MOUNT_HELP)]
     Mount(MountArgs),
 
@@ -282,9 +282,13 @@ pub struct MountArgs {
     pub url: String,
     /// An existing directory to mount it on
     pub mountpoint: String,
-    /// Stay in the foreground until unmounted (the only mode in this version)
+    /// Stay in the foreground until unmounted (default: mount, then return and serve from a
+    /// background process)
     #[arg(short, long)]
     pub foreground: bool,
+    /// Where the background process logs (default: mount.log in the state directory)
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
     /// Refuse every change (EROFS); files left open by an earlier mount are not recovered
     #[arg(long)]
     pub read_only: bool,
@@ -425,11 +429,13 @@ Files are objects, directories are key prefixes (mkdir writes an empty `dir/` ma
 written through the mount is in the store, whole, when close() returns; fsync() makes what was
 written durable (it survives a kill of the mount, which commits it when mounted again) without
 publishing it. Appending is cheap (the object's bytes are copied server-side); writing before the
-end of a file re-uploads everything after that point. Runs in the foreground only: SIGTERM,
-Ctrl-C or `fusermount3 -u MOUNTPOINT` unmounts and commits the files still open. --index and
---cache-dir apply (the index stays locked while mounted). See docs/fuse.md.
+end of a file re-uploads everything after that point. Without --foreground the command returns
+once the store is mounted, and a background process serves it (its log: --log-file). SIGTERM,
+Ctrl-C (in the foreground) or `fusermount3 -u MOUNTPOINT` unmounts and commits the files still
+open. --index and --cache-dir apply (the index stays locked while mounted). See docs/fuse.md.
 
 Examples:
+  rivulet mount s3://bkt/data /mnt/data
   rivulet mount --foreground s3://bkt/data /mnt/data
   rivulet mount -f --read-only --allow-other /srv/store /mnt/store";
 

@@ -926,3 +926,55 @@ fn git_repository_inside_the_mount() {
     let log = sh(&fx.store().join("repo"), &format!("{git} log --format=%s"));
     assert_eq!(log, "second\nfirst\n");
 }
+
+#[test]
+fn without_foreground_the_command_returns_once_mounted_and_a_background_process_serves() {
+    let fx = Fixture::new();
+    let log = fx.dir.path().join("background.log");
+    let out = Command::new(&fx.bin)
+        .arg("--index")
+        .arg(fx.dir.path().join("index"))
+        .args(["mount", "--log-file"])
+        .arg(&log)
+        .arg(fx.store())
+        .arg(fx.mnt())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // It returned only once mounted.
+    assert!(is_mounted(&fx.mnt()), "{stderr}");
+    assert!(stderr.contains("in the background"), "{stderr}");
+    fs::write(fx.mnt().join("bg.txt"), b"served by the background process").unwrap();
+    assert_eq!(
+        fx.object("bg.txt").as_deref(),
+        Some(&b"served by the background process"[..])
+    );
+    let status = Command::new("fusermount3")
+        .arg("-u")
+        .arg(fx.mnt())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The background process ends once unmounted.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pattern = format!("mount --log-file {}", log.display());
+    loop {
+        let running = Command::new("pgrep")
+            .args(["-f", &pattern])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !running {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the background mount still runs after unmount: {}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(fs::read_to_string(&log).unwrap().contains("mounted"));
+}
