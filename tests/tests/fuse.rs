@@ -486,17 +486,24 @@ fn read_only_mount_refuses_changes() {
 #[test]
 fn mount_errors_are_one_line_and_exit_1() {
     let fx = Fixture::new();
-    // Without --foreground: daemon mode is not implemented, and it says so.
-    let mut command = Command::new(&fx.bin);
-    command.arg("mount").arg(fx.store()).arg(fx.mnt());
-    let out = command.output().unwrap();
+    // Without --foreground, a bad mount point is refused before any background process.
+    let missing = fx.dir.path().join("no-such-dir");
+    let out = Command::new(&fx.bin)
+        .arg("--index")
+        .arg(fx.dir.path().join("index"))
+        .arg("mount")
+        .arg(fx.store())
+        .arg(&missing)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.starts_with("rivulet: mount ") && stderr.contains("--foreground"),
+        stderr.starts_with("rivulet: mount ") && stderr.contains("is not a directory"),
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!is_mounted(&fx.mnt()));
     // A mount point that is not a directory.
     let file = fx.dir.path().join("plain-file");
     fs::write(&file, b"").unwrap();

@@ -118,7 +118,9 @@ impl Chain {
 
     pub fn tick(&mut self, now: Timestamp, out: &mut dyn Output) -> Result<(), EngineError> {
         for i in 0..self.operators.len() {
-            let (head, rest) = self.operators[i..].split_first_mut().expect("i < len");
+            let Some((head, rest)) = self.operators[i..].split_first_mut() else {
+                break;
+            };
             head.operator
                 .tick(
                     now,
@@ -136,7 +138,9 @@ impl Chain {
     /// finishing reaches the next before that one finishes in turn.
     pub fn finish(&mut self, out: &mut dyn Output) -> Result<(), EngineError> {
         for i in 0..self.operators.len() {
-            let (head, rest) = self.operators[i..].split_first_mut().expect("i < len");
+            let Some((head, rest)) = self.operators[i..].split_first_mut() else {
+                break;
+            };
             head.operator
                 .finish(&mut Link {
                     rest,
