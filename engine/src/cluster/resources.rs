@@ -118,6 +118,11 @@ impl RegisteredTaskManager {
     }
 }
 
+/// Slots of task manager `id` held by jobs.
+fn slots_used(allocations: &HashMap<String, Vec<String>>, id: &str) -> usize {
+    allocations.values().flatten().filter(|s| *s == id).count()
+}
+
 /// A job's current attempt, for routing its subtasks' events.
 struct Route {
     attempt: u32,
@@ -292,11 +297,7 @@ impl ResourceManager {
         self.list()
             .iter()
             .map(|tm| {
-                let used = allocations
-                    .values()
-                    .flatten()
-                    .filter(|s| **s == tm.id)
-                    .count();
+                let used = slots_used(&allocations, &tm.id);
                 TaskManagerInfo {
                     id: tm.id.clone(),
                     host: tm.host.clone(),
@@ -337,11 +338,7 @@ impl TaskManagers for ResourceManager {
         let mut free: Vec<(Arc<RegisteredTaskManager>, usize)> = tms
             .iter()
             .map(|tm| {
-                let used = allocations
-                    .values()
-                    .flatten()
-                    .filter(|s| **s == tm.id)
-                    .count();
+                let used = slots_used(&allocations, &tm.id);
                 (tm.clone(), tm.slots.saturating_sub(used))
             })
             .collect();
