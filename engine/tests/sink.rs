@@ -744,31 +744,3 @@ fn bad_state_and_bad_config_are_typed_errors() {
         assert!(matches!(err, EngineError::Job { .. }), "{bad:?}: {err}");
     }
 }
-
-/// Records per second through the sink into the memory store (run with `--ignored
-/// --nocapture`, in release for meaningful numbers).
-#[test]
-#[ignore]
-fn throughput() {
-    let h = Harness::memory();
-    let mut sink = h.start(&config(Format::Json), None, 0);
-    let records: Vec<Record> = (0..300_000).map(record).collect();
-    let started = std::time::Instant::now();
-    for (i, r) in records.into_iter().enumerate() {
-        sink.process(r, &mut NoOutput).unwrap();
-        if i % 100_000 == 99_999 {
-            let cp = (i / 100_000) as u64 + 1;
-            sink.snapshot(cp).unwrap();
-            sink.checkpoint_complete(cp).unwrap();
-        }
-    }
-    finish_and_commit(&mut sink, 10);
-    let secs = started.elapsed().as_secs_f64();
-    let bytes = sink.metrics().bytes_written.load(Ordering::Relaxed);
-    println!(
-        "{:.0} records/s, {:.1} MB/s",
-        300_000.0 / secs,
-        bytes as f64 / secs / 1e6
-    );
-    assert_eq!(published_ids(&h, Format::Json).len(), 300_000);
-}

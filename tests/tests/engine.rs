@@ -18,7 +18,9 @@ use tempfile::TempDir;
 
 mod engine_support;
 
-use engine_support::{Process, TOKEN, job_file, open_uploads, output_lines, reference_output};
+use engine_support::{
+    Process, TOKEN, assert_same_output, job_file, open_uploads, output_lines, reference_output,
+};
 
 fn free_address() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -230,24 +232,7 @@ fn output_is_exactly_once_when_task_managers_and_the_job_manager_are_killed() {
         std::thread::sleep(Duration::from_millis(300));
     }
     let got = output_lines(&cluster.store);
-    if got != expected {
-        let missing: Vec<_> = expected
-            .iter()
-            .filter(|(l, n)| got.get(*l) != Some(n))
-            .take(5)
-            .collect();
-        let extra: Vec<_> = got
-            .iter()
-            .filter(|(l, n)| expected.get(*l) != Some(n))
-            .take(5)
-            .collect();
-        panic!(
-            "seed {seed}, kills {kills:?}: the output differs from the failure-free run's \
-             ({} vs {} distinct lines); missing or miscounted {missing:?}; extra {extra:?}",
-            got.len(),
-            expected.len()
-        );
-    }
+    assert_same_output(&expected, &got, &format!("seed {seed}, kills {kills:?}"));
     assert_eq!(
         open_uploads(&cluster.store),
         0,

@@ -19,7 +19,9 @@ use tempfile::TempDir;
 
 mod engine_support;
 
-use engine_support::{Process, job_file, open_uploads, output_lines, reference_output};
+use engine_support::{
+    Process, assert_same_output, job_file, open_uploads, output_lines, reference_output,
+};
 
 /// The job id a run's log announces: "running job NAME (ID) on ..." or "resuming job ...".
 fn announced(log: &Path) -> Option<(bool, String)> {
@@ -125,24 +127,7 @@ fn a_killed_embedded_run_resumes_from_its_checkpoint_exactly_once() {
     );
 
     let got = output_lines(&store);
-    if got != expected {
-        let missing: Vec<_> = expected
-            .iter()
-            .filter(|(l, n)| got.get(*l) != Some(n))
-            .take(5)
-            .collect();
-        let extra: Vec<_> = got
-            .iter()
-            .filter(|(l, n)| expected.get(*l) != Some(n))
-            .take(5)
-            .collect();
-        panic!(
-            "seed {seed}, kills {kills:?}: the output differs from the failure-free run's \
-             ({} vs {} distinct lines); missing or miscounted {missing:?}; extra {extra:?}",
-            got.len(),
-            expected.len()
-        );
-    }
+    assert_same_output(&expected, &got, &format!("seed {seed}, kills {kills:?}"));
     assert_eq!(
         open_uploads(&store),
         0,

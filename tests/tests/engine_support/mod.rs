@@ -202,3 +202,30 @@ pub fn open_uploads(store: &Path) -> usize {
             .unwrap()
     })
 }
+
+/// Fails, showing a few differing lines, unless `got` equals `expected` as a multiset of lines.
+pub fn assert_same_output(
+    expected: &BTreeMap<String, usize>,
+    got: &BTreeMap<String, usize>,
+    context: &str,
+) {
+    if got == expected {
+        return;
+    }
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|(l, n)| got.get(*l) != Some(n))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = got
+        .iter()
+        .filter(|(l, n)| expected.get(*l) != Some(n))
+        .take(5)
+        .collect();
+    panic!(
+        "{context}: the output differs from the failure-free run's ({} vs {} distinct lines); \
+         missing or miscounted {missing:?}; extra {extra:?}",
+        got.len(),
+        expected.len()
+    );
+}

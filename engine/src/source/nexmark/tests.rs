@@ -185,33 +185,3 @@ fn the_rate_limits_emission_and_idles_ahead_of_schedule() {
     assert!(out.records.len() >= 100, "{}", out.records.len());
     assert!(idles > 0);
 }
-
-/// Generation speed: `cargo test -p rivulet-engine --lib nexmark_generation_speed -- --ignored
-/// --nocapture`, with the engine optimized (`--release`, or
-/// `--config 'profile.dev.package.rivulet-engine.opt-level=3'`).
-#[test]
-#[ignore]
-fn nexmark_generation_speed() {
-    struct Count(u64);
-    impl Output for Count {
-        fn emit(&mut self, record: Record) -> Result<(), EngineError> {
-            self.0 += record.row.len() as u64;
-            Ok(())
-        }
-        fn watermark(&mut self, _: crate::data::Timestamp) -> Result<(), EngineError> {
-            Ok(())
-        }
-    }
-    for (kind, count) in [(EventKind::Bid, 20_000_000), (EventKind::All, 10_000_000)] {
-        let mut source = NexmarkSource::new(bounded(kind, count)).unwrap();
-        let mut out = Count(0);
-        let start = Instant::now();
-        while source.poll(&mut out, 1024).unwrap() != SourceStatus::Finished {}
-        let elapsed = start.elapsed().as_secs_f64();
-        let records = out.0 / schema_for(kind).len() as u64;
-        println!(
-            "{kind:?}: {records} records in {elapsed:.2} s: {:.2} M records/s",
-            records as f64 / elapsed / 1e6
-        );
-    }
-}
