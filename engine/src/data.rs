@@ -66,7 +66,9 @@ pub enum Value {
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(String),
+    /// Shared, immutable text: copying a row (a broadcast, a window's state, a source that
+    /// hands out the same channel name in many records) costs a reference count, not a copy.
+    Str(Arc<str>),
     /// Milliseconds since the Unix epoch.
     Time(Timestamp),
 }

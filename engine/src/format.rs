@@ -214,7 +214,7 @@ pub fn parse_value(text: &str, data_type: DataType) -> Result<Value, String> {
         },
         DataType::Int => Value::Int(text.trim().parse().map_err(|_| bad())?),
         DataType::Float => Value::Float(text.trim().parse().map_err(|_| bad())?),
-        DataType::String => Value::Str(text.to_string()),
+        DataType::String => Value::Str(text.into()),
         DataType::Timestamp => Value::Time(parse_timestamp(text).ok_or_else(bad)?),
     })
 }
@@ -263,10 +263,10 @@ fn json_value(value: &serde_json::Value, data_type: DataType) -> Result<Value, S
         (J::Number(n), DataType::Int) => Value::Int(n.as_i64().ok_or_else(bad)?),
         (J::Number(n), DataType::Float) => Value::Float(n.as_f64().ok_or_else(bad)?),
         (J::Number(n), DataType::Timestamp) => Value::Time(n.as_i64().ok_or_else(bad)?),
-        (J::String(s), DataType::String) => Value::Str(s.clone()),
+        (J::String(s), DataType::String) => Value::Str(s.as_str().into()),
         (J::String(s), DataType::Timestamp) => Value::Time(parse_timestamp(s).ok_or_else(bad)?),
         (J::String(s), other) => parse_value(s, other)?,
-        (J::Number(n), DataType::String) => Value::Str(n.to_string()),
+        (J::Number(n), DataType::String) => Value::Str(n.to_string().into()),
         _ => return Err(bad()),
     })
 }

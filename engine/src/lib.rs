@@ -2,6 +2,7 @@
 //! file output through fs-core's recoverable writer. See `docs/engine.md`.
 
 pub mod builder;
+pub mod clock;
 pub mod cluster;
 pub mod data;
 pub mod error;

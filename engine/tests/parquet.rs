@@ -222,9 +222,7 @@ fn row(id: i64) -> Row {
         or_null(id % 7 == 2, Value::Bool(id % 2 == 0)),
         or_null(
             id % 4 == 3,
-            Value::Str(format!(
-                "note {id}, \"quoted\", ünïcödé, padded to make files grow"
-            )),
+            Value::Str(format!("note {id}, \"quoted\", ünïcödé, padded to make files grow").into()),
         ),
         or_null(id % 6 == 4, Value::Time(T0 + id * 1_001)),
     ]

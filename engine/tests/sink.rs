@@ -186,7 +186,7 @@ fn record(id: i64) -> Record {
         vec![
             Value::Int(id),
             Value::Str(region.into()),
-            Value::Str(format!("row {id}, padded to make files grow")),
+            Value::Str(format!("row {id}, padded to make files grow").into()),
         ],
     )
 }

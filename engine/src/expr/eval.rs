@@ -198,11 +198,11 @@ fn call<'a>(function: Function, args: &'a [Bound], row: &'a Row) -> Cow<'a, Valu
     let owned = Cow::Owned;
     match function {
         Function::Lower => owned(match arg(0).as_ref() {
-            Value::Str(s) => Value::Str(s.to_lowercase()),
+            Value::Str(s) => Value::Str(s.to_lowercase().into()),
             _ => Value::Null,
         }),
         Function::Upper => owned(match arg(0).as_ref() {
-            Value::Str(s) => Value::Str(s.to_uppercase()),
+            Value::Str(s) => Value::Str(s.to_uppercase().into()),
             _ => Value::Null,
         }),
         Function::Length => owned(match arg(0).as_ref() {
@@ -215,7 +215,7 @@ fn call<'a>(function: Function, args: &'a [Bound], row: &'a Row) -> Cow<'a, Valu
             for a in args {
                 append_text(&eval(a, row), &mut text);
             }
-            owned(Value::Str(text))
+            owned(Value::Str(text.into()))
         }
         Function::Abs => owned(match arg(0).as_ref() {
             Value::Int(v) => Value::Int(v.wrapping_abs()),

@@ -383,7 +383,7 @@ impl Parser<'_> {
         let node = match self.peek().clone() {
             Tok::Int(v) => Node::Literal(Value::Int(v)),
             Tok::Float(v) => Node::Literal(Value::Float(v)),
-            Tok::Str(s) => Node::Literal(Value::Str(s)),
+            Tok::Str(s) => Node::Literal(Value::Str(s.into())),
             Tok::Quoted(name) => Node::Field(name),
             Tok::LParen => {
                 self.advance();

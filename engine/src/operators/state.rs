@@ -94,7 +94,7 @@ impl From<&Value> for StateValue {
             Value::Bool(v) => StateValue::Bool(*v),
             Value::Int(v) => StateValue::Int(*v),
             Value::Float(v) => StateValue::FloatBits(v.to_bits()),
-            Value::Str(v) => StateValue::Str(v.clone()),
+            Value::Str(v) => StateValue::Str(v.to_string()),
             Value::Time(v) => StateValue::Time(*v),
         }
     }
@@ -107,7 +107,7 @@ impl From<StateValue> for Value {
             StateValue::Bool(v) => Value::Bool(v),
             StateValue::Int(v) => Value::Int(v),
             StateValue::FloatBits(v) => Value::Float(f64::from_bits(v)),
-            StateValue::Str(v) => Value::Str(v),
+            StateValue::Str(v) => Value::Str(v.into()),
             StateValue::Time(v) => Value::Time(v),
         }
     }

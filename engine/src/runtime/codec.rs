@@ -158,7 +158,7 @@ fn decode_value(r: &mut Reader<'_>) -> Result<Value, EngineError> {
             Value::Str(
                 std::str::from_utf8(bytes)
                     .map_err(|_| corrupt("a string is not UTF-8"))?
-                    .to_string(),
+                    .into(),
             )
         }
         5 => Value::Time(r.i64()?),
@@ -180,7 +180,7 @@ mod tests {
             any::<f64>()
                 .prop_filter("NaN never equals itself", |f| !f.is_nan())
                 .prop_map(Value::Float),
-            ".{0,20}".prop_map(Value::Str),
+            ".{0,20}".prop_map(|s: String| Value::Str(s.into())),
             any::<i64>().prop_map(Value::Time),
         ]
     }

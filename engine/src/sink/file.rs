@@ -72,7 +72,6 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use fs_core::store::{ObjectStoreExt, StoreErrorKind, UploadsMarker};
 use fs_core::{Committer, FileWriter, RecoverableWriter, ResumeToken};
@@ -132,9 +131,16 @@ pub struct FileSink {
     /// `path` with a trailing `/` (empty for the store's root).
     base: String,
     metrics: Arc<SinkMetrics>,
+    /// Records and bytes written since the counters in `metrics` were last updated: they are
+    /// added once per chunk and per tick, not per record (two atomic additions a record were a
+    /// visible share of its cost).
+    unpublished: (u64, u64),
     /// Set by `restore` or `open`: the store side.
     files: Option<PartFiles>,
-    buckets: HashMap<String, Bucket>,
+    /// Looked up once per record, with a bucket id of a few bytes: a fast hash, since bucket
+    /// ids come from the job's own records and a flood of colliding ids would only slow down
+    /// the job that made them.
+    buckets: HashMap<String, Bucket, foldhash::fast::RandomState>,
     /// Files rolled since the last snapshot: the next snapshot makes them pending.
     rolled: Vec<Committer>,
     /// Files waiting for their checkpoint to complete, by the checkpoint that made them pending.
@@ -256,8 +262,9 @@ impl FileSink {
             bucketer,
             base,
             metrics: Arc::default(),
+            unpublished: (0, 0),
             files: None,
-            buckets: HashMap::new(),
+            buckets: HashMap::default(),
             rolled: Vec::new(),
             pending: BTreeMap::new(),
             snapshots: VecDeque::new(),
@@ -336,10 +343,21 @@ fn not_open() -> EngineError {
     }
 }
 
+/// Adds the records and bytes written since the last call to the shared counters.
+fn publish_metrics(unpublished: &mut (u64, u64), metrics: &SinkMetrics) {
+    let (records, bytes) = std::mem::take(unpublished);
+    if records > 0 {
+        metrics
+            .records_written
+            .fetch_add(records, Ordering::Relaxed);
+    }
+    if bytes > 0 {
+        metrics.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
 fn now_ms() -> Timestamp {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    crate::clock::coarse_now_ms()
 }
 
 impl Operator for FileSink {
@@ -374,7 +392,7 @@ impl Operator for FileSink {
                 ),
             ));
         }
-        let mut buckets = HashMap::new();
+        let mut buckets = HashMap::default();
         let mut tokens: Vec<ResumeToken> = Vec::new();
         for file in state.in_progress {
             if buckets.contains_key(&file.bucket) {
@@ -451,12 +469,11 @@ impl Operator for FileSink {
                 part.push(&record.row, &mut bucket.buffer)?;
             }
         }
-        self.metrics.records_written.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .bytes_written
-            .fetch_add((bucket.buffer.len() - before) as u64, Ordering::Relaxed);
+        self.unpublished.0 += 1;
+        self.unpublished.1 += (bucket.buffer.len() - before) as u64;
         if bucket.buffer.len() >= CHUNK_SIZE {
             files.flush(bucket)?;
+            publish_metrics(&mut self.unpublished, &self.metrics);
         }
         if self.config.rolling.should_roll_on_event(bucket.part_size()) {
             self.rolled.extend(files.roll(bucket)?);
@@ -465,6 +482,7 @@ impl Operator for FileSink {
     }
 
     fn tick(&mut self, now: Timestamp, _out: &mut dyn Output) -> Result<(), EngineError> {
+        publish_metrics(&mut self.unpublished, &self.metrics);
         let Some(files) = self.files.as_mut() else {
             return Ok(());
         };
@@ -485,6 +503,7 @@ impl Operator for FileSink {
     }
 
     fn snapshot(&mut self, checkpoint_id: u64) -> Result<Option<Vec<u8>>, EngineError> {
+        publish_metrics(&mut self.unpublished, &self.metrics);
         let files = self.files.as_mut().ok_or_else(not_open)?;
         // Every file's persist is started first and awaited together: the tails go up in
         // parallel, so a checkpoint costs one round trip, not one per bucket.
@@ -579,6 +598,7 @@ impl Operator for FileSink {
     }
 
     fn finish(&mut self, _out: &mut dyn Output) -> Result<(), EngineError> {
+        publish_metrics(&mut self.unpublished, &self.metrics);
         let files = self.files.as_mut().ok_or_else(not_open)?;
         for bucket in self.buckets.values_mut() {
             self.rolled.extend(files.roll(bucket)?);

@@ -350,8 +350,11 @@ mod tests {
         let mut part = ParquetPart::new(layout(), "test part".into()).unwrap();
         let mut out = Vec::new();
         for i in 0..(BATCH_ROWS as i64 * 3) {
-            part.push(&vec![Value::Int(i), Value::Str("x".repeat(40))], &mut out)
-                .unwrap();
+            part.push(
+                &vec![Value::Int(i), Value::Str("x".repeat(40).into())],
+                &mut out,
+            )
+            .unwrap();
         }
         // Batches were encoded, so the header at least has come out.
         assert!(out.starts_with(b"PAR1"));

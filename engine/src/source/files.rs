@@ -209,7 +209,7 @@ impl FilesSource {
 
     /// Whether this subtask reads `key`.
     fn owns(&self, key: &str) -> bool {
-        let hash = Value::Str(key.to_string()).stable_hash(HASH_SEED);
+        let hash = Value::Str(key.into()).stable_hash(HASH_SEED);
         hash % self.parallelism as u64 == self.subtask as u64
     }
 

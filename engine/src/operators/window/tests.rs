@@ -53,7 +53,7 @@ fn row_of(k: i64, v: Option<i64>, f: Option<f64>) -> Row {
         Value::Int(k),
         v.map_or(Value::Null, Value::Int),
         f.map_or(Value::Null, Value::Float),
-        v.map_or(Value::Null, |v| Value::Str(format!("s{v}"))),
+        v.map_or(Value::Null, |v| Value::Str(format!("s{v}").into())),
     ]
 }
 
@@ -142,7 +142,7 @@ fn brute_force(assigner: WindowAssigner, inputs: &[Input]) -> (Vec<Record>, u64)
                     } else {
                         Value::Float(avg_sum / vs.len() as f64)
                     },
-                    min_s.map_or(Value::Null, Value::Str),
+                    min_s.map_or(Value::Null, |s: String| Value::Str(s.into())),
                 ],
             )
         })

@@ -12,7 +12,7 @@
 //! The `extra` padding field is kept short (the reference pads events to average byte sizes),
 //! so that the generator's cost is the events' content, not filler.
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use crate::data::Timestamp;
 use crate::error::EngineError;
@@ -155,40 +155,46 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A channel name and the URL its bids come from.
+/// A channel name and the URL its bids come from. Every bid of a channel shares these two
+/// strings, as Flink's Nexmark generator shares its cached channel strings.
+#[derive(Debug)]
 struct Channel {
-    name: String,
-    url: String,
+    name: Arc<str>,
+    url: Arc<str>,
 }
 
-/// The hot channels, then the numbered ones: built once per process, since they depend on
-/// nothing but the channel number.
-fn channels() -> &'static (Vec<Channel>, Vec<Channel>) {
-    static CHANNELS: OnceLock<(Vec<Channel>, Vec<Channel>)> = OnceLock::new();
-    CHANNELS.get_or_init(|| {
-        let hot = HOT_CHANNELS
-            .iter()
-            .zip(0u64..)
-            .map(|(name, n)| Channel {
-                name: (*name).to_string(),
-                url: channel_url(mix(n ^ SEED.rotate_left(17)), None),
-            })
-            .collect();
-        let numbered = (0..NUM_CHANNELS)
-            .map(|n| {
-                // A channel's URL is random but fixed per channel: seeded by its number. Nine
-                // in ten also carry the channel's id.
-                let seed = mix(n ^ !SEED);
-                let id =
-                    (!seed.is_multiple_of(10)).then(|| (n as i32).reverse_bits().unsigned_abs());
-                Channel {
-                    name: format!("channel-{n}"),
-                    url: channel_url(seed, id),
-                }
-            })
-            .collect();
-        (hot, numbered)
-    })
+/// The hot channels, then the numbered ones.
+#[derive(Debug)]
+struct Channels {
+    hot: Vec<Channel>,
+    numbered: Vec<Channel>,
+}
+
+/// Builds the channel table (a millisecond's work). Each generator builds its own: bids share
+/// their channel's strings through reference counts, and parallel sources counting on the same
+/// counters would fight over their cache lines.
+fn channels() -> Channels {
+    let hot = HOT_CHANNELS
+        .iter()
+        .zip(0u64..)
+        .map(|(name, n)| Channel {
+            name: (*name).into(),
+            url: channel_url(mix(n ^ SEED.rotate_left(17)), None).into(),
+        })
+        .collect();
+    let numbered = (0..NUM_CHANNELS)
+        .map(|n| {
+            // A channel's URL is random but fixed per channel: seeded by its number. Nine
+            // in ten also carry the channel's id.
+            let seed = mix(n ^ !SEED);
+            let id = (!seed.is_multiple_of(10)).then(|| (n as i32).reverse_bits().unsigned_abs());
+            Channel {
+                name: format!("channel-{n}").into(),
+                url: channel_url(seed, id).into(),
+            }
+        })
+        .collect();
+    Channels { hot, numbered }
 }
 
 /// A URL of three random path segments, with the channel id if there is one.
@@ -215,6 +221,7 @@ fn channel_url(seed: u64, channel_id: Option<u32>) -> String {
 pub struct Generator {
     first_event_time_ms: i64,
     events_per_second: u64,
+    channels: Arc<Channels>,
 }
 
 impl Generator {
@@ -227,11 +234,10 @@ impl Generator {
                 format!("must be between 1 and {MAX_EVENTS_PER_SECOND}, not {events_per_second}"),
             ));
         }
-        // Touch the tables now, so the first poll does not pay for them.
-        let _ = channels();
         Ok(Self {
             first_event_time_ms,
             events_per_second,
+            channels: Arc::new(channels()),
         })
     }
 
@@ -333,7 +339,7 @@ impl Generator {
             next_base0_person_id(index, &mut rng)
         };
         let price = rng.price();
-        let (hot, numbered) = channels();
+        let Channels { hot, numbered } = &*self.channels;
         let channel = if rng.below(HOT_CHANNEL_RATIO) > 0 {
             &hot[rng.below(hot.len() as u64) as usize]
         } else {
@@ -488,7 +494,7 @@ mod tests {
                 if bid.auction == hot_auction {
                     hot += 1;
                 }
-                if HOT_CHANNELS.contains(&bid.channel.as_str()) {
+                if HOT_CHANNELS.contains(&&*bid.channel) {
                     hot_channel += 1;
                 }
             }

@@ -89,8 +89,8 @@ pub struct Bid {
     pub bidder: i64,
     /// In cents.
     pub price: i64,
-    pub channel: String,
-    pub url: String,
+    pub channel: Arc<str>,
+    pub url: Arc<str>,
     pub date_time: Timestamp,
     pub extra: String,
 }
@@ -142,13 +142,13 @@ impl Person {
     pub fn into_row(self) -> Row {
         vec![
             Value::Int(self.id),
-            Value::Str(self.name),
-            Value::Str(self.email_address),
-            Value::Str(self.credit_card),
-            Value::Str(self.city),
-            Value::Str(self.state),
+            Value::Str(self.name.into()),
+            Value::Str(self.email_address.into()),
+            Value::Str(self.credit_card.into()),
+            Value::Str(self.city.into()),
+            Value::Str(self.state.into()),
             Value::Time(self.date_time),
-            Value::Str(self.extra),
+            Value::Str(self.extra.into()),
         ]
     }
 }
@@ -157,15 +157,15 @@ impl Auction {
     pub fn into_row(self) -> Row {
         vec![
             Value::Int(self.id),
-            Value::Str(self.item_name),
-            Value::Str(self.description),
+            Value::Str(self.item_name.into()),
+            Value::Str(self.description.into()),
             Value::Int(self.initial_bid),
             Value::Int(self.reserve),
             Value::Time(self.date_time),
             Value::Time(self.expires),
             Value::Int(self.seller),
             Value::Int(self.category),
-            Value::Str(self.extra),
+            Value::Str(self.extra.into()),
         ]
     }
 }
@@ -179,7 +179,7 @@ impl Bid {
             Value::Str(self.channel),
             Value::Str(self.url),
             Value::Time(self.date_time),
-            Value::Str(self.extra),
+            Value::Str(self.extra.into()),
         ]
     }
 }
