@@ -660,7 +660,11 @@ impl S3 for GatewayService {
         &self,
         req: S3Request<dto::HeadBucketInput>,
     ) -> S3Result<S3Response<dto::HeadBucketOutput>> {
-        self.buckets.require(&req.input.bucket).await?;
+        // Asked of the store: HeadBucket is how clients check, so it sees changes made behind
+        // the gateway's back at once.
+        if !self.buckets.exists_in_store(&req.input.bucket).await? {
+            return Err(no_such_bucket(&req.input.bucket));
+        }
         Ok(S3Response::new(dto::HeadBucketOutput {
             bucket_region: Some(self.region.clone()),
             ..Default::default()
@@ -824,7 +828,10 @@ impl S3 for GatewayService {
         let key = self.existing_key(&req.input.bucket, &req.input.key).await?;
         // Sealed first: the delete then removes the committed object (see docs/gateway.md).
         let _key_lock = self.appends.lock_sealed(&key).await?;
-        self.store.delete(&key).await.map_err(to_s3)?;
+        let deleted = self.store.delete(&key).await.map_err(to_s3);
+        // A bucket without a marker vanishes with its last object.
+        self.buckets.forget(&req.input.bucket);
+        deleted?;
         Ok(S3Response::new(dto::DeleteObjectOutput::default()))
     }
 
@@ -884,7 +891,10 @@ impl S3 for GatewayService {
             names = kept_names;
         }
         let mut deleted = Vec::new();
-        match self.store.delete_many(&keys).await {
+        let result = self.store.delete_many(&keys).await;
+        // A bucket without a marker vanishes with its last object.
+        self.buckets.forget(&input.bucket);
+        match result {
             Ok(()) => {
                 if !quiet {
                     deleted = names
