@@ -22,6 +22,7 @@ use fs_core::store::rules::validate_key;
 use fs_core::store::{DynStore, ListRequest, ObjectStoreExt, PutOptions, StoreErrorKind};
 use s3s::{S3Error, S3ErrorCode, S3Result};
 
+use crate::account::Account;
 use crate::errors::{s3_err, to_s3};
 
 /// Checks a bucket name against S3's rules: 3 to 63 characters of lower-case letters, digits,
@@ -122,19 +123,61 @@ impl KnownBuckets {
     }
 }
 
-/// The buckets of one store.
+/// The buckets of one store: its top-level folders, or (one-to-one mode) the backend's buckets.
 #[derive(Debug, Clone)]
 pub struct Buckets {
     store: DynStore,
     known: Arc<Mutex<KnownBuckets>>,
+    /// One-to-one mode: bucket operations go to the backend's buckets.
+    account: Option<Arc<Account>>,
 }
 
 impl Buckets {
+    /// Buckets as top-level folders of `store`.
     pub fn new(store: DynStore) -> Self {
         Self {
             store,
             known: Arc::default(),
+            account: None,
         }
+    }
+
+    /// Buckets as the backend's own (one-to-one mode); `store` is the account's
+    /// [`AccountStore`](crate::account::AccountStore).
+    pub fn one_to_one(store: DynStore, account: Arc<Account>) -> Self {
+        Self {
+            store,
+            known: Arc::default(),
+            account: Some(account),
+        }
+    }
+
+    /// Whether the name can be a bucket of this gateway: a valid name, and in one-to-one mode
+    /// not the state bucket.
+    fn is_bucket_name(&self, bucket: &str) -> bool {
+        valid_bucket_name(bucket)
+            && self
+                .account
+                .as_ref()
+                .is_none_or(|a| a.state_bucket() != bucket)
+    }
+
+    /// The store key of object `key` of `bucket` (see [`store_key`]); the state bucket of the
+    /// one-to-one mode is no bucket.
+    pub fn store_key(&self, bucket: &str, key: &str) -> S3Result<String> {
+        if !self.is_bucket_name(bucket) {
+            return Err(no_such_bucket(bucket));
+        }
+        store_key(bucket, key)
+    }
+
+    /// The writer's prefix for the tails of appendable objects, when the default
+    /// (`.rivulet/tails/` at the store's root) cannot be used: in one-to-one mode, the state
+    /// bucket.
+    pub fn tail_prefix(&self) -> Option<String> {
+        self.account
+            .as_ref()
+            .map(|a| format!("{}/tails/", a.state_bucket()))
     }
 
     pub fn store(&self) -> &DynStore {
@@ -156,7 +199,7 @@ impl Buckets {
 
     /// Whether the bucket exists: remembered (see [`KNOWN_BUCKET_TTL`]) or asked of the store.
     pub async fn exists(&self, bucket: &str) -> S3Result<bool> {
-        if !valid_bucket_name(bucket) {
+        if !self.is_bucket_name(bucket) {
             return Ok(false);
         }
         if self.known().contains(bucket, Instant::now()) {
@@ -168,10 +211,22 @@ impl Buckets {
     /// Whether anything (the marker or an object) is stored under the bucket's prefix, asked
     /// of the store (one listing of one key); remembered when it does.
     pub async fn exists_in_store(&self, bucket: &str) -> S3Result<bool> {
-        if !valid_bucket_name(bucket) {
+        if !self.is_bucket_name(bucket) {
             return Ok(false);
         }
         let (asked_at, forgets) = (Instant::now(), self.known().forgets);
+        let exists = match &self.account {
+            Some(account) => account.head_bucket(bucket).await?,
+            None => self.folder_exists(bucket).await?,
+        };
+        let mut known = self.known();
+        if exists && known.forgets == forgets {
+            known.insert(bucket, asked_at);
+        }
+        Ok(exists)
+    }
+
+    async fn folder_exists(&self, bucket: &str) -> S3Result<bool> {
         let page = self
             .store
             .list(ListRequest {
@@ -182,12 +237,7 @@ impl Buckets {
             })
             .await
             .map_err(to_s3)?;
-        let exists = !page.objects.is_empty() || !page.common_prefixes.is_empty();
-        let mut known = self.known();
-        if exists && known.forgets == forgets {
-            known.insert(bucket, asked_at);
-        }
-        Ok(exists)
+        Ok(!page.objects.is_empty() || !page.common_prefixes.is_empty())
     }
 
     /// `NoSuchBucket` unless the bucket exists.
@@ -201,6 +251,9 @@ impl Buckets {
 
     /// Every bucket, by name: the top-level folders of the store whose names are bucket names.
     pub async fn list(&self) -> S3Result<Vec<BucketInfo>> {
+        if let Some(account) = &self.account {
+            return account.list_buckets().await;
+        }
         let mut names = Vec::new();
         let mut continuation = None;
         loop {
@@ -248,6 +301,17 @@ impl Buckets {
                 format!("The specified bucket is not valid: {bucket}"),
             ));
         }
+        if let Some(account) = &self.account {
+            if !self.is_bucket_name(bucket) {
+                return Err(s3_err(
+                    S3ErrorCode::BucketAlreadyExists,
+                    format!("The bucket name {bucket} is the gateway's own: choose another"),
+                ));
+            }
+            account.create_bucket(bucket).await?;
+            self.known().insert(bucket, Instant::now());
+            return Ok(());
+        }
         if self.exists_in_store(bucket).await? {
             return Err(s3_err(
                 S3ErrorCode::BucketAlreadyOwnedByYou,
@@ -269,12 +333,15 @@ impl Buckets {
     /// Deletes an empty bucket (its marker); `BucketNotEmpty` while it holds any object.
     pub async fn delete(&self, bucket: &str) -> S3Result<()> {
         let marker = bucket_prefix(bucket);
-        if !valid_bucket_name(bucket) {
+        if !self.is_bucket_name(bucket) {
             return Err(no_such_bucket(bucket));
         }
         // Forgotten before and after: whatever the outcome, the next check asks the store.
         self.forget(bucket);
-        let result = self.delete_marker(bucket, &marker).await;
+        let result = match &self.account {
+            Some(account) => account.delete_bucket(bucket).await,
+            None => self.delete_marker(bucket, &marker).await,
+        };
         self.forget(bucket);
         result
     }
