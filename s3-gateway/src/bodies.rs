@@ -27,7 +27,9 @@ pub struct BodyReader {
     body: Option<StreamingBlob>,
     /// Bytes received but not yet handed out (a network chunk can straddle two reads).
     pending: Bytes,
-    md5: Md5,
+    /// The MD5 of what was handed out, when there is a `Content-MD5` to check it against (a
+    /// pass over every byte that is spared otherwise).
+    md5: Option<Md5>,
     /// Bytes handed out so far.
     total: u64,
     /// The body's declared length, to size buffers (never trusted beyond that).
@@ -35,11 +37,16 @@ pub struct BodyReader {
 }
 
 impl BodyReader {
-    pub fn new(body: Option<StreamingBlob>, content_length: Option<i64>) -> Self {
+    /// A reader of `body`; `content_md5` is the header the body will be checked against.
+    pub fn new(
+        body: Option<StreamingBlob>,
+        content_length: Option<i64>,
+        content_md5: Option<&str>,
+    ) -> Self {
         Self {
             body,
             pending: Bytes::new(),
-            md5: Md5::new(),
+            md5: content_md5.map(|_| Md5::new()),
             total: 0,
             declared: content_length.and_then(|n| u64::try_from(n).ok()),
         }
@@ -93,7 +100,9 @@ impl BodyReader {
                 "Your proposed upload exceeds the maximum allowed object size (5 GiB)",
             ));
         }
-        self.md5.update(piece);
+        if let Some(md5) = &mut self.md5 {
+            md5.update(piece);
+        }
         Ok(())
     }
 
@@ -103,9 +112,13 @@ impl BodyReader {
         self.read_chunk(MAX_OBJECT_SIZE as usize + 1).await
     }
 
-    /// Checks `Content-MD5` against the MD5 of everything read (see [`check_content_md5`]).
+    /// Checks `Content-MD5` against the MD5 of everything read (see [`check_content_md5`]);
+    /// give the header passed to [`BodyReader::new`].
     pub fn check_md5(&self, content_md5: Option<&str>) -> S3Result<()> {
-        check_content_md5(content_md5, self.md5.clone().finalize().as_slice())
+        match &self.md5 {
+            Some(md5) => check_content_md5(content_md5, md5.clone().finalize().as_slice()),
+            None => check_content_md5(content_md5, &[]),
+        }
     }
 }
 
@@ -276,7 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn chunks_are_exact_across_network_chunks() {
-        let mut r = BodyReader::new(blob(&[b"abc", b"defgh", b"", b"ij"]), Some(10));
+        let mut r = BodyReader::new(blob(&[b"abc", b"defgh", b"", b"ij"]), Some(10), Some("x"));
         assert_eq!(&r.read_chunk(4).await.unwrap()[..], b"abcd");
         assert_eq!(&r.read_chunk(4).await.unwrap()[..], b"efgh");
         assert_eq!(&r.read_chunk(4).await.unwrap()[..], b"ij");
@@ -294,10 +307,10 @@ mod tests {
 
     #[tokio::test]
     async fn read_all_returns_the_whole_body() {
-        let mut r = BodyReader::new(blob(&[b"he", b"llo"]), None);
+        let mut r = BodyReader::new(blob(&[b"he", b"llo"]), None, None);
         assert_eq!(&r.read_all().await.unwrap()[..], b"hello");
         assert!(
-            BodyReader::new(None, None)
+            BodyReader::new(None, None, None)
                 .read_all()
                 .await
                 .unwrap()

@@ -106,7 +106,11 @@ impl GatewayService {
             ));
         }
         let key = self.existing_key(&input.bucket, &input.key).await?;
-        let mut reader = BodyReader::new(input.body, input.content_length);
+        let mut reader = BodyReader::new(
+            input.body,
+            input.content_length,
+            input.content_md5.as_deref(),
+        );
         let body = reader.read_all().await?;
         if body.is_empty() {
             return Err(s3_err(
@@ -669,7 +673,11 @@ impl S3 for GatewayService {
             return self.append_object(input, offset).await;
         }
         let key = self.existing_key(&input.bucket, &input.key).await?;
-        let mut reader = BodyReader::new(input.body, input.content_length);
+        let mut reader = BodyReader::new(
+            input.body,
+            input.content_length,
+            input.content_md5.as_deref(),
+        );
         let part_size = self.streaming.part_size;
         let first = reader.read_chunk(part_size).await?;
         let second = if first.len() == part_size {
@@ -1147,7 +1155,11 @@ impl S3 for GatewayService {
         let key = self.existing_key(&input.bucket, &input.key).await?;
         let number = part_number(input.part_number)?;
         // A part is one store part, which the store takes whole.
-        let mut reader = BodyReader::new(input.body, input.content_length);
+        let mut reader = BodyReader::new(
+            input.body,
+            input.content_length,
+            input.content_md5.as_deref(),
+        );
         let body = reader.read_all().await?;
         reader.check_md5(input.content_md5.as_deref())?;
         let etag = self
