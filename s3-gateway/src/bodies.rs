@@ -12,6 +12,8 @@ use futures::StreamExt;
 use md5::{Digest, Md5};
 use s3s::dto::StreamingBlob;
 use s3s::{S3ErrorCode, S3Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::task::JoinSet;
 
 use crate::errors::{s3_err, to_s3};
@@ -163,6 +165,27 @@ pub struct StreamedUpload {
     key: String,
     upload_id: String,
     parts: Vec<CompletedPart>,
+    /// Completed or aborted. An upload dropped unsettled (the request was cancelled: its client
+    /// went away) is aborted in the background, so that no orphan parts stay in the store.
+    settled: AtomicBool,
+}
+
+impl Drop for StreamedUpload {
+    fn drop(&mut self) {
+        if self.settled.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, key, id) = (self.store.clone(), self.key.clone(), self.upload_id.clone());
+        runtime.spawn(async move {
+            if let Err(e) = store.abort_multipart(&key, &id).await {
+                tracing::warn!(key = %key, upload_id = %id, error = %e,
+                    "could not abort the upload of a cancelled streamed PUT");
+            }
+        });
+    }
 }
 
 impl StreamedUpload {
@@ -183,6 +206,7 @@ impl StreamedUpload {
             key: key.to_string(),
             upload_id,
             parts: Vec::new(),
+            settled: AtomicBool::new(false),
         };
         match upload.upload_parts(first, reader, streaming).await {
             Ok(()) => Ok(upload),
@@ -259,7 +283,10 @@ impl StreamedUpload {
             .complete_multipart(&self.key, &self.upload_id, &self.parts, condition)
             .await
         {
-            Ok(result) => Ok(result),
+            Ok(result) => {
+                self.settled.store(true, Ordering::SeqCst);
+                Ok(result)
+            }
             Err(e) => {
                 self.abort().await;
                 Err(to_s3(e))
@@ -270,6 +297,7 @@ impl StreamedUpload {
     /// Aborts the upload; a failure is logged (the store's own cleanup of stale uploads, or
     /// `rivulet gc`, removes what is left).
     pub async fn abort(&self) {
+        self.settled.store(true, Ordering::SeqCst);
         if let Err(e) = self.store.abort_multipart(&self.key, &self.upload_id).await {
             tracing::warn!(key = %self.key, upload_id = %self.upload_id, error = %e,
                 "could not abort the upload of a failed streamed PUT");

@@ -381,3 +381,56 @@ async fn large_puts_are_streamed_in_parts() {
     assert!(uploads.uploads.is_empty(), "{:?}", uploads.uploads);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_mid_put_leaves_no_upload() {
+    use std::io::Write;
+    const MIB: usize = 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let store: fs_core::store::DynStore = Arc::new(LocalStore::open(dir.path()).unwrap());
+    let mut config = test_config();
+    config.credentials.clear();
+    config.anonymous = true;
+    let gw = InProcessGateway::start(store.clone(), config).await;
+    // The bucket's marker, written directly (the gateway takes only unsigned requests here).
+    store
+        .put("cut/", bytes::Bytes::new(), PutOptions::default())
+        .await
+        .unwrap();
+    // Announce 40 MiB, send 20 (two parts' worth and more), and hang up.
+    let addr = gw.addr;
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            stream,
+            "PUT /cut/partial HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+            40 * MIB
+        )
+        .unwrap();
+        let chunk = vec![7u8; MIB];
+        for _ in 0..20 {
+            stream.write_all(&chunk).unwrap();
+        }
+        stream.flush().unwrap();
+    })
+    .await
+    .unwrap();
+    // The upload the gateway had started is aborted (in the background once the request is
+    // dropped): poll until the store has none.
+    let mut left = usize::MAX;
+    for _ in 0..100 {
+        left = store
+            .list_multipart_uploads("cut/", None)
+            .await
+            .unwrap()
+            .uploads
+            .len();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the cut PUT's upload was aborted");
+    assert!(store.head("cut/partial").await.is_err(), "nothing stored");
+    gw.stop().await;
+}
