@@ -6,13 +6,23 @@
 //! inside the bucket never show the marker (its bucket-relative key would be empty, which no S3
 //! key can be). A top-level folder made by other means (files copied into a local store, keys
 //! written through `rivulet cp`) is a bucket too, when its name is a valid bucket name.
+//!
+//! Every object write checks that its bucket exists. A listing per write would double the
+//! store requests of small PUTs, so buckets seen to exist are remembered for
+//! [`KNOWN_BUCKET_TTL`]: a bucket is forgotten when the gateway deletes it or deletes objects
+//! in it (a folder without a marker vanishes with its last object), and the TTL bounds how long
+//! a bucket removed behind the gateway's back (directly in the store) is still taken to exist.
+//! A missing bucket is never remembered: `NoSuchBucket` always comes from a fresh listing.
 
-use std::time::SystemTime;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use fs_core::store::rules::validate_key;
 use fs_core::store::{DynStore, ListRequest, ObjectStoreExt, PutOptions, StoreErrorKind};
 use s3s::{S3Error, S3ErrorCode, S3Result};
 
+use crate::account::Account;
 use crate::errors::{s3_err, to_s3};
 
 /// Checks a bucket name against S3's rules: 3 to 63 characters of lower-case letters, digits,
@@ -78,26 +88,145 @@ pub struct BucketInfo {
     pub created: Option<SystemTime>,
 }
 
-/// The buckets of one store.
+/// How long a bucket seen to exist is taken to exist without asking the store again (unless
+/// the gateway itself deletes it or objects in it).
+pub const KNOWN_BUCKET_TTL: Duration = Duration::from_secs(10);
+
+/// At most this many buckets are remembered; past it the stalest half is dropped (a gateway
+/// with more live buckets than this pays a listing per write to the others, nothing worse).
+const MAX_KNOWN_BUCKETS: usize = 4096;
+
+/// Buckets seen to exist, and when.
+#[derive(Debug, Default)]
+struct KnownBuckets {
+    seen: HashMap<String, Instant>,
+    /// Bumped by every [`Buckets::forget`], so that a listing that started before a forget
+    /// (and may predate the deletion) does not remember the bucket again.
+    forgets: u64,
+}
+
+impl KnownBuckets {
+    fn contains(&self, bucket: &str, now: Instant) -> bool {
+        self.seen
+            .get(bucket)
+            .is_some_and(|at| now.duration_since(*at) < KNOWN_BUCKET_TTL)
+    }
+
+    fn insert(&mut self, bucket: &str, now: Instant) {
+        if self.seen.len() >= MAX_KNOWN_BUCKETS && !self.seen.contains_key(bucket) {
+            let mut times: Vec<Instant> = self.seen.values().copied().collect();
+            times.sort_unstable();
+            let cutoff = times[times.len() / 2];
+            self.seen.retain(|_, at| *at > cutoff);
+        }
+        self.seen.insert(bucket.to_string(), now);
+    }
+}
+
+/// The buckets of one store: its top-level folders, or (one-to-one mode) the backend's buckets.
 #[derive(Debug, Clone)]
 pub struct Buckets {
     store: DynStore,
+    known: Arc<Mutex<KnownBuckets>>,
+    /// One-to-one mode: bucket operations go to the backend's buckets.
+    account: Option<Arc<Account>>,
 }
 
 impl Buckets {
+    /// Buckets as top-level folders of `store`.
     pub fn new(store: DynStore) -> Self {
-        Self { store }
+        Self {
+            store,
+            known: Arc::default(),
+            account: None,
+        }
+    }
+
+    /// Buckets as the backend's own (one-to-one mode); `store` is the account's
+    /// [`AccountStore`](crate::account::AccountStore).
+    pub fn one_to_one(store: DynStore, account: Arc<Account>) -> Self {
+        Self {
+            store,
+            known: Arc::default(),
+            account: Some(account),
+        }
+    }
+
+    /// Whether the name can be a bucket of this gateway: a valid name, and in one-to-one mode
+    /// not the state bucket.
+    fn is_bucket_name(&self, bucket: &str) -> bool {
+        valid_bucket_name(bucket)
+            && self
+                .account
+                .as_ref()
+                .is_none_or(|a| a.state_bucket() != bucket)
+    }
+
+    /// The store key of object `key` of `bucket` (see [`store_key`]); the state bucket of the
+    /// one-to-one mode is no bucket.
+    pub fn store_key(&self, bucket: &str, key: &str) -> S3Result<String> {
+        if !self.is_bucket_name(bucket) {
+            return Err(no_such_bucket(bucket));
+        }
+        store_key(bucket, key)
+    }
+
+    /// The writer's prefix for the tails of appendable objects, when the default
+    /// (`.rivulet/tails/` at the store's root) cannot be used: in one-to-one mode, the state
+    /// bucket.
+    pub fn tail_prefix(&self) -> Option<String> {
+        self.account
+            .as_ref()
+            .map(|a| format!("{}/tails/", a.state_bucket()))
     }
 
     pub fn store(&self) -> &DynStore {
         &self.store
     }
 
-    /// Whether anything (the marker or an object) is stored under the bucket's prefix.
+    fn known(&self) -> std::sync::MutexGuard<'_, KnownBuckets> {
+        // The map holds no invariant a panicking holder could break.
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets that `bucket` exists: the next check asks the store. Called after anything the
+    /// gateway does that can make a bucket vanish (deleting it, or objects in it).
+    pub fn forget(&self, bucket: &str) {
+        let mut known = self.known();
+        known.seen.remove(bucket);
+        known.forgets += 1;
+    }
+
+    /// Whether the bucket exists: remembered (see [`KNOWN_BUCKET_TTL`]) or asked of the store.
     pub async fn exists(&self, bucket: &str) -> S3Result<bool> {
-        if !valid_bucket_name(bucket) {
+        if !self.is_bucket_name(bucket) {
             return Ok(false);
         }
+        if self.known().contains(bucket, Instant::now()) {
+            return Ok(true);
+        }
+        self.exists_in_store(bucket).await
+    }
+
+    /// Whether anything (the marker or an object) is stored under the bucket's prefix, asked
+    /// of the store (one listing of one key); remembered when it does.
+    pub async fn exists_in_store(&self, bucket: &str) -> S3Result<bool> {
+        if !self.is_bucket_name(bucket) {
+            return Ok(false);
+        }
+        let (asked_at, forgets) = (Instant::now(), self.known().forgets);
+        let exists = match &self.account {
+            Some(account) => account.head_bucket(bucket).await?,
+            None => self.folder_exists(bucket).await?,
+        };
+        let mut known = self.known();
+        if exists && known.forgets == forgets {
+            known.insert(bucket, asked_at);
+        }
+        Ok(exists)
+    }
+
+    async fn folder_exists(&self, bucket: &str) -> S3Result<bool> {
         let page = self
             .store
             .list(ListRequest {
@@ -122,6 +251,9 @@ impl Buckets {
 
     /// Every bucket, by name: the top-level folders of the store whose names are bucket names.
     pub async fn list(&self) -> S3Result<Vec<BucketInfo>> {
+        if let Some(account) = &self.account {
+            return account.list_buckets().await;
+        }
         let mut names = Vec::new();
         let mut continuation = None;
         loop {
@@ -169,7 +301,18 @@ impl Buckets {
                 format!("The specified bucket is not valid: {bucket}"),
             ));
         }
-        if self.exists(bucket).await? {
+        if let Some(account) = &self.account {
+            if !self.is_bucket_name(bucket) {
+                return Err(s3_err(
+                    S3ErrorCode::BucketAlreadyExists,
+                    format!("The bucket name {bucket} is the gateway's own: choose another"),
+                ));
+            }
+            account.create_bucket(bucket).await?;
+            self.known().insert(bucket, Instant::now());
+            return Ok(());
+        }
+        if self.exists_in_store(bucket).await? {
             return Err(s3_err(
                 S3ErrorCode::BucketAlreadyOwnedByYou,
                 format!("The bucket {bucket} already exists and is yours"),
@@ -183,20 +326,32 @@ impl Buckets {
             )
             .await
             .map_err(to_s3)?;
+        self.known().insert(bucket, Instant::now());
         Ok(())
     }
 
     /// Deletes an empty bucket (its marker); `BucketNotEmpty` while it holds any object.
     pub async fn delete(&self, bucket: &str) -> S3Result<()> {
         let marker = bucket_prefix(bucket);
-        if !valid_bucket_name(bucket) {
+        if !self.is_bucket_name(bucket) {
             return Err(no_such_bucket(bucket));
         }
+        // Forgotten before and after: whatever the outcome, the next check asks the store.
+        self.forget(bucket);
+        let result = match &self.account {
+            Some(account) => account.delete_bucket(bucket).await,
+            None => self.delete_marker(bucket, &marker).await,
+        };
+        self.forget(bucket);
+        result
+    }
+
+    async fn delete_marker(&self, bucket: &str, marker: &str) -> S3Result<()> {
         // Two entries tell the marker from a real object whichever sorts first.
         let page = self
             .store
             .list(ListRequest {
-                prefix: marker.clone(),
+                prefix: marker.to_string(),
                 delimiter: None,
                 continuation: None,
                 max_keys: Some(2),
@@ -212,7 +367,7 @@ impl Buckets {
                 format!("The bucket {bucket} is not empty"),
             ));
         }
-        match self.store.delete(&marker).await {
+        match self.store.delete(marker).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == StoreErrorKind::NotFound => Err(no_such_bucket(bucket)),
             Err(e) => Err(to_s3(e)),
@@ -223,8 +378,9 @@ impl Buckets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fs_core::store::ObjectStore;
+    use fs_core::store::fault::{FaultConfig, FaultStore, Op};
     use fs_core::store::memory::MemoryStore;
-    use std::sync::Arc;
 
     #[test]
     fn bucket_names_follow_s3_rules() {
@@ -316,5 +472,75 @@ mod tests {
             buckets.delete("bkt").await.unwrap_err().code().as_str(),
             "NoSuchBucket"
         );
+    }
+
+    /// A store that counts its calls, over a memory store.
+    fn counting() -> (Arc<FaultStore>, Buckets) {
+        let store = Arc::new(FaultStore::new(
+            Arc::new(MemoryStore::new()),
+            FaultConfig::default(),
+        ));
+        let buckets = Buckets::new(store.clone());
+        (store, buckets)
+    }
+
+    #[tokio::test]
+    async fn a_known_bucket_costs_no_listing() {
+        let (store, buckets) = counting();
+        buckets.create("bkt").await.unwrap();
+        let after_create = store.calls(Op::List);
+        for _ in 0..100 {
+            buckets.require("bkt").await.unwrap();
+        }
+        assert_eq!(store.calls(Op::List), after_create);
+        // A missing bucket is never remembered: each check asks the store.
+        for _ in 0..3 {
+            assert_eq!(
+                buckets.require("nope").await.unwrap_err().code().as_str(),
+                "NoSuchBucket"
+            );
+        }
+        assert_eq!(store.calls(Op::List), after_create + 3);
+        // HeadBucket's check always asks.
+        assert!(buckets.exists_in_store("bkt").await.unwrap());
+        assert_eq!(store.calls(Op::List), after_create + 4);
+    }
+
+    #[tokio::test]
+    async fn deleting_forgets_a_bucket() {
+        let (store, buckets) = counting();
+        buckets.create("bkt").await.unwrap();
+        buckets.delete("bkt").await.unwrap();
+        assert!(!buckets.exists("bkt").await.unwrap());
+        assert_eq!(
+            buckets.require("bkt").await.unwrap_err().code().as_str(),
+            "NoSuchBucket"
+        );
+        // A folder without a marker: remembered once seen, gone once forgotten (what the
+        // gateway does after deleting objects in it) and its last object is gone.
+        store
+            .put(
+                "loose/k",
+                bytes::Bytes::from_static(b"x"),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert!(buckets.exists("loose").await.unwrap());
+        store.delete("loose/k").await.unwrap();
+        buckets.forget("loose");
+        assert!(!buckets.exists("loose").await.unwrap());
+    }
+
+    #[test]
+    fn the_known_set_stays_bounded() {
+        let mut known = KnownBuckets::default();
+        let now = Instant::now();
+        for i in 0..(MAX_KNOWN_BUCKETS * 3) {
+            known.insert(&format!("b{i:06}"), now + Duration::from_millis(i as u64));
+        }
+        assert!(known.seen.len() <= MAX_KNOWN_BUCKETS);
+        let newest = format!("b{:06}", MAX_KNOWN_BUCKETS * 3 - 1);
+        assert!(known.seen.contains_key(&newest));
     }
 }

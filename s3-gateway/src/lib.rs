@@ -5,12 +5,17 @@
 //! calls, so the gateway inherits the store's rules (durable local writes, multipart limits,
 //! conditional writes) instead of re-implementing them.
 //!
-//! One module per job: [`appends`] (appendable objects: `x-amz-write-offset-bytes`), [`config`] (what the server is told), [`auth`] (signature keys),
-//! [`buckets`] (bucket mapping), [`listing`] (listing pages and tokens), [`service`] (the S3
+//! With `--store s3://` (no bucket) the gateway's buckets are the backend's, one to one
+//! ([`account`]).
+//!
+//! One module per job: [`account`] (one-to-one bucket mode), [`appends`] (appendable objects: `x-amz-write-offset-bytes`), [`config`] (what the server is told), [`auth`] (signature keys),
+//! [`bodies`] (request bodies, streamed PUTs), [`buckets`] (bucket mapping), [`listing`] (listing pages and tokens), [`service`] (the S3
 //! operations), [`errors`] (store errors as S3 errors) and [`server`] (the HTTP loop).
 
+pub mod account;
 pub mod appends;
 pub mod auth;
+pub mod bodies;
 pub mod buckets;
 pub mod config;
 pub mod errors;

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::appends::{Appends, RecoveryReport};
 use crate::auth::KeyPairAuth;
+use crate::buckets::Buckets;
 use crate::config::GatewayConfig;
 use crate::errors::GatewayError;
 use crate::metrics::{self, Metrics};
@@ -51,7 +52,18 @@ impl Server {
         store: DynStore,
         index: Index,
     ) -> Result<Server, GatewayError> {
+        Self::bind_buckets(config, Buckets::new(store), index).await
+    }
+
+    /// [`Server::bind`] over any bucket mapping: folders of a store ([`Buckets::new`]) or a
+    /// backend's buckets one to one ([`Buckets::one_to_one`]).
+    pub async fn bind_buckets(
+        config: &GatewayConfig,
+        buckets: Buckets,
+        index: Index,
+    ) -> Result<Server, GatewayError> {
         config.validate()?;
+        let store = buckets.store().clone();
         let mut writer_config = WriterConfig {
             part_size: config.part_size,
             max_in_flight: config.max_in_flight,
@@ -63,6 +75,9 @@ impl Server {
         if let Some(dir) = &config.cache_dir {
             writer_config.cache_dir = dir.clone();
         }
+        if let Some(prefix) = buckets.tail_prefix() {
+            writer_config.tail_prefix = prefix;
+        }
         let writer = RecoverableWriter::new(store.clone(), index.clone(), writer_config)?;
         let appends = Appends::new(writer, index, config.seal_after);
         let recovered = appends.recover().await?;
@@ -72,8 +87,11 @@ impl Server {
                 "finished the appendable objects a previous run left open"
             );
         }
-        let service = GatewayService::new(store, config.region.clone(), appends.clone())
-            .with_read_chunk(config.read_chunk);
+        let store_min_part = store.min_part_size();
+        let service = GatewayService::with_buckets(buckets, config.region.clone(), appends.clone())
+            .with_read_chunk(config.read_chunk)
+            // Parts the store accepts: the writer's part size, at least the store's minimum.
+            .with_streaming(config.part_size.max(store_min_part), config.max_in_flight);
         let mut builder = S3ServiceBuilder::new(service);
         if !config.anonymous {
             builder.set_auth(KeyPairAuth::new(&config.credentials));

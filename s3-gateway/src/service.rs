@@ -1,37 +1,40 @@
 //! The S3 operations: each maps its request onto [`ObjectStore`] calls through the bucket
 //! mapping, and the store's answer (or error) back onto S3's.
 //!
-//! Request bodies are buffered whole, because the store trait takes whole [`Bytes`]: a PUT or
-//! part is at most 5 GiB (S3's limit, enforced here). GET bodies are streamed in ranged reads of
-//! [`GatewayService::read_chunk`] bytes, so memory stays bounded whatever the object's size.
+//! PutObject bodies larger than one part are streamed into a multipart upload of the store (see
+//! [`crate::bodies`]); an UploadPart body, an append and a CopyObject source are held whole,
+//! because the store takes a part or an object whole (at most 5 GiB, S3's limit, enforced
+//! here). GET bodies are streamed in ranged reads of [`GatewayService::read_chunk`] bytes, so
+//! memory stays bounded whatever the object's size.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fs_core::store::{
     CompletedPart as StoreCompletedPart, DynStore, ObjectMeta, PutCondition, PutOptions,
     StoreErrorKind, UploadsMarker, limits,
 };
-use futures::StreamExt;
-use md5::{Digest, Md5};
 use s3s::dto::{self, CopySource, ETag, ETagCondition, StreamingBlob, Timestamp};
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use crate::appends::{Appends, OpenView};
-use crate::buckets::{Buckets, bucket_prefix, no_such_bucket, store_key};
+use crate::bodies::{BodyReader, MAX_OBJECT_SIZE, StreamedUpload, Streaming};
+use crate::buckets::{Buckets, bucket_prefix, no_such_bucket};
 use crate::errors::{s3_err, to_s3};
 use crate::listing::{self, Cursor, MAX_KEYS, Query, url_encode};
-
-/// S3's largest single PUT (and part): 5 GiB.
-const MAX_OBJECT_SIZE: u64 = limits::MAX_PART_SIZE;
 
 /// How many bytes a GET reads from the store at a time (the default of
 /// [`GatewayService::read_chunk`]).
 pub const DEFAULT_READ_CHUNK: u64 = 8 * 1024 * 1024;
+
+/// PutObject bodies up to this size are stored with one PUT; larger ones are streamed into a
+/// multipart upload in parts of this size (the default of the writer's part size).
+pub const DEFAULT_STREAM_PART: u64 = 8 * 1024 * 1024;
+
+/// Parts of a streamed PUT uploading at once while the next is read.
+pub const DEFAULT_STREAM_IN_FLIGHT: usize = 4;
 
 /// The gateway's implementation of the S3 API over one store.
 #[derive(Debug, Clone)]
@@ -40,17 +43,30 @@ pub struct GatewayService {
     buckets: Buckets,
     region: String,
     read_chunk: u64,
+    /// How PutObject bodies larger than one part are streamed to the store.
+    streaming: Streaming,
     /// Open appendable objects: reads see them, other writes to their keys seal them first.
     appends: Appends,
 }
 
 impl GatewayService {
+    /// A service whose buckets are the top-level folders of `store`.
     pub fn new(store: DynStore, region: impl Into<String>, appends: Appends) -> Self {
+        Self::with_buckets(Buckets::new(store.clone()), region, appends)
+    }
+
+    /// A service over `buckets` (folders of a store, or a backend's buckets one to one).
+    pub fn with_buckets(buckets: Buckets, region: impl Into<String>, appends: Appends) -> Self {
+        let store = buckets.store().clone();
         Self {
-            buckets: Buckets::new(store.clone()),
+            buckets,
             store,
             region: region.into(),
             read_chunk: DEFAULT_READ_CHUNK,
+            streaming: Streaming {
+                part_size: DEFAULT_STREAM_PART as usize,
+                in_flight: DEFAULT_STREAM_IN_FLIGHT,
+            },
             appends,
         }
     }
@@ -90,14 +106,19 @@ impl GatewayService {
             ));
         }
         let key = self.existing_key(&input.bucket, &input.key).await?;
-        let body = read_body(input.body).await?;
+        let mut reader = BodyReader::new(
+            input.body,
+            input.content_length,
+            input.content_md5.as_deref(),
+        );
+        let body = reader.read_all().await?;
         if body.is_empty() {
             return Err(s3_err(
                 S3ErrorCode::InvalidRequest,
                 "an append (x-amz-write-offset-bytes) needs a non-empty body",
             ));
         }
-        check_content_md5(input.content_md5.as_deref(), &body)?;
+        reader.check_md5(input.content_md5.as_deref())?;
         let view = self.appends.append(&key, offset, body).await?;
         Ok(S3Response::new(dto::PutObjectOutput {
             e_tag: strong(view.etag),
@@ -112,6 +133,16 @@ impl GatewayService {
         self
     }
 
+    /// Sets the part size (at least 1 byte; the store's minimum part size is the caller's
+    /// business) and the parts in flight of PUT bodies streamed into multipart uploads.
+    pub fn with_streaming(mut self, part_size: u64, in_flight: usize) -> Self {
+        self.streaming = Streaming {
+            part_size: usize::try_from(part_size.max(1)).unwrap_or(usize::MAX),
+            in_flight: in_flight.max(1),
+        };
+        self
+    }
+
     /// The bytes a GET reads from the store at a time.
     pub fn read_chunk(&self) -> u64 {
         self.read_chunk
@@ -119,7 +150,7 @@ impl GatewayService {
 
     /// The store key of an object of a bucket that must exist.
     async fn existing_key(&self, bucket: &str, key: &str) -> S3Result<String> {
-        let full = store_key(bucket, key)?;
+        let full = self.buckets.store_key(bucket, key)?;
         self.buckets.require(bucket).await?;
         Ok(full)
     }
@@ -142,7 +173,7 @@ impl GatewayService {
     /// which the caller seals and holds): a copy reads the store's object.
     async fn seal_copy_source(&self, source: &CopySource, dest: &str) -> S3Result<()> {
         if let CopySource::Bucket { bucket, key, .. } = source
-            && let Ok(full) = store_key(bucket, key)
+            && let Ok(full) = self.buckets.store_key(bucket, key)
             && full != dest
         {
             self.appends.seal_key(&full).await?;
@@ -207,7 +238,7 @@ impl GatewayService {
                 "copy sources must be bucket/key (access points and outposts are not supported)",
             ));
         };
-        let full = store_key(bucket, key)?;
+        let full = self.buckets.store_key(bucket, key)?;
         let meta = match self.store.head(&full).await {
             Ok(meta) => meta,
             Err(e) => return Err(self.object_error(bucket, e).await),
@@ -403,57 +434,6 @@ fn open_body(
         }
     });
     StreamingBlob::wrap(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-}
-
-/// The request body, whole; at most `MAX_OBJECT_SIZE` bytes (`EntityTooLarge`).
-async fn read_body(body: Option<StreamingBlob>) -> S3Result<Bytes> {
-    let Some(mut body) = body else {
-        return Ok(Bytes::new());
-    };
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
-            s3_err(
-                S3ErrorCode::IncompleteBody,
-                format!("reading the request body: {e}"),
-            )
-        })?;
-        if (buf.len() + chunk.len()) as u64 > MAX_OBJECT_SIZE {
-            return Err(s3_err(
-                S3ErrorCode::EntityTooLarge,
-                "Your proposed upload exceeds the maximum allowed object size (5 GiB)",
-            ));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
-}
-
-/// Checks `Content-MD5` (base64 of the body's binary MD5): `InvalidDigest` if it is not one,
-/// `BadDigest` if it differs.
-fn check_content_md5(content_md5: Option<&str>, body: &[u8]) -> S3Result<()> {
-    let Some(expected) = content_md5 else {
-        return Ok(());
-    };
-    let decoded = BASE64.decode(expected.trim()).map_err(|_| {
-        s3_err(
-            S3ErrorCode::InvalidDigest,
-            "The Content-MD5 you specified is not valid base64",
-        )
-    })?;
-    if decoded.len() != 16 {
-        return Err(s3_err(
-            S3ErrorCode::InvalidDigest,
-            "The Content-MD5 you specified is not an MD5 digest",
-        ));
-    }
-    if decoded.as_slice() != Md5::digest(body).as_slice() {
-        return Err(s3_err(
-            S3ErrorCode::BadDigest,
-            "The Content-MD5 you specified did not match what was received",
-        ));
-    }
-    Ok(())
 }
 
 /// The store's condition for a write with these headers. S3 supports `If-None-Match: *` only,
@@ -660,7 +640,11 @@ impl S3 for GatewayService {
         &self,
         req: S3Request<dto::HeadBucketInput>,
     ) -> S3Result<S3Response<dto::HeadBucketOutput>> {
-        self.buckets.require(&req.input.bucket).await?;
+        // Asked of the store: HeadBucket is how clients check, so it sees changes made behind
+        // the gateway's back at once.
+        if !self.buckets.exists_in_store(&req.input.bucket).await? {
+            return Err(no_such_bucket(&req.input.bucket));
+        }
         Ok(S3Response::new(dto::HeadBucketOutput {
             bucket_region: Some(self.region.clone()),
             ..Default::default()
@@ -689,24 +673,76 @@ impl S3 for GatewayService {
             return self.append_object(input, offset).await;
         }
         let key = self.existing_key(&input.bucket, &input.key).await?;
-        let body = read_body(input.body).await?;
-        check_content_md5(input.content_md5.as_deref(), &body)?;
-        // An open appendable object is committed first, then replaced: held until the PUT is
-        // done, so that no append lands in between.
-        let _key_lock = self.appends.lock_sealed(&key).await?;
-        let condition = put_condition(
-            &self.store,
-            &key,
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-        )
-        .await?;
+        let mut reader = BodyReader::new(
+            input.body,
+            input.content_length,
+            input.content_md5.as_deref(),
+        );
+        let part_size = self.streaming.part_size;
+        let first = reader.read_chunk(part_size).await?;
+        let second = if first.len() == part_size {
+            reader.read_chunk(part_size).await?
+        } else {
+            Bytes::new()
+        };
         let opts = PutOptions {
-            condition,
+            condition: PutCondition::None,
             content_type: input.content_type,
             metadata: user_metadata(input.metadata),
         };
-        let result = self.store.put(&key, body, opts).await.map_err(to_s3)?;
+        // A body of more than one part is streamed into a multipart upload of the store (see
+        // docs/gateway.md: its ETag is then the store's multipart ETag); the key is locked only
+        // to complete it.
+        let streamed = if second.is_empty() {
+            reader.check_md5(input.content_md5.as_deref())?;
+            None
+        } else {
+            let upload = StreamedUpload::write(
+                &self.store,
+                &key,
+                opts.clone(),
+                vec![first.clone(), second],
+                &mut reader,
+                self.streaming,
+            )
+            .await?;
+            if let Err(e) = reader.check_md5(input.content_md5.as_deref()) {
+                upload.abort().await;
+                return Err(e);
+            }
+            Some(upload)
+        };
+        // An open appendable object is committed first, then replaced: held until the PUT is
+        // done, so that no append lands in between.
+        let prepared = async {
+            let key_lock = self.appends.lock_sealed(&key).await?;
+            let condition = put_condition(
+                &self.store,
+                &key,
+                input.if_match.as_ref(),
+                input.if_none_match.as_ref(),
+            )
+            .await?;
+            Ok::<_, S3Error>((key_lock, condition))
+        }
+        .await;
+        let (_key_lock, condition) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                if let Some(upload) = &streamed {
+                    upload.abort().await;
+                }
+                return Err(e);
+            }
+        };
+        let result = match streamed {
+            Some(upload) => upload.complete(condition).await?,
+            None => self
+                .store
+                .put(&key, first, PutOptions { condition, ..opts })
+                .await
+                .map_err(to_s3)?,
+        };
         Ok(S3Response::new(dto::PutObjectOutput {
             e_tag: strong(result.etag),
             ..Default::default()
@@ -718,7 +754,7 @@ impl S3 for GatewayService {
         req: S3Request<dto::GetObjectInput>,
     ) -> S3Result<S3Response<dto::GetObjectOutput>> {
         let input = req.input;
-        let key = store_key(&input.bucket, &input.key)?;
+        let key = self.buckets.store_key(&input.bucket, &input.key)?;
         let conds = Conditions {
             if_match: input.if_match.as_ref(),
             if_none_match: input.if_none_match.as_ref(),
@@ -791,7 +827,7 @@ impl S3 for GatewayService {
         req: S3Request<dto::HeadObjectInput>,
     ) -> S3Result<S3Response<dto::HeadObjectOutput>> {
         let input = req.input;
-        let key = store_key(&input.bucket, &input.key)?;
+        let key = self.buckets.store_key(&input.bucket, &input.key)?;
         let meta = match self.appends.view(&key).await? {
             Some(view) => view.meta(&key),
             None => match self.store.head(&key).await {
@@ -824,7 +860,10 @@ impl S3 for GatewayService {
         let key = self.existing_key(&req.input.bucket, &req.input.key).await?;
         // Sealed first: the delete then removes the committed object (see docs/gateway.md).
         let _key_lock = self.appends.lock_sealed(&key).await?;
-        self.store.delete(&key).await.map_err(to_s3)?;
+        let deleted = self.store.delete(&key).await.map_err(to_s3);
+        // A bucket without a marker vanishes with its last object.
+        self.buckets.forget(&req.input.bucket);
+        deleted?;
         Ok(S3Response::new(dto::DeleteObjectOutput::default()))
     }
 
@@ -847,7 +886,7 @@ impl S3 for GatewayService {
         let mut names: Vec<String> = Vec::new();
         for object in objects {
             // A bad key fails alone, as S3 reports per-key errors.
-            match store_key(&input.bucket, &object.key) {
+            match self.buckets.store_key(&input.bucket, &object.key) {
                 Ok(full) => {
                     keys.push(full);
                     names.push(object.key);
@@ -884,7 +923,10 @@ impl S3 for GatewayService {
             names = kept_names;
         }
         let mut deleted = Vec::new();
-        match self.store.delete_many(&keys).await {
+        let result = self.store.delete_many(&keys).await;
+        // A bucket without a marker vanishes with its last object.
+        self.buckets.forget(&input.bucket);
+        match result {
             Ok(()) => {
                 if !quiet {
                     deleted = names
@@ -1112,8 +1154,14 @@ impl S3 for GatewayService {
         let input = req.input;
         let key = self.existing_key(&input.bucket, &input.key).await?;
         let number = part_number(input.part_number)?;
-        let body = read_body(input.body).await?;
-        check_content_md5(input.content_md5.as_deref(), &body)?;
+        // A part is one store part, which the store takes whole.
+        let mut reader = BodyReader::new(
+            input.body,
+            input.content_length,
+            input.content_md5.as_deref(),
+        );
+        let body = reader.read_all().await?;
+        reader.check_md5(input.content_md5.as_deref())?;
         let etag = self
             .store
             .upload_part(&key, &input.upload_id, number, body)
@@ -1323,7 +1371,7 @@ impl S3 for GatewayService {
         };
         let mut marker = match input.key_marker.as_deref().filter(|k| !k.is_empty()) {
             Some(k) => Some(UploadsMarker {
-                key: store_key(&input.bucket, k)?,
+                key: self.buckets.store_key(&input.bucket, k)?,
                 upload_id: input.upload_id_marker.clone().unwrap_or_default(),
             }),
             None => None,
@@ -1400,6 +1448,7 @@ impl S3 for GatewayService {
 mod tests {
     use super::*;
     use fs_core::store::memory::MemoryStore;
+    use futures::StreamExt;
     use std::sync::Arc;
 
     async fn collect(mut body: StreamingBlob) -> Result<Vec<u8>, String> {
@@ -1444,18 +1493,6 @@ mod tests {
         );
         let err = collect(body).await.unwrap_err();
         assert!(err.contains("changed while it was read"), "{err}");
-    }
-
-    #[test]
-    fn content_md5_is_checked() {
-        let good = BASE64.encode(Md5::digest(b"hello"));
-        check_content_md5(Some(&good), b"hello").unwrap();
-        check_content_md5(None, b"hello").unwrap();
-        let bad = check_content_md5(Some(&good), b"hellO").unwrap_err();
-        assert_eq!(bad.code().as_str(), "BadDigest");
-        let invalid = check_content_md5(Some("!!"), b"hello").unwrap_err();
-        assert_eq!(invalid.code().as_str(), "InvalidDigest");
-        assert_eq!(fs_core::store::rules::md5_hex(b"hello").len(), 32);
     }
 
     #[test]

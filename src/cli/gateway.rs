@@ -3,12 +3,15 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use fs_core::store::StoreUrl;
 use s3_gateway::Server;
+use s3_gateway::account::{Account, AccountStore};
+use s3_gateway::buckets::Buckets;
 use s3_gateway::config::{self, GatewayConfig, KeyPair};
 
 use super::Env;
@@ -16,9 +19,15 @@ use super::output::Usage;
 
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
-    /// The store whose top-level folders are the buckets (a directory, s3://bucket/prefix, ...)
+    /// The store whose top-level folders are the buckets (a directory, s3://bucket/prefix,
+    /// ...); s3:// without a bucket (s3://?endpoint=...) serves the backend's buckets one to one
     #[arg(long, value_name = "URL")]
     pub store: String,
+
+    /// With --store s3:// (one to one): the backend bucket that holds the gateway's own state
+    /// (created if missing, hidden from clients)
+    #[arg(long, value_name = "BUCKET", default_value = s3_gateway::account::DEFAULT_STATE_BUCKET)]
+    pub state_bucket: String,
 
     /// Address to listen on (port 0 picks a free port; the bound address is printed)
     #[arg(long, value_name = "ADDR", default_value_t = config::DEFAULT_LISTEN)]
@@ -64,7 +73,8 @@ pub struct GatewayArgs {
 
 pub const GATEWAY_HELP: &str = "\
 Serves the store over the S3 API: each top-level folder of the store is a bucket (bucket b,
-key k is the store key b/k); CreateBucket makes the folder. Requests must be signed with one of
+key k is the store key b/k); CreateBucket makes the folder. With --store s3:// (no bucket) the
+gateway's buckets are the backend's buckets, one to one (--state-bucket holds its own state). Requests must be signed with one of
 the configured key pairs (--access-key/--secret-key, RIVULET_ACCESS_KEY_ID and
 RIVULET_SECRET_ACCESS_KEY, --credentials-file) unless --anonymous. Prints `listening on
 http://ADDR` once ready; SIGTERM or SIGINT stop it after the requests in flight.
@@ -77,7 +87,8 @@ beside the default index) and finished at the next start after a crash. See docs
 Examples:
   RIVULET_ACCESS_KEY_ID=me RIVULET_SECRET_ACCESS_KEY=secret rivulet gateway --store /srv/store
   rivulet gateway --store 's3://bkt/gw?endpoint=http://10.0.0.5:9000' --listen 0.0.0.0:9000 \\
-      --credentials-file /etc/rivulet/keys";
+      --credentials-file /etc/rivulet/keys
+  rivulet gateway --store 's3://?endpoint=http://10.0.0.5:9000'   # buckets one to one";
 
 /// Runs the gateway until a signal stops it.
 pub async fn gateway(env: &Env, args: GatewayArgs) -> Result<()> {
@@ -97,9 +108,22 @@ pub async fn gateway(env: &Env, args: GatewayArgs) -> Result<()> {
     };
     // Refuse a bad configuration before touching the store (no directory created for nothing).
     config.validate()?;
-    let store = env.open_store(&StoreUrl::parse(&args.store)?).await?;
+    let buckets = match s3_gateway::account::parse_account_url(&args.store) {
+        Some(account_config) => {
+            let account = Account::open(account_config?, &args.state_bucket)
+                .await
+                .with_context(|| {
+                    format!(
+                        "gateway {}: opening the backend's buckets (state bucket {})",
+                        args.store, args.state_bucket
+                    )
+                })?;
+            Buckets::one_to_one(Arc::new(AccountStore::new(account.clone())), account)
+        }
+        None => Buckets::new(env.open_store(&StoreUrl::parse(&args.store)?).await?),
+    };
     let index = env.gateway_index().await?;
-    let server = Server::bind(&config, store, index).await?;
+    let server = Server::bind_buckets(&config, buckets, index).await?;
     let recovered = server.recovered();
     if recovered.sealed + recovered.aborted + recovered.failed > 0 {
         env.say(format_args!(

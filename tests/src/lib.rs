@@ -27,6 +27,8 @@ use fs_core::store::DynStore;
 use fs_core::store::s3::{S3Config, S3Store};
 use tempfile::TempDir;
 
+pub mod gateway;
+
 /// The region every test server is addressed with.
 pub const REGION: &str = "us-east-1";
 

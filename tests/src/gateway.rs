@@ -1,0 +1,108 @@
+//! An in-process S3 gateway for the gateway tests: bound on a free loopback port over any
+//! store, with one test key pair, stopped (gracefully) on [`InProcessGateway::stop`] or drop.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use fs_core::store::DynStore;
+use s3_gateway::Server;
+use s3_gateway::config::{GatewayConfig, KeyPair};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The key pair every in-process gateway accepts.
+pub const ACCESS_KEY: &str = "rivulet-test-key";
+pub const SECRET_KEY: &str = "rivulet-test-secret";
+
+/// A gateway configuration for tests: a free loopback port and the test key pair.
+pub fn test_config() -> GatewayConfig {
+    GatewayConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        credentials: vec![KeyPair {
+            access_key: ACCESS_KEY.into(),
+            secret_key: SECRET_KEY.into(),
+        }],
+        ..GatewayConfig::default()
+    }
+}
+
+/// A gateway serving in this process.
+pub struct InProcessGateway {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl InProcessGateway {
+    /// Binds a gateway over `store` with `config` (a temporary index) and serves it on a task.
+    pub async fn start(store: DynStore, config: GatewayConfig) -> InProcessGateway {
+        let index = fs_core::Index::temporary().expect("a temporary index");
+        let server = Server::bind(&config, store, index)
+            .await
+            .expect("bind the gateway");
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("the gateway stops cleanly");
+        });
+        InProcessGateway {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// An aws-sdk-s3 client of this gateway (path style, checksums only when required).
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        gateway_client(self.addr)
+    }
+
+    /// Stops the gateway gracefully and waits for it (in-flight requests, seals).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(40), task)
+                .await
+                .expect("the gateway stops within its grace period")
+                .expect("the gateway task does not panic");
+        }
+    }
+}
+
+impl Drop for InProcessGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// An aws-sdk-s3 client of a gateway at `addr` with the test key pair.
+pub fn gateway_client(addr: SocketAddr) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(crate::REGION))
+        .endpoint_url(format!("http://{addr}"))
+        .credentials_provider(Credentials::new(
+            ACCESS_KEY,
+            SECRET_KEY,
+            None,
+            None,
+            "gateway-test",
+        ))
+        .force_path_style(true)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
