@@ -141,6 +141,35 @@ pub struct S3Store {
     region: String,
     max_attempts: u32,
     contiguous_parts: bool,
+    /// Send bodies with `UNSIGNED-PAYLOAD` instead of their SHA-256 in the signature: when
+    /// the connection itself protects them (HTTPS) or never leaves the host (loopback). The
+    /// hash was one full pass over every byte uploaded, as much CPU as the rest of the client.
+    /// Over plain HTTP to another host, bodies stay signed: the signature is then their only
+    /// integrity check (the AWS SDKs follow the same rule).
+    unsigned_payload: bool,
+}
+
+/// Whether bodies sent to `endpoint` (`None`: AWS itself, over HTTPS) may go unsigned.
+fn payload_is_protected(endpoint: Option<&str>) -> bool {
+    let Some(endpoint) = endpoint else {
+        return true;
+    };
+    let Some((scheme, rest)) = endpoint.split_once("://") else {
+        return false;
+    };
+    if scheme.eq_ignore_ascii_case("https") {
+        return true;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl fmt::Debug for S3Store {
@@ -236,10 +265,11 @@ impl S3Store {
             client: Client::from_conf(builder.build()),
             bucket,
             prefix,
-            endpoint,
             region,
             max_attempts,
             contiguous_parts: config.contiguous_parts,
+            unsigned_payload: payload_is_protected(endpoint.as_deref()),
+            endpoint,
         })
     }
 
@@ -772,6 +802,10 @@ impl ObjectStore for S3Store {
         if let Some((if_match, if_none_match)) = Self::condition_headers(&opts.condition) {
             req = req.set_if_match(if_match).set_if_none_match(if_none_match);
         }
+        let mut req = req.customize();
+        if self.unsigned_payload {
+            req = req.disable_payload_signing();
+        }
         let out = req.send().await.map_err(|e| map_err(OP_PUT, key, e))?;
         Ok(PutResult {
             etag: unquote(out.e_tag().ok_or_else(|| missing(OP_PUT, key, "ETag"))?),
@@ -937,7 +971,8 @@ impl ObjectStore for S3Store {
         rules::validate_part_size(OP_PART, key, body.len() as u64)?;
         let full = self.full_key(key);
         let request = || {
-            self.client
+            let request = self
+                .client
                 .upload_part()
                 .bucket(&self.bucket)
                 .key(&full)
@@ -945,7 +980,12 @@ impl ObjectStore for S3Store {
                 .part_number(part_number as i32)
                 .content_length(body.len() as i64)
                 .body(ByteStream::from(body.clone()))
-                .customize()
+                .customize();
+            if self.unsigned_payload {
+                request.disable_payload_signing()
+            } else {
+                request
+            }
         };
         let out = match request()
             .config_override(Self::single_attempt())
@@ -1235,6 +1275,21 @@ impl ObjectStore for S3Store {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bodies_go_unsigned_only_over_https_or_loopback() {
+        use super::payload_is_protected as protected;
+        assert!(protected(None));
+        assert!(protected(Some("https://s3.example.com")));
+        assert!(protected(Some("http://127.0.0.1:9000")));
+        assert!(protected(Some("http://127.8.9.1")));
+        assert!(protected(Some("http://localhost:9000/")));
+        assert!(protected(Some("http://[::1]:9000")));
+        assert!(!protected(Some("http://10.0.0.5:9000")));
+        assert!(!protected(Some("http://s3.example.com")));
+        assert!(!protected(Some("http://127.0.0.1.example.com")));
+        assert!(!protected(Some("not a url")));
+    }
+
     use super::*;
 
     #[test]
