@@ -1002,8 +1002,8 @@ impl Filesystem {
         self.getattr(ino).await
     }
 
-    /// Renames a file (copy, then delete the old key). Directories answer EXDEV, so `mv`
-    /// copies and deletes them file by file.
+    /// Renames a file (copy, then delete the old key) or a directory (every key under it, see
+    /// [`Filesystem::rename_dir`]).
     pub async fn rename(
         &self,
         parent: Ino,
@@ -1017,7 +1017,7 @@ impl Filesystem {
         let to = self.child(new_parent, new_name)?;
         let source = self.resolve(&from).await?;
         if source.kind == Kind::Dir {
-            return Err(FsError::CrossDevice);
+            return self.rename_dir(&from, &to, no_replace).await;
         }
         if from == to {
             return Ok(());
@@ -1056,6 +1056,127 @@ impl Filesystem {
         }
         lock(&self.inodes).rename(&from, &to);
         self.keep_dir(parent_of(&from)).await
+    }
+
+    /// Renames the directory `from` to `to`: copies every key under `from/` (files, the
+    /// directory's marker and those of nested directories) to the same place under `to/`, then
+    /// deletes the old keys. Not atomic: other clients of the store see both trees for a while,
+    /// and a failure half-way (EIO, logged) leaves the keys copied so far under both names,
+    /// nothing lost. Files open for writing under `from` are committed first and go on under
+    /// their new names. As rename(2): `to` may be an empty directory (it is replaced), not a
+    /// file (ENOTDIR), a non-empty directory (ENOTEMPTY) or inside `from` (EINVAL).
+    async fn rename_dir(&self, from: &str, to: &str, no_replace: bool) -> FsResult<()> {
+        if from == to {
+            return Ok(());
+        }
+        let from_prefix = dir_prefix(from);
+        let to_prefix = dir_prefix(to);
+        if to.starts_with(&from_prefix) {
+            return Err(FsError::Invalid);
+        }
+        match self.resolve(to).await {
+            Ok(attr) if attr.kind == Kind::File => return Err(FsError::NotDir),
+            Ok(_) if no_replace => return Err(FsError::Exists),
+            Ok(_) => {
+                if self.has_entries(to).await? {
+                    return Err(FsError::NotEmpty);
+                }
+            }
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        // The open files inside, locked in inode order (so two renames cannot deadlock) for the
+        // whole move: no write lands between their commit and the change of their key.
+        let mut inside: Vec<(Ino, Arc<AsyncMutex<OpenFile>>)> = Vec::new();
+        let open: Vec<(Ino, Arc<AsyncMutex<OpenFile>>)> = lock(&self.open)
+            .iter()
+            .map(|(ino, f)| (*ino, f.clone()))
+            .collect();
+        for (ino, file) in open {
+            if file.lock().await.key.starts_with(&from_prefix) {
+                inside.push((ino, file));
+            }
+        }
+        inside.sort_by_key(|(ino, _)| *ino);
+        let mut guards = Vec::with_capacity(inside.len());
+        for (ino, file) in &inside {
+            guards.push((*ino, file.lock().await));
+        }
+        for (ino, file) in &mut guards {
+            // The copy must see everything written so far.
+            if file.key.starts_with(&from_prefix) {
+                self.commit(*ino, file).await?;
+            }
+        }
+        let keys = self
+            .store
+            .list_all(&from_prefix)
+            .await
+            .map_err(|e| io_error("list", &from_prefix, e))?;
+        let mut copied = Vec::with_capacity(keys.len());
+        for object in &keys {
+            let Some(rest) = object.key.strip_prefix(&from_prefix) else {
+                continue;
+            };
+            let new_key = format!("{to_prefix}{rest}");
+            if object.key.ends_with('/') {
+                // A directory marker (the renamed one's or a nested one's): an empty object.
+                self.store
+                    .put(&new_key, Bytes::new(), PutOptions::default())
+                    .await
+                    .map_err(|e| io_error("put", &new_key, e))?;
+            } else {
+                self.copy_object(&object.key, &new_key).await?;
+            }
+            copied.push(object.key.clone());
+        }
+        if copied.is_empty() {
+            // Known only from the inode table (nothing in the store): the new name still needs
+            // to exist as a directory.
+            self.store
+                .put(&to_prefix, Bytes::new(), PutOptions::default())
+                .await
+                .map_err(|e| io_error("put", &to_prefix, e))?;
+        }
+        self.store
+            .delete_many(&copied)
+            .await
+            .map_err(|e| io_error("delete", &from_prefix, e))?;
+        for (_, file) in &mut guards {
+            if let Some(rest) = file.key.strip_prefix(&from_prefix) {
+                file.key = format!("{to_prefix}{rest}");
+            }
+        }
+        drop(guards);
+        lock(&self.inodes).rename_tree(from, to);
+        self.keep_dir(parent_of(from)).await
+    }
+
+    /// Whether the directory `path` has any entry: a key under it other than its own marker,
+    /// or a file open for writing in it that is not in the store yet.
+    async fn has_entries(&self, path: &str) -> FsResult<bool> {
+        let marker = dir_prefix(path);
+        let page = self
+            .store
+            .list(ListRequest {
+                prefix: marker.clone(),
+                delimiter: None,
+                continuation: None,
+                max_keys: Some(2),
+            })
+            .await
+            .map_err(|e| io_error("list", &marker, e))?;
+        if page.objects.iter().any(|o| o.key != marker) {
+            return Ok(true);
+        }
+        let open: Vec<_> = lock(&self.open).values().cloned().collect();
+        for file in open {
+            let file = file.lock().await;
+            if !file.unlinked && file.key.starts_with(&marker) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Copies an object: small ones by GET and PUT, larger ones server-side, part by part.
