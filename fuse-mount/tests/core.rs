@@ -451,6 +451,49 @@ async fn rename_directories_with_nested_files_markers_and_open_files() {
 }
 
 #[tokio::test]
+async fn sequential_reads_of_a_committed_file_are_fetched_ahead() {
+    let fx = Fixture::new();
+    // More than the largest read-ahead window, and not a multiple of a chunk.
+    let size = (fuse_mount::prefetch::MAX_WINDOW + 3 * fuse_mount::prefetch::CHUNK) as usize + 4321;
+    let data = pattern(size, 11);
+    fx.put("big", &data).await;
+    let fs = fx.fs();
+    let attr = fs.lookup(ROOT, "big").await.unwrap();
+    let fh = fs.open(attr.ino, READ).await.unwrap();
+    // As the kernel reads: 128 KiB at a time, in order; the last read asks past the end.
+    let mut got = Vec::new();
+    loop {
+        let chunk = fs.read(fh, got.len() as u64, 128 << 10).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&chunk);
+    }
+    assert!(got == data, "sequential reads differ from the object");
+    // A jump backwards and one forwards, then sequential again from there.
+    for offset in [1000u64, 30 << 20, 7] {
+        let chunk = fs.read(fh, offset, 200_000).await.unwrap();
+        assert!(chunk[..] == data[offset as usize..offset as usize + 200_000]);
+        let next = fs.read(fh, offset + 200_000, 100).await.unwrap();
+        assert!(next[..] == data[offset as usize + 200_000..offset as usize + 200_100]);
+    }
+    fs.release(fh).await.unwrap();
+    // A second handle reads the same file in parallel streams.
+    let a = fs.open(attr.ino, READ).await.unwrap();
+    let b = fs.open(attr.ino, READ).await.unwrap();
+    let mut offsets = [0u64, 10 << 20];
+    for _ in 0..40 {
+        for (fh, offset) in [a, b].into_iter().zip(offsets.iter_mut()) {
+            let chunk = fs.read(fh, *offset, 128 << 10).await.unwrap();
+            assert!(chunk[..] == data[*offset as usize..*offset as usize + chunk.len()]);
+            *offset += chunk.len() as u64;
+        }
+    }
+    fs.release(a).await.unwrap();
+    fs.release(b).await.unwrap();
+}
+
+#[tokio::test]
 async fn readdir_pages_through_thousands_of_entries() {
     let fx = Fixture::new();
     for i in 0..2_500 {

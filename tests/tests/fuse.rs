@@ -77,9 +77,23 @@ struct S3Backend {
 
 impl Fixture {
     fn new() -> Self {
+        Self::in_dir(tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// The store, index and cache in memory (/dev/shm) when the machine has it: for tests whose
+    /// point is not durability, where the `fsync(2)` of every commit would dominate the time.
+    fn in_memory() -> Self {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            Self::in_dir(tempfile::tempdir_in(shm).expect("temp dir in /dev/shm"))
+        } else {
+            Self::new()
+        }
+    }
+
+    fn in_dir(dir: TempDir) -> Self {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         require_fuse();
-        let dir = tempfile::tempdir().expect("temp dir");
         fs::create_dir(dir.path().join("store")).unwrap();
         fs::create_dir(dir.path().join("mnt")).unwrap();
         Self {
@@ -727,18 +741,20 @@ fn run_fsx(fx: &Fixture, mount: &Mount, name: &str, flen: u64, max_op: u64, ops:
     );
 }
 
-/// Operations of the fsx run on a file larger than a part.
-const LARGE_FSX_OPS: u64 = 250;
+/// Operations of the fsx run on a file larger than a part (the issue asks for 20,000).
+const LARGE_FSX_OPS: u64 = 20_000;
 
 #[test]
 fn fsx_through_the_mount() {
-    let fx = Fixture::new();
+    // fsx checks what reads return, not what survives a crash (the crash tests do): the store
+    // lives in memory, so the commits' fsync(2)s of a disk do not set the pace.
+    let fx = Fixture::in_memory();
     let mount = fx.mount();
-    // Many operations on a file that stays inside one part (256 KiB, the fsx default).
+    // A file larger than the part size (up to 6 MiB, the parts 5 MiB): writes before the end,
+    // truncates and reopens cross the part boundary, so parts are copied, cut and re-uploaded.
+    run_fsx(&fx, &mount, "large", 6 << 20, 1 << 20, LARGE_FSX_OPS, 2);
+    // A file that stays inside one part (256 KiB, the fsx default): the tail's paths.
     run_fsx(&fx, &mount, "small", 256 << 10, 64 << 10, 20_000, 1);
-    // A file larger than the part size (5 MiB here): writes before the end, truncates and
-    // reopens cross part boundaries, so parts are copied, cut and re-uploaded.
-    run_fsx(&fx, &mount, "large", 12 << 20, 1 << 20, LARGE_FSX_OPS, 2);
     // What fsx left behind is in the store as it reads through the mount.
     for name in ["small", "large"] {
         let through = fs::read(mount.path(name)).unwrap();
