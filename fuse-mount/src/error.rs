@@ -23,8 +23,6 @@ pub enum FsError {
     Invalid,
     /// EBADF: the handle is unknown or not open for this operation.
     BadHandle,
-    /// EXDEV: renaming a directory. `mv` then copies and deletes, which works here.
-    CrossDevice,
     /// EIO: the store or the writer failed (logged with the key).
     Io,
 }
@@ -40,7 +38,6 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::Invalid => libc::EINVAL,
             FsError::BadHandle => libc::EBADF,
-            FsError::CrossDevice => libc::EXDEV,
             FsError::Io => libc::EIO,
         }
     }

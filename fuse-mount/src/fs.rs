@@ -29,6 +29,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::error::{FsError, FsResult, io_error};
 use crate::inode::{Ino, Inodes, Kind, ROOT};
+use crate::prefetch::ReadAhead;
 
 /// How the mount presents itself.
 #[derive(Debug, Clone)]
@@ -88,12 +89,56 @@ enum Base {
     Object(u64),
 }
 
+/// The largest rewritten end of a file ([`Shadow`]) kept in memory; beyond it the rewrite is
+/// handed to the writer at once.
+const SHADOW_LIMIT: u64 = 32 << 20;
+
+/// The end of an open file from `start` on, rewritten in memory and not yet handed to the
+/// writer. A write before the end of a file cannot change the upload in place: the file has to
+/// be cut at the write's offset and everything after it re-appended. Doing that per write moves
+/// the whole end of the file every time; collecting the writes (and truncates) here does it
+/// once, at the next `fsync` or commit, from the lowest offset changed.
+struct Shadow {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl Shadow {
+    fn end(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+
+    /// Sets the length to `len` bytes, adding zeros or cutting.
+    fn resize(&mut self, len: usize) {
+        self.bytes.truncate(len);
+        self.grow_to(len);
+    }
+
+    fn grow_to(&mut self, len: usize) {
+        if self.bytes.len() < len {
+            // Zeros from a zeroed allocation: `Vec::resize` fills byte by byte in debug builds.
+            self.bytes
+                .extend_from_slice(&vec![0u8; len - self.bytes.len()]);
+        }
+    }
+
+    /// Writes `data` at absolute `offset` (>= `start`), filling a gap with zeros.
+    fn write_at(&mut self, offset: u64, data: &[u8]) {
+        let at = (offset - self.start) as usize;
+        self.grow_to(at + data.len());
+        self.bytes[at..at + data.len()].copy_from_slice(data);
+    }
+}
+
 /// An inode open for writing, shared by all its write handles.
 struct OpenFile {
     key: String,
     handles: usize,
     base: Base,
     writer: Option<FileWriter>,
+    /// Writes before the end not yet given to the writer; it then starts at `start`, which is
+    /// never beyond the end of the writer's (or the base object's) content.
+    shadow: Option<Shadow>,
     /// Changed since the last commit (a created or truncated file with no writer still needs
     /// its empty object written).
     dirty: bool,
@@ -108,6 +153,14 @@ struct OpenFile {
 
 impl OpenFile {
     fn len(&self) -> u64 {
+        if let Some(shadow) = &self.shadow {
+            return shadow.end();
+        }
+        self.base_len()
+    }
+
+    /// The length of the content without the shadow: the writer's, or the base object's.
+    fn base_len(&self) -> u64 {
         match (&self.writer, self.base) {
             (Some(w), _) => w.len(),
             (None, Base::Empty) => 0,
@@ -171,6 +224,8 @@ pub struct Filesystem {
     open: Mutex<HashMap<Ino, Arc<AsyncMutex<OpenFile>>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
+    /// Read-ahead of the handles reading committed objects.
+    readers: Mutex<HashMap<u64, Arc<AsyncMutex<ReadAhead>>>>,
     next_fh: AtomicU64,
 }
 
@@ -241,6 +296,7 @@ impl Filesystem {
             open: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            readers: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -590,6 +646,7 @@ impl Filesystem {
         if let Some((_, file)) = open {
             let mut file = file.lock().await;
             file.unlinked = true;
+            file.shadow = None;
             if let Some(writer) = file.writer.take()
                 && let Err(e) = writer.abort().await
             {
@@ -633,6 +690,7 @@ impl Filesystem {
                 handles: 0,
                 base,
                 writer: None,
+                shadow: None,
                 dirty,
                 busy: false,
                 unlinked: false,
@@ -735,7 +793,30 @@ impl Filesystem {
     }
 
     async fn set_len_inner(&self, file: &mut OpenFile, len: u64) -> FsResult<()> {
+        if len > 0
+            && let Some(shadow) = &mut file.shadow
+        {
+            if len >= shadow.start {
+                shadow.resize((len - shadow.start) as usize);
+            } else {
+                shadow.start = len;
+                shadow.bytes.clear();
+            }
+            file.dirty = true;
+            return Ok(());
+        }
+        if len > 0 && len < file.len() {
+            // Cutting waits for the next fsync or commit, so the writes that follow (often
+            // right at the new end) join the same rewrite.
+            file.shadow = Some(Shadow {
+                start: len,
+                bytes: Vec::new(),
+            });
+            file.dirty = true;
+            return Ok(());
+        }
         if len == 0 {
+            file.shadow = None;
             // Nothing of the old content is kept: a fresh upload at the next write.
             if let Some(writer) = file.writer.take()
                 && let Err(e) = writer.abort().await
@@ -778,31 +859,61 @@ impl Filesystem {
         let handle = self.handle(fh)?;
         if let Some(file) = self.open_file(handle.ino) {
             let file = file.lock().await;
-            return match (&file.writer, file.base) {
-                (Some(writer), _) => writer
-                    .read_at(offset, u64::from(size))
-                    .await
-                    .map_err(|e| io_error("read", &file.key, e)),
-                (None, Base::Empty) => Ok(Bytes::new()),
-                (None, Base::Object(_)) => self.read_object(&file.key, offset, size).await,
+            let end = offset.saturating_add(u64::from(size)).min(file.len());
+            let Some(shadow) = &file.shadow else {
+                return self.read_base(&file, offset, end).await;
             };
+            // Below the shadow from the writer or object, the rest from the shadow.
+            let mut out = self
+                .read_base(&file, offset, end.min(shadow.start))
+                .await?
+                .to_vec();
+            if end > shadow.start {
+                let from = (offset.max(shadow.start) - shadow.start) as usize;
+                out.extend_from_slice(&shadow.bytes[from..(end - shadow.start) as usize]);
+            }
+            return Ok(Bytes::from(out));
         }
-        let path = lock(&self.inodes)
+        let (path, len) = lock(&self.inodes)
             .get(handle.ino)
-            .map(|n| n.path.clone())
+            .map(|n| (n.path.clone(), n.size))
             .ok_or(FsError::NotFound)?;
-        self.read_object(&path, offset, size).await
+        let reader = {
+            let mut readers = lock(&self.readers);
+            let reader = readers.entry(fh).or_insert_with(|| {
+                Arc::new(AsyncMutex::new(ReadAhead::new(
+                    self.store.clone(),
+                    &path,
+                    len,
+                )))
+            });
+            reader.clone()
+        };
+        let mut reader = reader.lock().await;
+        if reader.key() != path {
+            // Renamed while open: read the new name from now on.
+            *reader = ReadAhead::new(self.store.clone(), &path, len);
+        }
+        reader.read(offset, size).await
     }
 
-    async fn read_object(&self, key: &str, offset: u64, size: u32) -> FsResult<Bytes> {
-        if size == 0 {
+    /// Bytes `offset..end` of an open file without its shadow: from the writer (what was
+    /// written so far) or the committed object.
+    async fn read_base(&self, file: &OpenFile, offset: u64, end: u64) -> FsResult<Bytes> {
+        if offset >= end {
             return Ok(Bytes::new());
         }
-        let range = offset..offset.saturating_add(u64::from(size));
-        match self.store.get(key, Some(range)).await {
-            Ok(got) => Ok(got.body),
-            Err(e) if e.kind() == StoreErrorKind::InvalidRange => Ok(Bytes::new()),
-            Err(e) => Err(store_error("get", key, e)),
+        match (&file.writer, file.base) {
+            (Some(writer), _) => writer
+                .read_at(offset, end - offset)
+                .await
+                .map_err(|e| io_error("read", &file.key, e)),
+            (None, Base::Empty) => Ok(Bytes::new()),
+            (None, Base::Object(_)) => match self.store.get(&file.key, Some(offset..end)).await {
+                Ok(got) => Ok(got.body),
+                Err(e) if e.kind() == StoreErrorKind::InvalidRange => Ok(Bytes::new()),
+                Err(e) => Err(store_error("get", &file.key, e)),
+            },
         }
     }
 
@@ -834,6 +945,39 @@ impl Filesystem {
         offset: u64,
         data: &[u8],
     ) -> FsResult<()> {
+        let offset = if append { file.len() } else { offset };
+        let end = offset + data.len() as u64;
+        if let Some(shadow) = &file.shadow {
+            let (low, high) = (offset.min(shadow.start), end.max(shadow.end()));
+            if high - low <= SHADOW_LIMIT {
+                let below = self.read_base(file, low, shadow.start).await?;
+                if let Some(shadow) = &mut file.shadow {
+                    if low < shadow.start {
+                        // The rewrite now starts lower: take the bytes in between from below.
+                        let mut bytes = below.to_vec();
+                        bytes.append(&mut shadow.bytes);
+                        shadow.bytes = bytes;
+                        shadow.start = low;
+                    }
+                    shadow.write_at(offset, data);
+                }
+                return Ok(());
+            }
+            // Too much to hold: hand the rewrite over, then write as without one.
+            self.apply_shadow(file).await?;
+        }
+        let len = file.len();
+        if offset < len && end.max(len) - offset <= SHADOW_LIMIT {
+            // A write before the end: start a rewrite of the end in memory.
+            let rest = self.read_base(file, offset, len).await?;
+            let mut shadow = Shadow {
+                start: offset,
+                bytes: rest.to_vec(),
+            };
+            shadow.write_at(offset, data);
+            file.shadow = Some(shadow);
+            return Ok(());
+        }
         // Writing at the start of a file truncated to zero, or past the end of an object,
         // needs no copy of what is there: set the length first, then append.
         self.ensure_writer(file).await?;
@@ -850,9 +994,10 @@ impl Filesystem {
             }
             return writer.write(data).await.map_err(werr);
         }
-        // A write before the end: S3 objects cannot be changed in place, so the file is cut at
-        // `offset`, the new bytes are appended, then the old bytes after them are re-appended.
-        // Costs reading and re-uploading everything after `offset` (see docs/fuse.md).
+        // A write before the end too far from it to rewrite in memory: S3 objects cannot be
+        // changed in place, so the file is cut at `offset`, the new bytes are appended, then
+        // the old bytes after them are re-appended. Costs reading and re-uploading everything
+        // after `offset` (see docs/fuse.md).
         let end = offset + data.len() as u64;
         let rest = if end < len {
             writer.read_at(end, len - end).await.map_err(werr)?
@@ -862,6 +1007,35 @@ impl Filesystem {
         writer.truncate(offset).await.map_err(werr)?;
         writer.write(data).await.map_err(werr)?;
         writer.write(&rest).await.map_err(werr)
+    }
+
+    /// Hands the shadow (writes before the end) to the writer: cuts the content at the
+    /// shadow's start and appends the shadow. Without a writer the new one starts from the
+    /// committed object cut there (`open_truncate`: only what is kept is copied).
+    async fn apply_shadow(&self, file: &mut OpenFile) -> FsResult<()> {
+        let Some(shadow) = file.shadow.take() else {
+            return Ok(());
+        };
+        let key = file.key.clone();
+        let werr = |e| writer_error("write", &key, e);
+        if file.writer.is_none() {
+            let writer = match file.base {
+                Base::Object(len) if shadow.start == len => self.writer.open_append(&key).await,
+                Base::Object(_) if shadow.start > 0 => {
+                    self.writer.open_truncate(&key, shadow.start).await
+                }
+                Base::Object(_) | Base::Empty => self.writer.open(&key).await,
+            }
+            .map_err(|e| writer_error("open", &key, e))?;
+            file.writer = Some(writer);
+        }
+        let Some(writer) = file.writer.as_mut() else {
+            return Err(FsError::Io);
+        };
+        if writer.len() != shadow.start {
+            writer.truncate(shadow.start).await.map_err(werr)?;
+        }
+        writer.write(&shadow.bytes).await.map_err(werr)
     }
 
     /// Commits an open file: the object is whole in the store when this returns.
@@ -883,6 +1057,7 @@ impl Filesystem {
     }
 
     async fn commit_inner(&self, file: &mut OpenFile) -> FsResult<Option<u64>> {
+        self.apply_shadow(file).await?;
         if let Some(mut writer) = file.writer.take() {
             let key = file.key.clone();
             // Whatever happens next, the writer is spent: a failed close or commit leaves its
@@ -934,6 +1109,12 @@ impl Filesystem {
         if file.unlinked {
             return Ok(());
         }
+        if file.shadow.is_some() {
+            file.begin()?;
+            let applied = self.apply_shadow(&mut file).await;
+            file.end();
+            applied?;
+        }
         match file.writer.as_mut() {
             Some(writer) => {
                 let key = writer.key().to_string();
@@ -951,6 +1132,7 @@ impl Filesystem {
     /// The last close of a handle: commits if needed and forgets the handle.
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let handle = lock(&self.handles).remove(&fh).ok_or(FsError::BadHandle)?;
+        lock(&self.readers).remove(&fh);
         if !handle.write {
             return Ok(());
         }
@@ -1002,8 +1184,8 @@ impl Filesystem {
         self.getattr(ino).await
     }
 
-    /// Renames a file (copy, then delete the old key). Directories answer EXDEV, so `mv`
-    /// copies and deletes them file by file.
+    /// Renames a file (copy, then delete the old key) or a directory (every key under it, see
+    /// [`Filesystem::rename_dir`]).
     pub async fn rename(
         &self,
         parent: Ino,
@@ -1017,7 +1199,7 @@ impl Filesystem {
         let to = self.child(new_parent, new_name)?;
         let source = self.resolve(&from).await?;
         if source.kind == Kind::Dir {
-            return Err(FsError::CrossDevice);
+            return self.rename_dir(&from, &to, no_replace).await;
         }
         if from == to {
             return Ok(());
@@ -1056,6 +1238,127 @@ impl Filesystem {
         }
         lock(&self.inodes).rename(&from, &to);
         self.keep_dir(parent_of(&from)).await
+    }
+
+    /// Renames the directory `from` to `to`: copies every key under `from/` (files, the
+    /// directory's marker and those of nested directories) to the same place under `to/`, then
+    /// deletes the old keys. Not atomic: other clients of the store see both trees for a while,
+    /// and a failure half-way (EIO, logged) leaves the keys copied so far under both names,
+    /// nothing lost. Files open for writing under `from` are committed first and go on under
+    /// their new names. As rename(2): `to` may be an empty directory (it is replaced), not a
+    /// file (ENOTDIR), a non-empty directory (ENOTEMPTY) or inside `from` (EINVAL).
+    async fn rename_dir(&self, from: &str, to: &str, no_replace: bool) -> FsResult<()> {
+        if from == to {
+            return Ok(());
+        }
+        let from_prefix = dir_prefix(from);
+        let to_prefix = dir_prefix(to);
+        if to.starts_with(&from_prefix) {
+            return Err(FsError::Invalid);
+        }
+        match self.resolve(to).await {
+            Ok(attr) if attr.kind == Kind::File => return Err(FsError::NotDir),
+            Ok(_) if no_replace => return Err(FsError::Exists),
+            Ok(_) => {
+                if self.has_entries(to).await? {
+                    return Err(FsError::NotEmpty);
+                }
+            }
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        // The open files inside, locked in inode order (so two renames cannot deadlock) for the
+        // whole move: no write lands between their commit and the change of their key.
+        let mut inside: Vec<(Ino, Arc<AsyncMutex<OpenFile>>)> = Vec::new();
+        let open: Vec<(Ino, Arc<AsyncMutex<OpenFile>>)> = lock(&self.open)
+            .iter()
+            .map(|(ino, f)| (*ino, f.clone()))
+            .collect();
+        for (ino, file) in open {
+            if file.lock().await.key.starts_with(&from_prefix) {
+                inside.push((ino, file));
+            }
+        }
+        inside.sort_by_key(|(ino, _)| *ino);
+        let mut guards = Vec::with_capacity(inside.len());
+        for (ino, file) in &inside {
+            guards.push((*ino, file.lock().await));
+        }
+        for (ino, file) in &mut guards {
+            // The copy must see everything written so far.
+            if file.key.starts_with(&from_prefix) {
+                self.commit(*ino, file).await?;
+            }
+        }
+        let keys = self
+            .store
+            .list_all(&from_prefix)
+            .await
+            .map_err(|e| io_error("list", &from_prefix, e))?;
+        let mut copied = Vec::with_capacity(keys.len());
+        for object in &keys {
+            let Some(rest) = object.key.strip_prefix(&from_prefix) else {
+                continue;
+            };
+            let new_key = format!("{to_prefix}{rest}");
+            if object.key.ends_with('/') {
+                // A directory marker (the renamed one's or a nested one's): an empty object.
+                self.store
+                    .put(&new_key, Bytes::new(), PutOptions::default())
+                    .await
+                    .map_err(|e| io_error("put", &new_key, e))?;
+            } else {
+                self.copy_object(&object.key, &new_key).await?;
+            }
+            copied.push(object.key.clone());
+        }
+        if copied.is_empty() {
+            // Known only from the inode table (nothing in the store): the new name still needs
+            // to exist as a directory.
+            self.store
+                .put(&to_prefix, Bytes::new(), PutOptions::default())
+                .await
+                .map_err(|e| io_error("put", &to_prefix, e))?;
+        }
+        self.store
+            .delete_many(&copied)
+            .await
+            .map_err(|e| io_error("delete", &from_prefix, e))?;
+        for (_, file) in &mut guards {
+            if let Some(rest) = file.key.strip_prefix(&from_prefix) {
+                file.key = format!("{to_prefix}{rest}");
+            }
+        }
+        drop(guards);
+        lock(&self.inodes).rename_tree(from, to);
+        self.keep_dir(parent_of(from)).await
+    }
+
+    /// Whether the directory `path` has any entry: a key under it other than its own marker,
+    /// or a file open for writing in it that is not in the store yet.
+    async fn has_entries(&self, path: &str) -> FsResult<bool> {
+        let marker = dir_prefix(path);
+        let page = self
+            .store
+            .list(ListRequest {
+                prefix: marker.clone(),
+                delimiter: None,
+                continuation: None,
+                max_keys: Some(2),
+            })
+            .await
+            .map_err(|e| io_error("list", &marker, e))?;
+        if page.objects.iter().any(|o| o.key != marker) {
+            return Ok(true);
+        }
+        let open: Vec<_> = lock(&self.open).values().cloned().collect();
+        for file in open {
+            let file = file.lock().await;
+            if !file.unlinked && file.key.starts_with(&marker) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Copies an object: small ones by GET and PUT, larger ones server-side, part by part.

@@ -96,6 +96,37 @@ impl Inodes {
         }
     }
 
+    /// Moves a directory's inode and those of every name below it from `from` to `to`,
+    /// replacing whatever had those names (an empty directory being replaced).
+    pub fn rename_tree(&mut self, from: &str, to: &str) {
+        let to_prefix = format!("{to}/");
+        let replaced: Vec<String> = self
+            .by_path
+            .keys()
+            .filter(|p| p.as_str() == to || p.starts_with(&to_prefix))
+            .cloned()
+            .collect();
+        for path in replaced {
+            self.remove_path(&path);
+        }
+        let from_prefix = format!("{from}/");
+        let moved: Vec<String> = self
+            .by_path
+            .keys()
+            .filter(|p| p.as_str() == from || p.starts_with(&from_prefix))
+            .cloned()
+            .collect();
+        for old in moved {
+            let new = format!("{to}{}", &old[from.len()..]);
+            if let Some(ino) = self.by_path.remove(&old) {
+                if let Some(node) = self.nodes.get_mut(&ino) {
+                    node.path.clone_from(&new);
+                }
+                self.by_path.insert(new, ino);
+            }
+        }
+    }
+
     /// Moves a file's inode to a new name, replacing whatever had that name.
     pub fn rename(&mut self, from: &str, to: &str) {
         self.remove_path(to);

@@ -4,6 +4,7 @@
 //! - [`fs`]: the file system itself over a store, independent of FUSE (unit-tested over the
 //!   memory store).
 //! - [`adapter`]: the thin `fuser::Filesystem` that calls it.
+//! - [`prefetch`]: sequential read-ahead of committed objects.
 //! - [`mount`]: mounting, serving until unmounted or signalled, committing open files.
 //! - [`recovery`]: committing what a crashed mount left persisted.
 //!
@@ -14,6 +15,7 @@ pub mod error;
 pub mod fs;
 pub mod inode;
 pub mod mount;
+pub mod prefetch;
 pub mod recovery;
 
 pub use error::{FsError, FsResult};

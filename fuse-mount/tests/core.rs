@@ -323,10 +323,6 @@ async fn rename_files_small_and_multipart() {
     assert_eq!(fx.object("other").await, Some(b"small".to_vec()));
     assert_eq!(fx.object("small").await, None);
     assert_eq!(
-        fs.rename(ROOT, "dir", ROOT, "dir2", false).await,
-        Err(FsError::CrossDevice)
-    );
-    assert_eq!(
         fs.rename(ROOT, "other", ROOT, "dir", false).await,
         Err(FsError::IsDir)
     );
@@ -349,6 +345,152 @@ async fn rename_files_small_and_multipart() {
     );
     assert_eq!(fx.object("open").await, None);
     assert_eq!(fs.getattr(attr.ino).await.unwrap().size, 17);
+}
+
+#[tokio::test]
+async fn rename_directories_with_nested_files_markers_and_open_files() {
+    let fx = Fixture::new();
+    let big = pattern(3 * PART as usize + 77, 9);
+    fx.put("src/a", b"file a").await;
+    fx.put("src/big", &big).await;
+    fx.put("src/sub/", b"").await;
+    fx.put("src/sub/deep/c", b"deep c").await;
+    fx.put("src/empty/", b"").await;
+    fx.put("full/x", b"x").await;
+    fx.put("empty/", b"").await;
+    fx.put("file", b"plain").await;
+    let fs = fx.fs();
+    let src = fs.lookup(ROOT, "src").await.unwrap();
+    let sub = fs.lookup(src.ino, "sub").await.unwrap();
+    let c_dir = fs.lookup(sub.ino, "deep").await.unwrap();
+    let c = fs.lookup(c_dir.ino, "c").await.unwrap();
+
+    // A file open for writing inside: committed first, then written on under its new name.
+    let (_, fh) = fs.create(sub.ino, "open", WRITE).await.unwrap();
+    fs.write(fh, 0, b"before ").await.unwrap();
+
+    // rename(2)'s refusals.
+    assert_eq!(
+        fs.rename(ROOT, "src", src.ino, "inside", false).await,
+        Err(FsError::Invalid)
+    );
+    assert_eq!(
+        fs.rename(ROOT, "src", sub.ino, "deeper", false).await,
+        Err(FsError::Invalid)
+    );
+    assert_eq!(
+        fs.rename(ROOT, "src", ROOT, "file", false).await,
+        Err(FsError::NotDir)
+    );
+    assert_eq!(
+        fs.rename(ROOT, "src", ROOT, "full", false).await,
+        Err(FsError::NotEmpty)
+    );
+    assert_eq!(
+        fs.rename(ROOT, "src", ROOT, "empty", true).await,
+        Err(FsError::Exists)
+    );
+    assert_eq!(
+        fs.rename(ROOT, "file", ROOT, "empty", false).await,
+        Err(FsError::IsDir)
+    );
+    assert_eq!(fx.object("src/a").await, Some(b"file a".to_vec()));
+
+    // Over an empty directory, which it replaces.
+    fs.rename(ROOT, "src", ROOT, "empty", false).await.unwrap();
+    assert_eq!(fx.object("empty/a").await, Some(b"file a".to_vec()));
+    assert_eq!(fx.object("empty/big").await, Some(big.clone()));
+    assert_eq!(
+        fx.object("empty/sub/deep/c").await,
+        Some(b"deep c".to_vec())
+    );
+    assert_eq!(fx.object("empty/sub/").await, Some(Vec::new()));
+    assert_eq!(fx.object("empty/empty/").await, Some(Vec::new()));
+    assert!(fx.store.list_all("src").await.unwrap().is_empty());
+    assert_eq!(
+        fs.lookup(ROOT, "src").await.map(|a| a.kind),
+        Err(FsError::NotFound)
+    );
+    // Inodes the kernel holds keep working under the new names.
+    assert_eq!(fs.getattr(c.ino).await.unwrap().size, 6);
+    let moved = fs.lookup(ROOT, "empty").await.unwrap();
+    assert_eq!(
+        names(&fs, moved.ino).await,
+        [".", "..", "a", "big", "empty", "sub"]
+    );
+    assert_eq!(names(&fs, sub.ino).await, [".", "..", "deep", "open"]);
+
+    fs.write(fh, 7, b"after").await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(
+        fx.object("empty/sub/open").await,
+        Some(b"before after".to_vec())
+    );
+    assert_eq!(fx.object("src/sub/open").await, None);
+
+    // Into another directory, and back to the root under a new name; a directory that exists
+    // only through its marker moves too.
+    fs.rename(moved.ino, "empty", ROOT, "was-empty", false)
+        .await
+        .unwrap();
+    assert_eq!(fx.object("was-empty/").await, Some(Vec::new()));
+    let full = fs.lookup(ROOT, "full").await.unwrap();
+    fs.rename(ROOT, "empty", full.ino, "nested", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        fx.object("full/nested/sub/open").await,
+        Some(b"before after".to_vec())
+    );
+    assert_eq!(fx.object("full/nested/big").await, Some(big));
+    assert!(fx.store.list_all("empty").await.unwrap().is_empty());
+    assert_eq!(
+        names(&fs, ROOT).await,
+        [".", "..", "file", "full", "was-empty"]
+    );
+}
+
+#[tokio::test]
+async fn sequential_reads_of_a_committed_file_are_fetched_ahead() {
+    let fx = Fixture::new();
+    // More than the largest read-ahead window, and not a multiple of a chunk.
+    let size = (fuse_mount::prefetch::MAX_WINDOW + 3 * fuse_mount::prefetch::CHUNK) as usize + 4321;
+    let data = pattern(size, 11);
+    fx.put("big", &data).await;
+    let fs = fx.fs();
+    let attr = fs.lookup(ROOT, "big").await.unwrap();
+    let fh = fs.open(attr.ino, READ).await.unwrap();
+    // As the kernel reads: 128 KiB at a time, in order; the last read asks past the end.
+    let mut got = Vec::new();
+    loop {
+        let chunk = fs.read(fh, got.len() as u64, 128 << 10).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&chunk);
+    }
+    assert!(got == data, "sequential reads differ from the object");
+    // A jump backwards and one forwards, then sequential again from there.
+    for offset in [1000u64, 30 << 20, 7] {
+        let chunk = fs.read(fh, offset, 200_000).await.unwrap();
+        assert!(chunk[..] == data[offset as usize..offset as usize + 200_000]);
+        let next = fs.read(fh, offset + 200_000, 100).await.unwrap();
+        assert!(next[..] == data[offset as usize + 200_000..offset as usize + 200_100]);
+    }
+    fs.release(fh).await.unwrap();
+    // A second handle reads the same file in parallel streams.
+    let a = fs.open(attr.ino, READ).await.unwrap();
+    let b = fs.open(attr.ino, READ).await.unwrap();
+    let mut offsets = [0u64, 10 << 20];
+    for _ in 0..40 {
+        for (fh, offset) in [a, b].into_iter().zip(offsets.iter_mut()) {
+            let chunk = fs.read(fh, *offset, 128 << 10).await.unwrap();
+            assert!(chunk[..] == data[*offset as usize..*offset as usize + chunk.len()]);
+            *offset += chunk.len() as u64;
+        }
+    }
+    fs.release(a).await.unwrap();
+    fs.release(b).await.unwrap();
 }
 
 #[tokio::test]

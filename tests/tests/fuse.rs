@@ -63,21 +63,59 @@ static SERIAL: Mutex<()> = Mutex::new(());
 struct Fixture {
     dir: TempDir,
     bin: PathBuf,
+    /// Set when the store is a bucket of a test S3 server rather than a local directory.
+    s3: Option<S3Backend>,
     _serial: MutexGuard<'static, ()>,
+}
+
+/// A test S3 server (moto) with a runtime to check its objects from these synchronous tests.
+struct S3Backend {
+    server: harness::TestServer,
+    store: fs_core::store::DynStore,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Fixture {
     fn new() -> Self {
+        Self::in_dir(tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// The store, index and cache in memory (/dev/shm) when the machine has it: for tests whose
+    /// point is not durability, where the `fsync(2)` of every commit would dominate the time.
+    fn in_memory() -> Self {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            Self::in_dir(tempfile::tempdir_in(shm).expect("temp dir in /dev/shm"))
+        } else {
+            Self::new()
+        }
+    }
+
+    fn in_dir(dir: TempDir) -> Self {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         require_fuse();
-        let dir = tempfile::tempdir().expect("temp dir");
         fs::create_dir(dir.path().join("store")).unwrap();
         fs::create_dir(dir.path().join("mnt")).unwrap();
         Self {
             dir,
             bin: rivulet_bin(),
+            s3: None,
             _serial: serial,
         }
+    }
+
+    /// The mount over a fresh bucket of a moto server instead of a local directory.
+    fn on_moto() -> Self {
+        let mut fx = Self::new();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let server = runtime.block_on(harness::TestServer::moto());
+        let store = runtime.block_on(server.store());
+        fx.s3 = Some(S3Backend {
+            server,
+            store,
+            runtime,
+        });
+        fx
     }
 
     fn store(&self) -> PathBuf {
@@ -88,9 +126,25 @@ impl Fixture {
         self.dir.path().join("mnt")
     }
 
-    /// An object's bytes as the local store holds them (a plain file), `None` if absent.
+    /// An object's bytes as the store holds them (for a local store, a plain file), `None` if
+    /// absent.
     fn object(&self, key: &str) -> Option<Vec<u8>> {
-        fs::read(self.store().join(key)).ok()
+        use fs_core::store::ObjectStoreExt;
+        match &self.s3 {
+            None => fs::read(self.store().join(key)).ok(),
+            Some(s3) => s3.runtime.block_on(async {
+                s3.store.head_opt(key).await.unwrap()?;
+                Some(s3.store.get(key, None).await.unwrap().body.to_vec())
+            }),
+        }
+    }
+
+    /// Every key in the store under `prefix` (S3 only: a local store's are its files).
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        use fs_core::store::ObjectStoreExt;
+        let s3 = self.s3.as_ref().expect("keys() lists an S3 store");
+        let objects = s3.runtime.block_on(s3.store.list_all(prefix)).unwrap();
+        objects.into_iter().map(|o| o.key).collect()
     }
 
     /// Mounts in the foreground, in the background of this test; waits until it is mounted.
@@ -107,10 +161,12 @@ impl Fixture {
             .arg("--cache-dir")
             .arg(self.dir.path().join("cache"))
             // Small parts, so a few MiB span several (the local store's minimum is 5 MiB).
-            .args(["--part-size", "5MiB", "mount", "--foreground"])
-            .arg(self.store())
-            .arg(self.mnt())
-            .args(extra);
+            .args(["--part-size", "5MiB", "mount", "--foreground"]);
+        match &self.s3 {
+            None => command.arg(self.store()),
+            Some(s3) => command.arg(s3.server.store_url()).envs(s3.server.env()),
+        };
+        command.arg(self.mnt()).args(extra);
         command
     }
 
@@ -349,6 +405,107 @@ fn ordinary_tools_through_the_mount() {
     assert!(!is_mounted(&fx.mnt()));
 }
 
+/// `mv` of a directory tree (nested files, one larger than a part, empty directories, a file
+/// open for writing inside), rename(2)'s refusals, and the store's keys afterwards.
+fn rename_directories(fx: &Fixture) {
+    let mount = fx.mount();
+    let m = mount.mountpoint.clone();
+    let big = pattern(6 << 20, 7);
+    sh(
+        &m,
+        "mkdir -p dir1/sub/deep dir1/empty full && echo a > dir1/a && echo c > dir1/sub/deep/c \
+         && echo x > full/x && mkdir target && echo plain > file",
+    );
+    fs::write(mount.path("dir1/sub/big"), &big).unwrap();
+    // Open for writing across the rename: it goes on under the new name.
+    let mut open = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(mount.path("dir1/sub/open"))
+        .unwrap();
+    open.write_all(b"before ").unwrap();
+    open.flush().unwrap();
+
+    sh(&m, "mv dir1 dir2");
+    open.write_all(b"after").unwrap();
+    drop(open);
+    let mut expected = std::collections::BTreeMap::new();
+    expected.insert("a".to_string(), Some(b"a\n".to_vec()));
+    expected.insert("empty".to_string(), None);
+    expected.insert("sub".to_string(), None);
+    expected.insert("sub/big".to_string(), Some(big.clone()));
+    expected.insert("sub/deep".to_string(), None);
+    expected.insert("sub/deep/c".to_string(), Some(b"c\n".to_vec()));
+    expected.insert("sub/open".to_string(), Some(b"before after".to_vec()));
+    assert!(tree(&m.join("dir2")) == expected, "the moved tree differs");
+    assert!(!m.join("dir1").exists());
+    assert_eq!(sh(&m, "ls"), "dir2\nfile\nfull\ntarget\n");
+    for (key, bytes) in [
+        ("dir2/a", &b"a\n"[..]),
+        ("dir2/sub/deep/c", b"c\n"),
+        ("dir2/sub/open", b"before after"),
+        ("dir2/sub/big", &big),
+    ] {
+        assert!(
+            fx.object(key).as_deref() == Some(bytes),
+            "{key} in the store"
+        );
+    }
+    assert_eq!(fx.object("dir1/a"), None);
+    if fx.s3.is_some() {
+        assert_eq!(fx.keys("dir1"), Vec::<String>::new());
+        assert!(fx.keys("dir2/").contains(&"dir2/empty/".to_string()));
+    } else {
+        assert!(!fx.store().join("dir1").exists());
+        assert!(fx.store().join("dir2/empty").is_dir());
+    }
+
+    // rename(2)'s answers.
+    let errno = |from: &str, to: &str| {
+        fs::rename(mount.path(from), mount.path(to))
+            .err()
+            .and_then(|e| e.raw_os_error())
+    };
+    assert_eq!(errno("dir2", "dir2/sub/inside"), Some(libc_errno::EINVAL));
+    assert_eq!(errno("dir2", "file"), Some(libc_errno::ENOTDIR));
+    assert_eq!(errno("dir2", "full"), Some(libc_errno::ENOTEMPTY));
+    assert_eq!(errno("file", "target"), Some(libc_errno::EISDIR));
+    // Over an empty directory, which it replaces; then back inside another directory.
+    fs::rename(mount.path("dir2"), mount.path("target")).unwrap();
+    assert!(tree(&m.join("target")) == expected, "after the second move");
+    fs::rename(mount.path("target/sub"), mount.path("full/sub")).unwrap();
+    assert_eq!(
+        sh(&m, "cat full/sub/deep/c full/sub/open"),
+        "c\nbefore after"
+    );
+    assert_eq!(sh(&m, "ls target"), "a\nempty\n");
+    mount.unmount();
+    assert!(
+        fx.object("full/sub/big") == Some(big),
+        "full/sub/big after unmount"
+    );
+    assert_eq!(fx.object("target/sub/big"), None);
+}
+
+/// errno values of rename(2) (Linux), as `raw_os_error` gives them.
+mod libc_errno {
+    pub const ENOTDIR: i32 = 20;
+    pub const EISDIR: i32 = 21;
+    pub const EINVAL: i32 = 22;
+    pub const ENOTEMPTY: i32 = 39;
+}
+
+#[test]
+fn rename_directories_on_a_local_store() {
+    rename_directories(&Fixture::new());
+}
+
+#[test]
+fn rename_directories_on_moto() {
+    rename_directories(&Fixture::on_moto());
+}
+
 /// SIGKILL rounds of the crash test (the issue asks for at least 20).
 const CRASH_ROUNDS: u8 = 20;
 
@@ -584,18 +741,20 @@ fn run_fsx(fx: &Fixture, mount: &Mount, name: &str, flen: u64, max_op: u64, ops:
     );
 }
 
-/// Operations of the fsx run on a file larger than a part.
-const LARGE_FSX_OPS: u64 = 250;
+/// Operations of the fsx run on a file larger than a part (the issue asks for 20,000).
+const LARGE_FSX_OPS: u64 = 20_000;
 
 #[test]
 fn fsx_through_the_mount() {
-    let fx = Fixture::new();
+    // fsx checks what reads return, not what survives a crash (the crash tests do): the store
+    // lives in memory, so the commits' fsync(2)s of a disk do not set the pace.
+    let fx = Fixture::in_memory();
     let mount = fx.mount();
-    // Many operations on a file that stays inside one part (256 KiB, the fsx default).
+    // A file larger than the part size (up to 6 MiB, the parts 5 MiB): writes before the end,
+    // truncates and reopens cross the part boundary, so parts are copied, cut and re-uploaded.
+    run_fsx(&fx, &mount, "large", 6 << 20, 1 << 20, LARGE_FSX_OPS, 2);
+    // A file that stays inside one part (256 KiB, the fsx default): the tail's paths.
     run_fsx(&fx, &mount, "small", 256 << 10, 64 << 10, 20_000, 1);
-    // A file larger than the part size (5 MiB here): writes before the end, truncates and
-    // reopens cross part boundaries, so parts are copied, cut and re-uploaded.
-    run_fsx(&fx, &mount, "large", 12 << 20, 1 << 20, LARGE_FSX_OPS, 2);
     // What fsx left behind is in the store as it reads through the mount.
     for name in ["small", "large"] {
         let through = fs::read(mount.path(name)).unwrap();
