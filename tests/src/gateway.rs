@@ -89,20 +89,39 @@ impl Drop for InProcessGateway {
 
 /// An aws-sdk-s3 client of a gateway at `addr` with the test key pair.
 pub fn gateway_client(addr: SocketAddr) -> aws_sdk_s3::Client {
+    client_with_keys(addr, ACCESS_KEY, SECRET_KEY)
+}
+
+/// An aws-sdk-s3 client of a gateway at `addr` signing with the given keys (path style,
+/// checksums only when required).
+pub fn client_with_keys(addr: SocketAddr, access: &str, secret: &str) -> aws_sdk_s3::Client {
     let config = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(crate::REGION))
         .endpoint_url(format!("http://{addr}"))
-        .credentials_provider(Credentials::new(
-            ACCESS_KEY,
-            SECRET_KEY,
-            None,
-            None,
-            "gateway-test",
-        ))
+        .credentials_provider(Credentials::new(access, secret, None, None, "gateway-test"))
         .force_path_style(true)
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .build();
     aws_sdk_s3::Client::from_conf(config)
+}
+
+/// The address a `rivulet gateway` process serves on, from the first line it prints
+/// (`listening on http://ADDR`). Reads byte by byte, so nothing past that line is consumed.
+pub async fn read_listen_address(mut stdout: std::process::ChildStdout) -> SocketAddr {
+    use std::io::Read;
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while stdout.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        String::from_utf8_lossy(&line).into_owned()
+    })
+    .await
+    .expect("the reader of the gateway's first line");
+    line.strip_prefix("listening on http://")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line from the gateway: {line:?}"))
 }

@@ -15,9 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{
@@ -28,14 +25,15 @@ use fs_core::store::local::LocalStore;
 use fs_core::store::rules::{md5_hex, multipart_etag};
 use fs_core::store::{DynStore, ObjectStoreExt};
 use harness::TestServer;
+use harness::gateway::{
+    ACCESS_KEY, InProcessGateway, SECRET_KEY, client_with_keys as client, read_listen_address,
+    test_config,
+};
 use s3_gateway::Server;
-use s3_gateway::config::{GatewayConfig, KeyPair};
+use s3_gateway::config::GatewayConfig;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-const ACCESS_KEY: &str = "rivulet-test-key";
-const SECRET_KEY: &str = "rivulet-test-secret";
 const MIB: usize = 1024 * 1024;
 /// The in-process gateways seal appendable objects after this long without appends.
 const SEAL_AFTER: Duration = Duration::from_millis(300);
@@ -43,8 +41,7 @@ const SEAL_AFTER: Duration = Duration::from_millis(300);
 /// A gateway running in-process, stopped on drop.
 struct Gateway {
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    server: InProcessGateway,
     /// The local store's root (local backend only).
     root: Option<PathBuf>,
     /// The gateway's store, to check what reached the backend.
@@ -54,33 +51,14 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(store: DynStore) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+    async fn start(store: DynStore) -> InProcessGateway {
         let config = GatewayConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            credentials: vec![KeyPair {
-                access_key: ACCESS_KEY.into(),
-                secret_key: SECRET_KEY.into(),
-            }],
             // Small reads, so that the multi-MiB objects below are sent in many chunks.
             read_chunk: MIB as u64,
             seal_after: SEAL_AFTER,
-            ..GatewayConfig::default()
+            ..test_config()
         };
-        let index = fs_core::Index::temporary().expect("an index");
-        let server = Server::bind(&config, store, index)
-            .await
-            .expect("bind the gateway");
-        let addr = server.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("the gateway stops cleanly");
-        });
-        (addr, stop, task)
+        InProcessGateway::start(store, config).await
     }
 
     /// Over a local store in a fresh temporary directory.
@@ -88,11 +66,10 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("store");
         let store: DynStore = Arc::new(LocalStore::open(&root).expect("local store"));
-        let (addr, stop, task) = Self::start(store.clone()).await;
+        let server = Self::start(store.clone()).await;
         Gateway {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
+            addr: server.addr,
+            server,
             root: Some(root),
             store,
             _dir: Some(dir),
@@ -104,11 +81,10 @@ impl Gateway {
     async fn moto() -> Gateway {
         let moto = TestServer::moto().await;
         let store = moto.store().await;
-        let (addr, stop, task) = Self::start(store.clone()).await;
+        let server = Self::start(store.clone()).await;
         Gateway {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
+            addr: server.addr,
+            server,
             root: None,
             store,
             _dir: None,
@@ -120,38 +96,9 @@ impl Gateway {
         client(self.addr, ACCESS_KEY, SECRET_KEY)
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(40), task)
-                .await
-                .expect("the gateway stops within its grace period")
-                .expect("the gateway task does not panic");
-        }
+    async fn stop(self) {
+        self.server.stop().await;
     }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-fn client(addr: SocketAddr, access: &str, secret: &str) -> Client {
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(format!("http://{addr}"))
-        .credentials_provider(Credentials::new(access, secret, None, None, "gateway-test"))
-        .force_path_style(true)
-        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-        .build();
-    Client::from_conf(config)
 }
 
 /// The S3 error code and HTTP status of a call that must fail.
@@ -1658,7 +1605,8 @@ async fn shutdown_lets_requests_in_flight_finish() {
         Arc::new(MemoryStore::new()),
         FaultConfig::default(),
     ));
-    let (addr, stop, task) = Gateway::start(fault.clone()).await;
+    let server = Gateway::start(fault.clone()).await;
+    let addr = server.addr;
     let c = client(addr, ACCESS_KEY, SECRET_KEY);
     create_bucket(&c, "slow").await;
     // Every store call now takes 600 ms: the PUT below is still running when shutdown starts.
@@ -1672,12 +1620,11 @@ async fn shutdown_lets_requests_in_flight_finish() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .expect("the server stops once the request is done")
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(20));
+    server.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the server stops once the request is done"
+    );
     // The server waited for the PUT: the object was stored before it returned (an abrupt stop
     // would return at once, with the store call still sleeping).
     fault.set_config(FaultConfig::default());
@@ -1789,22 +1736,7 @@ async fn spawn_gateway(store: &Path, args: &[&str]) -> (std::process::Child, Soc
         .env("RIVULET_SECRET_ACCESS_KEY", SECRET_KEY)
         .spawn()
         .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    // The first line names the bound address; read it byte by byte (no buffering past it).
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while stdout.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
-            line.push(byte[0]);
-        }
-        String::from_utf8_lossy(&line).into_owned()
-    })
-    .await
-    .unwrap();
-    let addr: SocketAddr = line
-        .strip_prefix("listening on http://")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let addr = read_listen_address(child.stdout.take().unwrap()).await;
     assert!(addr.ip().is_loopback());
     assert_ne!(addr.port(), 0);
     (child, addr)

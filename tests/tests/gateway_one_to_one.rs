@@ -1,8 +1,6 @@
 //! One-to-one bucket mode (`--store s3://`, no bucket) over moto: the gateway's buckets are
 //! moto's buckets, checked from both sides (through the gateway and directly against moto).
 
-use std::io::Read;
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -276,21 +274,7 @@ async fn the_command_serves_a_bucketless_s3_url_one_to_one() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while stdout.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
-            line.push(byte[0]);
-        }
-        String::from_utf8_lossy(&line).into_owned()
-    })
-    .await
-    .unwrap();
-    let addr: SocketAddr = line
-        .strip_prefix("listening on http://")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let addr = harness::gateway::read_listen_address(child.stdout.take().unwrap()).await;
     let c = gateway_client(addr);
     let names = bucket_names(&c).await;
     assert_eq!(

@@ -178,8 +178,17 @@ async fn the_aws_cli_and_boto3_work_through_the_gateway_over_moto() {
         ("sub/b.bin", data(70_000, 2)),
         ("sub/deeper/c.txt", data(3, 3)),
     ];
+    // moto's listings give LastModified in whole seconds, and `aws s3 sync` uploads a file
+    // whose mtime is later: files written within the second of their upload would go up
+    // again. Their mtime is set a minute back, as for files written before a sync.
+    let a_minute_ago = std::time::SystemTime::now() - Duration::from_secs(60);
     for (name, body) in &files {
         std::fs::write(tree.join(name), body).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(tree.join(name))
+            .and_then(|f| f.set_modified(a_minute_ago))
+            .unwrap();
     }
     let out = cli
         .ok(&["s3", "sync", &s(&tree), "s3://cli-moto/tree"])
