@@ -447,3 +447,21 @@ pub fn rivulet_bin() -> PathBuf {
         )
     })
 }
+
+/// A program from the test venv (`scripts/install-test-deps.sh` puts the AWS CLI and boto3
+/// there): `$RIVULET_VENV/bin/NAME`, else `~/.cache/rivulet-venv/bin/NAME`. The test fails,
+/// never skips, when it is missing.
+pub fn venv_program(name: &str) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let venv = std::env::var_os("RIVULET_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rivulet-venv")))
+        .expect("RIVULET_VENV or HOME");
+    let path = venv.join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-test-deps.sh",
+        path.display()
+    );
+    path
+}

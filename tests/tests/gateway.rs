@@ -29,6 +29,7 @@ use harness::gateway::{
     ACCESS_KEY, InProcessGateway, SECRET_KEY, client_with_keys as client, read_listen_address,
     test_config,
 };
+use harness::venv_program;
 use s3_gateway::Server;
 use s3_gateway::config::GatewayConfig;
 use tempfile::TempDir;
@@ -1850,22 +1851,6 @@ async fn a_killed_gateway_loses_no_acknowledged_append() {
     assert_bytes(&stored, &want, "the store's object after the last restart");
     child.kill().unwrap();
     child.wait().unwrap();
-}
-
-/// A program from the test venv (`scripts/install-test-deps.sh` puts the AWS CLI and boto3
-/// there); the test fails, never skips, when it is missing.
-fn venv_program(name: &str) -> PathBuf {
-    let venv = std::env::var_os("RIVULET_VENV")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rivulet-venv")))
-        .expect("RIVULET_VENV or HOME");
-    let path = venv.join("bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/install-test-deps.sh",
-        path.display()
-    );
-    path
 }
 
 /// Runs a real S3 client against the gateway with its credentials and nothing from the

@@ -9,21 +9,7 @@ use std::time::Duration;
 
 use harness::TestServer;
 use harness::gateway::{ACCESS_KEY, InProcessGateway, SECRET_KEY, test_config};
-
-/// A program from the test venv; the test fails, never skips, when it is missing.
-fn venv_program(name: &str) -> PathBuf {
-    let venv = std::env::var_os("RIVULET_VENV")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rivulet-venv")))
-        .expect("RIVULET_VENV or HOME");
-    let path = venv.join("bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/install-test-deps.sh",
-        path.display()
-    );
-    path
-}
+use harness::venv_program;
 
 /// Runs a client program with the gateway's credentials and nothing from the user's AWS
 /// configuration; returns (success, stdout, stderr).
