@@ -15,6 +15,7 @@ pub mod operators;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod text;
 
 pub use data::{DataType, Field, Record, Row, Schema, SchemaRef, Timestamp, Value};
 pub use error::EngineError;

@@ -12,9 +12,10 @@
 //! The `extra` padding field is kept short (the reference pads events to average byte sizes),
 //! so that the generator's cost is the events' content, not filler.
 
-use std::sync::Arc;
+use std::sync::OnceLock;
 
 use crate::data::Timestamp;
+use crate::text::Text;
 use crate::error::EngineError;
 
 use super::model::{Auction, Bid, Event, EventKind, Person};
@@ -159,8 +160,8 @@ fn mix(mut z: u64) -> u64 {
 /// strings, as Flink's Nexmark generator shares its cached channel strings.
 #[derive(Debug)]
 struct Channel {
-    name: Arc<str>,
-    url: Arc<str>,
+    name: Text,
+    url: Text,
 }
 
 /// The hot channels, then the numbered ones.
@@ -170,31 +171,36 @@ struct Channels {
     numbered: Vec<Channel>,
 }
 
-/// Builds the channel table (a millisecond's work). Each generator builds its own: bids share
-/// their channel's strings through reference counts, and parallel sources counting on the same
-/// counters would fight over their cache lines.
-fn channels() -> Channels {
-    let hot = HOT_CHANNELS
-        .iter()
-        .zip(0u64..)
-        .map(|(name, n)| Channel {
-            name: (*name).into(),
-            url: channel_url(mix(n ^ SEED.rotate_left(17)), None).into(),
-        })
-        .collect();
-    let numbered = (0..NUM_CHANNELS)
-        .map(|n| {
-            // A channel's URL is random but fixed per channel: seeded by its number. Nine
-            // in ten also carry the channel's id.
-            let seed = mix(n ^ !SEED);
-            let id = (!seed.is_multiple_of(10)).then(|| (n as i32).reverse_bits().unsigned_abs());
-            Channel {
-                name: format!("channel-{n}").into(),
-                url: channel_url(seed, id).into(),
-            }
-        })
-        .collect();
-    Channels { hot, numbered }
+/// The channel table, built once per process (a millisecond's work, about 1 MiB) and never
+/// freed: its strings are `'static`, so a bid copies two pointers and writes nothing to the
+/// table, and every parallel subtask reads the same cache lines (see `crate::text`).
+fn channels() -> &'static Channels {
+    static CHANNELS: OnceLock<Channels> = OnceLock::new();
+    CHANNELS.get_or_init(|| {
+        let leak = |text: String| Text::from_static(Box::leak(text.into_boxed_str()));
+        let hot = HOT_CHANNELS
+            .iter()
+            .zip(0u64..)
+            .map(|(name, n)| Channel {
+                name: Text::from_static(name),
+                url: leak(channel_url(mix(n ^ SEED.rotate_left(17)), None)),
+            })
+            .collect();
+        let numbered = (0..NUM_CHANNELS)
+            .map(|n| {
+                // A channel's URL is random but fixed per channel: seeded by its number. Nine
+                // in ten also carry the channel's id.
+                let seed = mix(n ^ !SEED);
+                let id =
+                    (!seed.is_multiple_of(10)).then(|| (n as i32).reverse_bits().unsigned_abs());
+                Channel {
+                    name: leak(format!("channel-{n}")),
+                    url: leak(channel_url(seed, id)),
+                }
+            })
+            .collect();
+        Channels { hot, numbered }
+    })
 }
 
 /// A URL of three random path segments, with the channel id if there is one.
@@ -221,7 +227,7 @@ fn channel_url(seed: u64, channel_id: Option<u32>) -> String {
 pub struct Generator {
     first_event_time_ms: i64,
     events_per_second: u64,
-    channels: Arc<Channels>,
+    channels: &'static Channels,
 }
 
 impl Generator {
@@ -237,7 +243,7 @@ impl Generator {
         Ok(Self {
             first_event_time_ms,
             events_per_second,
-            channels: Arc::new(channels()),
+            channels: channels(),
         })
     }
 
@@ -339,7 +345,7 @@ impl Generator {
             next_base0_person_id(index, &mut rng)
         };
         let price = rng.price();
-        let Channels { hot, numbered } = &*self.channels;
+        let Channels { hot, numbered } = self.channels;
         let channel = if rng.below(HOT_CHANNEL_RATIO) > 0 {
             &hot[rng.below(hot.len() as u64) as usize]
         } else {

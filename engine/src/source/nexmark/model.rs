@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataType, Field, Row, Schema, SchemaRef, Timestamp, Value};
+use crate::text::Text;
 
 /// Which events a Nexmark source emits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -89,8 +90,8 @@ pub struct Bid {
     pub bidder: i64,
     /// In cents.
     pub price: i64,
-    pub channel: Arc<str>,
-    pub url: Arc<str>,
+    pub channel: Text,
+    pub url: Text,
     pub date_time: Timestamp,
     pub extra: String,
 }
