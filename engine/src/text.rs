@@ -1,7 +1,9 @@
-//! Immutable text in a row: either a string that lives for the whole process (a generator's
-//! fixed tables) or a shared, reference-counted one.
+//! Immutable text in a row: a string that lives for the whole process (a generator's fixed
+//! tables), a short string held inline, or a shared, reference-counted one.
 //!
-//! Copying a `Text` never copies its bytes. The static form also spares the reference count:
+//! Copying a `Text` never copies more than its own 23 bytes, and only long text is allocated:
+//! short fields (a Nexmark bid's `extra`, most names and codes in CSV records) cost no
+//! allocation and no free. The static form spares the reference count as well:
 //! half of all Nexmark bids name one of 10,000 channels picked at random, and bumping and
 //! dropping the count of a random table entry on every bid costs a cache miss plus an atomic
 //! write each time (a quarter of the generator's time when the strings were `Arc<str>`). Read
@@ -23,8 +25,17 @@ pub struct Text(Repr);
 #[derive(Clone)]
 enum Repr {
     Static(&'static str),
+    /// `len` bytes of UTF-8 at the start of `bytes`.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_CAPACITY],
+    },
     Shared(Arc<str>),
 }
+
+/// The longest text held inline: what fits beside the tags of `Repr` and of the `Value` that
+/// holds it, so that a value stays three words (a test in `crate::data` pins that).
+pub const INLINE_CAPACITY: usize = 21;
 
 impl Text {
     /// Text that lives as long as the process, shared without a reference count.
@@ -32,12 +43,33 @@ impl Text {
         Text(Repr::Static(text))
     }
 
+    /// Copies `text` inline if it is short enough, else into a new shared allocation.
+    pub fn new(text: &str) -> Self {
+        match inline(text) {
+            Some(repr) => Text(repr),
+            None => Text(Repr::Shared(text.into())),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         match &self.0 {
             Repr::Static(s) => s,
+            Repr::Inline { len, bytes } => {
+                // Only `inline` builds this variant, from the bytes of a `str` of this length.
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
             Repr::Shared(s) => s,
         }
     }
+}
+
+fn inline(text: &str) -> Option<Repr> {
+    let len = u8::try_from(text.len())
+        .ok()
+        .filter(|&n| usize::from(n) <= INLINE_CAPACITY)?;
+    let mut bytes = [0u8; INLINE_CAPACITY];
+    bytes[..text.len()].copy_from_slice(text.as_bytes());
+    Some(Repr::Inline { len, bytes })
 }
 
 impl Deref for Text {
@@ -62,19 +94,22 @@ impl Borrow<str> for Text {
 
 impl From<&str> for Text {
     fn from(text: &str) -> Self {
-        Text(Repr::Shared(text.into()))
+        Text::new(text)
     }
 }
 
 impl From<String> for Text {
     fn from(text: String) -> Self {
-        Text(Repr::Shared(text.into()))
+        Text::new(&text)
     }
 }
 
 impl From<Arc<str>> for Text {
     fn from(text: Arc<str>) -> Self {
-        Text(Repr::Shared(text))
+        match inline(&text) {
+            Some(repr) => Text(repr),
+            None => Text(Repr::Shared(text)),
+        }
     }
 }
 
@@ -137,7 +172,7 @@ impl Serialize for Text {
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Arc::<str>::deserialize(deserializer).map(Text::from)
+        std::borrow::Cow::<str>::deserialize(deserializer).map(|text| Text::new(&text))
     }
 }
 
@@ -160,6 +195,18 @@ mod tests {
         *counts.entry(fixed).or_default() += 1;
         *counts.entry(shared).or_default() += 1;
         assert_eq!(counts.get("Google"), Some(&2));
+    }
+
+    #[test]
+    fn short_text_is_inline_and_long_text_shared() {
+        for len in [0, 1, 7, INLINE_CAPACITY, INLINE_CAPACITY + 1, 300] {
+            let source = "é".repeat(len / 2) + &"x".repeat(len % 2);
+            let text = Text::from(source.clone());
+            assert_eq!(text.as_str(), source);
+            let inline = matches!(text.0, Repr::Inline { .. });
+            assert_eq!(inline, source.len() <= INLINE_CAPACITY, "{len}");
+            assert_eq!(text.clone(), text);
+        }
     }
 
     #[test]

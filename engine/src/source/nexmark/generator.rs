@@ -15,8 +15,8 @@
 use std::sync::OnceLock;
 
 use crate::data::Timestamp;
-use crate::text::Text;
 use crate::error::EngineError;
+use crate::text::Text;
 
 use super::model::{Auction, Bid, Event, EventKind, Person};
 
@@ -138,15 +138,16 @@ impl Rng {
     }
 
     /// The short `extra` field: 0 to 7 letters, without spaces.
-    fn extra(&mut self) -> String {
+    /// Short enough to be held inline in a row: no allocation.
+    fn extra(&mut self) -> Text {
         let mut bits = self.next_u64();
         let len = (bits & 7) as usize;
-        let mut s = String::with_capacity(len);
-        for _ in 0..len {
+        let mut letters = [0u8; 7];
+        for letter in &mut letters[..len] {
             bits >>= 5;
-            s.push(char::from(b'a' + ((bits & 31) % 26) as u8));
+            *letter = b'a' + ((bits & 31) % 26) as u8;
         }
-        s
+        Text::new(std::str::from_utf8(&letters[..len]).unwrap_or_default())
     }
 }
 

@@ -65,7 +65,7 @@ pub struct Person {
     pub city: String,
     pub state: String,
     pub date_time: Timestamp,
-    pub extra: String,
+    pub extra: Text,
 }
 
 /// A new auction of an item.
@@ -80,7 +80,7 @@ pub struct Auction {
     pub expires: Timestamp,
     pub seller: i64,
     pub category: i64,
-    pub extra: String,
+    pub extra: Text,
 }
 
 /// A bid on an auction.
@@ -93,7 +93,7 @@ pub struct Bid {
     pub channel: Text,
     pub url: Text,
     pub date_time: Timestamp,
-    pub extra: String,
+    pub extra: Text,
 }
 
 /// One event of the stream.
@@ -149,7 +149,7 @@ impl Person {
             Value::Str(self.city.into()),
             Value::Str(self.state.into()),
             Value::Time(self.date_time),
-            Value::Str(self.extra.into()),
+            Value::Str(self.extra),
         ]
     }
 }
@@ -166,7 +166,7 @@ impl Auction {
             Value::Time(self.expires),
             Value::Int(self.seller),
             Value::Int(self.category),
-            Value::Str(self.extra.into()),
+            Value::Str(self.extra),
         ]
     }
 }
@@ -180,7 +180,7 @@ impl Bid {
             Value::Str(self.channel),
             Value::Str(self.url),
             Value::Time(self.date_time),
-            Value::Str(self.extra.into()),
+            Value::Str(self.extra),
         ]
     }
 }
@@ -287,7 +287,7 @@ mod tests {
             city: "Boise".into(),
             state: "ID".into(),
             date_time: 3,
-            extra: String::new(),
+            extra: Text::from_static(""),
         };
         let auction = Auction {
             id: 1000,
@@ -299,7 +299,7 @@ mod tests {
             expires: 9,
             seller: 1000,
             category: 10,
-            extra: String::new(),
+            extra: Text::from_static(""),
         };
         for (kind, row) in [
             (EventKind::Person, person.clone().into_row()),
