@@ -148,9 +148,23 @@ pub fn encode_json(schema: &Schema, row: &Row, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}\n");
 }
 
+/// Whether any byte of `bytes` is one `special` picks. Whole 32-byte blocks are tested without
+/// an early exit, which the compiler turns into SIMD compares; an early-exit `any` goes byte by
+/// byte, which was most of the CSV encoder's time on Nexmark's ~80-byte URLs (this is about 3x
+/// faster on those, and the same on short text).
+#[inline(always)]
+fn any_byte(bytes: &[u8], special: impl Fn(u8) -> bool) -> bool {
+    let mut blocks = bytes.chunks_exact(32);
+    let mut found = false;
+    for block in &mut blocks {
+        found |= block.iter().fold(false, |found, &b| found | special(b));
+    }
+    found || blocks.remainder().iter().any(|&b| special(b))
+}
+
 fn json_string(s: &str, out: &mut Vec<u8>) {
     // Most strings need no escaping: copy them as they are.
-    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+    if !any_byte(s.as_bytes(), |b| (b == b'"') | (b == b'\\') | (b < 0x20)) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -186,7 +200,8 @@ pub fn encode_csv(row: &Row, out: &mut Vec<u8>) {
 }
 
 fn csv_field(s: &str, out: &mut Vec<u8>) {
-    if s.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+    let needs_quotes = |b: u8| (b == b',') | (b == b'"') | (b == b'\n') | (b == b'\r');
+    if any_byte(s.as_bytes(), needs_quotes) {
         out.push(b'"');
         for b in s.bytes() {
             if b == b'"' {
@@ -307,6 +322,28 @@ mod tests {
             "{line}"
         );
         assert_eq!(decode_json(&schema(), line.trim_end()).unwrap(), row());
+    }
+
+    proptest::proptest! {
+        // Any non-empty text (CSV writes empty text as null), with or without the characters
+        // that need quoting or escaping, comes back as written from both formats.
+        #[test]
+        fn any_text_round_trips(text in "[a-z,\"\\\\\n\r\t\u{1}é ]{1,80}") {
+            let schema = Schema::new(vec![Field::new("s", DataType::String)]);
+            let row = vec![Value::Str(text.as_str().into())];
+            let mut out = Vec::new();
+            encode_json(&schema, &row, &mut out);
+            let line = std::str::from_utf8(&out).unwrap();
+            proptest::prop_assert_eq!(decode_json(&schema, line.trim_end()).unwrap(), row.clone());
+
+            let mut out = Vec::new();
+            encode_csv(&row, &mut out);
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_reader(out.as_slice());
+            let record = reader.records().next().unwrap().unwrap();
+            proptest::prop_assert_eq!(decode_csv(&schema, &record).unwrap(), row);
+        }
     }
 
     #[test]
