@@ -55,8 +55,11 @@ impl Text {
         match &self.0 {
             Repr::Static(s) => s,
             Repr::Inline { len, bytes } => {
-                // Only `inline` builds this variant, from the bytes of a `str` of this length.
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+                let bytes = &bytes[..usize::from(*len)];
+                // SAFETY: only `inline` builds this variant, by copying all the bytes of a
+                // `str` of length `len`, and nothing changes them afterwards. (Checking UTF-8
+                // again on every read cost 2% of a CSV sink job.)
+                unsafe { std::str::from_utf8_unchecked(bytes) }
             }
             Repr::Shared(s) => s,
         }
