@@ -27,9 +27,10 @@ use fs_core::store::{
 use fs_core::{FileWriter, RecoverableWriter, StoreErrorKind, WriterError};
 use tokio::sync::Mutex as AsyncMutex;
 
+use crate::cache::BlockCache;
 use crate::error::{FsError, FsResult, io_error};
 use crate::inode::{Ino, Inodes, Kind, ROOT};
-use crate::prefetch::ReadAhead;
+use crate::prefetch::{ReadAhead, Source};
 
 /// How the mount presents itself.
 #[derive(Debug, Clone)]
@@ -226,6 +227,8 @@ pub struct Filesystem {
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
     /// Read-ahead of the handles reading committed objects.
     readers: Mutex<HashMap<u64, Arc<AsyncMutex<ReadAhead>>>>,
+    /// Blocks of committed objects already read (`--cache-size`), if enabled.
+    cache: Option<Arc<BlockCache>>,
     next_fh: AtomicU64,
 }
 
@@ -297,7 +300,21 @@ impl Filesystem {
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             readers: Mutex::new(HashMap::new()),
+            cache: None,
             next_fh: AtomicU64::new(1),
+        }
+    }
+
+    /// Serves reads of committed objects through `cache` (see [`crate::cache`]).
+    pub fn with_read_cache(mut self, cache: Arc<BlockCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Drops the cached blocks of `key`: it was changed or removed through the mount.
+    async fn invalidate(&self, key: &str) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(key).await;
         }
     }
 
@@ -418,12 +435,13 @@ impl Filesystem {
         }
         if let Some(meta) = self.head(path).await? {
             let mtime = meta.last_modified.unwrap_or(SystemTime::UNIX_EPOCH);
-            let ino = lock(&self.inodes).intern(path, Kind::File, meta.size, mtime);
+            let ino =
+                lock(&self.inodes).intern(path, Kind::File, meta.size, mtime, Some(meta.etag));
             return Ok(self.attr(ino, Kind::File, meta.size, mtime));
         }
         if self.has_children(path, true).await? {
             let now = SystemTime::now();
-            let ino = lock(&self.inodes).intern(path, Kind::Dir, 0, now);
+            let ino = lock(&self.inodes).intern(path, Kind::Dir, 0, now, None);
             return Ok(self.attr(ino, Kind::Dir, 0, now));
         }
         lock(&self.inodes).remove_path(path);
@@ -450,7 +468,13 @@ impl Filesystem {
         match self.head(&node.path).await? {
             Some(meta) => {
                 let mtime = meta.last_modified.unwrap_or(SystemTime::UNIX_EPOCH);
-                lock(&self.inodes).intern(&node.path, Kind::File, meta.size, mtime);
+                lock(&self.inodes).intern(
+                    &node.path,
+                    Kind::File,
+                    meta.size,
+                    mtime,
+                    Some(meta.etag),
+                );
                 Ok(self.attr(ino, Kind::File, meta.size, mtime))
             }
             None => Err(FsError::NotFound),
@@ -461,7 +485,7 @@ impl Filesystem {
     pub async fn list_dir(&self, ino: Ino) -> FsResult<Vec<DirEntry>> {
         let path = self.dir_path(ino)?;
         let prefix = dir_prefix(&path);
-        let mut names: BTreeMap<String, (Kind, u64, SystemTime)> = BTreeMap::new();
+        let mut names: BTreeMap<String, (Kind, u64, SystemTime, Option<String>)> = BTreeMap::new();
         let mut continuation = None;
         loop {
             let page = self
@@ -480,7 +504,7 @@ impl Filesystem {
                 };
                 let name = name.trim_end_matches('/');
                 if !name.is_empty() && !name.contains('/') {
-                    names.insert(name.to_string(), (Kind::Dir, 0, SystemTime::now()));
+                    names.insert(name.to_string(), (Kind::Dir, 0, SystemTime::now(), None));
                 }
             }
             for object in &page.objects {
@@ -492,7 +516,10 @@ impl Filesystem {
                     continue;
                 }
                 let mtime = object.last_modified.unwrap_or(SystemTime::UNIX_EPOCH);
-                names.insert(name.to_string(), (Kind::File, object.size, mtime));
+                names.insert(
+                    name.to_string(),
+                    (Kind::File, object.size, mtime, Some(object.etag.clone())),
+                );
             }
             match page.next {
                 Some(next) => continuation = Some(next),
@@ -513,7 +540,7 @@ impl Filesystem {
                 && parent_of(&file.key) == path
                 && let Some(name) = file.key.strip_prefix(&prefix)
             {
-                names.insert(name.to_string(), (Kind::File, file.len(), file.mtime));
+                names.insert(name.to_string(), (Kind::File, file.len(), file.mtime, None));
             }
         }
         let mut inodes = lock(&self.inodes);
@@ -530,8 +557,8 @@ impl Filesystem {
                 name: "..".into(),
             },
         ];
-        for (name, (kind, size, mtime)) in names {
-            let ino = inodes.intern(&join(&path, &name), kind, size, mtime);
+        for (name, (kind, size, mtime, etag)) in names {
+            let ino = inodes.intern(&join(&path, &name), kind, size, mtime, etag);
             entries.push(DirEntry { ino, kind, name });
         }
         Ok(entries)
@@ -572,7 +599,7 @@ impl Filesystem {
             .await
             .map_err(|e| io_error("put", &marker, e))?;
         let now = SystemTime::now();
-        let ino = lock(&self.inodes).intern(&path, Kind::Dir, 0, now);
+        let ino = lock(&self.inodes).intern(&path, Kind::Dir, 0, now, None);
         Ok(self.attr(ino, Kind::Dir, 0, now))
     }
 
@@ -659,6 +686,7 @@ impl Filesystem {
                 .await
                 .map_err(|e| io_error("delete", &path, e))?;
         }
+        self.invalidate(&path).await;
         lock(&self.inodes).remove_path(&path);
         self.keep_dir(parent_of(&path)).await
     }
@@ -710,7 +738,7 @@ impl Filesystem {
             Err(e) => return Err(e),
         }
         let now = SystemTime::now();
-        let ino = lock(&self.inodes).intern(&path, Kind::File, 0, now);
+        let ino = lock(&self.inodes).intern(&path, Kind::File, 0, now, None);
         let file = self.attach(ino, &path, Base::Empty, true);
         let mut file = file.lock().await;
         file.handles += 1;
@@ -874,25 +902,27 @@ impl Filesystem {
             }
             return Ok(Bytes::from(out));
         }
-        let (path, len) = lock(&self.inodes)
+        let (path, len, etag) = lock(&self.inodes)
             .get(handle.ino)
-            .map(|n| (n.path.clone(), n.size))
+            .map(|n| (n.path.clone(), n.size, n.etag.clone()))
             .ok_or(FsError::NotFound)?;
+        let source = || Source {
+            store: self.store.clone(),
+            key: path.clone(),
+            cache: self.cache.clone(),
+            etag: etag.clone(),
+        };
         let reader = {
             let mut readers = lock(&self.readers);
-            let reader = readers.entry(fh).or_insert_with(|| {
-                Arc::new(AsyncMutex::new(ReadAhead::new(
-                    self.store.clone(),
-                    &path,
-                    len,
-                )))
-            });
+            let reader = readers
+                .entry(fh)
+                .or_insert_with(|| Arc::new(AsyncMutex::new(ReadAhead::new(source(), len))));
             reader.clone()
         };
         let mut reader = reader.lock().await;
         if reader.key() != path {
             // Renamed while open: read the new name from now on.
-            *reader = ReadAhead::new(self.store.clone(), &path, len);
+            *reader = ReadAhead::new(source(), len);
         }
         reader.read(offset, size).await
     }
@@ -1046,17 +1076,19 @@ impl Filesystem {
         file.begin()?;
         let result = self.commit_inner(file).await;
         file.end();
-        let size = result?;
-        if let Some(size) = size {
+        let committed = result?;
+        if let Some((size, etag)) = committed {
+            self.invalidate(&file.key).await;
             let mut inodes = lock(&self.inodes);
             if inodes.ino_of(&file.key) == Some(ino) {
-                inodes.intern(&file.key, Kind::File, size, file.mtime);
+                inodes.intern(&file.key, Kind::File, size, file.mtime, Some(etag));
             }
         }
         Ok(())
     }
 
-    async fn commit_inner(&self, file: &mut OpenFile) -> FsResult<Option<u64>> {
+    /// The size and ETag of the object committed, if anything was.
+    async fn commit_inner(&self, file: &mut OpenFile) -> FsResult<Option<(u64, String)>> {
         self.apply_shadow(file).await?;
         if let Some(mut writer) = file.writer.take() {
             let key = file.key.clone();
@@ -1072,16 +1104,17 @@ impl Filesystem {
                 .map_err(|e| io_error("commit", &key, e))?;
             file.base = Base::Object(outcome.size);
             file.dirty = false;
-            return Ok(Some(outcome.size));
+            return Ok(Some((outcome.size, outcome.etag)));
         }
         if file.dirty {
-            self.store
+            let put = self
+                .store
                 .put(&file.key, Bytes::new(), PutOptions::default())
                 .await
                 .map_err(|e| io_error("put", &file.key, e))?;
             file.base = Base::Object(0);
             file.dirty = false;
-            return Ok(Some(0));
+            return Ok(Some((0, put.etag)));
         }
         Ok(None)
     }
@@ -1172,11 +1205,13 @@ impl Filesystem {
                         .truncate_object(&node.path, size)
                         .await
                         .map_err(|e| writer_error("truncate", &node.path, e))?;
+                    self.invalidate(&node.path).await;
                     lock(&self.inodes).intern(
                         &node.path,
                         Kind::File,
                         outcome.size,
                         SystemTime::now(),
+                        Some(outcome.etag),
                     );
                 }
             }
@@ -1224,6 +1259,8 @@ impl Filesystem {
             .delete(&from)
             .await
             .map_err(|e| io_error("delete", &from, e))?;
+        self.invalidate(&from).await;
+        self.invalidate(&to).await;
         if let Some(file) = guard.as_deref_mut() {
             file.key = to.clone();
         }
@@ -1324,6 +1361,10 @@ impl Filesystem {
             .delete_many(&copied)
             .await
             .map_err(|e| io_error("delete", &from_prefix, e))?;
+        if let Some(cache) = &self.cache {
+            cache.invalidate_prefix(&from_prefix).await;
+            cache.invalidate_prefix(&to_prefix).await;
+        }
         for (_, file) in &mut guards {
             if let Some(rest) = file.key.strip_prefix(&from_prefix) {
                 file.key = format!("{to_prefix}{rest}");
