@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use fs_core::store::{
@@ -89,6 +89,9 @@ enum Base {
     /// The committed object of this length. The next writer is `open_append`/`open_truncate`.
     Object(u64),
 }
+
+/// The most names remembered as absent before the stale ones are dropped.
+const ABSENT_MAX: usize = 4096;
 
 /// The largest rewritten end of a file ([`Shadow`]) kept in memory; beyond it the rewrite is
 /// handed to the writer at once.
@@ -169,6 +172,12 @@ impl OpenFile {
         }
     }
 
+    /// A new (or emptied) file with no writer yet: its whole content is the shadow (from 0),
+    /// held in memory while it fits in one part, and published by one PUT at commit.
+    fn is_small_new(&self) -> bool {
+        self.writer.is_none() && self.base == Base::Empty
+    }
+
     fn begin(&mut self) -> FsResult<()> {
         if self.busy {
             tracing::error!(
@@ -227,6 +236,9 @@ pub struct Filesystem {
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
     /// Read-ahead of the handles reading committed objects.
     readers: Mutex<HashMap<u64, Arc<AsyncMutex<ReadAhead>>>>,
+    /// Names the store said were absent, and when: a `create` right after the kernel's lookup
+    /// of the same name need not ask again (see [`Filesystem::create`]).
+    absent: Mutex<HashMap<String, Instant>>,
     /// Blocks of committed objects already read (`--cache-size`), if enabled.
     cache: Option<Arc<BlockCache>>,
     next_fh: AtomicU64,
@@ -300,6 +312,7 @@ impl Filesystem {
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             readers: Mutex::new(HashMap::new()),
+            absent: Mutex::new(HashMap::new()),
             cache: None,
             next_fh: AtomicU64::new(1),
         }
@@ -445,7 +458,21 @@ impl Filesystem {
             return Ok(self.attr(ino, Kind::Dir, 0, now));
         }
         lock(&self.inodes).remove_path(path);
+        let mut absent = lock(&self.absent);
+        if absent.len() >= ABSENT_MAX {
+            // Names looked up and never created: forget the old ones.
+            absent.retain(|_, seen| seen.elapsed() < self.config.ttl);
+        }
+        absent.insert(path.to_string(), Instant::now());
         Err(FsError::NotFound)
+    }
+
+    /// Whether the store said `path` was absent less than the metadata TTL ago, and nothing
+    /// has given it an inode since (mkdir, rename). Forgets it either way.
+    fn recently_absent(&self, path: &str) -> bool {
+        let seen = lock(&self.absent).remove(path);
+        seen.is_some_and(|seen| seen.elapsed() < self.config.ttl)
+            && lock(&self.inodes).ino_of(path).is_none()
     }
 
     pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
@@ -731,11 +758,16 @@ impl Filesystem {
     pub async fn create(&self, parent: Ino, name: &str, mode: OpenMode) -> FsResult<(Attr, u64)> {
         self.check_writable()?;
         let path = self.child(parent, name)?;
-        match self.resolve(&path).await {
-            Ok(attr) if attr.kind == Kind::Dir => return Err(FsError::IsDir),
-            Ok(_) if mode.exclusive => return Err(FsError::Exists),
-            Ok(_) | Err(FsError::NotFound) => {}
-            Err(e) => return Err(e),
+        // The kernel creates only names its lookup did not find: when that lookup just asked
+        // the store, asking again (HEAD + LIST) would double the cost of creating a small
+        // file. O_EXCL always asks, so that it fails on a name created meanwhile elsewhere.
+        if mode.exclusive || !self.recently_absent(&path) {
+            match self.resolve(&path).await {
+                Ok(attr) if attr.kind == Kind::Dir => return Err(FsError::IsDir),
+                Ok(_) if mode.exclusive => return Err(FsError::Exists),
+                Ok(_) | Err(FsError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
         }
         let now = SystemTime::now();
         let ino = lock(&self.inodes).intern(&path, Kind::File, 0, now, None);
@@ -795,6 +827,12 @@ impl Filesystem {
         Ok(fh)
     }
 
+    /// The largest new file kept in memory until its commit (one part: larger ones are
+    /// multipart uploads anyway).
+    fn small_limit(&self) -> u64 {
+        self.writer.config().part_size.min(SHADOW_LIMIT)
+    }
+
     /// Starts the writer of an open file if it has none.
     async fn ensure_writer(&self, file: &mut OpenFile) -> FsResult<()> {
         if file.writer.is_some() {
@@ -821,6 +859,27 @@ impl Filesystem {
     }
 
     async fn set_len_inner(&self, file: &mut OpenFile, len: u64) -> FsResult<()> {
+        if len > 0 && file.is_small_new() {
+            if len <= self.small_limit() {
+                file.shadow
+                    .get_or_insert_with(|| Shadow {
+                        start: 0,
+                        bytes: Vec::new(),
+                    })
+                    .resize(len as usize);
+                file.dirty = true;
+                return Ok(());
+            }
+            // Too large to keep in memory: the writer takes over.
+            self.apply_shadow(file).await?;
+        }
+        if len > 0
+            && let Some(shadow) = &file.shadow
+            && len > shadow.start.saturating_add(SHADOW_LIMIT)
+        {
+            // Growing the rewrite past what memory holds: hand it over first.
+            self.apply_shadow(file).await?;
+        }
         if len > 0
             && let Some(shadow) = &mut file.shadow
         {
@@ -977,6 +1036,19 @@ impl Filesystem {
     ) -> FsResult<()> {
         let offset = if append { file.len() } else { offset };
         let end = offset + data.len() as u64;
+        if file.is_small_new() {
+            if end.max(file.len()) <= self.small_limit() {
+                file.shadow
+                    .get_or_insert_with(|| Shadow {
+                        start: 0,
+                        bytes: Vec::new(),
+                    })
+                    .write_at(offset, data);
+                return Ok(());
+            }
+            // Larger than a part: the writer takes over what was held, as a multipart upload.
+            self.apply_shadow(file).await?;
+        }
         if let Some(shadow) = &file.shadow {
             let (low, high) = (offset.min(shadow.start), end.max(shadow.end()));
             if high - low <= SHADOW_LIMIT {
@@ -1089,6 +1161,32 @@ impl Filesystem {
 
     /// The size and ETag of the object committed, if anything was.
     async fn commit_inner(&self, file: &mut OpenFile) -> FsResult<Option<(u64, String)>> {
+        if file.writer.is_none()
+            && let Some(shadow) = &mut file.shadow
+            && shadow.start == 0
+        {
+            // The whole content is in memory (a small new file, or a rewrite from the first
+            // byte): one PUT, with no multipart upload, staged tail or index entry.
+            let bytes = Bytes::from(std::mem::take(&mut shadow.bytes));
+            let size = bytes.len() as u64;
+            match self
+                .store
+                .put(&file.key, bytes.clone(), PutOptions::default())
+                .await
+            {
+                Ok(put) => {
+                    file.shadow = None;
+                    file.base = Base::Object(size);
+                    file.dirty = false;
+                    return Ok(Some((size, put.etag)));
+                }
+                Err(e) => {
+                    // Kept for a later fsync or close.
+                    shadow.bytes = bytes.to_vec();
+                    return Err(io_error("put", &file.key, e));
+                }
+            }
+        }
         self.apply_shadow(file).await?;
         if let Some(mut writer) = file.writer.take() {
             let key = file.key.clone();

@@ -872,3 +872,70 @@ async fn local_changes_invalidate_the_cache() {
     c.fx.put("f", b"other").await;
     assert_eq!(c.read_file("f").await, b"other");
 }
+
+#[tokio::test]
+async fn a_small_new_file_is_one_put_at_close() {
+    let c = Cached::new(64 * BLOCK);
+    let calls = |op| c.counted.calls(op);
+    let data = pattern(4096, 5);
+    // As the kernel does: a lookup that fails, then create. The create does not ask again.
+    assert_eq!(
+        c.fs.lookup(ROOT, "small").await.err(),
+        Some(FsError::NotFound)
+    );
+    let (heads, lists) = (calls(Op::Head), calls(Op::List));
+    let (_, fh) = c.fs.create(ROOT, "small", WRITE).await.unwrap();
+    assert_eq!((calls(Op::Head), calls(Op::List)), (heads, lists));
+    c.fs.write(fh, 0, &data[..1000]).await.unwrap();
+    c.fs.write(fh, 1000, &data[1000..]).await.unwrap();
+    // Read-your-writes from memory, nothing in the store yet.
+    assert!(c.fs.read(fh, 0, 8192).await.unwrap()[..] == data[..]);
+    assert_eq!(c.fx.object("small").await, None);
+    let (puts, uploads) = (calls(Op::Put), calls(Op::CreateMultipart));
+    c.fs.flush(fh).await.unwrap();
+    c.fs.release(fh).await.unwrap();
+    assert_eq!(c.fx.object("small").await, Some(data.clone()));
+    assert_eq!(calls(Op::Put), puts + 1, "one PUT");
+    assert_eq!(calls(Op::CreateMultipart), uploads, "no multipart upload");
+
+    // Up to exactly one part stays in memory; one byte more goes to the writer.
+    for (name, len, multipart) in [("part", PART, false), ("more", PART + 1, true)] {
+        let data = pattern(len as usize, 6);
+        let uploads = calls(Op::CreateMultipart);
+        let (_, fh) = c.fs.create(ROOT, name, WRITE).await.unwrap();
+        for (i, chunk) in data.chunks(10_000).enumerate() {
+            c.fs.write(fh, (i * 10_000) as u64, chunk).await.unwrap();
+        }
+        c.fs.release(fh).await.unwrap();
+        assert_eq!(c.fx.object(name).await, Some(data), "{name}");
+        assert_eq!(calls(Op::CreateMultipart) > uploads, multipart, "{name}");
+    }
+
+    // A truncate of a new file past a part goes to the writer; holes read as zeros.
+    let (attr, fh) = c.fs.create(ROOT, "holes", WRITE).await.unwrap();
+    c.fs.write(fh, 10, b"abc").await.unwrap();
+    c.fs.setattr(attr.ino, Some(20)).await.unwrap();
+    let mut expected = vec![0u8; 20];
+    expected[10..13].copy_from_slice(b"abc");
+    assert_eq!(c.fs.read(fh, 0, 100).await.unwrap()[..], expected[..]);
+    c.fs.setattr(attr.ino, Some(3 * PART)).await.unwrap();
+    expected.resize((3 * PART) as usize, 0);
+    c.fs.release(fh).await.unwrap();
+    assert!(c.fx.object("holes").await == Some(expected));
+
+    // fsync of a small new file persists through the writer (durable before close).
+    let uploads = calls(Op::CreateMultipart);
+    let (_, fh) = c.fs.create(ROOT, "synced", WRITE).await.unwrap();
+    c.fs.write(fh, 0, b"durable").await.unwrap();
+    c.fs.fsync(fh).await.unwrap();
+    assert!(
+        calls(Op::CreateMultipart) > uploads,
+        "fsync goes through fs-core"
+    );
+    c.fs.write(fh, 7, b" and more").await.unwrap();
+    c.fs.release(fh).await.unwrap();
+    assert_eq!(
+        c.fx.object("synced").await,
+        Some(b"durable and more".to_vec())
+    );
+}
