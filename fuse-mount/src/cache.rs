@@ -26,6 +26,8 @@ pub const BLOCK: u64 = 1 << 20;
 
 /// The name of the cache's directories inside the cache directory: `read-cache-PID`.
 const DIR_PREFIX: &str = "read-cache-";
+/// A cache directory being made (`making-read-cache-PID`), renamed once locked.
+const MAKING_PREFIX: &str = "making-read-cache-";
 const LOCK_FILE: &str = "lock";
 
 /// Why the cache could not be opened.
@@ -141,8 +143,12 @@ impl BlockCache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&dir)(e)),
         }
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let lock_path = dir.join(LOCK_FILE);
+        // Made and locked under another name, then renamed: another mount starting at the same
+        // time must never see it unlocked (it would delete it as stale).
+        let making = cache_dir.join(format!("{MAKING_PREFIX}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&making);
+        std::fs::create_dir_all(&making).map_err(io_err(&making))?;
+        let lock_path = making.join(LOCK_FILE);
         let lock_file = File::create(&lock_path).map_err(io_err(&lock_path))?;
         if !try_lock(&lock_file).map_err(io_err(&lock_path))? {
             return Err(CacheError::Io {
@@ -150,6 +156,7 @@ impl BlockCache {
                 source: io::Error::new(io::ErrorKind::WouldBlock, "locked by another process"),
             });
         }
+        std::fs::rename(&making, &dir).map_err(io_err(&dir))?;
         Ok(Some(Self {
             dir,
             capacity,
@@ -300,14 +307,21 @@ fn remove_stale(cache_dir: &Path) -> Result<(), CacheError> {
         let Some(name) = name.to_str() else {
             continue;
         };
-        if !name.starts_with(DIR_PREFIX) {
-            continue;
-        }
         let dir = entry.path();
-        let stale = match File::open(dir.join(LOCK_FILE)) {
-            Ok(file) => try_lock(&file).unwrap_or(false),
-            // No lock file: a directory left half-made.
-            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        let stale = if let Some(pid) = name.strip_prefix(MAKING_PREFIX) {
+            // Not locked yet while being made: stale only when its process is gone.
+            pid.parse::<libc::pid_t>().is_ok_and(|pid| {
+                // SAFETY: kill with signal 0 only checks that the process exists.
+                let rc = unsafe { libc::kill(pid, 0) };
+                rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+            })
+        } else if name.starts_with(DIR_PREFIX) {
+            match File::open(dir.join(LOCK_FILE)) {
+                Ok(file) => try_lock(&file).unwrap_or(false),
+                Err(e) => e.kind() == io::ErrorKind::NotFound,
+            }
+        } else {
+            continue;
         };
         if stale && let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(dir = %dir.display(), "read cache: removing a stale cache: {e}");
@@ -417,8 +431,15 @@ mod tests {
         std::fs::create_dir_all(&stale).unwrap();
         File::create(stale.join(LOCK_FILE)).unwrap();
         std::fs::write(stale.join("1"), b"old").unwrap();
+        // Half-made by a process that is gone (no pid is this large), and by a live one.
+        let half_made = tmp.path().join(format!("{MAKING_PREFIX}2147483646"));
+        std::fs::create_dir_all(&half_made).unwrap();
+        let live = tmp.path().join(format!("{MAKING_PREFIX}1"));
+        std::fs::create_dir_all(&live).unwrap();
         let cache = BlockCache::open(tmp.path(), BLOCK).unwrap().unwrap();
         assert!(!stale.exists());
+        assert!(!half_made.exists());
+        assert!(live.exists(), "pid 1 is alive");
         assert!(cache.dir().exists());
         let dir = cache.dir().to_path_buf();
         drop(cache);
