@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use fs_core::store::{
@@ -27,9 +27,10 @@ use fs_core::store::{
 use fs_core::{FileWriter, RecoverableWriter, StoreErrorKind, WriterError};
 use tokio::sync::Mutex as AsyncMutex;
 
+use crate::cache::BlockCache;
 use crate::error::{FsError, FsResult, io_error};
 use crate::inode::{Ino, Inodes, Kind, ROOT};
-use crate::prefetch::ReadAhead;
+use crate::prefetch::{ReadAhead, Source};
 
 /// How the mount presents itself.
 #[derive(Debug, Clone)]
@@ -88,6 +89,9 @@ enum Base {
     /// The committed object of this length. The next writer is `open_append`/`open_truncate`.
     Object(u64),
 }
+
+/// The most names remembered as absent before the stale ones are dropped.
+const ABSENT_MAX: usize = 4096;
 
 /// The largest rewritten end of a file ([`Shadow`]) kept in memory; beyond it the rewrite is
 /// handed to the writer at once.
@@ -168,6 +172,12 @@ impl OpenFile {
         }
     }
 
+    /// A new (or emptied) file with no writer yet: its whole content is the shadow (from 0),
+    /// held in memory while it fits in one part, and published by one PUT at commit.
+    fn is_small_new(&self) -> bool {
+        self.writer.is_none() && self.base == Base::Empty
+    }
+
     fn begin(&mut self) -> FsResult<()> {
         if self.busy {
             tracing::error!(
@@ -226,6 +236,11 @@ pub struct Filesystem {
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
     /// Read-ahead of the handles reading committed objects.
     readers: Mutex<HashMap<u64, Arc<AsyncMutex<ReadAhead>>>>,
+    /// Names the store said were absent, and when: a `create` right after the kernel's lookup
+    /// of the same name need not ask again (see [`Filesystem::create`]).
+    absent: Mutex<HashMap<String, Instant>>,
+    /// Blocks of committed objects already read (`--cache-size`), if enabled.
+    cache: Option<Arc<BlockCache>>,
     next_fh: AtomicU64,
 }
 
@@ -297,7 +312,22 @@ impl Filesystem {
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             readers: Mutex::new(HashMap::new()),
+            absent: Mutex::new(HashMap::new()),
+            cache: None,
             next_fh: AtomicU64::new(1),
+        }
+    }
+
+    /// Serves reads of committed objects through `cache` (see [`crate::cache`]).
+    pub fn with_read_cache(mut self, cache: Arc<BlockCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Drops the cached blocks of `key`: it was changed or removed through the mount.
+    async fn invalidate(&self, key: &str) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(key).await;
         }
     }
 
@@ -418,16 +448,31 @@ impl Filesystem {
         }
         if let Some(meta) = self.head(path).await? {
             let mtime = meta.last_modified.unwrap_or(SystemTime::UNIX_EPOCH);
-            let ino = lock(&self.inodes).intern(path, Kind::File, meta.size, mtime);
+            let ino =
+                lock(&self.inodes).intern(path, Kind::File, meta.size, mtime, Some(meta.etag));
             return Ok(self.attr(ino, Kind::File, meta.size, mtime));
         }
         if self.has_children(path, true).await? {
             let now = SystemTime::now();
-            let ino = lock(&self.inodes).intern(path, Kind::Dir, 0, now);
+            let ino = lock(&self.inodes).intern(path, Kind::Dir, 0, now, None);
             return Ok(self.attr(ino, Kind::Dir, 0, now));
         }
         lock(&self.inodes).remove_path(path);
+        let mut absent = lock(&self.absent);
+        if absent.len() >= ABSENT_MAX {
+            // Names looked up and never created: forget the old ones.
+            absent.retain(|_, seen| seen.elapsed() < self.config.ttl);
+        }
+        absent.insert(path.to_string(), Instant::now());
         Err(FsError::NotFound)
+    }
+
+    /// Whether the store said `path` was absent less than the metadata TTL ago, and nothing
+    /// has given it an inode since (mkdir, rename). Forgets it either way.
+    fn recently_absent(&self, path: &str) -> bool {
+        let seen = lock(&self.absent).remove(path);
+        seen.is_some_and(|seen| seen.elapsed() < self.config.ttl)
+            && lock(&self.inodes).ino_of(path).is_none()
     }
 
     pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
@@ -450,7 +495,13 @@ impl Filesystem {
         match self.head(&node.path).await? {
             Some(meta) => {
                 let mtime = meta.last_modified.unwrap_or(SystemTime::UNIX_EPOCH);
-                lock(&self.inodes).intern(&node.path, Kind::File, meta.size, mtime);
+                lock(&self.inodes).intern(
+                    &node.path,
+                    Kind::File,
+                    meta.size,
+                    mtime,
+                    Some(meta.etag),
+                );
                 Ok(self.attr(ino, Kind::File, meta.size, mtime))
             }
             None => Err(FsError::NotFound),
@@ -461,7 +512,7 @@ impl Filesystem {
     pub async fn list_dir(&self, ino: Ino) -> FsResult<Vec<DirEntry>> {
         let path = self.dir_path(ino)?;
         let prefix = dir_prefix(&path);
-        let mut names: BTreeMap<String, (Kind, u64, SystemTime)> = BTreeMap::new();
+        let mut names: BTreeMap<String, (Kind, u64, SystemTime, Option<String>)> = BTreeMap::new();
         let mut continuation = None;
         loop {
             let page = self
@@ -480,7 +531,7 @@ impl Filesystem {
                 };
                 let name = name.trim_end_matches('/');
                 if !name.is_empty() && !name.contains('/') {
-                    names.insert(name.to_string(), (Kind::Dir, 0, SystemTime::now()));
+                    names.insert(name.to_string(), (Kind::Dir, 0, SystemTime::now(), None));
                 }
             }
             for object in &page.objects {
@@ -492,7 +543,10 @@ impl Filesystem {
                     continue;
                 }
                 let mtime = object.last_modified.unwrap_or(SystemTime::UNIX_EPOCH);
-                names.insert(name.to_string(), (Kind::File, object.size, mtime));
+                names.insert(
+                    name.to_string(),
+                    (Kind::File, object.size, mtime, Some(object.etag.clone())),
+                );
             }
             match page.next {
                 Some(next) => continuation = Some(next),
@@ -513,7 +567,7 @@ impl Filesystem {
                 && parent_of(&file.key) == path
                 && let Some(name) = file.key.strip_prefix(&prefix)
             {
-                names.insert(name.to_string(), (Kind::File, file.len(), file.mtime));
+                names.insert(name.to_string(), (Kind::File, file.len(), file.mtime, None));
             }
         }
         let mut inodes = lock(&self.inodes);
@@ -530,8 +584,8 @@ impl Filesystem {
                 name: "..".into(),
             },
         ];
-        for (name, (kind, size, mtime)) in names {
-            let ino = inodes.intern(&join(&path, &name), kind, size, mtime);
+        for (name, (kind, size, mtime, etag)) in names {
+            let ino = inodes.intern(&join(&path, &name), kind, size, mtime, etag);
             entries.push(DirEntry { ino, kind, name });
         }
         Ok(entries)
@@ -572,7 +626,7 @@ impl Filesystem {
             .await
             .map_err(|e| io_error("put", &marker, e))?;
         let now = SystemTime::now();
-        let ino = lock(&self.inodes).intern(&path, Kind::Dir, 0, now);
+        let ino = lock(&self.inodes).intern(&path, Kind::Dir, 0, now, None);
         Ok(self.attr(ino, Kind::Dir, 0, now))
     }
 
@@ -659,6 +713,7 @@ impl Filesystem {
                 .await
                 .map_err(|e| io_error("delete", &path, e))?;
         }
+        self.invalidate(&path).await;
         lock(&self.inodes).remove_path(&path);
         self.keep_dir(parent_of(&path)).await
     }
@@ -703,14 +758,19 @@ impl Filesystem {
     pub async fn create(&self, parent: Ino, name: &str, mode: OpenMode) -> FsResult<(Attr, u64)> {
         self.check_writable()?;
         let path = self.child(parent, name)?;
-        match self.resolve(&path).await {
-            Ok(attr) if attr.kind == Kind::Dir => return Err(FsError::IsDir),
-            Ok(_) if mode.exclusive => return Err(FsError::Exists),
-            Ok(_) | Err(FsError::NotFound) => {}
-            Err(e) => return Err(e),
+        // The kernel creates only names its lookup did not find: when that lookup just asked
+        // the store, asking again (HEAD + LIST) would double the cost of creating a small
+        // file. O_EXCL always asks, so that it fails on a name created meanwhile elsewhere.
+        if mode.exclusive || !self.recently_absent(&path) {
+            match self.resolve(&path).await {
+                Ok(attr) if attr.kind == Kind::Dir => return Err(FsError::IsDir),
+                Ok(_) if mode.exclusive => return Err(FsError::Exists),
+                Ok(_) | Err(FsError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
         }
         let now = SystemTime::now();
-        let ino = lock(&self.inodes).intern(&path, Kind::File, 0, now);
+        let ino = lock(&self.inodes).intern(&path, Kind::File, 0, now, None);
         let file = self.attach(ino, &path, Base::Empty, true);
         let mut file = file.lock().await;
         file.handles += 1;
@@ -767,6 +827,12 @@ impl Filesystem {
         Ok(fh)
     }
 
+    /// The largest new file kept in memory until its commit (one part: larger ones are
+    /// multipart uploads anyway).
+    fn small_limit(&self) -> u64 {
+        self.writer.config().part_size.min(SHADOW_LIMIT)
+    }
+
     /// Starts the writer of an open file if it has none.
     async fn ensure_writer(&self, file: &mut OpenFile) -> FsResult<()> {
         if file.writer.is_some() {
@@ -793,6 +859,27 @@ impl Filesystem {
     }
 
     async fn set_len_inner(&self, file: &mut OpenFile, len: u64) -> FsResult<()> {
+        if len > 0 && file.is_small_new() {
+            if len <= self.small_limit() {
+                file.shadow
+                    .get_or_insert_with(|| Shadow {
+                        start: 0,
+                        bytes: Vec::new(),
+                    })
+                    .resize(len as usize);
+                file.dirty = true;
+                return Ok(());
+            }
+            // Too large to keep in memory: the writer takes over.
+            self.apply_shadow(file).await?;
+        }
+        if len > 0
+            && let Some(shadow) = &file.shadow
+            && len > shadow.start.saturating_add(SHADOW_LIMIT)
+        {
+            // Growing the rewrite past what memory holds: hand it over first.
+            self.apply_shadow(file).await?;
+        }
         if len > 0
             && let Some(shadow) = &mut file.shadow
         {
@@ -874,25 +961,27 @@ impl Filesystem {
             }
             return Ok(Bytes::from(out));
         }
-        let (path, len) = lock(&self.inodes)
+        let (path, len, etag) = lock(&self.inodes)
             .get(handle.ino)
-            .map(|n| (n.path.clone(), n.size))
+            .map(|n| (n.path.clone(), n.size, n.etag.clone()))
             .ok_or(FsError::NotFound)?;
+        let source = || Source {
+            store: self.store.clone(),
+            key: path.clone(),
+            cache: self.cache.clone(),
+            etag: etag.clone(),
+        };
         let reader = {
             let mut readers = lock(&self.readers);
-            let reader = readers.entry(fh).or_insert_with(|| {
-                Arc::new(AsyncMutex::new(ReadAhead::new(
-                    self.store.clone(),
-                    &path,
-                    len,
-                )))
-            });
+            let reader = readers
+                .entry(fh)
+                .or_insert_with(|| Arc::new(AsyncMutex::new(ReadAhead::new(source(), len))));
             reader.clone()
         };
         let mut reader = reader.lock().await;
         if reader.key() != path {
             // Renamed while open: read the new name from now on.
-            *reader = ReadAhead::new(self.store.clone(), &path, len);
+            *reader = ReadAhead::new(source(), len);
         }
         reader.read(offset, size).await
     }
@@ -947,6 +1036,19 @@ impl Filesystem {
     ) -> FsResult<()> {
         let offset = if append { file.len() } else { offset };
         let end = offset + data.len() as u64;
+        if file.is_small_new() {
+            if end.max(file.len()) <= self.small_limit() {
+                file.shadow
+                    .get_or_insert_with(|| Shadow {
+                        start: 0,
+                        bytes: Vec::new(),
+                    })
+                    .write_at(offset, data);
+                return Ok(());
+            }
+            // Larger than a part: the writer takes over what was held, as a multipart upload.
+            self.apply_shadow(file).await?;
+        }
         if let Some(shadow) = &file.shadow {
             let (low, high) = (offset.min(shadow.start), end.max(shadow.end()));
             if high - low <= SHADOW_LIMIT {
@@ -1046,17 +1148,45 @@ impl Filesystem {
         file.begin()?;
         let result = self.commit_inner(file).await;
         file.end();
-        let size = result?;
-        if let Some(size) = size {
+        let committed = result?;
+        if let Some((size, etag)) = committed {
+            self.invalidate(&file.key).await;
             let mut inodes = lock(&self.inodes);
             if inodes.ino_of(&file.key) == Some(ino) {
-                inodes.intern(&file.key, Kind::File, size, file.mtime);
+                inodes.intern(&file.key, Kind::File, size, file.mtime, Some(etag));
             }
         }
         Ok(())
     }
 
-    async fn commit_inner(&self, file: &mut OpenFile) -> FsResult<Option<u64>> {
+    /// The size and ETag of the object committed, if anything was.
+    async fn commit_inner(&self, file: &mut OpenFile) -> FsResult<Option<(u64, String)>> {
+        if file.writer.is_none()
+            && let Some(shadow) = &mut file.shadow
+            && shadow.start == 0
+        {
+            // The whole content is in memory (a small new file, or a rewrite from the first
+            // byte): one PUT, with no multipart upload, staged tail or index entry.
+            let bytes = Bytes::from(std::mem::take(&mut shadow.bytes));
+            let size = bytes.len() as u64;
+            match self
+                .store
+                .put(&file.key, bytes.clone(), PutOptions::default())
+                .await
+            {
+                Ok(put) => {
+                    file.shadow = None;
+                    file.base = Base::Object(size);
+                    file.dirty = false;
+                    return Ok(Some((size, put.etag)));
+                }
+                Err(e) => {
+                    // Kept for a later fsync or close.
+                    shadow.bytes = bytes.to_vec();
+                    return Err(io_error("put", &file.key, e));
+                }
+            }
+        }
         self.apply_shadow(file).await?;
         if let Some(mut writer) = file.writer.take() {
             let key = file.key.clone();
@@ -1072,16 +1202,17 @@ impl Filesystem {
                 .map_err(|e| io_error("commit", &key, e))?;
             file.base = Base::Object(outcome.size);
             file.dirty = false;
-            return Ok(Some(outcome.size));
+            return Ok(Some((outcome.size, outcome.etag)));
         }
         if file.dirty {
-            self.store
+            let put = self
+                .store
                 .put(&file.key, Bytes::new(), PutOptions::default())
                 .await
                 .map_err(|e| io_error("put", &file.key, e))?;
             file.base = Base::Object(0);
             file.dirty = false;
-            return Ok(Some(0));
+            return Ok(Some((0, put.etag)));
         }
         Ok(None)
     }
@@ -1172,11 +1303,13 @@ impl Filesystem {
                         .truncate_object(&node.path, size)
                         .await
                         .map_err(|e| writer_error("truncate", &node.path, e))?;
+                    self.invalidate(&node.path).await;
                     lock(&self.inodes).intern(
                         &node.path,
                         Kind::File,
                         outcome.size,
                         SystemTime::now(),
+                        Some(outcome.etag),
                     );
                 }
             }
@@ -1224,6 +1357,8 @@ impl Filesystem {
             .delete(&from)
             .await
             .map_err(|e| io_error("delete", &from, e))?;
+        self.invalidate(&from).await;
+        self.invalidate(&to).await;
         if let Some(file) = guard.as_deref_mut() {
             file.key = to.clone();
         }
@@ -1324,6 +1459,10 @@ impl Filesystem {
             .delete_many(&copied)
             .await
             .map_err(|e| io_error("delete", &from_prefix, e))?;
+        if let Some(cache) = &self.cache {
+            cache.invalidate_prefix(&from_prefix).await;
+            cache.invalidate_prefix(&to_prefix).await;
+        }
         for (_, file) in &mut guards {
             if let Some(rest) = file.key.strip_prefix(&from_prefix) {
                 file.key = format!("{to_prefix}{rest}");

@@ -24,6 +24,9 @@ pub struct Node {
     pub kind: Kind,
     pub size: u64,
     pub mtime: SystemTime,
+    /// A file's ETag as last seen (HEAD, listing, commit): names the version whose cached
+    /// blocks may be read. `None` when unknown.
+    pub etag: Option<String>,
     /// When the store last confirmed these attributes (for the metadata TTL).
     pub checked: Instant,
 }
@@ -49,6 +52,7 @@ impl Default for Inodes {
                 kind: Kind::Dir,
                 size: 0,
                 mtime: SystemTime::now(),
+                etag: None,
                 checked: Instant::now(),
             },
         );
@@ -67,12 +71,20 @@ impl Inodes {
     }
 
     /// The inode of `path`, created if new, with these attributes (confirmed now).
-    pub fn intern(&mut self, path: &str, kind: Kind, size: u64, mtime: SystemTime) -> Ino {
+    pub fn intern(
+        &mut self,
+        path: &str,
+        kind: Kind,
+        size: u64,
+        mtime: SystemTime,
+        etag: Option<String>,
+    ) -> Ino {
         let node = Node {
             path: path.to_string(),
             kind,
             size,
             mtime,
+            etag,
             checked: Instant::now(),
         };
         if let Some(&ino) = self.by_path.get(path) {
@@ -121,6 +133,8 @@ impl Inodes {
             if let Some(ino) = self.by_path.remove(&old) {
                 if let Some(node) = self.nodes.get_mut(&ino) {
                     node.path.clone_from(&new);
+                    // A copy may have another ETag (multipart copies do).
+                    node.etag = None;
                 }
                 self.by_path.insert(new, ino);
             }
@@ -134,6 +148,7 @@ impl Inodes {
             self.by_path.insert(to.to_string(), ino);
             if let Some(node) = self.nodes.get_mut(&ino) {
                 node.path = to.to_string();
+                node.etag = None;
             }
         }
     }

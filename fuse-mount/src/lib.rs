@@ -5,12 +5,14 @@
 //!   memory store).
 //! - [`adapter`]: the thin `fuser::Filesystem` that calls it.
 //! - [`prefetch`]: sequential read-ahead of committed objects.
+//! - [`cache`]: the on-disk block cache of committed objects (`--cache-size`).
 //! - [`mount`]: mounting, serving until unmounted or signalled, committing open files.
 //! - [`recovery`]: committing what a crashed mount left persisted.
 //!
 //! See `docs/fuse.md`.
 
 pub mod adapter;
+pub mod cache;
 pub mod error;
 pub mod fs;
 pub mod inode;

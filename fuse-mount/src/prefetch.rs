@@ -4,15 +4,20 @@
 //! fetched ahead by concurrent ranged GETs, with a window that doubles per sequential read up
 //! to [`MAX_WINDOW`] (the memory bound per reading handle). A read elsewhere drops what was
 //! fetched and is served by a GET of its own range.
+//!
+//! With a read cache ([`crate::cache`]) and the object's ETag known, every fetch is served from
+//! the cache's blocks where it has them; the rest is fetched as whole blocks and cached.
 
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use fs_core::StoreErrorKind;
 use fs_core::store::DynStore;
 use tokio::task::JoinHandle;
 
+use crate::cache::{BLOCK, BlockCache};
 use crate::error::{FsError, FsResult, io_error};
 
 /// The size of one read-ahead GET.
@@ -20,8 +25,104 @@ pub const CHUNK: u64 = 4 << 20;
 /// The most bytes fetched ahead of a reader (fetched or in flight).
 pub const MAX_WINDOW: u64 = 32 << 20;
 
+/// Where a reader's bytes come from: the store, through the read cache when there is one and
+/// the version read (`etag`) is known.
+#[derive(Clone)]
+pub struct Source {
+    pub store: DynStore,
+    pub key: String,
+    pub cache: Option<Arc<BlockCache>>,
+    /// The ETag of the version being read, as last seen in the store (a HEAD, a listing, a
+    /// commit); `None` when unknown, and then the cache is filled but not read.
+    pub etag: Option<String>,
+}
+
+impl Source {
+    /// Bytes `range` of the object; a range starting at or past the end is an empty read.
+    pub async fn fetch(&self, range: Range<u64>) -> FsResult<Bytes> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let Some(cache) = &self.cache else {
+            return get(&self.store, &self.key, range).await;
+        };
+        let first = range.start / BLOCK;
+        let last = (range.end - 1) / BLOCK;
+        // The blocks cached from the start of the range.
+        let mut cached = Vec::new();
+        if let Some(etag) = &self.etag {
+            for block in first..=last {
+                match cache.get(&self.key, etag, block).await {
+                    Some(data) => cached.push(data),
+                    None => break,
+                }
+            }
+        }
+        let missing = first + cached.len() as u64;
+        if missing <= last {
+            // The rest as whole blocks, so that they can be cached.
+            let from = missing * BLOCK;
+            let got = match self
+                .store
+                .get(&self.key, Some(from..(last + 1) * BLOCK))
+                .await
+            {
+                Ok(got) => got,
+                Err(e) if e.kind() == StoreErrorKind::InvalidRange => return Ok(Bytes::new()),
+                Err(e) if e.kind() == StoreErrorKind::NotFound => {
+                    cache.invalidate(&self.key).await;
+                    return Err(FsError::NotFound);
+                }
+                Err(e) => return Err(io_error("get", &self.key, e)),
+            };
+            if self.etag.as_deref().is_some_and(|e| e != got.meta.etag) {
+                // Changed in the store since its ETag was seen: the cached blocks are of
+                // another version. Nothing of them is served with the new bytes.
+                cache.invalidate(&self.key).await;
+                cached.clear();
+                if missing != first {
+                    return get(&self.store, &self.key, range).await;
+                }
+            }
+            // The blocks are the version the answer names, whatever was expected.
+            let mut block = missing;
+            let mut at = 0usize;
+            while at < got.body.len() {
+                let len = (got.body.len() - at).min(BLOCK as usize);
+                let data = got.body.slice(at..at + len);
+                // A short block that is not the object's last would be wrong to cache.
+                let whole = len as u64 == BLOCK || block * BLOCK + len as u64 == got.meta.size;
+                if whole {
+                    cache
+                        .put(&self.key, &got.meta.etag, block, data.clone())
+                        .await;
+                }
+                cached.push(data);
+                at += len;
+                block += 1;
+            }
+        }
+        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+        let mut pos = first * BLOCK;
+        for data in cached {
+            let end = pos + data.len() as u64;
+            if end > range.start && pos < range.end {
+                let from = range.start.saturating_sub(pos) as usize;
+                let to = (range.end.min(end) - pos) as usize;
+                out.extend_from_slice(&data[from..to]);
+            }
+            if (data.len() as u64) < BLOCK {
+                // The object's end.
+                break;
+            }
+            pos = end;
+        }
+        Ok(out.freeze())
+    }
+}
+
 enum Data {
-    Pending(JoinHandle<Result<Bytes, fs_core::StoreError>>),
+    Pending(JoinHandle<FsResult<Bytes>>),
     Ready(Bytes),
 }
 
@@ -32,8 +133,7 @@ struct Chunk {
 
 /// One reading handle's stream of chunks.
 pub struct ReadAhead {
-    store: DynStore,
-    key: String,
+    source: Source,
     /// The object's size when the handle was opened: nothing is fetched beyond it.
     size: u64,
     /// Where the next read continues the sequence.
@@ -50,10 +150,9 @@ impl Drop for ReadAhead {
 }
 
 impl ReadAhead {
-    pub fn new(store: DynStore, key: &str, size: u64) -> Self {
+    pub fn new(source: Source, size: u64) -> Self {
         Self {
-            store,
-            key: key.to_string(),
+            source,
             size,
             next: 0,
             window: 0,
@@ -62,7 +161,7 @@ impl ReadAhead {
     }
 
     pub fn key(&self) -> &str {
-        &self.key
+        &self.source.key
     }
 
     fn reset(&mut self) {
@@ -76,24 +175,37 @@ impl ReadAhead {
 
     /// Up to `size` bytes at `offset`.
     pub async fn read(&mut self, offset: u64, size: u32) -> FsResult<Bytes> {
-        let end = offset.saturating_add(u64::from(size));
+        let mut end = offset.saturating_add(u64::from(size));
+        if self.source.cache.is_some() && self.source.etag.is_some() {
+            // The version read is known, and so is its size: nothing to ask the store past it.
+            if offset >= self.size {
+                return Ok(Bytes::new());
+            }
+            end = end.min(self.size);
+        }
         if offset != self.next || end > self.size {
             // Not the continuation of the sequence, or past the end known at open (the object
             // may have grown): one GET of exactly this range.
             self.reset();
             self.next = end;
-            return get(&self.store, &self.key, offset..end).await;
+            return self.source.fetch(offset..end).await;
         }
         self.window = (self.window * 2).clamp(CHUNK, MAX_WINDOW);
         while self.chunks.front().is_some_and(|c| c.range.end <= offset) {
             self.chunks.pop_front();
         }
-        let mut fetched_to = self.chunks.back().map_or(offset, |c| c.range.end);
+        // With a cache, chunks start on block boundaries so that they are whole blocks.
+        let start = if self.source.cache.is_some() {
+            offset - offset % BLOCK
+        } else {
+            offset
+        };
+        let mut fetched_to = self.chunks.back().map_or(start, |c| c.range.end);
         let ahead = offset.saturating_add(self.window).min(self.size);
         while fetched_to < ahead {
             let range = fetched_to..(fetched_to + CHUNK).min(self.size);
-            let (store, key, r) = (self.store.clone(), self.key.clone(), range.clone());
-            let task = tokio::spawn(async move { store.get(&key, Some(r)).await.map(|g| g.body) });
+            let (source, r) = (self.source.clone(), range.clone());
+            let task = tokio::spawn(async move { source.fetch(r).await });
             fetched_to = range.end;
             self.chunks.push_back(Chunk {
                 range,
@@ -127,8 +239,8 @@ impl ReadAhead {
             if let Data::Pending(task) = &mut chunk.data {
                 let body = match task.await {
                     Ok(Ok(body)) => body,
-                    Ok(Err(e)) => return Err(io_error("read", &self.key, e)),
-                    Err(e) => return Err(io_error("read", &self.key, e)),
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(io_error("read", &self.source.key, e)),
                 };
                 chunk.data = Data::Ready(body);
             }

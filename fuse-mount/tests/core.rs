@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
+use fs_core::store::fault::{FaultConfig, FaultStore, Op};
 use fs_core::store::memory::MemoryStore;
 use fs_core::store::{DynStore, ObjectStoreExt};
 use fs_core::{Index, RecoverableWriter, WriterConfig};
+use fuse_mount::cache::{BLOCK, BlockCache};
 use fuse_mount::{Filesystem, FsConfig, FsError, Kind, OpenMode, ROOT, recover_open_files};
 use tempfile::TempDir;
 
@@ -618,9 +620,21 @@ impl Rng {
 /// object alike.
 #[tokio::test]
 async fn random_operations_match_a_model() {
-    for (seed, fx) in [(1u64, Fixture::new()), (2, Fixture::contiguous())] {
+    // The third run reads committed bytes through a small read cache.
+    for (seed, fx, cached) in [
+        (1u64, Fixture::new(), false),
+        (2, Fixture::contiguous(), false),
+        (3, Fixture::new(), true),
+    ] {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ seed);
-        let fs = fx.fs();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let mut fs = fx.fs();
+        if cached {
+            let cache = BlockCache::open(cache_dir.path(), 4 * BLOCK)
+                .unwrap()
+                .unwrap();
+            fs = fs.with_read_cache(Arc::new(cache));
+        }
         let (attr, mut fh) = fs.create(ROOT, "fsx", WRITE).await.unwrap();
         let mut model: Vec<u8> = Vec::new();
         for step in 0..250 {
@@ -655,6 +669,13 @@ async fn random_operations_match_a_model() {
                         fx.object("fsx").await == Some(model.clone()),
                         "step {step}: commit"
                     );
+                    // Committed bytes read back through a reading handle (and the cache).
+                    let reader = fs.open(attr.ino, READ).await.unwrap();
+                    assert!(
+                        read_all(&fs, reader).await == model,
+                        "step {step}: read after commit"
+                    );
+                    fs.release(reader).await.unwrap();
                     fh = fs.open(attr.ino, WRITE).await.unwrap();
                 }
                 _ => {
@@ -677,4 +698,244 @@ async fn random_operations_match_a_model() {
             "seed {seed}: final object"
         );
     }
+}
+
+/// A file system over a memory store whose calls are counted, with a read cache of `capacity`
+/// bytes; the cache's directory lives as long as the returned `TempDir`.
+struct Cached {
+    fx: Fixture,
+    counted: Arc<FaultStore>,
+    fs: Filesystem,
+    cache: Arc<BlockCache>,
+    _dir: TempDir,
+}
+
+impl Cached {
+    fn new(capacity: u64) -> Self {
+        let memory: DynStore = Arc::new(MemoryStore::new().with_min_part_size(PART));
+        let counted = Arc::new(FaultStore::new(memory, FaultConfig::default()));
+        let fx = Fixture {
+            store: counted.clone(),
+            index: Index::temporary().expect("temporary index"),
+            cache: tempfile::tempdir().expect("cache dir"),
+        };
+        let dir = tempfile::tempdir().expect("read cache dir");
+        let cache = Arc::new(
+            BlockCache::open(dir.path(), capacity)
+                .expect("read cache")
+                .expect("enabled"),
+        );
+        let fs = fx.fs().with_read_cache(cache.clone());
+        Self {
+            fx,
+            counted,
+            fs,
+            cache,
+            _dir: dir,
+        }
+    }
+
+    fn gets(&self) -> u64 {
+        self.counted.calls(Op::Get)
+    }
+
+    async fn read_file_in(&self, dir: u64, name: &str) -> Vec<u8> {
+        let attr = self.fs.lookup(dir, name).await.expect("lookup");
+        self.read_ino(attr.ino).await
+    }
+
+    async fn read_ino(&self, ino: u64) -> Vec<u8> {
+        let fh = self.fs.open(ino, READ).await.expect("open");
+        let mut got = Vec::new();
+        loop {
+            let chunk = self
+                .fs
+                .read(fh, got.len() as u64, 128 << 10)
+                .await
+                .expect("read");
+            if chunk.is_empty() {
+                break;
+            }
+            got.extend_from_slice(&chunk);
+        }
+        self.fs.release(fh).await.expect("release");
+        got
+    }
+
+    /// Opens `name`, reads it whole as the kernel does (128 KiB at a time), closes it.
+    async fn read_file(&self, name: &str) -> Vec<u8> {
+        self.read_file_in(ROOT, name).await
+    }
+}
+
+#[tokio::test]
+async fn a_second_read_comes_from_the_read_cache() {
+    let c = Cached::new(64 * BLOCK);
+    // Several blocks and a partial last one.
+    let data = pattern((5 * BLOCK + 12_345) as usize, 3);
+    c.fx.put("dir/f", &data).await;
+    c.fx.put("small", b"tiny").await;
+    let dir = c.fs.lookup(ROOT, "dir").await.unwrap();
+    assert_eq!(names(&c.fs, dir.ino).await, [".", "..", "f"]);
+
+    let before = c.gets();
+    assert!(c.read_file_in(dir.ino, "f").await == data);
+    assert!(c.gets() > before, "the first read goes to the store");
+    assert_eq!(c.cache.used(), data.len() as u64);
+
+    let before = c.gets();
+    assert!(c.read_file_in(dir.ino, "f").await == data);
+    // Random reads, across block boundaries and past the end.
+    let attr = c.fs.lookup(dir.ino, "f").await.unwrap();
+    let fh = c.fs.open(attr.ino, READ).await.unwrap();
+    for offset in [BLOCK - 10, 3 * BLOCK + 5, 7, 5 * BLOCK + 12_000] {
+        let got = c.fs.read(fh, offset, 70_000).await.unwrap();
+        let end = (offset as usize + 70_000).min(data.len());
+        assert!(got[..] == data[offset as usize..end], "at {offset}");
+    }
+    c.fs.release(fh).await.unwrap();
+    assert_eq!(c.gets(), before, "served from the cache");
+
+    assert_eq!(c.read_file("small").await, b"tiny");
+    let before = c.gets();
+    assert_eq!(c.read_file("small").await, b"tiny");
+    assert_eq!(c.gets(), before);
+}
+
+#[tokio::test]
+async fn the_read_cache_stays_within_its_size() {
+    let c = Cached::new(3 * BLOCK);
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        let data = pattern((2 * BLOCK) as usize, i as u8);
+        c.fx.put(name, &data).await;
+        assert!(c.read_file(name).await == data);
+        assert!(c.cache.used() <= 3 * BLOCK);
+    }
+    // "c" was read last: its blocks are the ones kept.
+    let before = c.gets();
+    assert!(c.read_file("c").await == pattern((2 * BLOCK) as usize, 2));
+    assert_eq!(c.gets(), before);
+    assert!(c.read_file("a").await == pattern((2 * BLOCK) as usize, 0));
+    assert!(c.gets() > before, "evicted blocks are fetched again");
+}
+
+#[tokio::test]
+async fn a_changed_object_is_never_served_from_the_cache() {
+    let c = Cached::new(64 * BLOCK);
+    let old = pattern((2 * BLOCK + 100) as usize, 1);
+    c.fx.put("f", &old).await;
+    assert!(c.read_file("f").await == old);
+    // Changed in the bucket, same size: another ETag. The next lookup sees it (the metadata
+    // TTL is the only staleness there is).
+    let new = pattern(old.len(), 2);
+    c.fx.put("f", &new).await;
+    assert!(c.read_file("f").await == new);
+    // And a shorter one.
+    c.fx.put("f", b"short").await;
+    assert_eq!(c.read_file("f").await, b"short");
+    // The new version is cached in turn.
+    let before = c.gets();
+    assert_eq!(c.read_file("f").await, b"short");
+    assert_eq!(c.gets(), before);
+}
+
+#[tokio::test]
+async fn local_changes_invalidate_the_cache() {
+    let c = Cached::new(64 * BLOCK);
+    let data = pattern((BLOCK + 10) as usize, 1);
+    c.fx.put("f", &data).await;
+    assert!(c.read_file("f").await == data);
+
+    // Overwrite through the mount: the committed object is read, not the cached one.
+    let attr = c.fs.lookup(ROOT, "f").await.unwrap();
+    let fh = c.fs.open(attr.ino, WRITE).await.unwrap();
+    c.fs.write(fh, 5, b"XYZ").await.unwrap();
+    c.fs.release(fh).await.unwrap();
+    let mut expected = data.clone();
+    expected[5..8].copy_from_slice(b"XYZ");
+    assert!(c.read_file("f").await == expected);
+
+    // Truncate of a closed file.
+    c.fs.setattr(attr.ino, Some(100)).await.unwrap();
+    assert!(c.read_file("f").await == expected[..100]);
+
+    // Rename, then a new file under the old name.
+    c.fs.rename(ROOT, "f", ROOT, "g", false).await.unwrap();
+    assert!(c.read_file("g").await == expected[..100]);
+    let (_, fh) = c.fs.create(ROOT, "f", WRITE).await.unwrap();
+    c.fs.write(fh, 0, b"new f").await.unwrap();
+    c.fs.release(fh).await.unwrap();
+    assert_eq!(c.read_file("f").await, b"new f");
+
+    // Unlink, then the same name again with other bytes.
+    c.fs.unlink(ROOT, "f").await.unwrap();
+    c.fx.put("f", b"other").await;
+    assert_eq!(c.read_file("f").await, b"other");
+}
+
+#[tokio::test]
+async fn a_small_new_file_is_one_put_at_close() {
+    let c = Cached::new(64 * BLOCK);
+    let calls = |op| c.counted.calls(op);
+    let data = pattern(4096, 5);
+    // As the kernel does: a lookup that fails, then create. The create does not ask again.
+    assert_eq!(
+        c.fs.lookup(ROOT, "small").await.err(),
+        Some(FsError::NotFound)
+    );
+    let (heads, lists) = (calls(Op::Head), calls(Op::List));
+    let (_, fh) = c.fs.create(ROOT, "small", WRITE).await.unwrap();
+    assert_eq!((calls(Op::Head), calls(Op::List)), (heads, lists));
+    c.fs.write(fh, 0, &data[..1000]).await.unwrap();
+    c.fs.write(fh, 1000, &data[1000..]).await.unwrap();
+    // Read-your-writes from memory, nothing in the store yet.
+    assert!(c.fs.read(fh, 0, 8192).await.unwrap()[..] == data[..]);
+    assert_eq!(c.fx.object("small").await, None);
+    let (puts, uploads) = (calls(Op::Put), calls(Op::CreateMultipart));
+    c.fs.flush(fh).await.unwrap();
+    c.fs.release(fh).await.unwrap();
+    assert_eq!(c.fx.object("small").await, Some(data.clone()));
+    assert_eq!(calls(Op::Put), puts + 1, "one PUT");
+    assert_eq!(calls(Op::CreateMultipart), uploads, "no multipart upload");
+
+    // Up to exactly one part stays in memory; one byte more goes to the writer.
+    for (name, len, multipart) in [("part", PART, false), ("more", PART + 1, true)] {
+        let data = pattern(len as usize, 6);
+        let uploads = calls(Op::CreateMultipart);
+        let (_, fh) = c.fs.create(ROOT, name, WRITE).await.unwrap();
+        for (i, chunk) in data.chunks(10_000).enumerate() {
+            c.fs.write(fh, (i * 10_000) as u64, chunk).await.unwrap();
+        }
+        c.fs.release(fh).await.unwrap();
+        assert_eq!(c.fx.object(name).await, Some(data), "{name}");
+        assert_eq!(calls(Op::CreateMultipart) > uploads, multipart, "{name}");
+    }
+
+    // A truncate of a new file past a part goes to the writer; holes read as zeros.
+    let (attr, fh) = c.fs.create(ROOT, "holes", WRITE).await.unwrap();
+    c.fs.write(fh, 10, b"abc").await.unwrap();
+    c.fs.setattr(attr.ino, Some(20)).await.unwrap();
+    let mut expected = vec![0u8; 20];
+    expected[10..13].copy_from_slice(b"abc");
+    assert_eq!(c.fs.read(fh, 0, 100).await.unwrap()[..], expected[..]);
+    c.fs.setattr(attr.ino, Some(3 * PART)).await.unwrap();
+    expected.resize((3 * PART) as usize, 0);
+    c.fs.release(fh).await.unwrap();
+    assert!(c.fx.object("holes").await == Some(expected));
+
+    // fsync of a small new file persists through the writer (durable before close).
+    let uploads = calls(Op::CreateMultipart);
+    let (_, fh) = c.fs.create(ROOT, "synced", WRITE).await.unwrap();
+    c.fs.write(fh, 0, b"durable").await.unwrap();
+    c.fs.fsync(fh).await.unwrap();
+    assert!(
+        calls(Op::CreateMultipart) > uploads,
+        "fsync goes through fs-core"
+    );
+    c.fs.write(fh, 7, b" and more").await.unwrap();
+    c.fs.release(fh).await.unwrap();
+    assert_eq!(
+        c.fx.object("synced").await,
+        Some(b"durable and more".to_vec())
+    );
 }

@@ -312,6 +312,10 @@ pub struct MountArgs {
     /// made outside the mount show up after this)
     #[arg(long, value_name = "DUR", default_value = "1s", value_parser = duration_arg)]
     pub metadata_ttl: Duration,
+    /// Most bytes of committed files kept on local disk (under --cache-dir) so that reading
+    /// them again does not go to the store; 0 turns the read cache off
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = size::parse_size)]
+    pub cache_size: u64,
 }
 
 fn mode_arg(s: &str) -> Result<u16, String> {

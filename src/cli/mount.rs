@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use fs_core::{RecoverableWriter, WriterConfig};
+use fuse_mount::cache::BlockCache;
 use fuse_mount::{Filesystem, FsConfig, MountOptions, recover_open_files};
 
 use super::{Env, MountArgs, location};
@@ -70,7 +71,14 @@ pub async fn mount(env: &Env, args: &MountArgs) -> Result<()> {
         dir_mode: args.dir_mode,
         ttl: args.metadata_ttl,
     };
-    let fs = Arc::new(Filesystem::new(writer, fs_config));
+    let cache_dir = writer.config().cache_dir.clone();
+    let mut fs = Filesystem::new(writer, fs_config);
+    if let Some(cache) = BlockCache::open(&cache_dir, args.cache_size)
+        .context("opening the read cache (--cache-dir, --cache-size)")?
+    {
+        fs = fs.with_read_cache(Arc::new(cache));
+    }
+    let fs = Arc::new(fs);
     let opts = MountOptions {
         allow_other: args.allow_other,
         fs_name: format!("rivulet:{store_url}"),

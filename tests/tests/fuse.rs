@@ -506,6 +506,81 @@ fn rename_directories_on_moto() {
     rename_directories(&Fixture::on_moto());
 }
 
+/// GET requests for `key` in the moto server's log (werkzeug logs one line per request).
+fn store_gets(fx: &Fixture, key: &str) -> usize {
+    let s3 = fx.s3.as_ref().expect("an S3 backend");
+    let wanted = format!("\"GET /{}/{key}", s3.server.bucket());
+    s3.server
+        .log_text()
+        .lines()
+        .filter(|line| line.contains(&wanted) && !line.contains(&format!("{wanted}/")))
+        .count()
+}
+
+#[test]
+fn a_second_read_is_served_by_the_read_cache_on_moto() {
+    let fx = Fixture::on_moto();
+    let s3 = fx.s3.as_ref().unwrap();
+    // Written outside the mount, 3.5 MiB: several cache blocks and a partial one.
+    let outside = pattern((7 << 20) / 2, 9);
+    s3.runtime
+        .block_on(
+            s3.store
+                .put("outside.bin", outside.clone().into(), Default::default()),
+        )
+        .unwrap();
+    let mount = fx.mount();
+    // Written through the mount (its commit tells the mount the new ETag).
+    let inside = pattern(300_000, 4);
+    fs::write(mount.path("inside.bin"), &inside).unwrap();
+
+    for (key, data) in [("outside.bin", &outside), ("inside.bin", &inside)] {
+        let before = store_gets(&fx, key);
+        assert!(fs::read(mount.path(key)).unwrap() == *data, "{key}");
+        let after_first = store_gets(&fx, key);
+        assert!(
+            after_first > before,
+            "{key}: the first read goes to the store"
+        );
+        for _ in 0..2 {
+            assert!(fs::read(mount.path(key)).unwrap() == *data, "{key}");
+        }
+        assert_eq!(
+            store_gets(&fx, key),
+            after_first,
+            "{key}: later reads come from the cache"
+        );
+    }
+
+    // Changed in the bucket: once the metadata TTL (1 s) has passed, the new bytes are read.
+    let changed = pattern(outside.len(), 10);
+    s3.runtime
+        .block_on(
+            s3.store
+                .put("outside.bin", changed.clone().into(), Default::default()),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(fs::read(mount.path("outside.bin")).unwrap() == changed);
+    mount.unmount();
+
+    // --cache-size 0: every read goes to the store.
+    let mount = fx.mount_with(&["--cache-size", "0"]);
+    let before = store_gets(&fx, "inside.bin");
+    for _ in 0..2 {
+        assert!(fs::read(mount.path("inside.bin")).unwrap() == inside);
+    }
+    assert!(store_gets(&fx, "inside.bin") >= before + 2);
+    mount.unmount();
+    // The cache's directory goes with the mount.
+    let leftovers: Vec<_> = fs::read_dir(fx.dir.path().join("cache"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("read-cache-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 /// SIGKILL rounds of the crash test (the issue asks for at least 20).
 const CRASH_ROUNDS: u8 = 20;
 
