@@ -21,8 +21,9 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 use bytes::Bytes;
 use fs_core::store::s3::{S3Config, S3Store};
 use fs_core::store::{
-    CompletedPart, DynStore, GetResult, ListPage, ListRequest, ObjectMeta, ObjectStore, PartsPage,
-    PutCondition, PutOptions, PutResult, StoreError, StoreErrorKind, UploadsMarker, UploadsPage,
+    BodyStream, CompletedPart, DynStore, GetResult, GetStream, ListPage, ListRequest, ObjectMeta,
+    ObjectStore, PartsPage, PutCondition, PutOptions, PutResult, StoreError, StoreErrorKind,
+    UploadsMarker, UploadsPage,
 };
 use s3s::{S3ErrorCode, S3Result};
 
@@ -69,6 +70,8 @@ pub struct Account {
     client: aws_sdk_s3::Client,
     region: String,
     state_bucket: String,
+    /// Whether the bucket stores stream bodies: they share one endpoint, hence one answer.
+    streams_bodies: bool,
     stores: Mutex<HashMap<String, DynStore>>,
 }
 
@@ -87,6 +90,7 @@ impl Account {
             .unwrap_or_else(|| crate::config::DEFAULT_REGION.to_string());
         let account = Account {
             client: state.client().clone(),
+            streams_bodies: state.streams_bodies(),
             base,
             region,
             state_bucket: state_bucket.to_string(),
@@ -329,6 +333,46 @@ impl ObjectStore for AccountStore {
         let mut got = store.get(inner, range).await?;
         got.meta.key = key.to_string();
         Ok(got)
+    }
+
+    fn streams_bodies(&self) -> bool {
+        self.account.streams_bodies
+    }
+
+    async fn get_stream(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<GetStream, StoreError> {
+        let (store, inner) = self.route("get", key).await?;
+        let mut got = store.get_stream(inner, range).await?;
+        got.meta.key = key.to_string();
+        Ok(got)
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        size: u64,
+        body: BodyStream,
+        opts: PutOptions,
+    ) -> Result<PutResult, StoreError> {
+        let (store, inner) = self.route("put", key).await?;
+        store.put_stream(inner, size, body, opts).await
+    }
+
+    async fn upload_part_stream(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        size: u64,
+        body: BodyStream,
+    ) -> Result<String, StoreError> {
+        let (store, inner) = self.route("upload part", key).await?;
+        store
+            .upload_part_stream(inner, upload_id, part_number, size, body)
+            .await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {

@@ -1,6 +1,7 @@
 //! Request bodies: read in bounded chunks with their MD5 computed on the way, and PutObject
 //! bodies larger than one part streamed into a multipart upload of the store, so that the
-//! memory a PUT needs is bounded by a few parts whatever its size.
+//! memory a PUT needs is bounded by a few parts whatever its size. Over a store that streams
+//! bodies (S3), a body is instead relayed to the store as it arrives ([`Relay`]), in one request.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -11,8 +12,11 @@ use fs_core::store::{
 use futures::StreamExt;
 use md5::{Digest, Md5};
 use s3s::dto::StreamingBlob;
-use s3s::{S3ErrorCode, S3Result};
+use s3s::{S3Error, S3ErrorCode, S3Result};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use tokio::task::JoinSet;
 
@@ -130,6 +134,17 @@ pub fn check_content_md5(content_md5: Option<&str>, digest: &[u8]) -> S3Result<(
     let Some(expected) = content_md5 else {
         return Ok(());
     };
+    if decode_content_md5(expected)?.as_slice() != digest {
+        return Err(s3_err(
+            S3ErrorCode::BadDigest,
+            "The Content-MD5 you specified did not match what was received",
+        ));
+    }
+    Ok(())
+}
+
+/// The digest a `Content-MD5` header holds; `InvalidDigest` if it is not base64 of 16 bytes.
+fn decode_content_md5(expected: &str) -> S3Result<Vec<u8>> {
     let decoded = BASE64.decode(expected.trim()).map_err(|_| {
         s3_err(
             S3ErrorCode::InvalidDigest,
@@ -142,13 +157,134 @@ pub fn check_content_md5(content_md5: Option<&str>, digest: &[u8]) -> S3Result<(
             "The Content-MD5 you specified is not an MD5 digest",
         ));
     }
-    if decoded.as_slice() != digest {
-        return Err(s3_err(
-            S3ErrorCode::BadDigest,
-            "The Content-MD5 you specified did not match what was received",
-        ));
+    Ok(decoded)
+}
+
+/// A request body relayed to a store as it arrives (see [`fs_core::store::BodyStream`]): held to
+/// its declared length, its `Content-MD5` checked before its last chunk is handed on. A body
+/// that fails (the client went away, a bad signature or digest, a wrong length) ends with an
+/// error instead of that chunk, so the store's request is aborted and nothing is written; why
+/// it failed is kept for the answer to the client ([`RelayOutcome::error`]).
+pub struct Relay {
+    body: Option<StreamingBlob>,
+    left: u64,
+    md5: Option<(Md5, Vec<u8>)>,
+    outcome: RelayOutcome,
+}
+
+/// Why a [`Relay`] failed, once it has.
+#[derive(Clone, Default)]
+pub struct RelayOutcome(Arc<Mutex<Option<(S3ErrorCode, String)>>>);
+
+impl RelayOutcome {
+    fn fail(&self, code: S3ErrorCode, message: String) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert((code, message));
     }
-    Ok(())
+
+    /// The error to answer when the store call fed by the relay failed: the body's own
+    /// failure if it had one, else the store's.
+    pub fn error(&self, store_error: StoreError) -> S3Error {
+        let slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some((code, message)) => s3_err(code.clone(), message.clone()),
+            None => to_s3(store_error),
+        }
+    }
+}
+
+impl Relay {
+    /// A relay of `body`, which declared `size` bytes; a malformed `content_md5` or a size over
+    /// [`MAX_OBJECT_SIZE`] fails here, before anything is sent.
+    pub fn new(
+        body: Option<StreamingBlob>,
+        size: u64,
+        content_md5: Option<&str>,
+    ) -> S3Result<(Relay, RelayOutcome)> {
+        if size > MAX_OBJECT_SIZE {
+            return Err(s3_err(
+                S3ErrorCode::EntityTooLarge,
+                "Your proposed upload exceeds the maximum allowed object size (5 GiB)",
+            ));
+        }
+        let md5 = match content_md5 {
+            Some(header) => Some((Md5::new(), decode_content_md5(header)?)),
+            None => None,
+        };
+        let outcome = RelayOutcome::default();
+        let relay = Relay {
+            body,
+            left: size,
+            md5,
+            outcome: outcome.clone(),
+        };
+        Ok((relay, outcome))
+    }
+
+    fn fail(&mut self, code: S3ErrorCode, message: String) -> Poll<Option<std::io::Result<Bytes>>> {
+        self.body = None;
+        self.left = 0;
+        let err = std::io::Error::other(message.clone());
+        self.outcome.fail(code, message);
+        Poll::Ready(Some(Err(err)))
+    }
+}
+
+impl futures::Stream for Relay {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            let Some(body) = this.body.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let chunk = match body.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => chunk,
+                Poll::Ready(Some(Err(e))) => {
+                    return this.fail(
+                        S3ErrorCode::IncompleteBody,
+                        format!("reading the request body: {e}"),
+                    );
+                }
+                Poll::Ready(None) if this.left > 0 => {
+                    return this.fail(
+                        S3ErrorCode::IncompleteBody,
+                        format!("the request body ended {} bytes short", this.left),
+                    );
+                }
+                Poll::Ready(None) => {
+                    this.body = None;
+                    return Poll::Ready(None);
+                }
+            };
+            if chunk.is_empty() {
+                continue;
+            }
+            let len = chunk.len() as u64;
+            if len > this.left {
+                return this.fail(
+                    S3ErrorCode::IncompleteBody,
+                    "the request body is longer than its Content-Length".to_string(),
+                );
+            }
+            this.left -= len;
+            if let Some((md5, _)) = &mut this.md5 {
+                md5.update(&chunk);
+            }
+            if this.left == 0
+                && let Some((md5, expected)) = this.md5.take()
+                && md5.finalize().as_slice() != expected.as_slice()
+            {
+                return this.fail(
+                    S3ErrorCode::BadDigest,
+                    "The Content-MD5 you specified did not match what was received".to_string(),
+                );
+            }
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+    }
 }
 
 /// How a PutObject body larger than one part is written: parts of `part_size`, at most
@@ -344,6 +480,73 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// Everything a relay hands on, and its error if it ended with one.
+    async fn drain(mut relay: Relay) -> (Vec<u8>, Option<std::io::Error>) {
+        let mut out = Vec::new();
+        while let Some(item) = relay.next().await {
+            match item {
+                Ok(chunk) => out.extend_from_slice(&chunk),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        (out, None)
+    }
+
+    #[tokio::test]
+    async fn a_relay_hands_on_a_good_body_whole() {
+        let md5 = BASE64.encode(Md5::digest(b"abcdefgh"));
+        let (relay, outcome) = Relay::new(blob(&[b"abc", b"", b"defgh"]), 8, Some(&md5)).unwrap();
+        let (out, err) = drain(relay).await;
+        assert_eq!((out.as_slice(), err.is_none()), (&b"abcdefgh"[..], true));
+        let fallback = fs_core::store::StoreError::new(
+            fs_core::store::StoreErrorKind::Transient,
+            "put",
+            "k",
+            "the store failed",
+        );
+        assert_eq!(
+            outcome.error(fallback).code().as_str(),
+            "ServiceUnavailable"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_relay_holds_back_the_last_chunk_of_a_bad_digest() {
+        let md5 = BASE64.encode(Md5::digest(b"something else"));
+        let (relay, outcome) = Relay::new(blob(&[b"abc", b"defgh"]), 8, Some(&md5)).unwrap();
+        let (out, err) = drain(relay).await;
+        assert_eq!(out, b"abc", "the last chunk is not handed on");
+        assert!(err.is_some());
+        let store_err = fs_core::store::StoreError::new(
+            fs_core::store::StoreErrorKind::Other,
+            "put",
+            "k",
+            "aborted",
+        );
+        assert_eq!(outcome.error(store_err).code().as_str(), "BadDigest");
+    }
+
+    #[tokio::test]
+    async fn a_relay_holds_a_body_to_its_length() {
+        for (chunks, size) in [(&[&b"abc"[..], b"de"][..], 4), (&[&b"abc"[..]][..], 4)] {
+            let (relay, outcome) = Relay::new(blob(chunks), size, None).unwrap();
+            let (out, err) = drain(relay).await;
+            assert!(out.len() < 5 && err.is_some(), "{chunks:?} as {size} bytes");
+            let store_err = fs_core::store::StoreError::new(
+                fs_core::store::StoreErrorKind::Other,
+                "put",
+                "k",
+                "aborted",
+            );
+            assert_eq!(outcome.error(store_err).code().as_str(), "IncompleteBody");
+        }
+        // A malformed Content-MD5 or an oversize declaration fails before anything is sent.
+        let bad = Relay::new(blob(&[b"x"]), 1, Some("AAAA")).err().unwrap();
+        assert_eq!(bad.code().as_str(), "InvalidDigest");
+        let big = Relay::new(None, MAX_OBJECT_SIZE + 1, None).err().unwrap();
+        assert_eq!(big.code().as_str(), "EntityTooLarge");
     }
 
     #[test]

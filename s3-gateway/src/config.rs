@@ -43,7 +43,8 @@ pub struct GatewayConfig {
     pub anonymous: bool,
     /// Base domains for virtual-hosted-style requests (`bucket.domain`); path style always works.
     pub domains: Vec<String>,
-    /// Bytes a GET reads from the store at a time: bounds the memory of a download.
+    /// Bytes a GET reads from the store at a time: bounds the memory of a download. Unused over
+    /// stores that stream bodies (a GET is then relayed as it arrives).
     pub read_chunk: u64,
     /// An appendable object is sealed (committed to the store) after this long without appends.
     pub seal_after: Duration,

@@ -1,11 +1,14 @@
 //! The S3 operations: each maps its request onto [`ObjectStore`] calls through the bucket
 //! mapping, and the store's answer (or error) back onto S3's.
 //!
-//! PutObject bodies larger than one part are streamed into a multipart upload of the store (see
-//! [`crate::bodies`]); an UploadPart body, an append and a CopyObject source are held whole,
-//! because the store takes a part or an object whole (at most 5 GiB, S3's limit, enforced
-//! here). GET bodies are streamed in ranged reads of [`GatewayService::read_chunk`] bytes, so
-//! memory stays bounded whatever the object's size.
+//! Over a store that streams bodies (S3 on HTTPS or loopback), PutObject bodies larger than one
+//! part, UploadPart bodies and GET bodies are relayed as they arrive, one store request each
+//! (see [`crate::bodies::Relay`]). Over other stores, PutObject bodies larger than one part are
+//! streamed into a multipart upload of the store (see [`crate::bodies`]); an UploadPart body is
+//! held whole, because such a store takes a part whole (at most 5 GiB, S3's limit, enforced
+//! here); GET bodies are streamed in ranged reads of [`GatewayService::read_chunk`] bytes. Either
+//! way memory stays bounded whatever the object's size. An append and a CopyObject source are
+//! held whole.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -20,7 +23,7 @@ use s3s::dto::{self, CopySource, ETag, ETagCondition, StreamingBlob, Timestamp};
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use crate::appends::{Appends, OpenView};
-use crate::bodies::{BodyReader, MAX_OBJECT_SIZE, StreamedUpload, Streaming};
+use crate::bodies::{BodyReader, MAX_OBJECT_SIZE, Relay, StreamedUpload, Streaming};
 use crate::buckets::{Buckets, bucket_prefix, no_such_bucket};
 use crate::errors::{s3_err, to_s3};
 use crate::listing::{self, Cursor, MAX_KEYS, Query, url_encode};
@@ -28,6 +31,10 @@ use crate::listing::{self, Cursor, MAX_KEYS, Query, url_encode};
 /// How many bytes a GET reads from the store at a time (the default of
 /// [`GatewayService::read_chunk`]).
 pub const DEFAULT_READ_CHUNK: u64 = 8 * 1024 * 1024;
+
+/// GET bodies relayed from a store that streams them are gathered first up to this size (see
+/// [`GatewayService::get_relayed`]).
+const GATHERED_GET_MAX: u64 = 1024 * 1024;
 
 /// PutObject bodies up to this size are stored with one PUT; larger ones are streamed into a
 /// multipart upload in parts of this size (the default of the writer's part size).
@@ -69,6 +76,101 @@ impl GatewayService {
             },
             appends,
         }
+    }
+
+    /// The declared size of a body to relay to the store as it arrives: when the store streams
+    /// bodies and the client declared the length (which the relay holds the body to).
+    fn relayed_size(&self, content_length: Option<i64>) -> Option<u64> {
+        if !self.store.streams_bodies() {
+            return None;
+        }
+        content_length.and_then(|n| u64::try_from(n).ok())
+    }
+
+    /// A PutObject body larger than one part, relayed to the store in one PUT as it arrives
+    /// (memory stays bounded by the connections' buffers, and the ETag is the body's MD5, as
+    /// S3's). The key lock and the condition are taken first, since the store's PUT is the
+    /// commit.
+    async fn put_relayed(
+        &self,
+        key: String,
+        size: u64,
+        input: dto::PutObjectInput,
+    ) -> S3Result<S3Response<dto::PutObjectOutput>> {
+        let (relay, outcome) = Relay::new(input.body, size, input.content_md5.as_deref())?;
+        let _key_lock = self.appends.lock_sealed(&key).await?;
+        let condition = put_condition(
+            &self.store,
+            &key,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+        )
+        .await?;
+        let opts = PutOptions {
+            condition,
+            content_type: input.content_type,
+            metadata: user_metadata(input.metadata),
+        };
+        let result = self
+            .store
+            .put_stream(&key, size, Box::pin(relay), opts)
+            .await
+            .map_err(|e| outcome.error(e))?;
+        Ok(S3Response::new(dto::PutObjectOutput {
+            e_tag: strong(result.etag),
+            ..Default::default()
+        }))
+    }
+
+    /// A GET over a store that streams bodies: one store GET, its body relayed to the client as
+    /// it arrives (its pace is the client's: the connections' buffers bound the memory, and a
+    /// client that goes away drops the store's answer with it).
+    async fn get_relayed(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<Range<u64>>,
+        conds: &Conditions<'_>,
+        ranged: bool,
+    ) -> S3Result<S3Response<dto::GetObjectOutput>> {
+        let got = match self.store.get_stream(key, range).await {
+            Ok(got) => got,
+            Err(e) => return Err(self.object_error(bucket, e).await),
+        };
+        // The object may have changed since a HEAD: the answer must hold for what is sent.
+        conds.evaluate(&got.meta)?;
+        let meta = got.meta;
+        let sent = got.range;
+        let content_range = ranged.then(|| {
+            format!(
+                "bytes {}-{}/{}",
+                sent.start,
+                sent.end.saturating_sub(1),
+                meta.size
+            )
+        });
+        let len = sent.end - sent.start;
+        let body = if len <= GATHERED_GET_MAX {
+            // Gathered first, a small body leaves with its headers in one write instead of
+            // trailing them in a packet of its own.
+            let bytes = fs_core::store::gather_body("get", key, len, got.body)
+                .await
+                .map_err(to_s3)?;
+            StreamingBlob::from(s3s::Body::from(bytes))
+        } else {
+            StreamingBlob::wrap(got.body)
+        };
+        Ok(S3Response::new(dto::GetObjectOutput {
+            body: Some(body),
+            content_length: Some(to_i64(len)),
+            content_range,
+            accept_ranges: Some("bytes".into()),
+            content_type: meta.content_type.clone(),
+            e_tag: strong(meta.etag.clone()),
+            last_modified: timestamp(meta.last_modified),
+            metadata: response_metadata(&meta.metadata),
+            ..Default::default()
+        }))
     }
 
     /// Shows the open appendable objects of a listing page as they are (size, ETag, time).
@@ -673,12 +775,17 @@ impl S3 for GatewayService {
             return self.append_object(input, offset).await;
         }
         let key = self.existing_key(&input.bucket, &input.key).await?;
+        let part_size = self.streaming.part_size;
+        if let Some(size) = self.relayed_size(input.content_length)
+            && size > part_size as u64
+        {
+            return self.put_relayed(key, size, input).await;
+        }
         let mut reader = BodyReader::new(
             input.body,
             input.content_length,
             input.content_md5.as_deref(),
         );
-        let part_size = self.streaming.part_size;
         let first = reader.read_chunk(part_size).await?;
         let second = if first.len() == part_size {
             reader.read_chunk(part_size).await?
@@ -778,6 +885,11 @@ impl S3 for GatewayService {
             None
         };
         let range = store_range(input.range.as_ref(), known_size)?;
+        if self.store.streams_bodies() {
+            return self
+                .get_relayed(&input.bucket, &key, range, &conds, input.range.is_some())
+                .await;
+        }
         // The first chunk brings the metadata (and the size an open range ends at).
         let wanted = range.clone().unwrap_or(0..u64::MAX);
         let first_end = wanted.start.saturating_add(self.read_chunk).min(wanted.end);
@@ -1154,7 +1266,20 @@ impl S3 for GatewayService {
         let input = req.input;
         let key = self.existing_key(&input.bucket, &input.key).await?;
         let number = part_number(input.part_number)?;
-        // A part is one store part, which the store takes whole.
+        if let Some(size) = self.relayed_size(input.content_length) {
+            // Relayed as it arrives: one copy less, and no whole part (up to 5 GiB) in memory.
+            let (relay, outcome) = Relay::new(input.body, size, input.content_md5.as_deref())?;
+            let etag = self
+                .store
+                .upload_part_stream(&key, &input.upload_id, number, size, Box::pin(relay))
+                .await
+                .map_err(|e| outcome.error(e))?;
+            return Ok(S3Response::new(dto::UploadPartOutput {
+                e_tag: strong(etag),
+                ..Default::default()
+            }));
+        }
+        // A part is one store part, which a store that does not stream bodies takes whole.
         let mut reader = BodyReader::new(
             input.body,
             input.content_length,

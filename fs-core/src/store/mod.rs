@@ -7,9 +7,11 @@
 //! works against a real S3 API. Keys are relative to the store's root (the bucket and prefix of an
 //! `s3://` URL, the directory of a local store).
 //!
-//! Bodies are whole [`Bytes`], not streams: callers that move large objects split them into
-//! ranges (ranged GETs, multipart parts), which keeps the trait small and every call bounded in
-//! memory by what the caller asked for.
+//! Bodies are whole [`Bytes`]: callers that move large objects split them into ranges (ranged
+//! GETs, multipart parts), which keeps every call bounded in memory by what the caller asked for.
+//! A store that can move a body as it arrives (S3, over HTTP) also says so with
+//! [`ObjectStore::streams_bodies`]; a proxy (the gateway) then passes a client's body through
+//! its `*_stream` calls in one request instead of buffering and splitting it.
 
 pub mod fault;
 pub mod local;
@@ -25,7 +27,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
 
 pub use self::url::{StoreUrl, open_store};
 pub use crate::error::{StoreError, StoreErrorKind};
@@ -94,6 +97,153 @@ pub struct GetResult {
     /// The byte range of the object that `body` holds.
     pub range: Range<u64>,
     pub body: Bytes,
+}
+
+/// A body moved as it arrives, in chunks of whatever size the network hands over. An error
+/// ends it: a request it feeds is then aborted, never completed with fewer bytes.
+pub type BodyStream = std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + Sync>>;
+
+/// A streamed GET's answer: the whole object's metadata and the requested range's bytes, as the
+/// store sends them.
+pub struct GetStream {
+    pub meta: ObjectMeta,
+    /// The byte range of the object that `body` carries.
+    pub range: Range<u64>,
+    pub body: BodyStream,
+}
+
+impl fmt::Debug for GetStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetStream")
+            .field("meta", &self.meta)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<GetResult> for GetStream {
+    fn from(got: GetResult) -> Self {
+        GetStream {
+            meta: got.meta,
+            range: got.range,
+            body: Box::pin(futures::stream::once(std::future::ready(Ok(got.body)))),
+        }
+    }
+}
+
+/// A body held to the `size` bytes it declared: a chunk past them, or an end before them, is
+/// an error instead (so that a request it feeds is aborted, not cut short or overrun). As an
+/// HTTP body it reports its exact size.
+pub struct ExactBody {
+    body: BodyStream,
+    left: u64,
+}
+
+impl ExactBody {
+    pub fn new(size: u64, body: BodyStream) -> Self {
+        ExactBody { body, left: size }
+    }
+}
+
+impl Stream for ExactBody {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.left == 0 {
+            // Not polled further: the source may hold back its end (a final check) and every
+            // declared byte is already out.
+            return Poll::Ready(None);
+        }
+        match self.body.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                let len = chunk.len() as u64;
+                if len > self.left {
+                    self.left = 0;
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the body is longer than it declared",
+                    ))));
+                }
+                self.left -= len;
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.left = 0;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                let left = std::mem::take(&mut self.left);
+                Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the body ended {left} bytes short of what it declared"),
+                ))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl http_body::Body for ExactBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.poll_next(cx)
+            .map(|item| item.map(|chunk| chunk.map(http_body::Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
+
+/// Gathers a streamed body of exactly `size` bytes (the `*_stream` calls' default, for stores
+/// that take bodies whole): more or fewer bytes than declared is `InvalidArgument`, a body error
+/// is `Transient` and names its cause.
+pub async fn gather_body(
+    op: &'static str,
+    key: &str,
+    size: u64,
+    mut body: BodyStream,
+) -> Result<Bytes, StoreError> {
+    let capacity = usize::try_from(size.min(limits::MAX_PART_SIZE)).unwrap_or(usize::MAX);
+    let mut buf = BytesMut::with_capacity(capacity);
+    let mut overflow = false;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Transient,
+                op,
+                key,
+                format!("reading the body: {e}"),
+            )
+        })?;
+        if buf.len() as u64 + chunk.len() as u64 > size {
+            overflow = true;
+            break;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if overflow || buf.len() as u64 != size {
+        return Err(StoreError::new(
+            StoreErrorKind::InvalidArgument,
+            op,
+            key,
+            format!("the body does not hold the {size} bytes it declared"),
+        ));
+    }
+    Ok(buf.freeze())
 }
 
 /// A listing request (ListObjectsV2).
@@ -198,6 +348,50 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// Reads the whole object, or `range` of it (end exclusive, clamped to the object's size).
     /// A range that starts at or past the end is `InvalidRange` (except `0..` of an empty object).
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, StoreError>;
+
+    /// Whether the `*_stream` calls move bodies as they arrive. When false they gather the
+    /// whole body first (their default implementations), so a caller that must bound its
+    /// memory splits large bodies itself instead.
+    fn streams_bodies(&self) -> bool {
+        false
+    }
+
+    /// [`get`](Self::get), the body handed over as the store sends it. Errors before the body
+    /// (a missing key, a bad range) are those of `get`; one while the body streams ends it.
+    async fn get_stream(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<GetStream, StoreError> {
+        self.get(key, range).await.map(GetStream::from)
+    }
+
+    /// [`put`](Self::put) of a body of exactly `size` bytes sent as it arrives. A body that
+    /// fails, or brings more or fewer bytes, writes nothing.
+    async fn put_stream(
+        &self,
+        key: &str,
+        size: u64,
+        body: BodyStream,
+        opts: PutOptions,
+    ) -> Result<PutResult, StoreError> {
+        let body = gather_body("put", key, size, body).await?;
+        self.put(key, body, opts).await
+    }
+
+    /// [`upload_part`](Self::upload_part) of a body of exactly `size` bytes sent as it
+    /// arrives. A body that fails, or brings more or fewer bytes, uploads no part.
+    async fn upload_part_stream(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        size: u64,
+        body: BodyStream,
+    ) -> Result<String, StoreError> {
+        let body = gather_body("upload part", key, size, body).await?;
+        self.upload_part(key, upload_id, part_number, body).await
+    }
 
     /// The object's metadata; `NotFound` if missing.
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
@@ -359,3 +553,69 @@ pub trait ObjectStoreExt: ObjectStore {
 }
 
 impl<T: ObjectStore + ?Sized> ObjectStoreExt for T {}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    fn body(chunks: &[&'static [u8]], fail: bool) -> BodyStream {
+        let mut items: Vec<std::io::Result<Bytes>> =
+            chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        if fail {
+            items.push(Err(std::io::Error::other("cut")));
+        }
+        Box::pin(futures::stream::iter(items))
+    }
+
+    async fn drain(mut exact: ExactBody) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        while let Some(item) = exact.next().await {
+            match item {
+                Ok(chunk) => out.extend_from_slice(&chunk),
+                Err(_) => return (out, true),
+            }
+        }
+        (out, false)
+    }
+
+    #[tokio::test]
+    async fn an_exact_body_fails_unless_it_brings_its_size() {
+        let exact = ExactBody::new(5, body(&[b"ab", b"cde"], false));
+        assert_eq!(http_body::Body::size_hint(&exact).exact(), Some(5));
+        assert_eq!(drain(exact).await, (b"abcde".to_vec(), false));
+        // Short, long, or cut: an error instead of an end (the long chunk is not handed on).
+        assert_eq!(
+            drain(ExactBody::new(6, body(&[b"ab", b"cde"], false))).await,
+            (b"abcde".to_vec(), true)
+        );
+        assert_eq!(
+            drain(ExactBody::new(4, body(&[b"ab", b"cde"], false))).await,
+            (b"ab".to_vec(), true)
+        );
+        assert_eq!(
+            drain(ExactBody::new(9, body(&[b"ab"], true))).await,
+            (b"ab".to_vec(), true)
+        );
+        // Once its size is out it ends, without waiting on the source's end.
+        let done = ExactBody::new(2, body(&[b"ab"], true));
+        assert_eq!(drain(done).await, (b"ab".to_vec(), false));
+    }
+
+    #[tokio::test]
+    async fn gathering_a_body_checks_its_size() {
+        let got = gather_body("put", "k", 5, body(&[b"ab", b"cde"], false)).await;
+        assert_eq!(got.unwrap(), Bytes::from_static(b"abcde"));
+        for (size, fail) in [(4, false), (6, false), (5, true)] {
+            let chunks: &[&'static [u8]] = if fail { &[b"ab"] } else { &[b"ab", b"cde"] };
+            let err = gather_body("put", "k", size, body(chunks, fail))
+                .await
+                .unwrap_err();
+            let want = if fail {
+                StoreErrorKind::Transient
+            } else {
+                StoreErrorKind::InvalidArgument
+            };
+            assert_eq!(err.kind(), want, "{size} {fail}");
+        }
+    }
+}

@@ -24,17 +24,22 @@ use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart as SdkCompletedPart, Delete, ObjectIdentifier,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
 
 use super::rules::{self, MAX_LIST_KEYS};
 use super::{
-    CompletedPart, GetResult, ListPage, ListRequest, ObjectMeta, ObjectStore, ObjectSummary,
-    PartInfo, PartsPage, PutCondition, PutOptions, PutResult, UploadInfo, UploadsMarker,
-    UploadsPage,
+    BodyStream, CompletedPart, ExactBody, GetResult, GetStream, ListPage, ListRequest, ObjectMeta,
+    ObjectStore, ObjectSummary, PartInfo, PartsPage, PutCondition, PutOptions, PutResult,
+    UploadInfo, UploadsMarker, UploadsPage, limits,
 };
 use crate::error::{StoreError, StoreErrorKind};
+
+/// The slowest rate (bytes a second) a streamed upload is given time for, on top of the read
+/// timeout: a client sending slower than this fails its upload.
+const STREAM_FLOOR_RATE: u64 = 64 * 1024;
 
 /// The region used when none is configured anywhere (S3-compatible servers mostly ignore it, but
 /// requests must be signed for some region).
@@ -141,6 +146,7 @@ pub struct S3Store {
     region: String,
     max_attempts: u32,
     contiguous_parts: bool,
+    timeouts: S3Timeouts,
     /// Send bodies with `UNSIGNED-PAYLOAD` instead of their SHA-256 in the signature: when
     /// the connection itself protects them (HTTPS) or never leaves the host (loopback). The
     /// hash was one full pass over every byte uploaded, as much CPU as the rest of the client.
@@ -268,6 +274,7 @@ impl S3Store {
             region,
             max_attempts,
             contiguous_parts: config.contiguous_parts,
+            timeouts: t,
             unsigned_payload: payload_is_protected(endpoint.as_deref()),
             endpoint,
         })
@@ -324,6 +331,45 @@ impl S3Store {
     fn remaining_attempts(&self) -> aws_sdk_s3::config::Builder {
         aws_sdk_s3::config::Builder::default()
             .retry_config(RetryConfig::standard().with_max_attempts((self.max_attempts - 1).max(1)))
+    }
+
+    /// A per-request override for a streamed body of `size` bytes (0 for a download): one
+    /// attempt (the body cannot be sent twice), and no stalled-stream protection, because the
+    /// body moves at the pace of whoever is at its other end (a gateway client sending or
+    /// reading slowly), not of the store's. The read timeout runs from the request's start to
+    /// the answer, the upload included: it is extended by the time the body takes at
+    /// [`STREAM_FLOOR_RATE`], so that only a stuck transfer times out.
+    fn streamed(&self, size: u64) -> aws_sdk_s3::config::Builder {
+        let t = &self.timeouts;
+        let transfer = Duration::from_secs(size / STREAM_FLOOR_RATE);
+        let mut timeouts = TimeoutConfig::builder();
+        timeouts
+            .set_connect_timeout(t.connect)
+            .set_read_timeout(t.read.map(|read| read.saturating_add(transfer)))
+            .set_operation_attempt_timeout(t.attempt.map(|a| a.saturating_add(transfer)))
+            .set_operation_timeout(t.operation.map(|o| o.saturating_add(transfer)));
+        let timeouts = timeouts.build();
+        Self::single_attempt()
+            .timeout_config(timeouts)
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+    }
+
+    /// The body of a request streamed to the store, held to `size` bytes.
+    fn stream_body(size: u64, body: BodyStream) -> ByteStream {
+        ByteStream::from_body_1_x(ExactBody::new(size, body))
+    }
+
+    /// `size` checked against S3's largest PUT or part (5 GiB) before anything is sent.
+    fn check_stream_size(op: &'static str, key: &str, size: u64) -> Result<i64, StoreError> {
+        if size > limits::MAX_PART_SIZE {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidArgument,
+                op,
+                key,
+                format!("{size} bytes is more than S3 takes in one request (5 GiB)"),
+            ));
+        }
+        Ok(size as i64)
     }
 
     /// After a failed first attempt of UploadPart / UploadPartCopy / CompleteMultipartUpload:
@@ -419,6 +465,10 @@ fn content_range_total(header: &str) -> Option<u64> {
 
 /// A range (end exclusive) as an HTTP byte range (`bytes=first-last`, inclusive).
 fn http_range(range: &Range<u64>) -> String {
+    if range.end == u64::MAX {
+        // Open-ended (`bytes=N-` as a client sent it): to the object's end.
+        return format!("bytes={}-", range.start);
+    }
     format!("bytes={}-{}", range.start, range.end - 1)
 }
 
@@ -761,6 +811,174 @@ impl ObjectStore for S3Store {
                 })
             }
         }
+    }
+
+    /// Streams when bodies may go unsigned (HTTPS, loopback): a signed payload needs its
+    /// SHA-256 before the first byte is sent, that is the whole body in hand.
+    fn streams_bodies(&self) -> bool {
+        self.unsigned_payload
+    }
+
+    async fn get_stream(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<GetStream, StoreError> {
+        rules::validate_key(OP_GET, key)?;
+        if range.as_ref().is_some_and(|r| r.start >= r.end) {
+            // Nothing to stream: `get` checks the range and answers without a body.
+            return self.get(key, range).await.map(GetStream::from);
+        }
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key));
+        if let Some(r) = &range {
+            req = req.range(http_range(r));
+        }
+        let out = match req
+            .customize()
+            .config_override(self.streamed(0))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let err = map_err(OP_GET, key, e);
+                // `0..n` of an empty object (416): `get` tells it from a bad range.
+                if err.kind() == StoreErrorKind::InvalidRange
+                    && range.as_ref().is_some_and(|r| r.start == 0)
+                {
+                    return self.get(key, range).await.map(GetStream::from);
+                }
+                return Err(err);
+            }
+        };
+        let length = out
+            .content_length()
+            .ok_or_else(|| missing(OP_GET, key, "Content-Length"))?
+            .max(0) as u64;
+        let mut meta = ObjectMeta {
+            key: key.to_string(),
+            size: length,
+            etag: unquote(out.e_tag().ok_or_else(|| missing(OP_GET, key, "ETag"))?),
+            last_modified: to_system_time(out.last_modified()),
+            content_type: out.content_type().map(str::to_string),
+            metadata: lower_metadata(out.metadata()),
+        };
+        let sent = match (&range, out.content_range()) {
+            (Some(r), Some(cr)) => {
+                meta.size = content_range_total(cr).ok_or_else(|| {
+                    StoreError::new(
+                        StoreErrorKind::Other,
+                        OP_GET,
+                        key,
+                        format!("unparsable Content-Range {cr:?}"),
+                    )
+                })?;
+                let expected = r.start..r.end.min(meta.size);
+                if length != expected.end - expected.start {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Transient,
+                        OP_GET,
+                        key,
+                        format!("asked for bytes {expected:?} ({cr}), the answer has {length}"),
+                    ));
+                }
+                expected
+            }
+            // The server ignored the Range header and sends the whole object: rare enough to
+            // be read whole and cut, as `get` does.
+            (Some(_), None) => {
+                drop(out);
+                return self.get(key, range).await.map(GetStream::from);
+            }
+            (None, _) => 0..length,
+        };
+        let key = key.to_string();
+        let body = futures::stream::unfold(out.body, move |mut body| {
+            let key = key.clone();
+            async move {
+                let next = body.next().await?;
+                Some((
+                    next.map_err(|e| std::io::Error::other(body_err(OP_GET, &key, e))),
+                    body,
+                ))
+            }
+        });
+        Ok(GetStream {
+            meta,
+            body: Box::pin(ExactBody::new(sent.end - sent.start, Box::pin(body))),
+            range: sent,
+        })
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        size: u64,
+        body: BodyStream,
+        opts: PutOptions,
+    ) -> Result<PutResult, StoreError> {
+        rules::validate_key(OP_PUT, key)?;
+        let length = Self::check_stream_size(OP_PUT, key, size)?;
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .content_length(length)
+            .set_content_type(opts.content_type.clone())
+            .body(Self::stream_body(size, body));
+        for (name, value) in &opts.metadata {
+            req = req.metadata(name, value);
+        }
+        if let Some((if_match, if_none_match)) = Self::condition_headers(&opts.condition) {
+            req = req.set_if_match(if_match).set_if_none_match(if_none_match);
+        }
+        let out = req
+            .customize()
+            .disable_payload_signing()
+            .config_override(self.streamed(size))
+            .send()
+            .await
+            .map_err(|e| map_err(OP_PUT, key, e))?;
+        Ok(PutResult {
+            etag: unquote(out.e_tag().ok_or_else(|| missing(OP_PUT, key, "ETag"))?),
+        })
+    }
+
+    async fn upload_part_stream(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        size: u64,
+        body: BodyStream,
+    ) -> Result<String, StoreError> {
+        rules::validate_key(OP_PART, key)?;
+        rules::validate_part_number(OP_PART, key, part_number)?;
+        let length = Self::check_stream_size(OP_PART, key, size)?;
+        // One attempt only (the body cannot be replayed), so none of `upload_part`'s retry.
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .upload_id(upload_id)
+            .part_number(part_number as i32)
+            .content_length(length)
+            .body(Self::stream_body(size, body))
+            .customize()
+            .disable_payload_signing()
+            .config_override(self.streamed(size))
+            .send()
+            .await
+            .map_err(|e| map_err(OP_PART, key, e))?;
+        out.e_tag()
+            .map(unquote)
+            .ok_or_else(|| missing(OP_PART, key, "ETag"))
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
