@@ -132,8 +132,8 @@ impl From<GetResult> for GetStream {
 }
 
 /// A body held to the `size` bytes it declared: a chunk past them, or an end before them, is
-/// an error instead (so that a request it feeds is aborted, not cut short or overrun). As an
-/// HTTP body it reports its exact size.
+/// an error instead (so that a request it feeds is aborted, not cut short or overrun). The S3
+/// store sends it as an HTTP body of that exact size.
 pub struct ExactBody {
     body: BodyStream,
     left: u64,
@@ -142,6 +142,11 @@ pub struct ExactBody {
 impl ExactBody {
     pub fn new(size: u64, body: BodyStream) -> Self {
         ExactBody { body, left: size }
+    }
+
+    /// The bytes still to come.
+    pub fn remaining(&self) -> u64 {
+        self.left
     }
 }
 
@@ -184,27 +189,6 @@ impl Stream for ExactBody {
             }
             Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-impl http_body::Body for ExactBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.poll_next(cx)
-            .map(|item| item.map(|chunk| chunk.map(http_body::Frame::data)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.left == 0
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.left)
     }
 }
 
@@ -581,7 +565,7 @@ mod stream_tests {
     #[tokio::test]
     async fn an_exact_body_fails_unless_it_brings_its_size() {
         let exact = ExactBody::new(5, body(&[b"ab", b"cde"], false));
-        assert_eq!(http_body::Body::size_hint(&exact).exact(), Some(5));
+        assert_eq!(exact.remaining(), 5);
         assert_eq!(drain(exact).await, (b"abcde".to_vec(), false));
         // Short, long, or cut: an error instead of an end (the long chunk is not handed on).
         assert_eq!(

@@ -1491,6 +1491,29 @@ impl ObjectStore for S3Store {
     }
 }
 
+// The S3 client takes a streamed body as an `http_body::Body`: the store layer's own types
+// stay free of HTTP, only this backend speaks it.
+impl http_body::Body for ExactBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        futures::Stream::poll_next(self, cx)
+            .map(|item| item.map(|chunk| chunk.map(http_body::Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
