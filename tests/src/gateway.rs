@@ -125,3 +125,28 @@ pub async fn read_listen_address(mut stdout: std::process::ChildStdout) -> Socke
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("unexpected first line from the gateway: {line:?}"))
 }
+
+/// Sends an unsigned `PUT /{path}` to `addr` that announces `announced` bytes, writes `sent`
+/// of them and hangs up: a client that goes away mid-upload.
+pub async fn put_then_hang_up(addr: SocketAddr, path: &str, announced: usize, sent: usize) {
+    use std::io::Write;
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to the gateway");
+        write!(
+            stream,
+            "PUT /{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {announced}\r\n\r\n"
+        )
+        .expect("send the request head");
+        let chunk = vec![7u8; 64 * 1024];
+        let mut left = sent;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            stream.write_all(&chunk[..n]).expect("send the body");
+            left -= n;
+        }
+        stream.flush().expect("flush the body");
+    })
+    .await
+    .expect("the client thread");
+}

@@ -13,7 +13,7 @@ use fs_core::store::rules::{md5_hex, multipart_etag};
 use fs_core::store::{BodyStream, PutOptions, StoreErrorKind};
 use futures::StreamExt;
 use harness::TestServer;
-use harness::gateway::{InProcessGateway, test_config};
+use harness::gateway::{InProcessGateway, put_then_hang_up, test_config};
 
 const MIB: usize = 1024 * 1024;
 
@@ -342,7 +342,6 @@ async fn the_gateway_relays_large_bodies_to_an_s3_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_mid_relay_writes_nothing() {
-    use std::io::Write;
     let moto = TestServer::moto().await;
     let store = moto.store().await;
     let mut config = test_config();
@@ -355,23 +354,7 @@ async fn a_client_that_goes_away_mid_relay_writes_nothing() {
         .await
         .unwrap();
     // Announce 40 MiB, send 20, and hang up.
-    let addr = gw.addr;
-    tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            stream,
-            "PUT /cut/partial HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
-            40 * MIB
-        )
-        .unwrap();
-        let chunk = vec![7u8; MIB];
-        for _ in 0..20 {
-            stream.write_all(&chunk).unwrap();
-        }
-        stream.flush().unwrap();
-    })
-    .await
-    .unwrap();
+    put_then_hang_up(gw.addr, "cut/partial", 40 * MIB, 20 * MIB).await;
     // The relayed PUT is aborted with the client's connection: the object never appears.
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -9,7 +9,7 @@ use fs_core::store::fault::{FaultConfig, FaultStore, Op};
 use fs_core::store::local::LocalStore;
 use fs_core::store::rules::{md5_hex, multipart_etag};
 use fs_core::store::{ObjectStore, PutOptions, StoreError};
-use harness::gateway::{InProcessGateway, test_config};
+use harness::gateway::{InProcessGateway, put_then_hang_up, test_config};
 
 async fn put_status(c: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<(), String> {
     c.put_object()
@@ -384,7 +384,6 @@ async fn large_puts_are_streamed_in_parts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_mid_put_leaves_no_upload() {
-    use std::io::Write;
     const MIB: usize = 1024 * 1024;
     let dir = tempfile::tempdir().unwrap();
     let store: fs_core::store::DynStore = Arc::new(LocalStore::open(dir.path()).unwrap());
@@ -398,23 +397,7 @@ async fn a_client_that_goes_away_mid_put_leaves_no_upload() {
         .await
         .unwrap();
     // Announce 40 MiB, send 20 (two parts' worth and more), and hang up.
-    let addr = gw.addr;
-    tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            stream,
-            "PUT /cut/partial HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
-            40 * MIB
-        )
-        .unwrap();
-        let chunk = vec![7u8; MIB];
-        for _ in 0..20 {
-            stream.write_all(&chunk).unwrap();
-        }
-        stream.flush().unwrap();
-    })
-    .await
-    .unwrap();
+    put_then_hang_up(gw.addr, "cut/partial", 40 * MIB, 20 * MIB).await;
     // The upload the gateway had started is aborted (in the background once the request is
     // dropped): poll until the store has none.
     let mut left = usize::MAX;
