@@ -150,3 +150,46 @@ pub async fn put_then_hang_up(addr: SocketAddr, path: &str, announced: usize, se
     .await
     .expect("the client thread");
 }
+
+/// `len` bytes of test data that differ with `seed` and do not repeat within a part.
+pub fn patterned_data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            ((i / 4093) as u8)
+                .wrapping_mul(31)
+                .wrapping_add(i as u8 ^ seed)
+        })
+        .collect()
+}
+
+/// The `Content-MD5` header of `body`: its MD5 digest in base64.
+pub fn content_md5(body: &[u8]) -> String {
+    use base64::Engine;
+    let hex = fs_core::store::rules::md5_hex(body);
+    let digest: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .filter_map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect();
+    base64::engine::general_purpose::STANDARD.encode(digest)
+}
+
+/// PutObject of `body` to `bucket/key` with an optional `Content-MD5`: the ETag as answered,
+/// or the S3 error code.
+pub async fn put_object(
+    c: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    body: &[u8],
+    md5: Option<String>,
+) -> Result<String, String> {
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    c.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(aws_sdk_s3::primitives::ByteStream::from(body.to_vec()))
+        .set_content_md5(md5)
+        .send()
+        .await
+        .map(|out| out.e_tag().unwrap_or_default().to_string())
+        .map_err(|e| e.code().unwrap_or("no code").to_string())
+}

@@ -13,19 +13,11 @@ use fs_core::store::rules::{md5_hex, multipart_etag};
 use fs_core::store::{BodyStream, PutOptions, StoreErrorKind};
 use futures::StreamExt;
 use harness::TestServer;
-use harness::gateway::{InProcessGateway, put_then_hang_up, test_config};
+use harness::gateway::{
+    InProcessGateway, content_md5, patterned_data, put_object, put_then_hang_up, test_config,
+};
 
 const MIB: usize = 1024 * 1024;
-
-fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            ((i / 4093) as u8)
-                .wrapping_mul(31)
-                .wrapping_add(i as u8 ^ seed)
-        })
-        .collect()
-}
 
 /// `body` as a stream of 64 KiB chunks, optionally ending with an error instead of its end.
 fn chunks(body: &[u8], fail_at_end: bool) -> BodyStream {
@@ -39,22 +31,12 @@ fn chunks(body: &[u8], fail_at_end: bool) -> BodyStream {
     Box::pin(futures::stream::iter(items))
 }
 
-fn content_md5(body: &[u8]) -> String {
-    use base64::Engine;
-    let hex = md5_hex(body);
-    let binary: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
-    base64::engine::general_purpose::STANDARD.encode(binary)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_stores_stream_bodies_held_to_their_length() {
     let server = TestServer::s3s_fs().await;
     let store = server.store().await;
     assert!(store.streams_bodies(), "loopback S3 stores stream bodies");
-    let body = data(3 * MIB + 17, 1);
+    let body = patterned_data(3 * MIB + 17, 1);
 
     let put = store
         .put_stream(
@@ -138,7 +120,7 @@ async fn s3_stores_stream_bodies_held_to_their_length() {
         .create_multipart("a/mpu", PutOptions::default())
         .await
         .unwrap();
-    let first = data(5 * MIB, 2);
+    let first = patterned_data(5 * MIB, 2);
     let e1 = store
         .upload_part_stream("a/mpu", &id, 1, first.len() as u64, chunks(&first, false))
         .await
@@ -150,30 +132,13 @@ async fn s3_stores_stream_bodies_held_to_their_length() {
             &id,
             2,
             MIB as u64 + 1,
-            chunks(&data(MIB, 3), false),
+            chunks(&patterned_data(MIB, 3), false),
         )
         .await
         .unwrap_err();
     let parts = store.list_parts("a/mpu", &id, None).await.unwrap().parts;
     assert_eq!(parts.iter().map(|p| p.number).collect::<Vec<_>>(), [1]);
     store.abort_multipart("a/mpu", &id).await.unwrap();
-}
-
-async fn put(
-    c: &aws_sdk_s3::Client,
-    key: &str,
-    body: &[u8],
-    md5: Option<String>,
-) -> Result<String, String> {
-    c.put_object()
-        .bucket("relay")
-        .key(key)
-        .body(ByteStream::from(body.to_vec()))
-        .set_content_md5(md5)
-        .send()
-        .await
-        .map(|out| out.e_tag().unwrap_or_default().to_string())
-        .map_err(|e| e.code().unwrap_or("no code").to_string())
 }
 
 async fn get(c: &aws_sdk_s3::Client, key: &str, range: Option<&str>) -> (Vec<u8>, Option<String>) {
@@ -198,8 +163,8 @@ async fn the_gateway_relays_large_bodies_to_an_s3_store() {
     c.create_bucket().bucket("relay").send().await.unwrap();
 
     // Larger than the 8 MiB part: one store PUT, so the ETag is the body's MD5 (as on S3).
-    let body = data(20 * MIB + 5, 4);
-    let etag = put(&c, "large", &body, Some(content_md5(&body)))
+    let body = patterned_data(20 * MIB + 5, 4);
+    let etag = put_object(&c, "relay", "large", &body, Some(content_md5(&body)))
         .await
         .unwrap();
     assert_eq!(etag, format!("\"{}\"", md5_hex(&body)));
@@ -243,15 +208,15 @@ async fn the_gateway_relays_large_bodies_to_an_s3_store() {
     assert_eq!(past.code(), Some("InvalidRange"));
 
     // A wrong Content-MD5: BadDigest, nothing stored.
-    let other = data(12 * MIB, 6);
+    let other = patterned_data(12 * MIB, 6);
     assert_eq!(
-        put(&c, "bad-md5", &other, Some(content_md5(b"not it")))
+        put_object(&c, "relay", "bad-md5", &other, Some(content_md5(b"not it")))
             .await
             .unwrap_err(),
         "BadDigest"
     );
     assert_eq!(
-        put(&c, "bad-md5", &other, Some("not base64!".into()))
+        put_object(&c, "relay", "bad-md5", &other, Some("not base64!".into()))
             .await
             .unwrap_err(),
         "InvalidDigest"
@@ -287,7 +252,7 @@ async fn the_gateway_relays_large_bodies_to_an_s3_store() {
         .upload_id()
         .unwrap()
         .to_string();
-    let (p1, p2) = (data(6 * MIB, 7), data(MIB + 3, 8));
+    let (p1, p2) = (patterned_data(6 * MIB, 7), patterned_data(MIB + 3, 8));
     let bad = c
         .upload_part()
         .bucket("relay")

@@ -9,7 +9,9 @@ use fs_core::store::fault::{FaultConfig, FaultStore, Op};
 use fs_core::store::local::LocalStore;
 use fs_core::store::rules::{md5_hex, multipart_etag};
 use fs_core::store::{ObjectStore, PutOptions, StoreError};
-use harness::gateway::{InProcessGateway, put_then_hang_up, test_config};
+use harness::gateway::{
+    InProcessGateway, content_md5, patterned_data, put_object, put_then_hang_up, test_config,
+};
 
 async fn put_status(c: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<(), String> {
     c.put_object()
@@ -260,43 +262,6 @@ impl ObjectStore for LargestBody {
     }
 }
 
-fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            ((i / 4093) as u8)
-                .wrapping_mul(31)
-                .wrapping_add(i as u8 ^ seed)
-        })
-        .collect()
-}
-
-fn content_md5(body: &[u8]) -> String {
-    use base64::Engine;
-    let hex = md5_hex(body);
-    let binary: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
-    base64::engine::general_purpose::STANDARD.encode(binary)
-}
-
-async fn put_with(
-    c: &aws_sdk_s3::Client,
-    key: &str,
-    body: &[u8],
-    md5: Option<String>,
-) -> Result<String, String> {
-    c.put_object()
-        .bucket("big")
-        .key(key)
-        .body(ByteStream::from(body.to_vec()))
-        .set_content_md5(md5)
-        .send()
-        .await
-        .map(|out| out.e_tag().unwrap_or_default().to_string())
-        .map_err(|e| e.code().unwrap_or("no code").to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_puts_are_streamed_in_parts() {
     const MIB: usize = 1024 * 1024;
@@ -310,8 +275,8 @@ async fn large_puts_are_streamed_in_parts() {
     c.create_bucket().bucket("big").send().await.unwrap();
 
     // 64 MiB: eight parts of the default 8 MiB, never more than a part handed to the store.
-    let body = data(64 * MIB, 7);
-    let etag = put_with(&c, "large", &body, Some(content_md5(&body)))
+    let body = patterned_data(64 * MIB, 7);
+    let etag = put_object(&c, "big", "large", &body, Some(content_md5(&body)))
         .await
         .unwrap();
     let part_md5s: Vec<String> = body.chunks(8 * MIB).map(md5_hex).collect();
@@ -349,16 +314,24 @@ async fn large_puts_are_streamed_in_parts() {
     );
 
     // Up to one part: one PUT, the MD5 ETag as S3 gives it.
-    let exact = data(8 * MIB, 9);
-    let etag = put_with(&c, "one-part", &exact, None).await.unwrap();
+    let exact = patterned_data(8 * MIB, 9);
+    let etag = put_object(&c, "big", "one-part", &exact, None)
+        .await
+        .unwrap();
     assert_eq!(etag, format!("\"{}\"", md5_hex(&exact)));
 
     // A wrong Content-MD5 on a streamed body: BadDigest, nothing stored, no upload left.
-    let other = data(20 * MIB, 3);
+    let other = patterned_data(20 * MIB, 3);
     assert_eq!(
-        put_with(&c, "bad-md5", &other, Some(content_md5(b"something else")))
-            .await
-            .unwrap_err(),
+        put_object(
+            &c,
+            "big",
+            "bad-md5",
+            &other,
+            Some(content_md5(b"something else"))
+        )
+        .await
+        .unwrap_err(),
         "BadDigest"
     );
     // A failed condition at completion: 412, the old object stays, no upload left.
