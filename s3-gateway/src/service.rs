@@ -22,7 +22,7 @@ use fs_core::store::{
 use s3s::dto::{self, CopySource, ETag, ETagCondition, StreamingBlob, Timestamp};
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
-use crate::appends::{Appends, OpenView};
+use crate::appends::{Appends, KeyGuard, OpenView};
 use crate::bodies::{BodyReader, MAX_OBJECT_SIZE, Relay, StreamedUpload, Streaming};
 use crate::buckets::{Buckets, bucket_prefix, no_such_bucket};
 use crate::errors::{s3_err, to_s3};
@@ -87,6 +87,19 @@ impl GatewayService {
         content_length.and_then(|n| u64::try_from(n).ok())
     }
 
+    /// Before a PUT replaces `key`: its lock (an open appendable object is committed first, and
+    /// no append lands until the lock is dropped) and the store's condition for the headers.
+    async fn lock_for_put(
+        &self,
+        key: &str,
+        if_match: Option<&ETagCondition>,
+        if_none_match: Option<&ETagCondition>,
+    ) -> S3Result<(KeyGuard, PutCondition)> {
+        let key_lock = self.appends.lock_sealed(key).await?;
+        let condition = put_condition(&self.store, key, if_match, if_none_match).await?;
+        Ok((key_lock, condition))
+    }
+
     /// A PutObject body larger than one part, relayed to the store in one PUT as it arrives
     /// (memory stays bounded by the connections' buffers, and the ETag is the body's MD5, as
     /// S3's). The key lock and the condition are taken first, since the store's PUT is the
@@ -98,14 +111,9 @@ impl GatewayService {
         input: dto::PutObjectInput,
     ) -> S3Result<S3Response<dto::PutObjectOutput>> {
         let (relay, outcome) = Relay::new(input.body, size, input.content_md5.as_deref())?;
-        let _key_lock = self.appends.lock_sealed(&key).await?;
-        let condition = put_condition(
-            &self.store,
-            &key,
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-        )
-        .await?;
+        let (_key_lock, condition) = self
+            .lock_for_put(&key, input.if_match.as_ref(), input.if_none_match.as_ref())
+            .await?;
         let opts = PutOptions {
             condition,
             content_type: input.content_type,
@@ -821,18 +829,9 @@ impl S3 for GatewayService {
         };
         // An open appendable object is committed first, then replaced: held until the PUT is
         // done, so that no append lands in between.
-        let prepared = async {
-            let key_lock = self.appends.lock_sealed(&key).await?;
-            let condition = put_condition(
-                &self.store,
-                &key,
-                input.if_match.as_ref(),
-                input.if_none_match.as_ref(),
-            )
-            .await?;
-            Ok::<_, S3Error>((key_lock, condition))
-        }
-        .await;
+        let prepared = self
+            .lock_for_put(&key, input.if_match.as_ref(), input.if_none_match.as_ref())
+            .await;
         let (_key_lock, condition) = match prepared {
             Ok(prepared) => prepared,
             Err(e) => {
