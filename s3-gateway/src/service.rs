@@ -168,17 +168,7 @@ impl GatewayService {
         } else {
             StreamingBlob::wrap(got.body)
         };
-        Ok(S3Response::new(dto::GetObjectOutput {
-            body: Some(body),
-            content_length: Some(to_i64(len)),
-            content_range,
-            accept_ranges: Some("bytes".into()),
-            content_type: meta.content_type.clone(),
-            e_tag: strong(meta.etag.clone()),
-            last_modified: timestamp(meta.last_modified),
-            metadata: response_metadata(&meta.metadata),
-            ..Default::default()
-        }))
+        Ok(S3Response::new(get_output(&meta, body, len, content_range)))
     }
 
     /// Shows the open appendable objects of a listing page as they are (size, ETag, time).
@@ -544,6 +534,27 @@ fn open_body(
         }
     });
     StreamingBlob::wrap(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+/// A GetObject answer: `len` bytes of `body` (the range `content_range` names, if any) of the
+/// object `meta` describes.
+fn get_output(
+    meta: &ObjectMeta,
+    body: StreamingBlob,
+    len: u64,
+    content_range: Option<String>,
+) -> dto::GetObjectOutput {
+    dto::GetObjectOutput {
+        body: Some(body),
+        content_length: Some(to_i64(len)),
+        content_range,
+        accept_ranges: Some("bytes".into()),
+        content_type: meta.content_type.clone(),
+        e_tag: strong(meta.etag.clone()),
+        last_modified: timestamp(meta.last_modified),
+        metadata: response_metadata(&meta.metadata),
+        ..Default::default()
+    }
 }
 
 /// The store's condition for a write with these headers. S3 supports `If-None-Match: *` only,
@@ -920,17 +931,12 @@ impl S3 for GatewayService {
                 self.read_chunk,
             )
         };
-        Ok(S3Response::new(dto::GetObjectOutput {
-            body: Some(body),
-            content_length: Some(to_i64(whole.end - whole.start)),
+        Ok(S3Response::new(get_output(
+            &meta,
+            body,
+            whole.end - whole.start,
             content_range,
-            accept_ranges: Some("bytes".into()),
-            content_type: meta.content_type.clone(),
-            e_tag: strong(meta.etag.clone()),
-            last_modified: timestamp(meta.last_modified),
-            metadata: response_metadata(&meta.metadata),
-            ..Default::default()
-        }))
+        )))
     }
 
     async fn head_object(

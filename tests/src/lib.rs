@@ -402,30 +402,27 @@ impl TestServer {
         aws_sdk_s3::Client::from_conf(config)
     }
 
-    /// The server's whole log (for tests that count the requests it logs, as moto does).
-    pub fn log_text(&self) -> String {
-        let newest = std::fs::read_dir(self.work.path())
+    /// The newest `.log` file in the server's work directory.
+    fn newest_log(&self) -> Option<std::path::PathBuf> {
+        std::fs::read_dir(self.work.path())
             .into_iter()
             .flatten()
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|e| e == "log"))
-            .max();
-        newest
+            .max()
+    }
+
+    /// The server's whole log (for tests that count the requests it logs, as moto does).
+    pub fn log_text(&self) -> String {
+        self.newest_log()
             .and_then(|path| std::fs::read_to_string(path).ok())
             .unwrap_or_default()
     }
 
     /// The last bytes of the server's log, for diagnosing a failing test.
     pub fn log_tail(&self) -> String {
-        let newest = std::fs::read_dir(self.work.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "log"))
-            .max();
-        match newest {
+        match self.newest_log() {
             Some(path) => tail(&path, 4000),
             None => "(no log)".to_string(),
         }
