@@ -27,7 +27,7 @@ use crate::token::{CommitToken, PartRecord, ResumeToken, Token};
 /// Where the bytes of an uploaded part can be read back from while the upload is open.
 #[derive(Debug, Clone)]
 enum PartSource {
-    /// Being uploaded (and written to the cache): the bytes are still in memory.
+    /// Being uploaded or written to the cache: the bytes are still in memory.
     InFlight(Bytes),
     /// In the local part cache.
     Cached(PathBuf),
@@ -61,9 +61,28 @@ pub enum WriterState {
     Failed(String),
 }
 
-/// What an upload task reports: the part number, the upload's ETag, and where the part's
-/// bytes were cached (`None` for server-side copies, or when the cache write failed).
-type PartResult = (u32, Result<String, StoreError>, Option<PathBuf>);
+/// What a background task of the writer reports.
+enum TaskDone {
+    /// A part upload (or server-side copy) ended, with the part's ETag.
+    Upload {
+        number: u32,
+        result: Result<String, StoreError>,
+    },
+    /// A part's cache write ended: where the bytes are (`None` if the write failed).
+    Cache { number: u32, path: Option<PathBuf> },
+}
+
+/// A part whose bytes the writer still holds in memory: until its upload and its cache write
+/// have both ended. The cache write is separate from the upload so that a `persist()`, which
+/// needs only the uploads, never waits for the local disk.
+#[derive(Debug)]
+struct Held {
+    size: u64,
+    uploading: bool,
+    caching: bool,
+    /// The cache file, once its write has ended well.
+    cached: Option<PathBuf>,
+}
 
 /// One file being written. Not `Clone`: exactly one writer owns an upload at a time.
 pub struct FileWriter {
@@ -79,9 +98,12 @@ pub struct FileWriter {
     seq: u64,
     /// Random per writer instance, part of tail keys: see `tail::tail_key`.
     session: String,
-    in_flight: JoinSet<PartResult>,
-    /// Bytes held in memory by in-flight part uploads, by part number.
-    in_flight_bytes: HashMap<u32, u64>,
+    /// Part uploads, server-side copies and cache writes running in the background.
+    in_flight: JoinSet<TaskDone>,
+    /// How many of `in_flight` are uploads or copies (the rest are cache writes).
+    uploading: usize,
+    /// Parts whose bytes are held in memory, by part number.
+    held: HashMap<u32, Held>,
     peak_buffered: u64,
     state: WriterState,
     /// Whether a token was handed out: then dropping the writer must not abort the upload,
@@ -154,7 +176,8 @@ impl FileWriter {
             seq: 0,
             session: new_session(),
             in_flight: JoinSet::new(),
-            in_flight_bytes: HashMap::new(),
+            uploading: 0,
+            held: HashMap::new(),
             peak_buffered: 0,
             state: WriterState::Open,
             persisted: false,
@@ -386,7 +409,8 @@ impl FileWriter {
             seq: token.seq,
             session: new_session(),
             in_flight: JoinSet::new(),
-            in_flight_bytes: HashMap::new(),
+            uploading: 0,
+            held: HashMap::new(),
             peak_buffered: token.tail_len,
             state: WriterState::Open,
             persisted: true,
@@ -438,7 +462,7 @@ impl FileWriter {
     }
 
     fn note_buffered(&mut self) {
-        let now = self.tail.len() as u64 + self.in_flight_bytes.values().sum::<u64>();
+        let now = self.tail.len() as u64 + self.held.values().map(|h| h.size).sum::<u64>();
         self.peak_buffered = self.peak_buffered.max(now);
     }
 
@@ -504,9 +528,11 @@ impl FileWriter {
         Ok(n)
     }
 
-    /// Waits until fewer than `max_in_flight` uploads run.
+    /// Waits until fewer than `max_in_flight` uploads run and fewer than `max_in_flight` parts
+    /// are held in memory (uploading, or waiting for their cache write): the memory bound.
     async fn make_room(&mut self) -> Result<(), WriterError> {
-        while self.in_flight.len() >= self.shared.config.max_in_flight {
+        let max = self.shared.config.max_in_flight;
+        while self.uploading >= max || self.held.len() >= max {
             self.join_one().await?;
         }
         Ok(())
@@ -523,39 +549,54 @@ impl FileWriter {
             source: PartSource::InFlight(body.clone()),
         });
         self.parts_len += size;
-        self.in_flight_bytes.insert(number, size);
-        self.note_buffered();
-        let (shared, key, upload) = (
-            self.shared.clone(),
-            self.key.clone(),
-            self.upload_id.clone(),
+        let caching = self.cache.is_enabled();
+        self.held.insert(
+            number,
+            Held {
+                size,
+                uploading: true,
+                caching,
+                cached: None,
+            },
         );
-        let cache = self.cache.clone();
-        let board = self.board.clone();
-        let running = self.shared.activity.start(&self.upload_id);
-        // The cache write runs beside the upload, off the writer's path: until both are done
-        // the part is read from memory.
-        self.in_flight.spawn(async move {
-            let cached = async {
-                if !cache.is_enabled() {
-                    return None;
-                }
-                match cache.write(number, body.clone()).await {
+        self.note_buffered();
+        if caching {
+            // Off the upload's path: a persist waits for the upload only. Until both have ended
+            // the part is read from memory.
+            let cache = self.cache.clone();
+            let body = body.clone();
+            self.in_flight.spawn(async move {
+                let path = match cache.write(number, body).await {
                     Ok(path) => Some(path),
                     Err(e) => {
                         tracing::warn!(error = %e, part = number, "cannot cache a part; it stays unreadable until commit");
                         None
                     }
-                }
-            };
-            let uploaded = shared
+                };
+                TaskDone::Cache { number, path }
+            });
+        }
+        let (shared, key, upload) = (
+            self.shared.clone(),
+            self.key.clone(),
+            self.upload_id.clone(),
+        );
+        let board = self.board.clone();
+        let running = self.shared.activity.start(&self.upload_id);
+        self.uploading += 1;
+        self.in_flight.spawn(async move {
+            let result = shared
                 .config
                 .retry
-                .run(|| shared.store.upload_part(&key, &upload, number, body.clone()));
-            let (cached, result) = tokio::join!(cached, uploaded);
+                .run(|| {
+                    shared
+                        .store
+                        .upload_part(&key, &upload, number, body.clone())
+                })
+                .await;
             board.record(number, &result);
             drop(running);
-            (number, result, cached)
+            TaskDone::Upload { number, result }
         });
         Ok(())
     }
@@ -588,6 +629,7 @@ impl FileWriter {
         let (source, etag) = (source.to_string(), etag.to_string());
         let board = self.board.clone();
         let running = self.shared.activity.start(&self.upload_id);
+        self.uploading += 1;
         self.in_flight.spawn(async move {
             let result = shared
                 .config
@@ -605,29 +647,45 @@ impl FileWriter {
                 .await;
             board.record(number, &result);
             drop(running);
-            (number, result, None)
+            TaskDone::Upload { number, result }
         });
         Ok(())
     }
 
-    /// Waits for one in-flight upload and records its outcome.
+    /// Waits for one background task and records its outcome.
     async fn join_one(&mut self) -> Result<(), WriterError> {
         let Some(joined) = self.in_flight.join_next().await else {
             return Ok(());
         };
         let failure = match joined {
-            Ok((number, Ok(etag), cached)) => {
-                self.in_flight_bytes.remove(&number);
+            Ok(TaskDone::Upload {
+                number,
+                result: Ok(etag),
+            }) => {
+                self.uploading -= 1;
                 if let Some(part) = self.parts.iter_mut().find(|p| p.number == number) {
                     part.etag = Some(etag);
-                    if matches!(part.source, PartSource::InFlight(_)) {
-                        part.source = cached.map_or(PartSource::Remote, PartSource::Cached);
-                    }
                 }
+                if let Some(held) = self.held.get_mut(&number) {
+                    held.uploading = false;
+                }
+                self.release_if_done(number);
                 return Ok(());
             }
-            Ok((number, Err(e), _)) => {
-                self.in_flight_bytes.remove(&number);
+            Ok(TaskDone::Cache { number, path }) => {
+                if let Some(held) = self.held.get_mut(&number) {
+                    held.caching = false;
+                    held.cached = path;
+                }
+                self.release_if_done(number);
+                return Ok(());
+            }
+            Ok(TaskDone::Upload {
+                number,
+                result: Err(e),
+            }) => {
+                self.uploading -= 1;
+                self.held.remove(&number);
                 WriterError::Store(e)
             }
             Err(join) => WriterError::State {
@@ -641,6 +699,33 @@ impl FileWriter {
         Err(failure)
     }
 
+    /// Lets go of a part's bytes once its upload and its cache write have both ended: it is
+    /// read from the cache from then on, or not at all until commit.
+    fn release_if_done(&mut self, number: u32) {
+        let done = self
+            .held
+            .get(&number)
+            .is_some_and(|h| !h.uploading && !h.caching);
+        if !done {
+            return;
+        }
+        let cached = self.held.remove(&number).and_then(|h| h.cached);
+        if let Some(part) = self.parts.iter_mut().find(|p| p.number == number)
+            && matches!(part.source, PartSource::InFlight(_))
+        {
+            part.source = cached.map_or(PartSource::Remote, PartSource::Cached);
+        }
+    }
+
+    /// Waits for every upload (what a token needs); cache writes may still be running.
+    async fn wait_uploads(&mut self) -> Result<(), WriterError> {
+        while self.uploading > 0 {
+            self.join_one().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every background task, cache writes included.
     async fn wait_all(&mut self) -> Result<(), WriterError> {
         while !self.in_flight.is_empty() {
             self.join_one().await?;
@@ -664,7 +749,7 @@ impl FileWriter {
     /// the index (flushed). Costs O(tail), never O(file).
     pub async fn persist(&mut self) -> Result<ResumeToken, WriterError> {
         self.check_open("persist")?;
-        self.wait_all().await?;
+        self.wait_uploads().await?;
         self.begin_persist()?.wait().await
     }
 
