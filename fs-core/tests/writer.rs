@@ -1051,3 +1051,148 @@ async fn on_a_store_that_reads_parts_the_writer_keeps_no_copy_and_reads_after_re
         expected
     );
 }
+
+/// The bytes of `key`'s cached parts, laid at their offsets, and how much of the file they cover.
+fn cached_bytes(parts: &fs_core::writer::CachedParts, len: usize) -> (Vec<u8>, u64) {
+    let mut out = vec![0u8; len];
+    let mut covered = 0;
+    for p in parts.parts() {
+        let bytes = std::fs::read(&p.path).unwrap();
+        assert_eq!(bytes.len() as u64, p.len, "{}", p.path.display());
+        out[p.offset as usize..(p.offset + p.len) as usize].copy_from_slice(&bytes);
+        covered += p.len;
+    }
+    (out, covered)
+}
+
+#[tokio::test]
+async fn a_commit_can_hand_over_the_cached_parts_and_the_rest_is_deleted() {
+    let f = fixture();
+    let body = data(PART as usize * 3 + 123, 21);
+    let mut w = f.writer.open("kept.bin").await.unwrap();
+    for chunk in body.chunks(1000) {
+        w.write(chunk).await.unwrap();
+    }
+    let committer = w.close_for_commit_keeping_cache().await.unwrap();
+    drop(w);
+    assert!(
+        cache_files(&f) > 0,
+        "the writer's drop leaves them to the committer"
+    );
+    let (outcome, parts) = committer.commit_keeping_cache().await.unwrap();
+    assert_eq!(outcome.size, body.len() as u64);
+    // Every part, the last (the tail at close) included, at its offset.
+    let offsets: Vec<u64> = parts.parts().iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, [0, PART, 2 * PART, 3 * PART]);
+    let (bytes, covered) = cached_bytes(&parts, body.len());
+    assert_eq!(covered, body.len() as u64);
+    assert!(bytes == body);
+    // The caller takes one file; the rest go with the handle.
+    let taken = f.cache.path().join("taken");
+    std::fs::rename(&parts.parts()[1].path, &taken).unwrap();
+    drop(parts);
+    assert_eq!(cache_files(&f), 1, "only the file taken is left");
+    assert_eq!(
+        std::fs::read(&taken).unwrap(),
+        body[PART as usize..2 * PART as usize]
+    );
+    std::fs::remove_file(taken).unwrap();
+    // A second successful commit hands over nothing.
+    let (again, none) = committer.commit_keeping_cache().await.unwrap();
+    assert!(again.already_committed);
+    assert!(none.is_empty());
+}
+
+#[tokio::test]
+async fn kept_parts_go_with_a_failed_commit_a_plain_commit_or_an_abort() {
+    let f = fixture();
+    let body = data(PART as usize * 2 + 5, 22);
+
+    // A commit that fails keeps them for a retry; the committer's drop deletes them.
+    let mut w = f.writer.open("failed.bin").await.unwrap();
+    w.write(&body).await.unwrap();
+    let committer = w.close_for_commit_keeping_cache().await.unwrap();
+    drop(w);
+    f.faults.set_config(FaultConfig {
+        error_rate: 1.0,
+        ..Default::default()
+    });
+    assert!(committer.commit_keeping_cache().await.is_err());
+    f.faults.set_config(FaultConfig::default());
+    assert!(cache_files(&f) > 0);
+    let clone = committer.clone();
+    drop(committer);
+    assert!(cache_files(&f) > 0, "a clone still holds them");
+    drop(clone);
+    assert_eq!(cache_files(&f), 0, "deleted with the last committer");
+
+    // A caller that commits without taking them: deleted at once.
+    let mut w = f.writer.open("plain.bin").await.unwrap();
+    w.write(&body).await.unwrap();
+    let committer = w.close_for_commit_keeping_cache().await.unwrap();
+    drop(w);
+    committer.commit().await.unwrap();
+    assert_eq!(cache_files(&f), 0);
+    assert_eq!(object(&f, "plain.bin").await.unwrap(), body);
+
+    // An abort.
+    let mut w = f.writer.open("aborted.bin").await.unwrap();
+    w.write(&body).await.unwrap();
+    let committer = w.close_for_commit_keeping_cache().await.unwrap();
+    drop(w);
+    committer.abort().await.unwrap();
+    assert_eq!(cache_files(&f), 0);
+    assert_eq!(object(&f, "aborted.bin").await, None);
+
+    // The default close still deletes them at close.
+    let mut w = f.writer.open("default.bin").await.unwrap();
+    w.write(&body).await.unwrap();
+    let committer = w.close_for_commit().await.unwrap();
+    assert_eq!(cache_files(&f), 0);
+    let (_, parts) = committer.commit_keeping_cache().await.unwrap();
+    assert!(parts.is_empty(), "nothing was kept to hand over");
+}
+
+#[tokio::test]
+async fn a_commit_recovered_from_its_token_deletes_the_parts_a_crash_kept() {
+    let f = fixture();
+    let body = data(PART as usize * 2 + 7, 23);
+    let mut w = f.writer.open("crashed.bin").await.unwrap();
+    w.write(&body).await.unwrap();
+    let committer = w.close_for_commit_keeping_cache().await.unwrap();
+    drop(w);
+    let token = committer.token().clone();
+    // A crash: the process dies with the part files on disk.
+    std::mem::forget(committer);
+    assert!(cache_files(&f) > 0);
+    let recovered = f.writer.recover_for_commit(&token);
+    let outcome = recovered.commit_after_recovery().await.unwrap();
+    assert_eq!(outcome.size, body.len() as u64);
+    assert_eq!(cache_files(&f), 0, "the upload's cache went with it");
+}
+
+#[tokio::test]
+async fn server_side_copies_are_not_among_the_cached_parts() {
+    let f = fixture();
+    let first = data(PART as usize * 2, 24);
+    f.mem
+        .put("append.bin", first.clone().into(), PutOptions::default())
+        .await
+        .unwrap();
+    let mut w = f.writer.open_append("append.bin").await.unwrap();
+    let more = data(PART as usize + 10, 25);
+    w.write(&more).await.unwrap();
+    let (outcome, parts) = w
+        .close_for_commit_keeping_cache()
+        .await
+        .unwrap()
+        .commit_keeping_cache()
+        .await
+        .unwrap();
+    assert_eq!(outcome.size, (first.len() + more.len()) as u64);
+    // The copied prefix is in the store only; what was written is cached.
+    assert!(parts.parts().iter().all(|p| p.offset >= first.len() as u64));
+    let (bytes, covered) = cached_bytes(&parts, first.len() + more.len());
+    assert_eq!(covered, more.len() as u64);
+    assert!(bytes[first.len()..] == more[..]);
+}

@@ -6,6 +6,11 @@
 //!   when a read or a local change notices the change, see [`BlockCache::invalidate`]).
 //! - The cache keeps the total size of its blocks at or under its capacity by dropping the
 //!   least recently used blocks.
+//! - A block is a byte range of a file: a file of its own when it was fetched, or a range of a
+//!   part file the writer cached while uploading, adopted at the commit ([`BlockCache::adopt`])
+//!   so that a file just written is read back from local disk. A file shared by several blocks
+//!   is deleted when the last of them goes; each block evicted before then has its range
+//!   punched out of the file, so that the disk used follows the blocks kept.
 //! - Blocks live in files under a directory of their own in the cache directory, which this
 //!   process holds with a lock for its lifetime. The cache is not kept across restarts: its
 //!   index is in memory, and the directory of a process that is gone (its lock is free) is
@@ -16,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -53,11 +59,22 @@ struct Version {
 
 #[derive(Debug)]
 struct Entry {
-    /// The block's file name (a number unique in this cache's directory).
+    /// The file holding the block (a number unique in this cache's directory, never reused).
     file: u64,
+    /// Where the block starts in its file.
+    offset: u64,
     len: u64,
     /// Its position in [`State::lru`].
     tick: u64,
+}
+
+/// Disk space to give back once a block is dropped from the tables.
+#[derive(Debug, PartialEq, Eq)]
+enum Freed {
+    /// The last block of a file went: delete the file.
+    File(u64),
+    /// A block of a file that other blocks still use: punch its range out.
+    Range { file: u64, offset: u64, len: u64 },
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +83,8 @@ struct State {
     keys: HashMap<String, HashMap<Version, Entry>>,
     /// Least recently used first: tick -> (key, version).
     lru: BTreeMap<u64, (String, Version)>,
+    /// How many blocks use each file.
+    refs: HashMap<u64, usize>,
     used: u64,
     next_tick: u64,
     next_file: u64,
@@ -77,17 +96,112 @@ impl State {
         self.next_tick
     }
 
-    /// Removes one block from the tables; returns its file number.
-    fn remove(&mut self, key: &str, version: &Version) -> Option<u64> {
+    fn new_file(&mut self) -> u64 {
+        self.next_file += 1;
+        self.next_file
+    }
+
+    fn insert(&mut self, key: &str, version: Version, entry: Entry) -> Option<Freed> {
+        // Another reader may have cached the same block meanwhile: keep the newer copy.
+        let replaced = self.remove(key, &version);
+        self.lru
+            .insert(entry.tick, (key.to_string(), version.clone()));
+        *self.refs.entry(entry.file).or_default() += 1;
+        self.used += entry.len;
+        self.keys
+            .entry(key.to_string())
+            .or_default()
+            .insert(version, entry);
+        replaced
+    }
+
+    /// Removes one block from the tables; returns what to free.
+    fn remove(&mut self, key: &str, version: &Version) -> Option<Freed> {
         let blocks = self.keys.get_mut(key)?;
         let entry = blocks.remove(version)?;
         if blocks.is_empty() {
             self.keys.remove(key);
         }
         self.lru.remove(&entry.tick);
-        self.used -= entry.len;
-        Some(entry.file)
+        Some(self.release(entry))
     }
+
+    /// Removes one block if it is still the one at `offset` of `file` (a reader's lookup may be
+    /// stale by the time it acts on it).
+    fn remove_if(&mut self, key: &str, version: &Version, file: u64, offset: u64) -> Option<Freed> {
+        let entry = self.keys.get(key)?.get(version)?;
+        if (entry.file, entry.offset) != (file, offset) {
+            return None;
+        }
+        self.remove(key, version)
+    }
+
+    /// Accounts for an entry taken out of `keys` and `lru`.
+    fn release(&mut self, entry: Entry) -> Freed {
+        self.used -= entry.len;
+        let refs = self.refs.entry(entry.file).or_default();
+        *refs = refs.saturating_sub(1);
+        if *refs == 0 {
+            self.refs.remove(&entry.file);
+            Freed::File(entry.file)
+        } else {
+            Freed::Range {
+                file: entry.file,
+                offset: entry.offset,
+                len: entry.len,
+            }
+        }
+    }
+
+    /// Whether the block is still the one at `offset` of `file`.
+    fn holds(&self, key: &str, version: &Version, file: u64, offset: u64) -> bool {
+        self.keys
+            .get(key)
+            .and_then(|blocks| blocks.get(version))
+            .is_some_and(|e| (e.file, e.offset) == (file, offset))
+    }
+
+    /// Drops least recently used blocks until the blocks fit in `capacity`.
+    fn evict_to(&mut self, capacity: u64, gone: &mut Vec<Freed>) {
+        while self.used > capacity {
+            let Some((_, (k, v))) = self.lru.pop_first() else {
+                break;
+            };
+            // `remove` finds its tick already gone from the LRU order: no matter.
+            gone.extend(self.remove(&k, &v));
+        }
+    }
+}
+
+/// A file of an object's bytes that the cache may take over: bytes `offset..offset + len` of
+/// the object are in the file at `path`. See [`BlockCache::adopt`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdoptFile {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// The blocks of an object of `object_len` bytes that lie wholly inside its bytes
+/// `offset..offset + len`. A block is `BLOCK` bytes, except the object's last one, which ends
+/// at the object's end.
+fn whole_blocks(offset: u64, len: u64, object_len: u64) -> std::ops::Range<u64> {
+    let end = offset.saturating_add(len);
+    let first = offset.div_ceil(BLOCK);
+    if end > object_len {
+        // Not bytes of this object: nothing in it can be trusted.
+        return first..first;
+    }
+    let last = if end == object_len {
+        object_len.div_ceil(BLOCK)
+    } else {
+        end / BLOCK
+    };
+    first..last.max(first)
+}
+
+fn block_len(block: u64, object_len: u64) -> u64 {
+    BLOCK.min(object_len - block * BLOCK)
 }
 
 /// The cache. Share it with `Arc`; every method takes `&self`.
@@ -183,31 +297,42 @@ impl BlockCache {
         self.dir.join(file.to_string())
     }
 
-    /// Block `block` of the object `key` at version `etag`, if cached. A block whose file
-    /// cannot be read (deleted from under the cache) is dropped and is a miss.
+    /// Block `block` of the object `key` at version `etag`, if cached. Reads only the block's
+    /// range of its file. A block whose file cannot be read (deleted from under the cache) is
+    /// dropped and is a miss.
     pub async fn get(&self, key: &str, etag: &str, block: u64) -> Option<Bytes> {
         let version = Version {
             etag: etag.to_string(),
             block,
         };
-        let (file, len) = {
+        let (file, offset, len) = {
             let mut state = lock(&self.state);
             let tick = state.tick();
             let entry = state.keys.get_mut(key)?.get_mut(&version)?;
             let old = std::mem::replace(&mut entry.tick, tick);
-            let (file, len) = (entry.file, entry.len);
+            let found = (entry.file, entry.offset, entry.len);
             state.lru.remove(&old);
             state.lru.insert(tick, (key.to_string(), version.clone()));
-            (file, len)
+            found
         };
-        match tokio::fs::read(self.path(file)).await {
-            Ok(bytes) if bytes.len() as u64 == len => Some(Bytes::from(bytes)),
-            // Evicted (and its file deleted) since the lookup, or damaged: a miss.
+        let path = self.path(file);
+        let read = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+            let mut buf = vec![0u8; len as usize];
+            File::open(&path)?.read_exact_at(&mut buf, offset)?;
+            Ok(buf)
+        })
+        .await;
+        match read {
+            // Evicted since the lookup, its range punched out (read as zeros) or its file
+            // deleted: what was read is only good if the block is still there.
+            Ok(Ok(bytes)) if lock(&self.state).holds(key, &version, file, offset) => {
+                Some(Bytes::from(bytes))
+            }
+            Ok(Ok(_)) => None,
+            // Deleted from under the cache, or damaged: a miss.
             _ => {
-                let removed = lock(&self.state).remove(key, &version);
-                if removed == Some(file) {
-                    let _ = tokio::fs::remove_file(self.path(file)).await;
-                }
+                let freed = lock(&self.state).remove_if(key, &version, file, offset);
+                self.free(freed).await;
                 None
             }
         }
@@ -220,13 +345,20 @@ impl BlockCache {
         if len > self.capacity {
             return;
         }
-        let file = {
-            let mut state = lock(&self.state);
-            state.next_file += 1;
-            state.next_file
-        };
+        let file = lock(&self.state).new_file();
         let path = self.path(file);
-        if let Err(e) = tokio::fs::write(&path, &data).await {
+        let target = path.clone();
+        // Past the page cache: the block is read again only after the kernel dropped its own
+        // copy, and a buffered write of every byte fetched costs far more CPU than the copy
+        // into an aligned buffer (fs_core::direct_io).
+        let written = tokio::task::spawn_blocking(move || -> io::Result<u64> {
+            let file = File::create(&target)?;
+            fs_core::direct_io::write_file(&file, &data)
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r);
+        if let Err(e) = written {
             tracing::warn!(key, path = %path.display(), "read cache: not caching a block: {e}");
             let _ = tokio::fs::remove_file(&path).await;
             return;
@@ -238,36 +370,138 @@ impl BlockCache {
         let mut gone = Vec::new();
         {
             let mut state = lock(&self.state);
-            // Another reader may have cached the same block meanwhile: keep the newer copy.
-            if let Some(old) = state.remove(key, &version) {
-                gone.push(old);
-            }
             let tick = state.tick();
-            state
-                .keys
-                .entry(key.to_string())
-                .or_default()
-                .insert(version.clone(), Entry { file, len, tick });
-            state.lru.insert(tick, (key.to_string(), version));
-            state.used += len;
-            while state.used > self.capacity {
-                let Some((_, (k, v))) = state.lru.pop_first() else {
-                    break;
-                };
-                // `remove` finds its tick already gone from the LRU order: no matter.
-                if let Some(f) = state.remove(&k, &v) {
-                    gone.push(f);
+            let entry = Entry {
+                file,
+                offset: 0,
+                len,
+                tick,
+            };
+            gone.extend(state.insert(key, version, entry));
+            state.evict_to(self.capacity, &mut gone);
+        }
+        self.free(gone).await;
+    }
+
+    /// Takes over `files` holding bytes of the object `key` at version `etag` (`object_len`
+    /// bytes long), typically the part files the writer cached while uploading it: each is
+    /// moved into the cache's directory and every block that lies wholly inside it is served
+    /// from it. Returns the number of blocks adopted.
+    ///
+    /// Blocks are adopted from the object's start, up to the capacity: sequential reads start
+    /// there, and a read that begins by missing would fetch ahead from the store anyway. The
+    /// files are the cache's from here on: those it does not keep (no whole block, over the
+    /// capacity, or not movable, e.g. on another filesystem) are deleted.
+    pub async fn adopt(
+        &self,
+        key: &str,
+        etag: &str,
+        object_len: u64,
+        mut files: Vec<AdoptFile>,
+    ) -> usize {
+        files.sort_by_key(|f| f.offset);
+        let mut budget = self.capacity;
+        // Blocks below this one are taken: files that overlap cannot register a block twice.
+        let mut next_block = 0;
+        // (file number, the file's object offset, its blocks)
+        let mut adopted: Vec<(u64, u64, std::ops::Range<u64>)> = Vec::new();
+        for f in files {
+            let all = whole_blocks(f.offset, f.len, object_len);
+            let first = all.start.max(next_block);
+            let mut end = first;
+            while end < all.end && block_len(end, object_len) <= budget {
+                budget -= block_len(end, object_len);
+                end += 1;
+            }
+            if end == first {
+                let _ = tokio::fs::remove_file(&f.path).await;
+                continue;
+            }
+            next_block = end;
+            let file = lock(&self.state).new_file();
+            let dest = self.path(file);
+            if let Err(e) = tokio::fs::rename(&f.path, &dest).await {
+                tracing::debug!(key, path = %f.path.display(), "read cache: not adopting a file: {e}");
+                let _ = tokio::fs::remove_file(&f.path).await;
+                // Its blocks are free for the files after it.
+                budget += (first..end).map(|b| block_len(b, object_len)).sum::<u64>();
+                next_block = first;
+                continue;
+            }
+            if end < all.end {
+                // Over the capacity: what follows the last block kept is not counted, so it
+                // must not take disk space either.
+                let keep = end * BLOCK - f.offset;
+                if let Err(e) = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&dest)
+                    .and_then(|file| file.set_len(keep))
+                {
+                    tracing::debug!(path = %dest.display(), "read cache: cutting an adopted file: {e}");
                 }
             }
+            adopted.push((file, f.offset, first..end));
         }
-        for f in gone {
-            let _ = tokio::fs::remove_file(self.path(f)).await;
+        let mut gone = Vec::new();
+        let mut count = 0;
+        {
+            let mut state = lock(&self.state);
+            // The first blocks get the most recent ticks: when room is needed later, the
+            // object's end goes before its start, where the next sequential read begins.
+            for (file, start, blocks) in adopted.into_iter().rev() {
+                for block in blocks.rev() {
+                    let tick = state.tick();
+                    let entry = Entry {
+                        file,
+                        offset: block * BLOCK - start,
+                        len: block_len(block, object_len),
+                        tick,
+                    };
+                    let version = Version {
+                        etag: etag.to_string(),
+                        block,
+                    };
+                    gone.extend(state.insert(key, version, entry));
+                    count += 1;
+                }
+            }
+            state.evict_to(self.capacity, &mut gone);
+        }
+        self.free(gone).await;
+        count
+    }
+
+    /// Gives back the disk space of blocks dropped from the tables. Best effort: a file that
+    /// cannot be deleted or punched only wastes space until the cache's directory goes.
+    async fn free(&self, gone: impl IntoIterator<Item = Freed>) {
+        let mut punch = Vec::new();
+        for freed in gone {
+            match freed {
+                Freed::File(file) => {
+                    let _ = tokio::fs::remove_file(self.path(file)).await;
+                }
+                Freed::Range { file, offset, len } => punch.push((self.path(file), offset, len)),
+            }
+        }
+        if punch.is_empty() {
+            return;
+        }
+        let punched = tokio::task::spawn_blocking(move || {
+            for (path, offset, len) in punch {
+                if let Err(e) = punch_hole(&path, offset, len) {
+                    tracing::debug!(path = %path.display(), "read cache: punching out an evicted block: {e}");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = punched {
+            tracing::debug!("read cache: punching out evicted blocks: {e}");
         }
     }
 
     /// Drops every cached block of `key` (all versions): the object was changed or removed.
     pub async fn invalidate(&self, key: &str) {
-        let gone: Vec<u64> = {
+        let gone: Vec<Freed> = {
             let mut state = lock(&self.state);
             let Some(blocks) = state.keys.remove(key) else {
                 return;
@@ -275,14 +509,11 @@ impl BlockCache {
             let mut gone = Vec::with_capacity(blocks.len());
             for entry in blocks.into_values() {
                 state.lru.remove(&entry.tick);
-                state.used -= entry.len;
-                gone.push(entry.file);
+                gone.push(state.release(entry));
             }
             gone
         };
-        for f in gone {
-            let _ = tokio::fs::remove_file(self.path(f)).await;
-        }
+        self.free(gone).await;
     }
 
     /// Drops the blocks of every key starting with `prefix` (a renamed or removed directory).
@@ -296,6 +527,28 @@ impl BlockCache {
         for key in keys {
             self.invalidate(&key).await;
         }
+    }
+}
+
+/// Frees the disk blocks of `offset..offset + len` of the file at `path`, keeping its size.
+fn punch_hole(path: &Path, offset: u64, len: u64) -> io::Result<()> {
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: fallocate on a file descriptor this `File` owns; no memory is passed.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -444,5 +697,222 @@ mod tests {
         let dir = cache.dir().to_path_buf();
         drop(cache);
         assert!(!dir.exists());
+    }
+
+    /// Writes `data` to a file under `dir` named `name`, as the writer's part cache does.
+    fn part_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, data).unwrap();
+        path
+    }
+
+    /// Disk bytes allocated to the cache's files.
+    fn allocated(dir: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().unwrap().blocks() * 512)
+            .sum()
+    }
+
+    #[test]
+    fn whole_blocks_are_those_inside_the_range_or_ending_the_object() {
+        // Aligned parts of 8 blocks.
+        assert_eq!(whole_blocks(0, 8 * BLOCK, 20 * BLOCK), 0..8);
+        assert_eq!(whole_blocks(8 * BLOCK, 8 * BLOCK, 20 * BLOCK), 8..16);
+        // The last part, with a short last block.
+        assert_eq!(
+            whole_blocks(16 * BLOCK, 2 * BLOCK + 5, 18 * BLOCK + 5),
+            16..19
+        );
+        // Unaligned: only the blocks wholly inside.
+        assert_eq!(whole_blocks(BLOCK / 2, 3 * BLOCK, 10 * BLOCK), 1..3);
+        assert_eq!(whole_blocks(100, BLOCK, 10 * BLOCK), 1..1);
+        // A short block that is not the object's last is not whole.
+        assert_eq!(whole_blocks(0, BLOCK + 5, 3 * BLOCK), 0..1);
+        // Bytes past the object's end: none.
+        assert_eq!(whole_blocks(0, 2 * BLOCK, BLOCK), 0..0);
+    }
+
+    #[tokio::test]
+    async fn adopted_aligned_parts_serve_every_block_and_are_deleted_with_the_last() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parts = tempfile::tempdir().unwrap();
+        let cache = BlockCache::open(tmp.path(), 64 * BLOCK).unwrap().unwrap();
+        // Two parts of 2 blocks and a last one of 1 block and a bit.
+        let object = block((5 * BLOCK + 300) as usize, 9);
+        let cuts = [0, 2 * BLOCK, 4 * BLOCK, object.len() as u64];
+        let files: Vec<AdoptFile> = cuts
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| AdoptFile {
+                path: part_file(
+                    parts.path(),
+                    &format!("part-{i}"),
+                    &object[w[0] as usize..w[1] as usize],
+                ),
+                offset: w[0],
+                len: w[1] - w[0],
+            })
+            .collect();
+        let adopted = cache.adopt("k", "e", object.len() as u64, files).await;
+        assert_eq!(adopted, 6);
+        assert_eq!(cache.used(), object.len() as u64);
+        assert_eq!(files_in(parts.path()), 0, "moved into the cache");
+        assert_eq!(
+            files_in(cache.dir()),
+            3,
+            "one file per part, shared by its blocks"
+        );
+        for b in 0..6u64 {
+            let start = (b * BLOCK) as usize;
+            let end = (start + BLOCK as usize).min(object.len());
+            assert_eq!(
+                cache.get("k", "e", b).await.as_deref(),
+                Some(&object[start..end])
+            );
+        }
+        assert_eq!(cache.get("k", "other", 0).await, None);
+        cache.invalidate("k").await;
+        assert_eq!(cache.used(), 0);
+        assert_eq!(files_in(cache.dir()), 0, "deleted with their last block");
+    }
+
+    #[tokio::test]
+    async fn unaligned_parts_give_the_blocks_wholly_inside_one_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parts = tempfile::tempdir().unwrap();
+        let cache = BlockCache::open(tmp.path(), 64 * BLOCK).unwrap().unwrap();
+        let object = block((4 * BLOCK + 10) as usize, 3);
+        // Parts of 1.5 blocks: [0, 1.5) [1.5, 3) [3, 4 + 10 bytes).
+        let cuts = [0, 3 * BLOCK / 2, 3 * BLOCK, object.len() as u64];
+        let files: Vec<AdoptFile> = cuts
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| AdoptFile {
+                path: part_file(
+                    parts.path(),
+                    &format!("part-{i}"),
+                    &object[w[0] as usize..w[1] as usize],
+                ),
+                offset: w[0],
+                len: w[1] - w[0],
+            })
+            .collect();
+        let adopted = cache.adopt("k", "e", object.len() as u64, files).await;
+        // Block 0 in part 0, block 2 in part 1, blocks 3 and 4 (short, the last) in part 2.
+        assert_eq!(adopted, 4);
+        assert_eq!(cache.get("k", "e", 1).await, None, "straddles two parts");
+        for b in [0u64, 2, 3, 4] {
+            let start = (b * BLOCK) as usize;
+            let end = (start + BLOCK as usize).min(object.len());
+            assert_eq!(
+                cache.get("k", "e", b).await.as_deref(),
+                Some(&object[start..end])
+            );
+        }
+        assert_eq!(cache.used(), 3 * BLOCK + 10);
+        // A file with no whole block is not kept.
+        let small = AdoptFile {
+            path: part_file(parts.path(), "small", &object[100..200]),
+            offset: 100,
+            len: 100,
+        };
+        assert_eq!(
+            cache
+                .adopt("s", "e", object.len() as u64, vec![small])
+                .await,
+            0
+        );
+        assert_eq!(files_in(parts.path()), 0, "dropped");
+        assert_eq!(files_in(cache.dir()), 3);
+    }
+
+    #[tokio::test]
+    async fn evicting_a_block_of_a_shared_file_punches_it_out_and_the_last_deletes_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parts = tempfile::tempdir().unwrap();
+        let cache = BlockCache::open(tmp.path(), 4 * BLOCK).unwrap().unwrap();
+        let object = block((4 * BLOCK) as usize, 1);
+        let file = AdoptFile {
+            path: part_file(parts.path(), "part", &object),
+            offset: 0,
+            len: 4 * BLOCK,
+        };
+        assert_eq!(cache.adopt("k", "e", 4 * BLOCK, vec![file]).await, 4);
+        let full = allocated(cache.dir());
+        assert!(full >= 4 * BLOCK, "{full}");
+        // The object's end is evicted first: its start is where a sequential read begins.
+        cache.put("x", "e", 0, block(BLOCK as usize, 2)).await;
+        assert_eq!(cache.used(), 4 * BLOCK);
+        assert!(cache.get("k", "e", 3).await.is_none());
+        for b in 0..3u64 {
+            assert!(cache.get("k", "e", b).await.is_some(), "block {b}");
+        }
+        assert_eq!(files_in(cache.dir()), 2);
+        // Without the punch, x's block would come on top of the four adopted ones.
+        let punched = allocated(cache.dir());
+        assert!(
+            punched <= full,
+            "the evicted block's range is given back ({punched} vs {full})"
+        );
+        // The rest go, the shared file with its last block.
+        for b in 0..4 {
+            cache.put("y", "e", b, block(BLOCK as usize, 3)).await;
+        }
+        assert_eq!(cache.used(), 4 * BLOCK);
+        for b in 0..3u64 {
+            assert!(cache.get("k", "e", b).await.is_none(), "block {b}");
+        }
+        assert_eq!(files_in(cache.dir()), 4, "only the blocks of y");
+    }
+
+    #[tokio::test]
+    async fn adoption_takes_the_first_blocks_up_to_the_capacity() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parts = tempfile::tempdir().unwrap();
+        let cache = BlockCache::open(tmp.path(), 3 * BLOCK).unwrap().unwrap();
+        cache.put("old", "e", 0, block(BLOCK as usize, 5)).await;
+        let object = block((6 * BLOCK) as usize, 4);
+        let files: Vec<AdoptFile> = (0..3u64)
+            .map(|i| AdoptFile {
+                path: part_file(
+                    parts.path(),
+                    &format!("part-{i}"),
+                    &object[(i * 2 * BLOCK) as usize..((i + 1) * 2 * BLOCK) as usize],
+                ),
+                offset: i * 2 * BLOCK,
+                len: 2 * BLOCK,
+            })
+            .collect();
+        assert_eq!(cache.adopt("k", "e", 6 * BLOCK, files).await, 3);
+        assert_eq!(cache.used(), 3 * BLOCK);
+        assert!(cache.get("old", "e", 0).await.is_none(), "evicted for them");
+        for b in 0..3u64 {
+            assert!(cache.get("k", "e", b).await.is_some(), "block {b}");
+        }
+        for b in 3..6u64 {
+            assert!(cache.get("k", "e", b).await.is_none(), "block {b}");
+        }
+        // The part cut by the capacity keeps only its adopted block on disk; the last part
+        // is not kept at all.
+        assert_eq!(files_in(parts.path()), 0);
+        assert_eq!(files_in(cache.dir()), 2);
+        assert!(allocated(cache.dir()) <= 3 * BLOCK + 64 * 1024);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_cannot_be_moved_is_not_adopted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = BlockCache::open(tmp.path(), 8 * BLOCK).unwrap().unwrap();
+        let missing = AdoptFile {
+            path: tmp.path().join("no-such-part"),
+            offset: 0,
+            len: 2 * BLOCK,
+        };
+        assert_eq!(cache.adopt("k", "e", 2 * BLOCK, vec![missing]).await, 0);
+        assert_eq!(cache.used(), 0);
+        assert!(cache.get("k", "e", 0).await.is_none());
     }
 }

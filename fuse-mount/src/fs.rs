@@ -24,10 +24,11 @@ use bytes::Bytes;
 use fs_core::store::{
     CompletedPart, DynStore, ListRequest, ObjectMeta, ObjectStoreExt, PutCondition, PutOptions,
 };
+use fs_core::writer::CachedParts;
 use fs_core::{FileWriter, RecoverableWriter, StoreErrorKind, WriterError};
 use tokio::sync::Mutex as AsyncMutex;
 
-use crate::cache::BlockCache;
+use crate::cache::{AdoptFile, BLOCK, BlockCache};
 use crate::error::{FsError, FsResult, io_error};
 use crate::inode::{Ino, Inodes, Kind, ROOT};
 use crate::prefetch::{ReadAhead, Source};
@@ -79,6 +80,22 @@ pub struct DirEntry {
     pub ino: Ino,
     pub kind: Kind,
     pub name: String,
+}
+
+/// An object a commit published.
+struct Committed {
+    size: u64,
+    etag: String,
+    /// Its bytes as they are still at hand locally, for the read cache.
+    local: Local,
+}
+
+enum Local {
+    Nothing,
+    /// The part files the writer cached while uploading.
+    Parts(CachedParts),
+    /// The whole object, held in memory until its single PUT.
+    Bytes(Bytes),
 }
 
 /// What an open file's content is based on when it has no writer.
@@ -1149,8 +1166,12 @@ impl Filesystem {
         let result = self.commit_inner(file).await;
         file.end();
         let committed = result?;
-        if let Some((size, etag)) = committed {
+        if let Some(Committed { size, etag, local }) = committed {
             self.invalidate(&file.key).await;
+            // After the invalidation, which drops every version of the key: the new one's
+            // blocks are the bytes just committed, served by ETag, so a later writer of the
+            // same file (another ETag) can never be served them.
+            self.keep_committed(&file.key, &etag, size, local).await;
             let mut inodes = lock(&self.inodes);
             if inodes.ino_of(&file.key) == Some(ino) {
                 inodes.intern(&file.key, Kind::File, size, file.mtime, Some(etag));
@@ -1159,8 +1180,48 @@ impl Filesystem {
         Ok(())
     }
 
-    /// The size and ETag of the object committed, if anything was.
-    async fn commit_inner(&self, file: &mut OpenFile) -> FsResult<Option<(u64, String)>> {
+    /// Hands what a commit left locally to the read cache, so that reading the file back right
+    /// after closing it needs no GET. Without a read cache the part files are deleted (by
+    /// dropping them).
+    async fn keep_committed(&self, key: &str, etag: &str, size: u64, local: Local) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        match local {
+            Local::Nothing => {}
+            Local::Parts(parts) => {
+                let files = parts
+                    .parts()
+                    .iter()
+                    .map(|p| AdoptFile {
+                        path: p.path.clone(),
+                        offset: p.offset,
+                        len: p.len,
+                    })
+                    .collect();
+                let blocks = cache.adopt(key, etag, size, files).await;
+                tracing::debug!(key, blocks, "read cache: adopted the parts just written");
+                // Deletes the writer's cache directory with whatever was not adopted.
+                drop(parts);
+            }
+            Local::Bytes(bytes) => {
+                // Only as much as the cache holds, from the start, like `adopt`.
+                let mut room = cache.capacity();
+                for (block, start) in (0..size).step_by(BLOCK as usize).enumerate() {
+                    let end = (start + BLOCK).min(size);
+                    if end - start > room {
+                        break;
+                    }
+                    room -= end - start;
+                    let data = bytes.slice(start as usize..end as usize);
+                    cache.put(key, etag, block as u64, data).await;
+                }
+            }
+        }
+    }
+
+    /// What was committed, if anything was.
+    async fn commit_inner(&self, file: &mut OpenFile) -> FsResult<Option<Committed>> {
         if file.writer.is_none()
             && let Some(shadow) = &mut file.shadow
             && shadow.start == 0
@@ -1178,7 +1239,11 @@ impl Filesystem {
                     file.shadow = None;
                     file.base = Base::Object(size);
                     file.dirty = false;
-                    return Ok(Some((size, put.etag)));
+                    return Ok(Some(Committed {
+                        size,
+                        etag: put.etag,
+                        local: Local::Bytes(bytes),
+                    }));
                 }
                 Err(e) => {
                     // Kept for a later fsync or close.
@@ -1192,17 +1257,36 @@ impl Filesystem {
             let key = file.key.clone();
             // Whatever happens next, the writer is spent: a failed close or commit leaves its
             // token in the index for the recovery at the next mount.
-            let committer = writer
-                .close_for_commit()
-                .await
-                .map_err(|e| io_error("commit", &key, e))?;
-            let outcome = committer
-                .commit()
-                .await
-                .map_err(|e| io_error("commit", &key, e))?;
+            // With a read cache, the parts the writer cached while uploading are kept for it;
+            // a failed commit deletes them with the committer.
+            let (outcome, local) = if self.cache.is_some() {
+                let committer = writer
+                    .close_for_commit_keeping_cache()
+                    .await
+                    .map_err(|e| io_error("commit", &key, e))?;
+                let (outcome, parts) = committer
+                    .commit_keeping_cache()
+                    .await
+                    .map_err(|e| io_error("commit", &key, e))?;
+                (outcome, Local::Parts(parts))
+            } else {
+                let committer = writer
+                    .close_for_commit()
+                    .await
+                    .map_err(|e| io_error("commit", &key, e))?;
+                let outcome = committer
+                    .commit()
+                    .await
+                    .map_err(|e| io_error("commit", &key, e))?;
+                (outcome, Local::Nothing)
+            };
             file.base = Base::Object(outcome.size);
             file.dirty = false;
-            return Ok(Some((outcome.size, outcome.etag)));
+            return Ok(Some(Committed {
+                size: outcome.size,
+                etag: outcome.etag,
+                local,
+            }));
         }
         if file.dirty {
             let put = self
@@ -1212,7 +1296,11 @@ impl Filesystem {
                 .map_err(|e| io_error("put", &file.key, e))?;
             file.base = Base::Object(0);
             file.dirty = false;
-            return Ok(Some((0, put.etag)));
+            return Ok(Some(Committed {
+                size: 0,
+                etag: put.etag,
+                local: Local::Nothing,
+            }));
         }
         Ok(None)
     }

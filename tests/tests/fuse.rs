@@ -488,6 +488,45 @@ fn rename_directories(fx: &Fixture) {
     assert_eq!(fx.object("target/sub/big"), None);
 }
 
+#[test]
+fn a_file_just_written_is_read_back_without_a_get_on_moto() {
+    let fx = Fixture::on_moto();
+    let mount = fx.mount();
+    // Two full parts of 5 MiB and a last one, whose last cache block is short; and a small
+    // file, committed by one PUT.
+    let big = pattern((12 << 20) + 300_000, 5);
+    let small = pattern(300_000, 6);
+    for (key, data) in [("written.bin", &big), ("small.bin", &small)] {
+        fs::write(mount.path(key), data).unwrap();
+        for _ in 0..2 {
+            assert!(fs::read(mount.path(key)).unwrap() == *data, "{key}");
+        }
+        assert_eq!(
+            store_gets(&fx, key),
+            0,
+            "{key}: read from what the mount wrote, not from the store"
+        );
+    }
+    // The writer's part files were moved into the read cache: none is left beside it.
+    let cache = fx.dir.path().join("cache");
+    let others: Vec<_> = fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("read-cache-"))
+        .collect();
+    assert!(others.is_empty(), "{others:?}");
+    mount.unmount();
+
+    // Without a read cache nothing is kept, and the reads go to the store.
+    let mount = fx.mount_with(&["--cache-size", "0"]);
+    let again = pattern((6 << 20) + 5, 7);
+    fs::write(mount.path("again.bin"), &again).unwrap();
+    assert!(fs::read(mount.path("again.bin")).unwrap() == again);
+    assert!(store_gets(&fx, "again.bin") > 0);
+    mount.unmount();
+    assert_eq!(fs::read_dir(&cache).unwrap().count(), 0, "nothing left");
+}
+
 /// errno values of rename(2) (Linux), as `raw_os_error` gives them.
 mod libc_errno {
     pub const ENOTDIR: i32 = 20;
@@ -530,27 +569,24 @@ fn a_second_read_is_served_by_the_read_cache_on_moto() {
         )
         .unwrap();
     let mount = fx.mount();
-    // Written through the mount (its commit tells the mount the new ETag).
+    // Written through the mount (its commit tells the mount the new ETag): cached at close,
+    // see `a_file_just_written_is_read_back_without_a_get_on_moto`.
     let inside = pattern(300_000, 4);
     fs::write(mount.path("inside.bin"), &inside).unwrap();
 
-    for (key, data) in [("outside.bin", &outside), ("inside.bin", &inside)] {
-        let before = store_gets(&fx, key);
-        assert!(fs::read(mount.path(key)).unwrap() == *data, "{key}");
-        let after_first = store_gets(&fx, key);
-        assert!(
-            after_first > before,
-            "{key}: the first read goes to the store"
-        );
-        for _ in 0..2 {
-            assert!(fs::read(mount.path(key)).unwrap() == *data, "{key}");
-        }
-        assert_eq!(
-            store_gets(&fx, key),
-            after_first,
-            "{key}: later reads come from the cache"
-        );
+    let key = "outside.bin";
+    let before = store_gets(&fx, key);
+    assert!(fs::read(mount.path(key)).unwrap() == outside);
+    let after_first = store_gets(&fx, key);
+    assert!(after_first > before, "the first read goes to the store");
+    for _ in 0..2 {
+        assert!(fs::read(mount.path(key)).unwrap() == outside);
     }
+    assert_eq!(
+        store_gets(&fx, key),
+        after_first,
+        "later reads come from the cache"
+    );
 
     // Changed in the bucket: once the metadata TTL (1 s) has passed, the new bytes are read.
     let changed = pattern(outside.len(), 10);

@@ -1,7 +1,9 @@
 //! The writer's local disk cache of uploaded parts, which makes an open file readable at any
 //! offset (S3 serves no part of an upload until it completes). One directory per upload, named
 //! after the upload so that a writer recovered in a new process on the same cache directory can
-//! adopt the parts a crashed one left behind. Removed at close and when a writer is dropped.
+//! adopt the parts a crashed one left behind. Removed at close and when a writer is dropped,
+//! unless the writer's owner asked to keep it ([`CachedParts`]): then it goes when the commit
+//! fails, when the committer is dropped, or when the owner is done with the files.
 //!
 //! The cache is not fsynced: it is a read cache, never the source of truth. A part whose file is
 //! missing or has the wrong size is treated as not cached.
@@ -54,6 +56,16 @@ impl PartCache {
         Ok(Self { dir: Some(dir) })
     }
 
+    /// No cache: what a writer holds once it handed its cache over to its committer.
+    pub(crate) fn none() -> Self {
+        Self { dir: None }
+    }
+
+    /// The upload's cache directory, if there is a cache.
+    pub(crate) fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     pub(crate) fn is_enabled(&self) -> bool {
         self.dir.is_some()
     }
@@ -96,6 +108,57 @@ impl PartCache {
     }
 
     pub(crate) fn remove_all(&self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Deletes the cache directory of `upload_id` under `root`, if there is one: the upload is gone
+/// (committed or aborted, possibly by another process than the one that cached its parts).
+pub(crate) fn remove_upload_dir(root: &Path, upload_id: &str) {
+    let _ = std::fs::remove_dir_all(root.join(super::tail::upload_hash(upload_id)));
+}
+
+/// One cached part of a committed object: its bytes `offset..offset + len` of the object are in
+/// the file at `path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedPart {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// The part files a successful commit hands over (see [`super::Committer::commit_keeping_cache`]):
+/// the caller may move any of them elsewhere (a rename, on the same filesystem); whatever is
+/// still in the upload's cache directory when this is dropped is deleted with it. Parts copied
+/// server-side, and parts whose cache write failed, are not listed.
+#[derive(Debug, Default)]
+pub struct CachedParts {
+    dir: Option<PathBuf>,
+    parts: Vec<CachedPart>,
+}
+
+impl CachedParts {
+    pub(crate) fn new(dir: PathBuf, parts: Vec<CachedPart>) -> Self {
+        Self {
+            dir: Some(dir),
+            parts,
+        }
+    }
+
+    /// The cached parts, by increasing offset.
+    pub fn parts(&self) -> &[CachedPart] {
+        &self.parts
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+}
+
+impl Drop for CachedParts {
+    fn drop(&mut self) {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }

@@ -8,10 +8,11 @@
 //! writer's id (or, on stores that drop metadata, the multipart ETag of the token's parts).
 //! Flink accepts any object of the right length; a replaced object is an error here.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::cache::{self, CachedParts};
 use super::{Shared, WRITER_ID_METADATA, WriterError, maintenance};
 use crate::error::StoreErrorKind;
 use crate::store::{CompletedPart, ObjectStoreExt, PutOptions, rules};
@@ -33,6 +34,11 @@ pub struct CommitOutcome {
 pub struct Committer {
     shared: Arc<Shared>,
     token: CommitToken,
+    /// The writer's part files, when it was closed with
+    /// [`close_for_commit_keeping_cache`](super::FileWriter::close_for_commit_keeping_cache):
+    /// shared by the clones, taken by the first successful commit, deleted with the last clone
+    /// otherwise.
+    kept: Option<Arc<Mutex<Option<CachedParts>>>>,
 }
 
 impl std::fmt::Debug for Committer {
@@ -45,7 +51,26 @@ impl std::fmt::Debug for Committer {
 
 impl Committer {
     pub(crate) fn new(shared: Arc<Shared>, token: CommitToken) -> Self {
-        Self { shared, token }
+        Self {
+            shared,
+            token,
+            kept: None,
+        }
+    }
+
+    pub(crate) fn with_cache(shared: Arc<Shared>, token: CommitToken, kept: CachedParts) -> Self {
+        Self {
+            shared,
+            token,
+            kept: Some(Arc::new(Mutex::new(Some(kept)))),
+        }
+    }
+
+    fn take_kept(&self) -> CachedParts {
+        self.kept
+            .as_ref()
+            .and_then(|k| k.lock().unwrap_or_else(|e| e.into_inner()).take())
+            .unwrap_or_default()
     }
 
     /// The token that lets another process finish this commit.
@@ -55,6 +80,24 @@ impl Committer {
 
     /// Publishes the file: the object appears whole, atomically. Idempotent.
     pub async fn commit(&self) -> Result<CommitOutcome, WriterError> {
+        let outcome = self.publish().await?;
+        // Nobody asked for the part files: they go now rather than with the last clone.
+        drop(self.take_kept());
+        Ok(outcome)
+    }
+
+    /// [`commit`](Self::commit), handing over the part files the writer cached when it was
+    /// closed with
+    /// [`close_for_commit_keeping_cache`](super::FileWriter::close_for_commit_keeping_cache)
+    /// (none otherwise, and none to a second successful call). They hold the bytes of the
+    /// object whose ETag the outcome gives. On failure they stay with the committer, for a
+    /// retry, and are deleted with it.
+    pub async fn commit_keeping_cache(&self) -> Result<(CommitOutcome, CachedParts), WriterError> {
+        let outcome = self.publish().await?;
+        Ok((outcome, self.take_kept()))
+    }
+
+    async fn publish(&self) -> Result<CommitOutcome, WriterError> {
         let outcome = if self.token.parts.is_empty() {
             self.commit_empty().await?
         } else {
@@ -93,13 +136,19 @@ impl Committer {
     /// Abandons the closed file instead of committing it: aborts the upload, deletes its tails
     /// and forgets it in the index.
     pub async fn abort(&self) -> Result<(), WriterError> {
+        drop(self.take_kept());
         maintenance::abort_upload(&self.shared, &self.token.key, &self.token.upload_id).await
     }
 
-    /// The upload is gone: no token of it can be resumed any more, so its tails and its index
-    /// entry go too.
+    /// The upload is gone: no token of it can be resumed any more, so its tails, its index
+    /// entry and its local part cache go too.
     async fn forget_upload(&self) -> Result<(), WriterError> {
         self.shared.activity.forget(&self.token.upload_id);
+        if self.kept.is_none() {
+            // A committer made from a token: a process that crashed after closing the file
+            // with its cache kept may have left the upload's cache directory behind.
+            cache::remove_upload_dir(&self.shared.config.cache_dir, &self.token.upload_id);
+        }
         maintenance::delete_upload_tails(&self.shared, &self.token.upload_id).await;
         let upload = self.token.upload_id.clone();
         self.shared

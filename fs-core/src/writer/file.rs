@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinSet;
 
-use super::cache::{self, PartCache};
+use super::cache::{self, CachedPart, CachedParts, PartCache};
 use super::pipeline::{PartBoard, PendingPersist};
 use super::{Committer, Shared, WRITER_ID_METADATA, WriterError, listed_parts, max_file_len, tail};
 use crate::error::{StoreError, StoreErrorKind};
@@ -969,23 +969,59 @@ impl FileWriter {
     /// Ends writing: uploads the tail as the last part and returns the committer that
     /// completes the upload. The writer refuses everything afterwards.
     pub async fn close_for_commit(&mut self) -> Result<Committer, WriterError> {
+        self.close(false).await
+    }
+
+    /// Like [`close_for_commit`](Self::close_for_commit), but the local part cache (with the
+    /// tail cached too) goes to the committer instead of being deleted, so that
+    /// [`Committer::commit_keeping_cache`] can hand the part files to the caller, e.g. to keep
+    /// serving reads of the committed object from local disk. A failed or aborted commit, or
+    /// a committer dropped without one, still deletes them.
+    pub async fn close_for_commit_keeping_cache(&mut self) -> Result<Committer, WriterError> {
+        self.close(true).await
+    }
+
+    async fn close(&mut self, keep_cache: bool) -> Result<Committer, WriterError> {
         self.check_open("close")?;
         self.wait_all().await?;
         if !self.tail.is_empty() {
             let number = self.take_part_number()?;
             let body = self.tail.split().freeze();
             let (store, key, upload) = (&self.shared.store, &self.key, &self.upload_id);
-            let etag = self
+            let uploaded = self
                 .shared
                 .config
                 .retry
-                .run(|| store.upload_part(key, upload, number, body.clone()))
-                .await?;
+                .run(|| store.upload_part(key, upload, number, body.clone()));
+            // Cached only when the files are kept: otherwise the write would be deleted unread.
+            let cache = &self.cache;
+            let cached = async {
+                if !keep_cache || !cache.is_enabled() {
+                    return None;
+                }
+                match cache.write(number, body.clone()).await {
+                    Ok(path) => Some(path),
+                    Err(e) => {
+                        tracing::warn!(error = %e, part = number, "cannot cache the last part; reads will fetch it");
+                        None
+                    }
+                }
+            };
+            let (etag, cached) = tokio::join!(uploaded, cached);
+            let etag = match etag {
+                Ok(etag) => etag,
+                Err(e) => {
+                    if cached.is_some() {
+                        self.cache.remove_part(number);
+                    }
+                    return Err(e.into());
+                }
+            };
             self.parts.push(Part {
                 number,
                 size: body.len() as u64,
                 etag: Some(etag),
-                source: PartSource::Remote,
+                source: cached.map_or(PartSource::Remote, PartSource::Cached),
             });
             self.parts_len += body.len() as u64;
         }
@@ -1002,8 +1038,33 @@ impl FileWriter {
             .await?;
         self.state = WriterState::Closed;
         self.board.close();
+        if keep_cache && let Some(dir) = self.cache.dir() {
+            let kept = CachedParts::new(dir.to_path_buf(), self.cached_parts());
+            // The committer owns the directory now: the writer's drop must leave it.
+            self.cache = PartCache::none();
+            return Ok(Committer::with_cache(self.shared.clone(), token, kept));
+        }
         self.cache.remove_all();
         Ok(Committer::new(self.shared.clone(), token))
+    }
+
+    /// The parts whose cache file is complete, with their offsets in the file.
+    fn cached_parts(&self) -> Vec<CachedPart> {
+        let mut offset = 0;
+        let mut cached = Vec::new();
+        for part in &self.parts {
+            if let PartSource::Cached(path) = &part.source
+                && std::fs::metadata(path).is_ok_and(|m| m.len() == part.size)
+            {
+                cached.push(CachedPart {
+                    path: path.clone(),
+                    offset,
+                    len: part.size,
+                });
+            }
+            offset += part.size;
+        }
+        cached
     }
 }
 

@@ -102,6 +102,8 @@ pub(crate) async fn abort_upload(
         Err(e) => return Err(e.into()),
     }
     delete_upload_tails(shared, upload_id).await;
+    // Parts a crashed process cached for this upload are worthless now.
+    super::cache::remove_upload_dir(&shared.config.cache_dir, upload_id);
     let upload = upload_id.to_string();
     shared.index_update(move |i, s| i.remove(s, &upload)).await
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+pub use self::cache::{CachedPart, CachedParts};
 pub use self::commit::{CommitOutcome, Committer};
 pub use self::file::{FileWriter, WriterState};
 pub use self::maintenance::{GcOptions, GcReport, RebuildReport};
