@@ -7,7 +7,6 @@
 //!
 //! This crate knows nothing of FUSE, HTTP or the engine: those are its clients.
 
-pub mod direct_io;
 pub mod error;
 pub mod index;
 pub mod retry;

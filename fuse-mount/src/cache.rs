@@ -347,17 +347,9 @@ impl BlockCache {
         }
         let file = lock(&self.state).new_file();
         let path = self.path(file);
-        let target = path.clone();
-        // Past the page cache: the block is read again only after the kernel dropped its own
-        // copy, and a buffered write of every byte fetched costs far more CPU than the copy
-        // into an aligned buffer (fs_core::direct_io).
-        let written = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-            let file = File::create(&target)?;
-            fs_core::direct_io::write_file(&file, &data)
-        })
-        .await
-        .map_err(io::Error::other)
-        .and_then(|r| r);
+        // Written through the page cache: an O_DIRECT write (tried 2026-11-26) made every
+        // fetch wait for the disk and cold reads 20% slower (docs/benchmarks.md).
+        let written = tokio::fs::write(&path, &data).await;
         if let Err(e) = written {
             tracing::warn!(key, path = %path.display(), "read cache: not caching a block: {e}");
             let _ = tokio::fs::remove_file(&path).await;
