@@ -1103,16 +1103,20 @@ async fn a_commit_can_hand_over_the_cached_parts_and_the_rest_is_deleted() {
     assert!(none.is_empty());
 }
 
+/// `body` written to `key` and closed with its part files kept for the committer.
+async fn closed_keeping_cache(f: &Fixture, key: &str, body: &[u8]) -> fs_core::Committer {
+    let mut w = f.writer.open(key).await.unwrap();
+    w.write(body).await.unwrap();
+    w.close_for_commit_keeping_cache().await.unwrap()
+}
+
 #[tokio::test]
 async fn kept_parts_go_with_a_failed_commit_a_plain_commit_or_an_abort() {
     let f = fixture();
     let body = data(PART as usize * 2 + 5, 22);
 
     // A commit that fails keeps them for a retry; the committer's drop deletes them.
-    let mut w = f.writer.open("failed.bin").await.unwrap();
-    w.write(&body).await.unwrap();
-    let committer = w.close_for_commit_keeping_cache().await.unwrap();
-    drop(w);
+    let committer = closed_keeping_cache(&f, "failed.bin", &body).await;
     f.faults.set_config(FaultConfig {
         error_rate: 1.0,
         ..Default::default()
@@ -1127,19 +1131,13 @@ async fn kept_parts_go_with_a_failed_commit_a_plain_commit_or_an_abort() {
     assert_eq!(cache_files(&f), 0, "deleted with the last committer");
 
     // A caller that commits without taking them: deleted at once.
-    let mut w = f.writer.open("plain.bin").await.unwrap();
-    w.write(&body).await.unwrap();
-    let committer = w.close_for_commit_keeping_cache().await.unwrap();
-    drop(w);
+    let committer = closed_keeping_cache(&f, "plain.bin", &body).await;
     committer.commit().await.unwrap();
     assert_eq!(cache_files(&f), 0);
     assert_eq!(object(&f, "plain.bin").await.unwrap(), body);
 
     // An abort.
-    let mut w = f.writer.open("aborted.bin").await.unwrap();
-    w.write(&body).await.unwrap();
-    let committer = w.close_for_commit_keeping_cache().await.unwrap();
-    drop(w);
+    let committer = closed_keeping_cache(&f, "aborted.bin", &body).await;
     committer.abort().await.unwrap();
     assert_eq!(cache_files(&f), 0);
     assert_eq!(object(&f, "aborted.bin").await, None);
@@ -1157,10 +1155,7 @@ async fn kept_parts_go_with_a_failed_commit_a_plain_commit_or_an_abort() {
 async fn a_commit_recovered_from_its_token_deletes_the_parts_a_crash_kept() {
     let f = fixture();
     let body = data(PART as usize * 2 + 7, 23);
-    let mut w = f.writer.open("crashed.bin").await.unwrap();
-    w.write(&body).await.unwrap();
-    let committer = w.close_for_commit_keeping_cache().await.unwrap();
-    drop(w);
+    let committer = closed_keeping_cache(&f, "crashed.bin", &body).await;
     let token = committer.token().clone();
     // A crash: the process dies with the part files on disk.
     std::mem::forget(committer);

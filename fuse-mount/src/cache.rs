@@ -698,6 +698,22 @@ mod tests {
         path
     }
 
+    /// The object cut at `cuts` (offsets, first 0, last its length) into part files in `dir`.
+    fn part_files(dir: &Path, object: &[u8], cuts: &[u64]) -> Vec<AdoptFile> {
+        cuts.windows(2)
+            .enumerate()
+            .map(|(i, w)| AdoptFile {
+                path: part_file(
+                    dir,
+                    &format!("part-{i}"),
+                    &object[w[0] as usize..w[1] as usize],
+                ),
+                offset: w[0],
+                len: w[1] - w[0],
+            })
+            .collect()
+    }
+
     /// Disk bytes allocated to the cache's files.
     fn allocated(dir: &Path) -> u64 {
         use std::os::unix::fs::MetadataExt;
@@ -735,19 +751,7 @@ mod tests {
         // Two parts of 2 blocks and a last one of 1 block and a bit.
         let object = block((5 * BLOCK + 300) as usize, 9);
         let cuts = [0, 2 * BLOCK, 4 * BLOCK, object.len() as u64];
-        let files: Vec<AdoptFile> = cuts
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| AdoptFile {
-                path: part_file(
-                    parts.path(),
-                    &format!("part-{i}"),
-                    &object[w[0] as usize..w[1] as usize],
-                ),
-                offset: w[0],
-                len: w[1] - w[0],
-            })
-            .collect();
+        let files = part_files(parts.path(), &object, &cuts);
         let adopted = cache.adopt("k", "e", object.len() as u64, files).await;
         assert_eq!(adopted, 6);
         assert_eq!(cache.used(), object.len() as u64);
@@ -779,19 +783,7 @@ mod tests {
         let object = block((4 * BLOCK + 10) as usize, 3);
         // Parts of 1.5 blocks: [0, 1.5) [1.5, 3) [3, 4 + 10 bytes).
         let cuts = [0, 3 * BLOCK / 2, 3 * BLOCK, object.len() as u64];
-        let files: Vec<AdoptFile> = cuts
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| AdoptFile {
-                path: part_file(
-                    parts.path(),
-                    &format!("part-{i}"),
-                    &object[w[0] as usize..w[1] as usize],
-                ),
-                offset: w[0],
-                len: w[1] - w[0],
-            })
-            .collect();
+        let files = part_files(parts.path(), &object, &cuts);
         let adopted = cache.adopt("k", "e", object.len() as u64, files).await;
         // Block 0 in part 0, block 2 in part 1, blocks 3 and 4 (short, the last) in part 2.
         assert_eq!(adopted, 4);
