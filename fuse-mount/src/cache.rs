@@ -859,17 +859,7 @@ mod tests {
         let cache = BlockCache::open(tmp.path(), 3 * BLOCK).unwrap().unwrap();
         cache.put("old", "e", 0, block(BLOCK as usize, 5)).await;
         let object = block((6 * BLOCK) as usize, 4);
-        let files: Vec<AdoptFile> = (0..3u64)
-            .map(|i| AdoptFile {
-                path: part_file(
-                    parts.path(),
-                    &format!("part-{i}"),
-                    &object[(i * 2 * BLOCK) as usize..((i + 1) * 2 * BLOCK) as usize],
-                ),
-                offset: i * 2 * BLOCK,
-                len: 2 * BLOCK,
-            })
-            .collect();
+        let files = part_files(parts.path(), &object, &[0, 2 * BLOCK, 4 * BLOCK, 6 * BLOCK]);
         assert_eq!(cache.adopt("k", "e", 6 * BLOCK, files).await, 3);
         assert_eq!(cache.used(), 3 * BLOCK);
         assert!(cache.get("old", "e", 0).await.is_none(), "evicted for them");

@@ -1259,27 +1259,18 @@ impl Filesystem {
             // token in the index for the recovery at the next mount.
             // With a read cache, the parts the writer cached while uploading are kept for it;
             // a failed commit deletes them with the committer.
-            let (outcome, local) = if self.cache.is_some() {
-                let committer = writer
-                    .close_for_commit_keeping_cache()
-                    .await
-                    .map_err(|e| io_error("commit", &key, e))?;
-                let (outcome, parts) = committer
-                    .commit_keeping_cache()
-                    .await
-                    .map_err(|e| io_error("commit", &key, e))?;
-                (outcome, Local::Parts(parts))
+            let closed = if self.cache.is_some() {
+                writer.close_for_commit_keeping_cache().await
             } else {
-                let committer = writer
-                    .close_for_commit()
-                    .await
-                    .map_err(|e| io_error("commit", &key, e))?;
-                let outcome = committer
-                    .commit()
-                    .await
-                    .map_err(|e| io_error("commit", &key, e))?;
-                (outcome, Local::Nothing)
+                writer.close_for_commit().await
             };
+            let committer = closed.map_err(|e| io_error("commit", &key, e))?;
+            // Without kept files (no read cache) the hand-over is empty and nothing is kept.
+            let (outcome, parts) = committer
+                .commit_keeping_cache()
+                .await
+                .map_err(|e| io_error("commit", &key, e))?;
+            let local = Local::Parts(parts);
             file.base = Base::Object(outcome.size);
             file.dirty = false;
             return Ok(Some(Committed {
