@@ -628,14 +628,19 @@ fn gc_aborts_the_upload_of_a_killed_cp() {
         .spawn()
         .expect("spawn rivulet");
     let mut stdin = child.stdin.take().unwrap();
+    let (killed_tx, killed_rx) = std::sync::mpsc::channel::<()>();
     let feeder = std::thread::spawn(move || {
         let _ = stdin.write_all(&pseudo_random(6 * MIB, 9)); // blocks until read; fails once killed
+        // Hold stdin open until the kill: at end of input the cp would commit, and a fast
+        // cp could do that before the kill lands (CI saw it).
+        let _ = killed_rx.recv();
     });
     // A part is uploaded only after the upload was created and recorded in the index: from
     // then on, a crash leaves an upload the index knows.
     wait_for_upload(&fx, true, "cp never uploaded a part");
     child.kill().expect("kill the cp");
     child.wait().unwrap();
+    drop(killed_tx);
     feeder.join().unwrap();
 
     let store = fx.obj("");
