@@ -65,6 +65,29 @@ fn the_good_job_compiles() {
     assert_eq!(job.graph.vertices.len(), 4);
 }
 
+/// The example jobs shipped in `jobs/` (the README's and docs' commands run them).
+#[test]
+fn the_shipped_job_files_compile() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../jobs");
+    let mut compiled = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("the jobs/ directory") {
+        let path = entry.expect("an entry of jobs/").path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("a job file");
+        if let Err(e) = parse(&text).and_then(|spec| compile(&spec, "job-0123456789abcdef")) {
+            panic!("{} does not compile: {e}", path.display());
+        }
+        compiled.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    compiled.sort();
+    assert_eq!(
+        compiled,
+        ["nexmark-q0.toml", "nexmark-q10.toml", "quickstart.toml"]
+    );
+}
+
 #[test]
 fn an_unknown_key_names_its_line() {
     // `prise` on line 9 of this text (the leading newline is line 1).
