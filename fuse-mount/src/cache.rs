@@ -349,8 +349,7 @@ impl BlockCache {
         let path = self.path(file);
         // Written through the page cache: an O_DIRECT write (tried 2026-11-26) made every
         // fetch wait for the disk and cold reads 20% slower (docs/benchmarks.md).
-        let written = tokio::fs::write(&path, &data).await;
-        if let Err(e) = written {
+        if let Err(e) = tokio::fs::write(&path, &data).await {
             tracing::warn!(key, path = %path.display(), "read cache: not caching a block: {e}");
             let _ = tokio::fs::remove_file(&path).await;
             return;
