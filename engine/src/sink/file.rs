@@ -68,7 +68,7 @@
 //! (it may complete yet), or is one of the last `retained_checkpoints` completed ones. Tails
 //! of files that are published or aborted are deleted by fs-core with their upload.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -78,6 +78,7 @@ use fs_core::{Committer, FileWriter, RecoverableWriter, ResumeToken};
 
 use super::SinkMetrics;
 use super::bucket::{BucketAssigner, Bucketer};
+use super::buckets::Buckets;
 use super::parquet::{ParquetLayout, ParquetPart};
 use super::rolling::RollingPolicy;
 use super::state::{InProgressState, SinkState};
@@ -137,10 +138,8 @@ pub struct FileSink {
     unpublished: (u64, u64),
     /// Set by `restore` or `open`: the store side.
     files: Option<PartFiles>,
-    /// Looked up once per record, with a bucket id of a few bytes: a fast hash, since bucket
-    /// ids come from the job's own records and a flood of colliding ids would only slow down
-    /// the job that made them.
-    buckets: HashMap<String, Bucket, foldhash::fast::RandomState>,
+    /// Looked up once per record.
+    buckets: Buckets<Bucket>,
     /// Files rolled since the last snapshot: the next snapshot makes them pending.
     rolled: Vec<Committer>,
     /// Files waiting for their checkpoint to complete, by the checkpoint that made them pending.
@@ -264,7 +263,7 @@ impl FileSink {
             metrics: Arc::default(),
             unpublished: (0, 0),
             files: None,
-            buckets: HashMap::default(),
+            buckets: Buckets::default(),
             rolled: Vec::new(),
             pending: BTreeMap::new(),
             snapshots: VecDeque::new(),
@@ -392,10 +391,10 @@ impl Operator for FileSink {
                 ),
             ));
         }
-        let mut buckets = HashMap::default();
+        let mut buckets = Buckets::default();
         let mut tokens: Vec<ResumeToken> = Vec::new();
         for file in state.in_progress {
-            if buckets.contains_key(&file.bucket) {
+            if buckets.contains(&file.bucket) {
                 return Err(EngineError::state(
                     format!("file sink {}", files.task),
                     format!("bucket `{}` has two in-progress files", file.bucket),
@@ -438,17 +437,10 @@ impl Operator for FileSink {
         let files = self.files.as_mut().ok_or_else(not_open)?;
         let now = now_ms();
         let id = self.bucketer.resolve(&record, now);
-        // Two lookups instead of `entry`, which would need an owned key for every record.
-        if !self.buckets.contains_key(id) {
-            let dir = format!("{}{id}/", self.base);
-            self.buckets.insert(id.to_string(), Bucket::new(dir, now));
-        }
-        let Some(bucket) = self.buckets.get_mut(id) else {
-            return Err(EngineError::Task {
-                task: files.task.clone(),
-                message: format!("bucket `{id}` is missing right after it was added"),
-            });
-        };
+        let base = &self.base;
+        let bucket = self
+            .buckets
+            .get_or_insert_with(id, || Bucket::new(format!("{base}{id}/"), now));
         if !bucket.has_part() {
             bucket.started = now;
         }
@@ -498,7 +490,7 @@ impl Operator for FileSink {
             }
         }
         // Buckets of past hours (or rare field values) go once they hold nothing.
-        self.buckets.retain(|_, b| b.has_part());
+        self.buckets.retain(Bucket::has_part);
         Ok(())
     }
 
@@ -508,7 +500,7 @@ impl Operator for FileSink {
         // Every file's persist is started first and awaited together: the tails go up in
         // parallel, so a checkpoint costs one round trip, not one per bucket.
         let mut persists = Vec::new();
-        for (id, bucket) in &mut self.buckets {
+        for (id, bucket) in self.buckets.iter_mut() {
             if !bucket.has_part() {
                 continue;
             }
@@ -522,7 +514,7 @@ impl Operator for FileSink {
             }
             files.flush(bucket)?;
             if let Some(part) = &mut bucket.writer {
-                persists.push((id.clone(), bucket.started, files.begin_persist(part)?));
+                persists.push((id.to_string(), bucket.started, files.begin_persist(part)?));
             }
         }
         let mut in_progress = Vec::with_capacity(persists.len());
@@ -544,7 +536,7 @@ impl Operator for FileSink {
                 token,
             });
         }
-        self.buckets.retain(|_, b| b.has_part());
+        self.buckets.retain(Bucket::has_part);
         if !self.rolled.is_empty() {
             self.pending
                 .entry(checkpoint_id)

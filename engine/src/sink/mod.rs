@@ -1,6 +1,7 @@
 //! Sinks: the exactly-once bucketed file sink and a discarding sink for benchmarks.
 
 pub mod bucket;
+mod buckets;
 pub mod discard;
 pub mod file;
 pub mod parquet;
