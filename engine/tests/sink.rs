@@ -486,6 +486,77 @@ fn crash_after_snapshot_checked(h: &Harness, before_checks: impl Fn()) {
     assert_clean(h);
 }
 
+/// Files that got nothing for a whole checkpoint interval are parked (their writers dropped)
+/// and resumed from their tokens by their next write, with or without a restore in between.
+fn idle_files_are_parked_and_resumed(h: &Harness, crash: bool) {
+    let config = config(Format::Json);
+    let mut sink = h.start(&config, None, 0);
+    let metrics = sink.metrics();
+    let parked = || metrics.files_parked.load(Ordering::Relaxed);
+    write(&mut sink, 0..300);
+    sink.snapshot(1).unwrap();
+    sink.checkpoint_complete(1).unwrap();
+    assert_eq!(
+        parked(),
+        0,
+        "every file was written before the first checkpoint"
+    );
+    // Only the `eu` bucket (ids divisible by 3) gets records until the next checkpoint.
+    let eu_only: Vec<i64> = (300..600).step_by(3).collect();
+    for &id in &eu_only {
+        sink.process(record(id), &mut NoOutput).unwrap();
+    }
+    let state2 = sink.snapshot(2).unwrap().unwrap();
+    assert_eq!(parked(), 2, "the `us` and `ap/south` files were idle");
+    let in_progress = SinkState::decode(&state2).unwrap().in_progress;
+    assert_eq!(
+        in_progress.len(),
+        3,
+        "parked files stay in progress: {in_progress:?}"
+    );
+    sink.checkpoint_complete(2).unwrap();
+    assert_eq!(
+        h.objects("out/").len(),
+        0,
+        "nothing rolled, nothing published"
+    );
+
+    // Every bucket again: the parked files are resumed where they were.
+    write(&mut sink, 600..900);
+    if crash {
+        std::mem::forget(sink);
+        sink = h.start(&config, Some(&state2), 1);
+        // The source replays from checkpoint 2's position.
+        write(&mut sink, 600..900);
+    }
+    finish_and_commit(&mut sink, 3);
+    let mut expected: Vec<i64> = (0..300).chain(eu_only).chain(600..900).collect();
+    expected.sort_unstable();
+    assert_eq!(
+        published_ids(h, Format::Json),
+        expected,
+        "every row exactly once"
+    );
+    assert_eq!(
+        h.objects("out/").len(),
+        3,
+        "one file per bucket: a parked file is resumed, not replaced"
+    );
+    assert_clean(h);
+}
+
+#[test]
+fn idle_files_are_parked_at_a_checkpoint_and_resumed_by_their_next_write() {
+    idle_files_are_parked_and_resumed(&Harness::memory(), false);
+    idle_files_are_parked_and_resumed(&Harness::local(), false);
+}
+
+#[test]
+fn a_restore_from_a_checkpoint_with_parked_files_resumes_them() {
+    idle_files_are_parked_and_resumed(&Harness::memory(), true);
+    idle_files_are_parked_and_resumed(&Harness::local(), true);
+}
+
 #[test]
 fn a_restore_publishes_the_checkpoints_pending_files_and_cuts_the_rest() {
     let h = Harness::memory();

@@ -60,6 +60,17 @@
 //! are numbered consistently across processes, leave the stale uploads behind, and still not
 //! cover restoring an older checkpoint; the three steps above hold regardless.
 //!
+//! ## Idle files
+//!
+//! An in-progress file holds up to a part (8 MiB by default) of memory in its writer, and a job
+//! can have many: every minute of event time is a bucket of its own with a pattern like
+//! Nexmark q10's, and a bucket stays until its file rolls (after a minute of inactivity by
+//! default). So a file that got nothing since the last checkpoint is parked at the next one:
+//! its writer is dropped and only its resume token is kept, which the checkpoint's state holds
+//! anyway. Its next write, or its roll, resumes it from that token (`recover`: a listing of the
+//! upload's parts and a read of the tail). Its bytes are all in the store by then: the token
+//! was persisted, and nothing was written after it.
+//!
 //! ## Tails
 //!
 //! Each persist stages a small tail object. Flink deletes a checkpoint's tails one checkpoint
@@ -179,11 +190,26 @@ struct Bucket {
     last_write: Timestamp,
 }
 
+/// A bucket's in-progress part file.
 struct PartWriter {
-    writer: FileWriter,
+    /// `None` while the file is parked (see "Idle files" in the module documentation): still
+    /// open in the store, as `last_token` left it, but holding no memory here. Its next write
+    /// or its roll resumes it from that token.
+    writer: Option<FileWriter>,
     /// The token of the last persist, handed out again when nothing was written since.
     last_token: Option<ResumeToken>,
     dirty: bool,
+}
+
+impl PartWriter {
+    /// Bytes in the file.
+    fn len(&self) -> u64 {
+        match (&self.writer, &self.last_token) {
+            (Some(writer), _) => writer.len(),
+            (None, Some(token)) => token.len(),
+            (None, None) => 0,
+        }
+    }
 }
 
 impl Bucket {
@@ -204,7 +230,7 @@ impl Bucket {
 
     /// Bytes written plus buffered, plus the estimated rest of a Parquet file.
     fn part_size(&self) -> u64 {
-        self.writer.as_ref().map_or(0, |w| w.writer.len())
+        self.writer.as_ref().map_or(0, PartWriter::len)
             + self.buffer.len() as u64
             + self.parquet.as_ref().map_or(0, ParquetPart::pending_size)
     }
@@ -408,7 +434,7 @@ impl Operator for FileSink {
                     dir: format!("{base}{}/", file.bucket),
                     buffer: Vec::new(),
                     writer: Some(PartWriter {
-                        writer,
+                        writer: Some(writer),
                         last_token: Some(file.token),
                         dirty: false,
                     }),
@@ -514,6 +540,7 @@ impl Operator for FileSink {
             }
             files.flush(bucket)?;
             if let Some(part) = &mut bucket.writer {
+                files.park(part);
                 persists.push((id.to_string(), bucket.started, files.begin_persist(part)?));
             }
         }
@@ -671,13 +698,14 @@ impl PartFiles {
         if bucket.writer.is_none() {
             let writer = self.open_next(&bucket.dir)?;
             bucket.writer = Some(PartWriter {
-                writer,
+                writer: Some(writer),
                 last_token: None,
                 dirty: false,
             });
         }
         if let Some(part) = &mut bucket.writer {
-            self.runtime.block_on(part.writer.write(&bucket.buffer))?;
+            let writer = self.resume(part)?;
+            self.runtime.block_on(writer.write(&bucket.buffer))?;
             part.dirty = true;
         }
         bucket.buffer.clear();
@@ -702,11 +730,47 @@ impl PartFiles {
         let Some(mut part) = bucket.writer.take() else {
             return Ok(None);
         };
-        if part.writer.is_empty() {
-            self.block_on(part.writer.abort())?;
+        self.resume(&mut part)?;
+        let Some(mut writer) = part.writer.take() else {
+            return Ok(None);
+        };
+        if writer.is_empty() {
+            self.block_on(writer.abort())?;
             return Ok(None);
         }
-        Ok(Some(self.block_on(part.writer.close_for_commit())?))
+        Ok(Some(self.block_on(writer.close_for_commit())?))
+    }
+
+    /// The part file's writer, resumed from its last token if it was parked.
+    fn resume<'a>(&self, part: &'a mut PartWriter) -> Result<&'a mut FileWriter, EngineError> {
+        if part.writer.is_none() {
+            let token = part.last_token.as_ref().ok_or_else(|| EngineError::Task {
+                task: self.task.clone(),
+                message: "a parked part file has no token to resume from".into(),
+            })?;
+            tracing::debug!(task = %self.task, key = %token.key, "resuming a parked part file");
+            part.writer = Some(self.block_on(self.writer.recover(token))?);
+        }
+        part.writer.as_mut().ok_or_else(|| EngineError::Task {
+            task: self.task.clone(),
+            message: "a part file's writer is missing right after it was resumed".into(),
+        })
+    }
+
+    /// Parks the part file: drops its writer, which holds up to a part of memory, keeping the
+    /// token it can be resumed from. Only a file persisted with nothing written since can be
+    /// parked (its writer has nothing in flight and the token covers every byte).
+    fn park(&self, part: &mut PartWriter) {
+        if part.dirty || part.last_token.is_none() {
+            return;
+        }
+        if let Some(writer) = part.writer.take() {
+            // A persisted writer keeps its upload when dropped; its drop needs the runtime's
+            // context for the local cache's cleanup.
+            let _guard = self.runtime.enter();
+            drop(writer);
+            self.metrics.files_parked.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Starts a persist of the part file as it is now (or reuses the last token when nothing
@@ -715,7 +779,8 @@ impl PartFiles {
         if let (false, Some(token)) = (part.dirty, &part.last_token) {
             return Ok(Persist::Unchanged(token.clone()));
         }
-        let pending = part.writer.begin_persist()?;
+        let writer = self.resume(part)?;
+        let pending = writer.begin_persist()?;
         Ok(Persist::Running(self.runtime.spawn(pending.wait())))
     }
 

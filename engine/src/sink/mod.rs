@@ -25,4 +25,7 @@ pub struct SinkMetrics {
     pub bytes_written: AtomicU64,
     /// Part files this subtask published (not counting files an earlier attempt published).
     pub files_finished: AtomicU64,
+    /// Times an idle in-progress file was parked at a checkpoint, its memory given back until
+    /// its next write or roll (see the file sink's "Idle files").
+    pub files_parked: AtomicU64,
 }
