@@ -14,7 +14,7 @@ use engine::operator::{Operator, Output, TaskContext};
 use engine::sink::state::SinkState;
 use engine::sink::{BucketAssigner, FileSink, FileSinkConfig, RollingPolicy, TimeSource};
 use fs_core::retry::RetryPolicy;
-use fs_core::store::fault::{FaultConfig, FaultStore};
+use fs_core::store::fault::{FaultConfig, FaultStore, Op};
 use fs_core::store::local::LocalStore;
 use fs_core::store::memory::MemoryStore;
 use fs_core::store::{DynStore, ObjectStoreExt};
@@ -555,6 +555,41 @@ fn idle_files_are_parked_at_a_checkpoint_and_resumed_by_their_next_write() {
 fn a_restore_from_a_checkpoint_with_parked_files_resumes_them() {
     idle_files_are_parked_and_resumed(&Harness::memory(), true);
     idle_files_are_parked_and_resumed(&Harness::local(), true);
+}
+
+#[test]
+fn the_files_of_a_checkpoint_are_closed_and_published_together() {
+    // Every store call takes 20-30 ms, as over a network: one file after another, a checkpoint
+    // would pay a round trip per file to close them and another to publish them.
+    let inner: DynStore = Arc::new(MemoryStore::new().with_min_part_size(4096));
+    let faults = Arc::new(FaultStore::new(
+        inner,
+        FaultConfig {
+            latency: Some(Duration::from_millis(20)..Duration::from_millis(30)),
+            ..FaultConfig::default()
+        },
+    ));
+    let h = Harness::over(faults.clone(), 4096, None);
+    let mut sink = h.start(&config(Format::Json), None, 0);
+    // Less than a part per bucket: the only part uploads are the closes' (each file's tail).
+    // The first checkpoint opens the files (the closes below then only close them).
+    write(&mut sink, 0..30);
+    sink.snapshot(1).unwrap();
+    sink.checkpoint_complete(1).unwrap();
+    write(&mut sink, 30..60);
+    assert_eq!(faults.calls(Op::UploadPart), 0);
+    finish_and_commit(&mut sink, 2);
+    assert_eq!(published_ids(&h, Format::Json), (0..60).collect::<Vec<_>>());
+    assert_eq!(faults.calls(Op::UploadPart), 3, "one tail part per bucket");
+    assert!(
+        faults.max_concurrent(Op::UploadPart) >= 2,
+        "the three files were closed one after another"
+    );
+    assert!(
+        faults.max_concurrent(Op::CompleteMultipart) >= 2,
+        "the three files were published one after another"
+    );
+    assert_clean(&h);
 }
 
 #[test]

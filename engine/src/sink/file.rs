@@ -17,6 +17,10 @@
 //! into the state), and every pending file not yet published goes into the state, grouped by
 //! the checkpoint that made it pending. When checkpoint `n` completes, the groups up to `n` are
 //! committed; groups of a declined checkpoint are thus published by the next completed one.
+//! The store calls of many files at once (a checkpoint's persists and rolls, the rolls of
+//! the end or of an inactivity tick, a checkpoint's commits) run in the background together
+//! and are awaited together: on a store with network latency they cost about one round trip,
+//! not one per file.
 //!
 //! ## Restore
 //!
@@ -400,12 +404,13 @@ impl Operator for FileSink {
         let files = self.attach(ctx);
         // These files belong to the completed checkpoint being restored: publish them (the
         // crashed attempt may have already; that is recognised, not repeated).
-        for tokens in state.pending.values() {
-            for token in tokens {
-                let committer = files.writer.recover_for_commit(token);
-                files.commit(&committer, true)?;
-            }
-        }
+        let committers: Vec<Committer> = state
+            .pending
+            .values()
+            .flatten()
+            .map(|token| files.writer.recover_for_commit(token))
+            .collect();
+        files.commit_all(&committers, true)?;
         if let (true, Some(file)) = (bulk, state.in_progress.first()) {
             // This sink never leaves a bulk file in progress at a checkpoint; resuming one
             // would append to a file whose footer is lost.
@@ -504,17 +509,13 @@ impl Operator for FileSink {
         let Some(files) = self.files.as_mut() else {
             return Ok(());
         };
-        for bucket in self.buckets.values_mut() {
-            if bucket.has_part()
-                && self.config.rolling.should_roll_on_processing_time(
-                    bucket.started,
-                    bucket.last_write,
-                    now,
-                )
-            {
-                self.rolled.extend(files.roll(bucket)?);
-            }
-        }
+        let policy = &self.config.rolling;
+        let due = self.buckets.values_mut().filter(|bucket| {
+            bucket.has_part()
+                && policy.should_roll_on_processing_time(bucket.started, bucket.last_write, now)
+        });
+        let committers = files.roll_all(due)?;
+        self.rolled.extend(committers);
         // Buckets of past hours (or rare field values) go once they hold nothing.
         self.buckets.retain(Bucket::has_part);
         Ok(())
@@ -523,8 +524,9 @@ impl Operator for FileSink {
     fn snapshot(&mut self, checkpoint_id: u64) -> Result<Option<Vec<u8>>, EngineError> {
         publish_metrics(&mut self.unpublished, &self.metrics);
         let files = self.files.as_mut().ok_or_else(not_open)?;
-        // Every file's persist is started first and awaited together: the tails go up in
-        // parallel, so a checkpoint costs one round trip, not one per bucket.
+        // Every file's roll or persist is started first and awaited together: the tails go up
+        // in parallel, so a checkpoint costs one round trip, not one per bucket.
+        let mut rolls = Vec::new();
         let mut persists = Vec::new();
         for (id, bucket) in self.buckets.iter_mut() {
             if !bucket.has_part() {
@@ -535,7 +537,7 @@ impl Operator for FileSink {
                 .rolling
                 .should_roll_on_checkpoint(bucket.part_size())
             {
-                self.rolled.extend(files.roll(bucket)?);
+                rolls.extend(files.begin_roll(bucket)?);
                 continue;
             }
             files.flush(bucket)?;
@@ -544,6 +546,8 @@ impl Operator for FileSink {
                 persists.push((id.to_string(), bucket.started, files.begin_persist(part)?));
             }
         }
+        let committers = files.finish_rolls(rolls)?;
+        self.rolled.extend(committers);
         let mut in_progress = Vec::with_capacity(persists.len());
         for (bucket_id, created, persist) in persists {
             let token = files.finish_persist(persist)?;
@@ -594,14 +598,13 @@ impl Operator for FileSink {
             .range(..=checkpoint_id)
             .map(|(id, _)| *id)
             .collect();
+        files.commit_all(
+            due.iter().filter_map(|id| self.pending.get(id)).flatten(),
+            false,
+        )?;
+        // Dropped only once all of their files are published: after a failure the task
+        // restarts from a checkpoint that still lists them, and commits are idempotent.
         for id in due {
-            if let Some(group) = self.pending.get(&id) {
-                for committer in group {
-                    files.commit(committer, false)?;
-                }
-            }
-            // Dropped only once all of its files are published: after a failure the task
-            // restarts from a checkpoint that still lists them, and commits are idempotent.
             self.pending.remove(&id);
         }
         self.release_tails(checkpoint_id);
@@ -619,9 +622,8 @@ impl Operator for FileSink {
     fn finish(&mut self, _out: &mut dyn Output) -> Result<(), EngineError> {
         publish_metrics(&mut self.unpublished, &self.metrics);
         let files = self.files.as_mut().ok_or_else(not_open)?;
-        for bucket in self.buckets.values_mut() {
-            self.rolled.extend(files.roll(bucket)?);
-        }
+        let committers = files.roll_all(self.buckets.values_mut())?;
+        self.rolled.extend(committers);
         self.buckets.clear();
         self.finished = true;
         Ok(())
@@ -638,6 +640,9 @@ impl Drop for FileSink {
         }
     }
 }
+
+/// A roll of one part file: its committer, or `None` for an empty file (abandoned).
+type Roll = tokio::task::JoinHandle<Result<Option<Committer>, fs_core::WriterError>>;
 
 /// A persist of one part file for a snapshot.
 enum Persist {
@@ -714,6 +719,27 @@ impl PartFiles {
 
     /// Closes the bucket's part file for commit. An empty file is abandoned, not published.
     fn roll(&mut self, bucket: &mut Bucket) -> Result<Option<Committer>, EngineError> {
+        let rolls = self.begin_roll(bucket)?.into_iter().collect();
+        Ok(self.finish_rolls(rolls)?.pop())
+    }
+
+    /// Rolls the part files of `buckets` together: each close (the tail's upload as the last
+    /// part, and waiting for the parts in flight) runs in the background while the next one is
+    /// started, so rolling many files at a checkpoint or at the end costs about one round trip
+    /// to the store, not one per file.
+    fn roll_all<'a>(
+        &mut self,
+        buckets: impl IntoIterator<Item = &'a mut Bucket>,
+    ) -> Result<Vec<Committer>, EngineError> {
+        let mut rolls = Vec::new();
+        for bucket in buckets {
+            rolls.extend(self.begin_roll(bucket)?);
+        }
+        self.finish_rolls(rolls)
+    }
+
+    /// Hands the bucket's last records to its part file and starts closing it for commit.
+    fn begin_roll(&mut self, bucket: &mut Bucket) -> Result<Option<Roll>, EngineError> {
         if let Some(parquet) = bucket.parquet.take() {
             if parquet.rows() == 0 {
                 // Only the header can have come out: a file of no rows is not published.
@@ -727,18 +753,64 @@ impl PartFiles {
             }
         }
         self.flush(bucket)?;
-        let Some(mut part) = bucket.writer.take() else {
+        let Some(part) = bucket.writer.take() else {
             return Ok(None);
         };
-        self.resume(&mut part)?;
-        let Some(mut writer) = part.writer.take() else {
-            return Ok(None);
+        // A parked file is resumed in the background too (see "Idle files").
+        let file = match (part.writer, part.last_token) {
+            (Some(writer), _) => Ok(writer),
+            (None, Some(token)) => Err(token),
+            (None, None) => {
+                return Err(EngineError::Task {
+                    task: self.task.clone(),
+                    message: "a parked part file has no token to resume from".into(),
+                });
+            }
         };
-        if writer.is_empty() {
-            self.block_on(writer.abort())?;
-            return Ok(None);
+        let service = self.writer.clone();
+        Ok(Some(self.runtime.spawn(async move {
+            let mut writer = match file {
+                Ok(writer) => writer,
+                Err(token) => service.recover(&token).await?,
+            };
+            if writer.is_empty() {
+                writer.abort().await?;
+                return Ok(None);
+            }
+            writer.close_for_commit().await.map(Some)
+        })))
+    }
+
+    /// Waits for rolls started by [`PartFiles::begin_roll`]; the committers of the files to
+    /// publish (an empty file is abandoned, not published). All are awaited even when one
+    /// fails, so that none is still running when the error reaches the task.
+    fn finish_rolls(&self, rolls: Vec<Roll>) -> Result<Vec<Committer>, EngineError> {
+        let mut committers = Vec::with_capacity(rolls.len());
+        let mut failure = None;
+        for roll in rolls {
+            match self.join(roll, "roll") {
+                Ok(Some(committer)) => committers.push(committer),
+                Ok(None) => {}
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
         }
-        Ok(Some(self.block_on(writer.close_for_commit())?))
+        failure.map_or(Ok(committers), Err)
+    }
+
+    /// Waits for a background store call of this subtask.
+    fn join<T>(
+        &self,
+        task: tokio::task::JoinHandle<Result<T, fs_core::WriterError>>,
+        what: &str,
+    ) -> Result<T, EngineError> {
+        self.block_on(task)
+            .map_err(|e| EngineError::Task {
+                task: self.task.clone(),
+                message: format!("a part file {what} task failed: {e}"),
+            })?
+            .map_err(EngineError::from)
     }
 
     /// The part file's writer, resumed from its last token if it was parked.
@@ -788,27 +860,45 @@ impl PartFiles {
     fn finish_persist(&self, persist: Persist) -> Result<ResumeToken, EngineError> {
         match persist {
             Persist::Unchanged(token) => Ok(token),
-            Persist::Running(task) => self
-                .block_on(task)
-                .map_err(|e| EngineError::Task {
-                    task: self.task.clone(),
-                    message: format!("a part file persist task failed: {e}"),
-                })?
-                .map_err(EngineError::from),
+            Persist::Running(task) => self.join(task, "persist"),
         }
     }
 
-    /// Publishes a pending file (idempotently).
-    fn commit(&self, committer: &Committer, after_recovery: bool) -> Result<(), EngineError> {
-        let outcome = if after_recovery {
-            self.block_on(committer.commit_after_recovery())?
-        } else {
-            self.block_on(committer.commit())?
-        };
-        if !outcome.already_committed {
-            self.metrics.files_finished.fetch_add(1, Ordering::Relaxed);
+    /// Publishes pending files (idempotently), all at once: like rolls, commits run in the
+    /// background and are awaited together. All are awaited even when one fails; the caller
+    /// keeps the files pending until every one is published, and publishing one again is
+    /// recognised, not repeated.
+    fn commit_all<'a>(
+        &self,
+        committers: impl IntoIterator<Item = &'a Committer>,
+        after_recovery: bool,
+    ) -> Result<(), EngineError> {
+        let commits: Vec<_> = committers
+            .into_iter()
+            .map(|committer| {
+                let committer = committer.clone();
+                self.runtime.spawn(async move {
+                    if after_recovery {
+                        committer.commit_after_recovery().await
+                    } else {
+                        committer.commit().await
+                    }
+                })
+            })
+            .collect();
+        let mut failure = None;
+        for commit in commits {
+            match self.join(commit, "commit") {
+                Ok(outcome) if !outcome.already_committed => {
+                    self.metrics.files_finished.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     /// Aborts every open upload under `base` named like this subtask's part files, except
