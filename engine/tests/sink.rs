@@ -593,6 +593,38 @@ fn the_files_of_a_checkpoint_are_closed_and_published_together() {
 }
 
 #[test]
+fn at_most_32_files_are_closed_or_published_at_once() {
+    let inner: DynStore = Arc::new(MemoryStore::new().with_min_part_size(4096));
+    let faults = Arc::new(FaultStore::new(
+        inner,
+        FaultConfig {
+            latency: Some(Duration::from_millis(5)..Duration::from_millis(10)),
+            ..FaultConfig::default()
+        },
+    ));
+    let h = Harness::over(faults.clone(), 4096, None);
+    // A bucket per record: 50 files to close and publish at the end.
+    let config = FileSinkConfig {
+        bucket: BucketAssigner::Field { index: 0 },
+        ..config(Format::Json)
+    };
+    let mut sink = h.start(&config, None, 0);
+    // The first checkpoint opens the files; the second round of records makes them dirty, so
+    // that none is parked and the end closes 50 open files.
+    write(&mut sink, 0..50);
+    sink.snapshot(1).unwrap();
+    sink.checkpoint_complete(1).unwrap();
+    write(&mut sink, 0..50);
+    finish_and_commit(&mut sink, 2);
+    assert_eq!(h.objects("out/").len(), 50);
+    for op in [Op::UploadPart, Op::CompleteMultipart] {
+        let most = faults.max_concurrent(op);
+        assert!((2..=32).contains(&most), "{op:?}: {most} at once");
+    }
+    assert_clean(&h);
+}
+
+#[test]
 fn a_restore_publishes_the_checkpoints_pending_files_and_cuts_the_rest() {
     let h = Harness::memory();
     let config = FileSinkConfig {

@@ -327,6 +327,7 @@ impl FileSink {
             extension,
             next_counter: 0,
             metrics,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_FILE_CALLS_IN_FLIGHT)),
         })
     }
 
@@ -662,7 +663,13 @@ struct PartFiles {
     extension: &'static str,
     next_counter: u64,
     metrics: Arc<SinkMetrics>,
+    /// Bounds the rolls and commits running at once: a checkpoint of thousands of files must
+    /// not open thousands of connections to the store at the same moment.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many rolls or commits of one sink subtask run at once.
+const MAX_FILE_CALLS_IN_FLIGHT: usize = 32;
 
 impl PartFiles {
     /// Runs a store call from the task thread (a plain thread, never a runtime worker).
@@ -768,7 +775,10 @@ impl PartFiles {
             }
         };
         let service = self.writer.clone();
+        let in_flight = self.in_flight.clone();
         Ok(Some(self.runtime.spawn(async move {
+            // The semaphore is never closed; were it, the roll would just run unbounded.
+            let _permit = in_flight.acquire_owned().await.ok();
             let mut writer = match file {
                 Ok(writer) => writer,
                 Err(token) => service.recover(&token).await?,
@@ -877,7 +887,9 @@ impl PartFiles {
             .into_iter()
             .map(|committer| {
                 let committer = committer.clone();
+                let in_flight = self.in_flight.clone();
                 self.runtime.spawn(async move {
+                    let _permit = in_flight.acquire_owned().await.ok();
                     if after_recovery {
                         committer.commit_after_recovery().await
                     } else {
