@@ -593,7 +593,7 @@ fn the_files_of_a_checkpoint_are_closed_and_published_together() {
 }
 
 #[test]
-fn at_most_32_files_are_closed_or_published_at_once() {
+fn at_most_32_files_are_persisted_closed_or_published_at_once() {
     let inner: DynStore = Arc::new(MemoryStore::new().with_min_part_size(4096));
     let faults = Arc::new(FaultStore::new(
         inner,
@@ -609,15 +609,19 @@ fn at_most_32_files_are_closed_or_published_at_once() {
         ..config(Format::Json)
     };
     let mut sink = h.start(&config, None, 0);
-    // The first checkpoint opens the files; the second round of records makes them dirty, so
-    // that none is parked and the end closes 50 open files.
+    // The first checkpoint opens the files (one after another); the next rounds of records
+    // keep them written, so that none is parked: the second checkpoint persists 50 open files
+    // and the end closes them.
+    for checkpoint in 1..=2 {
+        write(&mut sink, 0..50);
+        sink.snapshot(checkpoint).unwrap();
+        sink.checkpoint_complete(checkpoint).unwrap();
+    }
     write(&mut sink, 0..50);
-    sink.snapshot(1).unwrap();
-    sink.checkpoint_complete(1).unwrap();
-    write(&mut sink, 0..50);
-    finish_and_commit(&mut sink, 2);
+    finish_and_commit(&mut sink, 3);
     assert_eq!(h.objects("out/").len(), 50);
-    for op in [Op::UploadPart, Op::CompleteMultipart] {
+    // Puts are the tails the persists stage.
+    for op in [Op::Put, Op::UploadPart, Op::CompleteMultipart] {
         let most = faults.max_concurrent(op);
         assert!((2..=32).contains(&most), "{op:?}: {most} at once");
     }

@@ -663,12 +663,12 @@ struct PartFiles {
     extension: &'static str,
     next_counter: u64,
     metrics: Arc<SinkMetrics>,
-    /// Bounds the rolls and commits running at once: a checkpoint of thousands of files must
-    /// not open thousands of connections to the store at the same moment.
+    /// Bounds the persists, rolls and commits running at once: a checkpoint of thousands of
+    /// files must not open thousands of connections to the store at the same moment.
     in_flight: Arc<tokio::sync::Semaphore>,
 }
 
-/// How many rolls or commits of one sink subtask run at once.
+/// How many persists, rolls or commits of one sink subtask run at once.
 const MAX_FILE_CALLS_IN_FLIGHT: usize = 32;
 
 impl PartFiles {
@@ -863,7 +863,11 @@ impl PartFiles {
         }
         let writer = self.resume(part)?;
         let pending = writer.begin_persist()?;
-        Ok(Persist::Running(self.runtime.spawn(pending.wait())))
+        let in_flight = self.in_flight.clone();
+        Ok(Persist::Running(self.runtime.spawn(async move {
+            let _permit = in_flight.acquire_owned().await.ok();
+            pending.wait().await
+        })))
     }
 
     /// Waits for a persist started by [`PartFiles::begin_persist`].
