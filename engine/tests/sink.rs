@@ -79,6 +79,22 @@ impl Harness {
         (h, faults)
     }
 
+    /// A memory store whose every call takes a latency in `millis`, as over a network; the
+    /// fault store also counts the calls and how many run at once.
+    fn slow(millis: std::ops::Range<u64>) -> (Self, Arc<FaultStore>) {
+        let inner: DynStore = Arc::new(MemoryStore::new().with_min_part_size(4096));
+        let faults = Arc::new(FaultStore::new(
+            inner,
+            FaultConfig {
+                latency: Some(
+                    Duration::from_millis(millis.start)..Duration::from_millis(millis.end),
+                ),
+                ..FaultConfig::default()
+            },
+        ));
+        (Self::over(faults.clone(), 4096, None), faults)
+    }
+
     fn over(store: DynStore, part_size: u64, dir: Option<tempfile::TempDir>) -> Self {
         let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -561,15 +577,7 @@ fn a_restore_from_a_checkpoint_with_parked_files_resumes_them() {
 fn the_files_of_a_checkpoint_are_closed_and_published_together() {
     // Every store call takes 20-30 ms, as over a network: one file after another, a checkpoint
     // would pay a round trip per file to close them and another to publish them.
-    let inner: DynStore = Arc::new(MemoryStore::new().with_min_part_size(4096));
-    let faults = Arc::new(FaultStore::new(
-        inner,
-        FaultConfig {
-            latency: Some(Duration::from_millis(20)..Duration::from_millis(30)),
-            ..FaultConfig::default()
-        },
-    ));
-    let h = Harness::over(faults.clone(), 4096, None);
+    let (h, faults) = Harness::slow(20..30);
     let mut sink = h.start(&config(Format::Json), None, 0);
     // Less than a part per bucket: the only part uploads are the closes' (each file's tail).
     // The first checkpoint opens the files (the closes below then only close them).
@@ -594,15 +602,7 @@ fn the_files_of_a_checkpoint_are_closed_and_published_together() {
 
 #[test]
 fn at_most_32_files_are_persisted_closed_or_published_at_once() {
-    let inner: DynStore = Arc::new(MemoryStore::new().with_min_part_size(4096));
-    let faults = Arc::new(FaultStore::new(
-        inner,
-        FaultConfig {
-            latency: Some(Duration::from_millis(5)..Duration::from_millis(10)),
-            ..FaultConfig::default()
-        },
-    ));
-    let h = Harness::over(faults.clone(), 4096, None);
+    let (h, faults) = Harness::slow(5..10);
     // A bucket per record: 50 files to close and publish at the end.
     let config = FileSinkConfig {
         bucket: BucketAssigner::Field { index: 0 },
