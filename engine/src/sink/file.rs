@@ -767,18 +767,10 @@ impl PartFiles {
         let file = match (part.writer, part.last_token) {
             (Some(writer), _) => Ok(writer),
             (None, Some(token)) => Err(token),
-            (None, None) => {
-                return Err(EngineError::Task {
-                    task: self.task.clone(),
-                    message: "a parked part file has no token to resume from".into(),
-                });
-            }
+            (None, None) => return Err(self.no_token()),
         };
         let service = self.writer.clone();
-        let in_flight = self.in_flight.clone();
-        Ok(Some(self.runtime.spawn(async move {
-            // The semaphore is never closed; were it, the roll would just run unbounded.
-            let _permit = in_flight.acquire_owned().await.ok();
+        Ok(Some(self.spawn_limited(async move {
             let mut writer = match file {
                 Ok(writer) => writer,
                 Err(token) => service.recover(&token).await?,
@@ -795,18 +787,36 @@ impl PartFiles {
     /// publish (an empty file is abandoned, not published). All are awaited even when one
     /// fails, so that none is still running when the error reaches the task.
     fn finish_rolls(&self, rolls: Vec<Roll>) -> Result<Vec<Committer>, EngineError> {
-        let mut committers = Vec::with_capacity(rolls.len());
-        let mut failure = None;
-        for roll in rolls {
-            match self.join(roll, "roll") {
-                Ok(Some(committer)) => committers.push(committer),
-                Ok(None) => {}
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
-            }
-        }
-        failure.map_or(Ok(committers), Err)
+        let closed: Result<Vec<_>, _> = self.join_all(rolls, "roll").into_iter().collect();
+        Ok(closed?.into_iter().flatten().collect())
+    }
+
+    /// Runs a store call of this subtask in the background, within the bound of
+    /// [`MAX_FILE_CALLS_IN_FLIGHT`].
+    fn spawn_limited<F>(&self, call: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let in_flight = self.in_flight.clone();
+        self.runtime.spawn(async move {
+            // The semaphore is never closed; were it, the call would just run unbounded.
+            let _permit = in_flight.acquire_owned().await.ok();
+            call.await
+        })
+    }
+
+    /// Waits for every one of `tasks`, even when one fails, so that none is still running
+    /// when an error reaches the task; their results in order.
+    fn join_all<T>(
+        &self,
+        tasks: Vec<tokio::task::JoinHandle<Result<T, fs_core::WriterError>>>,
+        what: &str,
+    ) -> Vec<Result<T, EngineError>> {
+        tasks
+            .into_iter()
+            .map(|task| self.join(task, what))
+            .collect()
     }
 
     /// Waits for a background store call of this subtask.
@@ -825,18 +835,23 @@ impl PartFiles {
 
     /// The part file's writer, resumed from its last token if it was parked.
     fn resume<'a>(&self, part: &'a mut PartWriter) -> Result<&'a mut FileWriter, EngineError> {
-        if part.writer.is_none() {
-            let token = part.last_token.as_ref().ok_or_else(|| EngineError::Task {
-                task: self.task.clone(),
-                message: "a parked part file has no token to resume from".into(),
-            })?;
-            tracing::debug!(task = %self.task, key = %token.key, "resuming a parked part file");
-            part.writer = Some(self.block_on(self.writer.recover(token))?);
-        }
-        part.writer.as_mut().ok_or_else(|| EngineError::Task {
+        let writer = match part.writer.take() {
+            Some(writer) => writer,
+            None => {
+                let token = part.last_token.as_ref().ok_or_else(|| self.no_token())?;
+                tracing::debug!(task = %self.task, key = %token.key, "resuming a parked part file");
+                self.block_on(self.writer.recover(token))?
+            }
+        };
+        Ok(part.writer.insert(writer))
+    }
+
+    /// A part file parked without a token: a bug of this sink, reported rather than panicked.
+    fn no_token(&self) -> EngineError {
+        EngineError::Task {
             task: self.task.clone(),
-            message: "a part file's writer is missing right after it was resumed".into(),
-        })
+            message: "a parked part file has no token to resume from".into(),
+        }
     }
 
     /// Parks the part file: drops its writer, which holds up to a part of memory, keeping the
@@ -863,11 +878,7 @@ impl PartFiles {
         }
         let writer = self.resume(part)?;
         let pending = writer.begin_persist()?;
-        let in_flight = self.in_flight.clone();
-        Ok(Persist::Running(self.runtime.spawn(async move {
-            let _permit = in_flight.acquire_owned().await.ok();
-            pending.wait().await
-        })))
+        Ok(Persist::Running(self.spawn_limited(pending.wait())))
     }
 
     /// Waits for a persist started by [`PartFiles::begin_persist`].
@@ -891,9 +902,7 @@ impl PartFiles {
             .into_iter()
             .map(|committer| {
                 let committer = committer.clone();
-                let in_flight = self.in_flight.clone();
-                self.runtime.spawn(async move {
-                    let _permit = in_flight.acquire_owned().await.ok();
+                self.spawn_limited(async move {
                     if after_recovery {
                         committer.commit_after_recovery().await
                     } else {
@@ -902,19 +911,16 @@ impl PartFiles {
                 })
             })
             .collect();
-        let mut failure = None;
-        for commit in commits {
-            match self.join(commit, "commit") {
-                Ok(outcome) if !outcome.already_committed => {
-                    self.metrics.files_finished.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
-            }
-        }
-        failure.map_or(Ok(()), Err)
+        let outcomes = self.join_all(commits, "commit");
+        // Files published before another failed still count.
+        let published = outcomes
+            .iter()
+            .filter(|o| o.as_ref().is_ok_and(|o| !o.already_committed))
+            .count();
+        self.metrics
+            .files_finished
+            .fetch_add(published as u64, Ordering::Relaxed);
+        outcomes.into_iter().try_for_each(|o| o.map(drop))
     }
 
     /// Aborts every open upload under `base` named like this subtask's part files, except
