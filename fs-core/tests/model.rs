@@ -234,6 +234,7 @@ async fn run_model(ops: Vec<Op>, contiguous: bool, part_reads: bool) -> Result<(
     let config = WriterConfig {
         part_size: PART,
         max_in_flight: 3,
+        cache_parts: true,
         cache_dir: cache.path().into(),
         ..Default::default()
     };

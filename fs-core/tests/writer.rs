@@ -35,6 +35,7 @@ fn fixture_with(max_in_flight: usize, latency: Option<Duration>) -> Fixture {
     let config = WriterConfig {
         part_size: PART,
         max_in_flight,
+        cache_parts: true,
         cache_dir: cache.path().to_path_buf(),
         ..Default::default()
     };
@@ -413,6 +414,7 @@ async fn the_part_limit_is_a_clean_error_before_10000_parts() {
     let config = WriterConfig {
         part_size: 16,
         max_in_flight: 16,
+        cache_parts: true,
         cache_dir: tempfile::tempdir().unwrap().path().to_path_buf(),
         ..Default::default()
     };
@@ -750,6 +752,7 @@ async fn recover_all_and_rebuilding_a_lost_index() {
     let index = Index::temporary().unwrap();
     let config = WriterConfig {
         part_size: PART,
+        cache_parts: true,
         cache_dir: f.cache.path().to_path_buf(),
         ..Default::default()
     };
@@ -964,6 +967,7 @@ fn contiguous_writer_with_latency(latency: Duration) -> (RecoverableWriter, temp
     let cache = tempfile::tempdir().unwrap();
     let config = WriterConfig {
         part_size: PART,
+        cache_parts: true,
         cache_dir: cache.path().to_path_buf(),
         ..Default::default()
     };
@@ -1012,6 +1016,7 @@ async fn on_a_store_that_reads_parts_the_writer_keeps_no_copy_and_reads_after_re
         Arc::new(fs_core::store::local::LocalStore::open(dir.path().join("store")).unwrap());
     let config = WriterConfig {
         part_size: 5 << 20,
+        cache_parts: true,
         cache_dir: dir.path().join("cache"),
         ..Default::default()
     };

@@ -49,6 +49,7 @@ impl Fixture {
     fn writer_with_parts_of(&self, part_size: u64) -> RecoverableWriter {
         let config = WriterConfig {
             part_size,
+            cache_parts: true,
             cache_dir: self.cache.path().to_path_buf(),
             ..WriterConfig::default()
         };

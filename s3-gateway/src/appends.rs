@@ -774,6 +774,8 @@ mod tests {
             part_size,
             // Many tiny parts: more of them in flight at once keeps the test quick.
             max_in_flight: 64,
+            // As the gateway's server configures it: appendable objects are readable.
+            cache_parts: true,
             ..WriterConfig::default()
         };
         let writer = RecoverableWriter::new(store.clone(), index.clone(), config).unwrap();

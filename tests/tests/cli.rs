@@ -558,6 +558,7 @@ async fn recover_commits_what_a_crashed_writer_persisted() {
         let index = Index::open(fx.path("index")).unwrap();
         let config = WriterConfig {
             part_size: 5 * MIB as u64,
+            cache_parts: true,
             cache_dir: fx.path("cache"),
             ..WriterConfig::default()
         };

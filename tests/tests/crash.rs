@@ -82,6 +82,7 @@ async fn check_recoverable(dirs: &Path, acknowledged: u64) -> u64 {
     let store = Arc::new(LocalStore::open(dirs.join("store")).unwrap());
     let index = Index::open(dirs.join("index")).unwrap();
     let config = WriterConfig {
+        cache_parts: true,
         cache_dir: dirs.join("cache-parent"),
         part_size: 5 * 1024 * 1024,
         ..Default::default()

@@ -29,6 +29,7 @@ fn env(store: DynStore, index: Index) -> Env {
     let cache = tempfile::tempdir().unwrap();
     let config = WriterConfig {
         part_size: 5 * MIB as u64,
+        cache_parts: true,
         cache_dir: cache.path().to_path_buf(),
         retry: fs_core::retry::RetryPolicy {
             base_delay: Duration::from_millis(5),

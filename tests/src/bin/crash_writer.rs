@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let store = Arc::new(LocalStore::open(store_dir)?);
     let index = Index::open(index_dir)?;
     let config = WriterConfig {
+        cache_parts: true,
         cache_dir: cache_dir.into(),
         part_size: 5 * 1024 * 1024,
         ..Default::default()
