@@ -23,6 +23,7 @@ use crate::auth::KeyPairAuth;
 use crate::buckets::Buckets;
 use crate::config::GatewayConfig;
 use crate::errors::GatewayError;
+use crate::linger::Lingering;
 use crate::metrics::{self, Metrics};
 use crate::service::GatewayService;
 
@@ -184,7 +185,9 @@ impl Server {
                 self.metrics.clone(),
                 self.domains.clone(),
             );
-            let conn = http.serve_connection(TokioIo::new(socket), service);
+            // Lingering: a client still sending a refused request's body reads the error
+            // instead of a reset.
+            let conn = http.serve_connection(TokioIo::new(Lingering::new(socket)), service);
             let conn = graceful.watch(conn.into_owned());
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
