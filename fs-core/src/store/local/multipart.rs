@@ -413,33 +413,17 @@ impl Inner {
             )
         })?;
 
-        // Concatenate the parts into a temporary file (copy_file_range where available).
-        let io = |e| StoreError::io(OP, key, e);
-        let (tmp, mut out) = self.new_temp(OP, key)?;
-        let mut total = 0u64;
-        for part in parts {
-            let changed = || {
-                StoreError::new(
-                    StoreErrorKind::Conflict,
-                    OP,
-                    key,
-                    format!("part {} changed during completion; retry", part.number),
-                )
-            };
-            let mut file = match File::open(self.part_path(upload_id, part.number)) {
-                Ok(file) => file,
-                Err(e) if is_missing(&e) => return Err(changed()),
-                Err(e) => return Err(io(e)),
-            };
-            let id = file_id(&file.metadata().map_err(io)?);
-            if ids.get(&part.number) != Some(&id) {
-                return Err(changed());
-            }
-            total += io::copy(&mut file, &mut out).map_err(io)?;
-        }
-        out.sync_all().map_err(io)?;
-        let id = file_id(&out.metadata().map_err(io)?);
-        drop(out);
+        let (tmp, id, total) = match parts {
+            // One part: the object is that part's file, linked under a temporary name. Its
+            // bytes have been durable since the part was acknowledged, so completing costs no
+            // copy and no data fsync, whatever its size: the common case of small files (a
+            // sink's buckets, small uploads).
+            [only] => match self.link_part(OP, key, upload_id, only.number, &ids)? {
+                Some(linked) => linked,
+                None => self.concatenate(OP, key, upload_id, parts, &ids)?,
+            },
+            _ => self.concatenate(OP, key, upload_id, parts, &ids)?,
+        };
         let expected: u64 = ids.values().map(|id| id.size).sum();
         if total != expected || id.size != expected {
             return Err(StoreError::new(
@@ -470,6 +454,70 @@ impl Inner {
             Err(e) => tracing::warn!("local store: completed, but cannot retire the upload: {e}"),
         }
         Ok(PutResult { etag })
+    }
+
+    /// Copies `parts` into one new temporary file (copy_file_range where available) and
+    /// fsyncs it: the file, its identity and its length.
+    fn concatenate(
+        &self,
+        op: &'static str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        ids: &BTreeMap<u32, FileId>,
+    ) -> Result<(TempPath, FileId, u64), StoreError> {
+        let io = |e| StoreError::io(op, key, e);
+        let (tmp, mut out) = self.new_temp(op, key)?;
+        let mut total = 0u64;
+        for part in parts {
+            let mut file = match File::open(self.part_path(upload_id, part.number)) {
+                Ok(file) => file,
+                Err(e) if is_missing(&e) => return Err(part_changed(op, key, part.number)),
+                Err(e) => return Err(io(e)),
+            };
+            let id = file_id(&file.metadata().map_err(io)?);
+            if ids.get(&part.number) != Some(&id) {
+                return Err(part_changed(op, key, part.number));
+            }
+            total += io::copy(&mut file, &mut out).map_err(io)?;
+        }
+        out.sync_all().map_err(io)?;
+        let id = file_id(&out.metadata().map_err(io)?);
+        Ok((tmp, id, total))
+    }
+
+    /// Links part `number`'s file under a new temporary name, checked to be the version in
+    /// `ids`: the file, its identity and its length. `None` where the file system cannot link
+    /// (the caller copies instead). The part's name stays until the upload is retired; parts are
+    /// replaced by rename, never written in place, so the object's bytes cannot change.
+    fn link_part(
+        &self,
+        op: &'static str,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        ids: &BTreeMap<u32, FileId>,
+    ) -> Result<Option<(TempPath, FileId, u64)>, StoreError> {
+        let tmp = TempPath {
+            path: self
+                .tmp_dir()
+                .join(uuid::Uuid::new_v4().simple().to_string()),
+            is_dir: false,
+            keep: false,
+        };
+        if let Err(e) = fs::hard_link(self.part_path(upload_id, number), &tmp.path) {
+            if is_missing(&e) {
+                return Err(part_changed(op, key, number));
+            }
+            tracing::debug!(error = %e, "local store: cannot link a part; copying it");
+            return Ok(None);
+        }
+        let md = fs::metadata(&tmp.path).map_err(|e| StoreError::io(op, key, e))?;
+        let id = file_id(&md);
+        if ids.get(&number) != Some(&id) {
+            return Err(part_changed(op, key, number));
+        }
+        Ok(Some((tmp, id, md.len())))
     }
 
     /// Moves an upload's directory to the trash (call under the lock), so the upload id is gone
@@ -580,4 +628,13 @@ impl Inner {
         }
         Ok(UploadsPage { uploads, next })
     }
+}
+
+fn part_changed(op: &'static str, key: &str, number: u32) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Conflict,
+        op,
+        key,
+        format!("part {number} changed during completion; retry"),
+    )
 }

@@ -1457,3 +1457,82 @@ async fn parts_of_an_upload_in_progress_read_back_checked_by_etag() {
         .unwrap_err();
     assert_eq!(gone.kind(), StoreErrorKind::NoSuchUpload, "{gone}");
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_one_part_upload_completes_by_linking_its_part_and_a_longer_one_by_copying() {
+    use std::os::unix::fs::MetadataExt;
+    let (_dir, store) = open();
+    let body = vec![b'z'; 6 * 1024 * 1024 + 7];
+    let id = store
+        .create_multipart("one", PutOptions::default())
+        .await
+        .unwrap();
+    let etag = store
+        .upload_part("one", &id, 1, Bytes::from(body.clone()))
+        .await
+        .unwrap();
+    let part_ino = fs::metadata(store.inner.part_path(&id, 1)).unwrap().ino();
+    let done = store
+        .complete_multipart(
+            "one",
+            &id,
+            &[CompletedPart { number: 1, etag }],
+            PutCondition::None,
+        )
+        .await
+        .unwrap();
+    let object = fs::metadata(store.inner.data_path("one")).unwrap();
+    assert_eq!(object.ino(), part_ino, "the part's file became the object");
+    assert_eq!(object.nlink(), 1, "the upload's name for it is gone");
+    assert!(done.etag.ends_with("-1"), "{}", done.etag);
+    assert_eq!(store.get("one", None).await.unwrap().body, body);
+    assert_eq!(store.head("one").await.unwrap().etag, done.etag);
+    // The upload is gone: a second completion finds no upload, the object stays.
+    assert_eq!(
+        store
+            .complete_multipart("one", &id, &[], PutCondition::None)
+            .await
+            .unwrap_err()
+            .kind(),
+        StoreErrorKind::NoSuchUpload
+    );
+
+    // Two parts: copied into a new file, the part files untouched until the upload goes.
+    let id = store
+        .create_multipart("two", PutOptions::default())
+        .await
+        .unwrap();
+    let first = store
+        .upload_part("two", &id, 1, Bytes::from(body.clone()))
+        .await
+        .unwrap();
+    let second = store
+        .upload_part("two", &id, 2, Bytes::from_static(b"end"))
+        .await
+        .unwrap();
+    let part_ino = fs::metadata(store.inner.part_path(&id, 1)).unwrap().ino();
+    store
+        .complete_multipart(
+            "two",
+            &id,
+            &[
+                CompletedPart {
+                    number: 1,
+                    etag: first,
+                },
+                CompletedPart {
+                    number: 2,
+                    etag: second,
+                },
+            ],
+            PutCondition::None,
+        )
+        .await
+        .unwrap();
+    let object = fs::metadata(store.inner.data_path("two")).unwrap();
+    assert_ne!(object.ino(), part_ino);
+    let mut want = body.clone();
+    want.extend_from_slice(b"end");
+    assert_eq!(store.get("two", None).await.unwrap().body, want);
+}
