@@ -313,9 +313,15 @@ async fn one_run(
     Ok(result)
 }
 
+/// The median; for an even count, the mean of the two middle values.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+    let mid = v.len() / 2;
+    match (v.len() % 2, v.get(mid)) {
+        (_, None) => 0.0,
+        (1, Some(m)) => *m,
+        (_, Some(upper)) => (v.get(mid.wrapping_sub(1)).unwrap_or(upper) + upper) / 2.0,
+    }
 }
 
 fn percentile(v: &[Duration], p: f64) -> Duration {
@@ -356,8 +362,8 @@ pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
     }
     let mib = opts.size as f64 / MIB;
     let tput = |secs: fn(&RunResult) -> f64| median(runs.iter().map(|r| mib / secs(r)).collect());
-    let ratio = |secs: fn(&RunResult) -> f64| {
-        median(runs.iter().map(|r| r.baseline_secs / secs(r)).collect())
+    let ratios = |secs: fn(&RunResult) -> f64| -> Vec<f64> {
+        runs.iter().map(|r| r.baseline_secs / secs(r)).collect()
     };
     let latencies = |of: fn(&RunResult) -> &Vec<Duration>| -> Vec<Duration> {
         runs.iter().flat_map(|r| of(r).clone()).collect()
@@ -381,7 +387,10 @@ pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
         opts.max_in_flight,
         opts.runs
     ));
-    out.push_str("| measure | throughput | ratio to plain (target >= 0.95) |\n|---|---|---|\n");
+    // The spread of the per-run ratios shows how far one run can be trusted on a noisy machine.
+    out.push_str(
+        "| measure | throughput | ratio to plain (target >= 0.95) | per-run ratios, lowest-highest |\n|---|---|---|---|\n",
+    );
     let rows: [(&str, Secs); 4] = [
         ("plain multipart upload", |r| r.baseline_secs),
         ("writer, persist() (default: no part cache)", |r| {
@@ -396,10 +405,13 @@ pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
         }),
     ];
     for (name, secs) in rows {
+        let per_run = ratios(secs);
+        let lowest = per_run.iter().copied().fold(f64::INFINITY, f64::min);
+        let highest = per_run.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         out.push_str(&format!(
-            "| {name} | {:.0} MiB/s | {:.3} |\n",
+            "| {name} | {:.0} MiB/s | {:.3} | {lowest:.2}-{highest:.2} |\n",
             tput(secs),
-            ratio(secs)
+            median(per_run),
         ));
     }
     out.push_str("\n| measure | value |\n|---|---|\n");

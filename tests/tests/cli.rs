@@ -538,6 +538,78 @@ fn recover_and_gc_on_a_quiet_store() {
         .fails_with(2, &["soon"]);
 }
 
+#[test]
+fn bench_measures_every_writer_against_the_plain_upload_and_cleans_up() {
+    let fx = Fixture::new();
+    let store = fx.obj("");
+    let run = fx
+        .run(&[
+            "bench",
+            "-q",
+            "--runs",
+            "2",
+            "--size",
+            "12MiB",
+            "--part-size",
+            "5MiB",
+            "--persist-every",
+            "4MiB",
+            "--recover-sizes",
+            "1MiB,6MiB",
+            &store,
+        ])
+        .ok();
+    let out = run.stdout_text();
+    for row in [
+        "| plain multipart upload | ",
+        "| writer, persist() (default: no part cache) | ",
+        "| writer, persist(), part cache on (reads of open files) | ",
+        "| writer, begin_persist() pipelined | ",
+        "| persist() latency p50 / p99 (6 persists) | ",
+        "| recover time, 1 MiB file | ",
+        "| recover time, 6 MiB file | ",
+    ] {
+        assert!(out.contains(row), "no {row:?} in:\n{out}");
+    }
+    // Exactly one create, one UploadPart per part, one PUT per persist and one complete.
+    let requests = out
+        .lines()
+        .find(|l| l.starts_with("| requests per GiB, write path"))
+        .unwrap_or_else(|| panic!("no request count in:\n{out}"));
+    let numbers: Vec<&str> = requests
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty())
+        .collect();
+    assert_eq!(
+        numbers.len(),
+        3,
+        "the target formula's 2, the target and the count: {requests}"
+    );
+    assert_eq!(numbers[1], numbers[2], "requests = target: {requests}");
+    // Every object, upload and tail of the benchmark is gone.
+    let left: Vec<_> = walk_files(&fx.path("store"))
+        .into_iter()
+        .filter(|p| !p.starts_with(fx.path("store/.rivulet-store")))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    fx.run(&["bench", "--runs", "0", &store])
+        .fails_with(1, &["--runs must be at least 1"]);
+}
+
+/// The regular files under `dir`, recursively.
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// The line of `rivulet recover`'s table that names `key`.
 fn recover_line<'a>(listing: &'a str, key: &str) -> &'a str {
     listing
