@@ -315,12 +315,12 @@ async fn one_run(
 
 /// The median; for an even count, the mean of the two middle values.
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    match (v.len() % 2, v.get(mid)) {
-        (_, None) => 0.0,
-        (1, Some(m)) => *m,
-        (_, Some(upper)) => (v.get(mid.wrapping_sub(1)).unwrap_or(upper) + upper) / 2.0,
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[mid],
+        _ => (v[mid - 1] + v[mid]) / 2.0,
     }
 }
 

@@ -499,9 +499,7 @@ impl Inner {
         ids: &BTreeMap<u32, FileId>,
     ) -> Result<Option<(TempPath, FileId, u64)>, StoreError> {
         let tmp = TempPath {
-            path: self
-                .tmp_dir()
-                .join(uuid::Uuid::new_v4().simple().to_string()),
+            path: self.temp_name(),
             is_dir: false,
             keep: false,
         };

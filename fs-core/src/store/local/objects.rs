@@ -65,14 +65,18 @@ impl Inner {
         }
     }
 
+    /// A fresh name under the store's temp directory.
+    pub(super) fn temp_name(&self) -> PathBuf {
+        self.tmp_dir()
+            .join(uuid::Uuid::new_v4().simple().to_string())
+    }
+
     pub(super) fn new_temp(
         &self,
         op: &'static str,
         key: &str,
     ) -> Result<(TempPath, File), StoreError> {
-        let path = self
-            .tmp_dir()
-            .join(uuid::Uuid::new_v4().simple().to_string());
+        let path = self.temp_name();
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -1458,28 +1458,40 @@ async fn parts_of_an_upload_in_progress_read_back_checked_by_etag() {
     assert_eq!(gone.kind(), StoreErrorKind::NoSuchUpload, "{gone}");
 }
 
+/// Starts an upload of `key` and uploads `bodies` as its parts 1, 2, ...: the upload id, the
+/// parts to complete it with, and the inode of part 1's file.
+#[cfg(unix)]
+async fn upload_parts(
+    store: &LocalStore,
+    key: &str,
+    bodies: &[&[u8]],
+) -> (String, Vec<CompletedPart>, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let id = store
+        .create_multipart(key, PutOptions::default())
+        .await
+        .unwrap();
+    let mut parts = Vec::new();
+    for (number, body) in (1..).zip(bodies) {
+        let etag = store
+            .upload_part(key, &id, number, Bytes::copy_from_slice(body))
+            .await
+            .unwrap();
+        parts.push(CompletedPart { number, etag });
+    }
+    let first_ino = fs::metadata(store.inner.part_path(&id, 1)).unwrap().ino();
+    (id, parts, first_ino)
+}
+
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_one_part_upload_completes_by_linking_its_part_and_a_longer_one_by_copying() {
     use std::os::unix::fs::MetadataExt;
     let (_dir, store) = open();
     let body = vec![b'z'; 6 * 1024 * 1024 + 7];
-    let id = store
-        .create_multipart("one", PutOptions::default())
-        .await
-        .unwrap();
-    let etag = store
-        .upload_part("one", &id, 1, Bytes::from(body.clone()))
-        .await
-        .unwrap();
-    let part_ino = fs::metadata(store.inner.part_path(&id, 1)).unwrap().ino();
+    let (id, parts, part_ino) = upload_parts(&store, "one", &[&body]).await;
     let done = store
-        .complete_multipart(
-            "one",
-            &id,
-            &[CompletedPart { number: 1, etag }],
-            PutCondition::None,
-        )
+        .complete_multipart("one", &id, &parts, PutCondition::None)
         .await
         .unwrap();
     let object = fs::metadata(store.inner.data_path("one")).unwrap();
@@ -1499,35 +1511,9 @@ async fn a_one_part_upload_completes_by_linking_its_part_and_a_longer_one_by_cop
     );
 
     // Two parts: copied into a new file, the part files untouched until the upload goes.
-    let id = store
-        .create_multipart("two", PutOptions::default())
-        .await
-        .unwrap();
-    let first = store
-        .upload_part("two", &id, 1, Bytes::from(body.clone()))
-        .await
-        .unwrap();
-    let second = store
-        .upload_part("two", &id, 2, Bytes::from_static(b"end"))
-        .await
-        .unwrap();
-    let part_ino = fs::metadata(store.inner.part_path(&id, 1)).unwrap().ino();
+    let (id, parts, part_ino) = upload_parts(&store, "two", &[&body, b"end"]).await;
     store
-        .complete_multipart(
-            "two",
-            &id,
-            &[
-                CompletedPart {
-                    number: 1,
-                    etag: first,
-                },
-                CompletedPart {
-                    number: 2,
-                    etag: second,
-                },
-            ],
-            PutCondition::None,
-        )
+        .complete_multipart("two", &id, &parts, PutCondition::None)
         .await
         .unwrap();
     let object = fs::metadata(store.inner.data_path("two")).unwrap();
