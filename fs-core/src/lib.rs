@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod index;
+pub mod md5;
 pub mod retry;
 pub mod store;
 pub mod token;

@@ -6,11 +6,11 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Bytes, BytesMut};
+use fs_core::md5::Md5;
 use fs_core::store::{
     CompletedPart, DynStore, PutCondition, PutOptions, PutResult, StoreError, limits,
 };
 use futures::StreamExt;
-use md5::{Digest, Md5};
 use s3s::dto::StreamingBlob;
 use s3s::{S3Error, S3ErrorCode, S3Result};
 use std::pin::Pin;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use md5::{Digest, Md5};
+use crate::md5::Md5;
 
 use super::{CompletedPart, ListPage, ListRequest, ObjectSummary, limits};
 use crate::error::{StoreError, StoreErrorKind};

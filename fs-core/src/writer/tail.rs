@@ -11,8 +11,8 @@
 //! ordered by sequence, and new for every persist even when two writers recovered from the
 //! same token persist the same sequence number (the session is random per writer).
 
+use crate::md5::Md5;
 use bytes::{Bytes, BytesMut};
-use md5::{Digest, Md5};
 
 use crate::token::{ResumeToken, TokenError};
 
