@@ -3,7 +3,7 @@
 and directly against the same backend in the same run, and appends of 64 KiB chunks through the
 gateway.
 
-    scripts/bench-gateway.py [--runs 3] [--large-clients 4] [--large-objects 8]
+    scripts/bench-gateway.py [--runs 3] [--large-clients 4] [--large-objects 16]
                              [--small-clients 16] [--seconds 5] [--append-clients 4]
                              [--part-size 8MiB] [--dir /dev/shm]
 
@@ -15,8 +15,8 @@ mode (`--store s3://?endpoint=...`), so that its bucket is the backend's bucket 
 write the same kind of objects to the same store. Clients are boto3 (the test venv), one per
 thread, path style, no request checksums (as the gateway's tests configure them).
 
-Each run measures direct then gateway for every workload (the order alternates between runs);
-every figure is the median of --runs runs, and each ratio is the median of the per-run ratios
+Each run measures every workload directly and through the gateway back to back (the order
+flips from one workload to the next and between runs); every figure is the median of --runs runs, and each ratio is the median of the per-run ratios
 (gateway / direct). Results go to stdout as a markdown table and to $OUT (default
 /tmp/rivulet-bench/gateway.jsonl) as JSON lines.
 """
@@ -190,7 +190,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--large-clients", type=int, default=4)
-    ap.add_argument("--large-objects", type=int, default=8, help="64 MiB objects per run and path")
+    ap.add_argument("--large-objects", type=int, default=16, help="64 MiB objects per run and path")
     ap.add_argument("--small-clients", type=int, default=16)
     ap.add_argument("--append-clients", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of each timed workload")
@@ -237,16 +237,23 @@ def main():
         pool = max(args.large_clients, args.small_clients, args.append_clients)
         runs = []
         for run in range(args.runs):
-            order = ["direct", "gateway"] if run % 2 == 0 else ["gateway", "direct"]
+            # Each workload runs on both paths back to back, so that a ratio compares two
+            # measurements a few seconds apart (this machine's speed drifts over tens of
+            # seconds); the order flips from one workload to the next and between runs.
+            first = ["direct", "gateway"] if run % 2 == 0 else ["gateway", "direct"]
+            orders = [first, first[::-1]] * 2
             result = {}
-            for path in order:
-                lc = [client(endpoints[path], pool) for _ in range(args.large_clients)]
-                sc = [client(endpoints[path], pool) for _ in range(args.small_clients)]
-                result[f"{path}_large_put_mibs"] = large_put(lc, path, large_body, args.large_objects)
-                result[f"{path}_large_get_mibs"] = large_get(lc, path, len(large_body), args.large_objects)
-                rate, counts = small_put(sc, path, args.seconds, small_body)
-                result[f"{path}_small_put_ops"] = rate
-                result[f"{path}_small_get_ops"] = small_get(sc, path, args.seconds, counts)
+            lc = {p: [client(endpoints[p], pool) for _ in range(args.large_clients)] for p in first}
+            sc = {p: [client(endpoints[p], pool) for _ in range(args.small_clients)] for p in first}
+            counts = {}
+            for path in orders[0]:
+                result[f"{path}_large_put_mibs"] = large_put(lc[path], path, large_body, args.large_objects)
+            for path in orders[1]:
+                result[f"{path}_large_get_mibs"] = large_get(lc[path], path, len(large_body), args.large_objects)
+            for path in orders[2]:
+                result[f"{path}_small_put_ops"], counts[path] = small_put(sc[path], path, args.seconds, small_body)
+            for path in orders[3]:
+                result[f"{path}_small_get_ops"] = small_get(sc[path], path, args.seconds, counts[path])
             ac = [client(endpoints["gateway"], pool) for _ in range(args.append_clients)]
             result["append_per_s"], result["append_mibs"] = appends(ac, run, args.seconds, chunk)
             for w in ("large_put_mibs", "large_get_mibs", "small_put_ops", "small_get_ops"):
