@@ -1,5 +1,5 @@
 //! `rivulet bench`: the recoverable writer against a plain multipart upload of the same bytes
-//! to the same store, in the same run, alternating which goes first.
+//! to the same store, in the same run, each way of writing taking each position in turn.
 //!
 //! Reported (medians over the runs): throughput of both and their ratio, persist latency
 //! p50/p99, recover time per file size, and store requests per GiB split into the write path
@@ -214,17 +214,18 @@ async fn one_run(
     let writer_key = format!("rivulet-bench/run{run}/writer.bin");
     let cached_key = format!("rivulet-bench/run{run}/writer-cached.bin");
 
-    // Alternate the order between runs so that neither side always meets a warm or a tired
-    // store.
-    let steps: [u8; 4] = if run.is_multiple_of(2) {
-        [0, 1, 2, 3]
-    } else {
-        [3, 2, 1, 0]
-    };
+    // Each way of writing takes each position in turn (runs 0-3: 0123, 1230, 2301, 3012), and
+    // each file is deleted as soon as it is measured, so that every step meets the same store:
+    // on tmpfs the step after three GiB-sized files were written ran at half speed, whatever
+    // it was, which an order that only alternated charged to the first and last ways alone.
+    let steps: [u8; 4] = std::array::from_fn(|i| ((i + run) % 4) as u8);
     let pipelined_key = format!("rivulet-bench/run{run}/writer-pipelined.bin");
     for step in steps {
-        match step {
-            0 => result.baseline_secs = baseline(store, &base_key, opts, payload).await?,
+        let key = match step {
+            0 => {
+                result.baseline_secs = baseline(store, &base_key, opts, payload).await?;
+                &base_key
+            }
             1 => {
                 let started = Instant::now();
                 let mut file = write_file(
@@ -245,6 +246,7 @@ async fn one_run(
                 result.write_path_requests = write_path_calls(&counter);
                 result.parts = counter.calls(Op::UploadPart);
                 result.persists = counter.calls(Op::Put);
+                &writer_key
             }
             2 => {
                 let started = Instant::now();
@@ -261,6 +263,7 @@ async fn one_run(
                 .await?;
                 file.close_for_commit().await?.commit().await?;
                 result.writer_cached_secs = started.elapsed().as_secs_f64();
+                &cached_key
             }
             _ => {
                 let started = Instant::now();
@@ -276,10 +279,9 @@ async fn one_run(
                 .await?;
                 file.close_for_commit().await?.commit().await?;
                 result.writer_pipelined_secs = started.elapsed().as_secs_f64();
+                &pipelined_key
             }
-        }
-    }
-    for key in [&base_key, &writer_key, &cached_key, &pipelined_key] {
+        };
         store.delete(key).await?;
     }
 

@@ -419,10 +419,10 @@ Examples:
 const BENCH_HELP: &str = "\
 Writes --size bytes through the recoverable writer (persisting every --persist-every) and the
 same bytes as a plain multipart upload (parts of --part-size, --max-in-flight at a time) to the
-same store, alternating which goes first, --runs times; then measures recover time for files of
+same store, --runs times, each way of writing in a different position each run (use a multiple
+of 4 runs) and each file deleted once measured; then measures recover time for files of
 --recover-sizes. Prints a Markdown table of medians: throughput of both and their ratio, persist
-latency p50/p99, recover times, and store requests per GiB. Objects go under rivulet-bench/ and
-are deleted afterwards.
+latency p50/p99, recover times, and store requests per GiB. Objects go under rivulet-bench/.
 
 Examples:
   rivulet bench ./bench-store
