@@ -22,6 +22,8 @@ pub struct BenchOptions {
     pub persist_every: u64,
     pub runs: usize,
     pub part_size: u64,
+    /// Bytes per `write_bytes` call into the writer.
+    pub write_size: u64,
     pub max_in_flight: usize,
     pub recover_sizes: Vec<u64>,
 }
@@ -49,7 +51,6 @@ struct RunResult {
     recover: Vec<(u64, Duration)>,
 }
 
-const WRITE_CHUNK: usize = 1024 * 1024;
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// A buffer of pseudo-random bytes that the benchmark cycles through (incompressible enough,
@@ -156,21 +157,36 @@ enum Persists {
     Pipelined,
 }
 
+/// How a file is written: its size, where it is persisted, how much each write hands over.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    size: u64,
+    persist_every: u64,
+    write_size: u64,
+}
+
 async fn write_file(
     writer: &RecoverableWriter,
     key: &str,
-    size: u64,
-    persist_every: u64,
+    shape: Shape,
     mode: Persists,
     payload: &Bytes,
     latencies: &mut Vec<Duration>,
 ) -> Result<fs_core::FileWriter> {
+    let Shape {
+        size,
+        persist_every,
+        write_size,
+    } = shape;
     let mut file = writer.open(key).await?;
     let mut since_persist = 0u64;
     let mut pending = Vec::new();
     while file.len() < size {
-        let len = (WRITE_CHUNK as u64).min(size - file.len()) as usize;
-        file.write(&slice_at(payload, file.len(), len)).await?;
+        // No write crosses a persist point, so that persists land where they were asked.
+        let len = write_size
+            .min(persist_every - since_persist)
+            .min(size - file.len()) as usize;
+        file.write_bytes(slice_at(payload, file.len(), len)).await?;
         since_persist += len as u64;
         if since_persist >= persist_every {
             since_persist = 0;
@@ -219,6 +235,11 @@ async fn one_run(
     // on tmpfs the step after three GiB-sized files were written ran at half speed, whatever
     // it was, which an order that only alternated charged to the first and last ways alone.
     let steps: [u8; 4] = std::array::from_fn(|i| ((i + run) % 4) as u8);
+    let shape = Shape {
+        size: opts.size,
+        persist_every: opts.persist_every,
+        write_size: opts.write_size,
+    };
     let pipelined_key = format!("rivulet-bench/run{run}/writer-pipelined.bin");
     for step in steps {
         let key = match step {
@@ -231,8 +252,7 @@ async fn one_run(
                 let mut file = write_file(
                     &writer,
                     &writer_key,
-                    opts.size,
-                    opts.persist_every,
+                    shape,
                     Persists::Blocking,
                     payload,
                     &mut result.persist_latencies,
@@ -254,8 +274,7 @@ async fn one_run(
                 let mut file = write_file(
                     &cached,
                     &cached_key,
-                    opts.size,
-                    opts.persist_every,
+                    shape,
                     Persists::Blocking,
                     payload,
                     &mut ignored,
@@ -270,8 +289,7 @@ async fn one_run(
                 let mut file = write_file(
                     &pipelined,
                     &pipelined_key,
-                    opts.size,
-                    opts.persist_every,
+                    shape,
                     Persists::Pipelined,
                     payload,
                     &mut result.pipelined_latencies,
@@ -291,8 +309,11 @@ async fn one_run(
         let mut file = write_file(
             &writer,
             &key,
-            size,
-            u64::MAX,
+            Shape {
+                size,
+                persist_every: u64::MAX,
+                write_size: opts.write_size,
+            },
             Persists::Blocking,
             payload,
             &mut latencies,
@@ -347,6 +368,8 @@ fn human(bytes: u64) -> String {
 pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
     anyhow::ensure!(opts.runs > 0, "--runs must be at least 1");
     anyhow::ensure!(opts.size > 0, "--size must be above 0");
+    anyhow::ensure!(opts.persist_every > 0, "--persist-every must be above 0");
+    anyhow::ensure!(opts.write_size > 0, "--write-size must be above 0");
     let payload = payload();
     let mut runs = Vec::new();
     for run in 0..opts.runs {
@@ -381,10 +404,11 @@ pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
 
     let mut out = String::new();
     out.push_str(&format!(
-        "store: `{}` · {} per run, persist every {}, part size {}, {} in flight, {} runs (medians)\n\n",
+        "store: `{}` · {} per run, persist every {}, writes of {}, part size {}, {} in flight, {} runs (medians)\n\n",
         store.describe(),
         human(opts.size),
         human(opts.persist_every),
+        human(opts.write_size),
         human(opts.part_size),
         opts.max_in_flight,
         opts.runs

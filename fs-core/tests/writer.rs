@@ -126,6 +126,77 @@ async fn one_large_write_does_not_buffer_beyond_the_bound() {
 }
 
 #[tokio::test]
+async fn write_bytes_uploads_whole_parts_from_a_part_boundary_without_a_copy() {
+    let mem = MemoryStore::new()
+        .with_min_part_size(1024)
+        .with_part_reads();
+    let index = Index::temporary().unwrap();
+    let config = WriterConfig {
+        part_size: PART,
+        ..Default::default()
+    };
+    let writer = RecoverableWriter::new(Arc::new(mem.clone()), index, config).unwrap();
+    let mut w = writer.open("bytes.bin").await.unwrap();
+    let part = PART as usize;
+    let body = data(part * 6 + 100, 9);
+    // 2.5 parts from a boundary: parts 1 and 2 are slices of this buffer, the half part is
+    // copied into the tail.
+    let first = bytes::Bytes::copy_from_slice(&body[..part * 5 / 2]);
+    w.write_bytes(first.clone()).await.unwrap();
+    // The tail is not empty: this buffer's bytes are copied (part 3 takes the tail's half
+    // part first, so nothing of it starts on a boundary)...
+    let second = bytes::Bytes::copy_from_slice(&body[part * 5 / 2..part * 4]);
+    w.write_bytes(second).await.unwrap();
+    // ... and after an aligned `write`, whole parts are sliced again (part 5).
+    w.write(&body[part * 4..part * 5]).await.unwrap();
+    let third = bytes::Bytes::copy_from_slice(&body[part * 5..]);
+    w.write_bytes(third.clone()).await.unwrap();
+    let token = w.persist().await.unwrap();
+    assert_eq!(token.len(), body.len() as u64);
+
+    let stored = |number: u32| {
+        let token = &token;
+        let mem = &mem;
+        async move {
+            let record = token.parts.iter().find(|p| p.number == number).unwrap();
+            mem.read_part("bytes.bin", &token.upload_id, number, &record.etag, 0..PART)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        stored(1).await.as_ptr(),
+        first.as_ptr(),
+        "part 1 is a slice of the buffer"
+    );
+    assert_eq!(stored(2).await.as_ptr(), first[part..].as_ptr());
+    assert_eq!(
+        stored(6).await.as_ptr(),
+        third.as_ptr(),
+        "part 6 is a slice of the buffer"
+    );
+    assert_ne!(stored(3).await.as_ptr(), first[part * 2..].as_ptr());
+
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    let got = mem.get("bytes.bin", None).await.unwrap().body;
+    assert_eq!(got.as_ref(), body.as_slice());
+}
+
+#[tokio::test]
+async fn write_bytes_refuses_what_would_pass_the_part_limit_before_writing() {
+    let f = fixture();
+    let mut w = f.writer.open("limit.bin").await.unwrap();
+    // 10,000 whole parts: one more than the numbers left once the final tail's is reserved.
+    let too_much = bytes::Bytes::from(vec![0u8; (PART * 10_000) as usize]);
+    let err = w.write_bytes(too_much).await.unwrap_err();
+    assert!(
+        matches!(err, WriterError::TooManyParts { .. }),
+        "unexpected error: {err}"
+    );
+    assert_eq!(w.len(), 0, "nothing was written");
+}
+
+#[tokio::test]
 async fn persist_stages_a_new_small_tail_object_each_time() {
     let f = fixture();
     let mut w = f.writer.open("p.txt").await.unwrap();

@@ -270,6 +270,10 @@ pub enum Command {
         /// Runs (medians are reported)
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Bytes per write into the writer (default: the part size, the slices the plain upload
+        /// sends); the writer takes whole parts of them without a copy (`write_bytes`)
+        #[arg(long, value_parser = size_arg, value_name = "SIZE")]
+        write_size: Option<u64>,
         /// File sizes whose recover time is measured
         #[arg(long, default_value = "10MiB,1GiB", value_delimiter = ',', value_parser = size_arg, value_name = "SIZES")]
         recover_sizes: Vec<u64>,
@@ -554,6 +558,7 @@ pub async fn run(env: &Env, command: Command) -> anyhow::Result<()> {
             size,
             persist_every,
             runs,
+            write_size,
             recover_sizes,
         } => {
             let store = env
@@ -564,6 +569,7 @@ pub async fn run(env: &Env, command: Command) -> anyhow::Result<()> {
                 persist_every,
                 runs,
                 part_size: env.global.part_size,
+                write_size: write_size.unwrap_or(env.global.part_size),
                 max_in_flight: env.global.max_in_flight,
                 recover_sizes,
             };

@@ -4,7 +4,7 @@
 use std::future::Future;
 
 use anyhow::{Context, Result, anyhow};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use fs_core::store::{DynStore, ObjectStoreExt, StoreUrl};
 use fs_core::{CommitOutcome, FileWriter, RecoverableWriter, WriterError};
 use futures::{Stream, StreamExt};
@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::output::{Interrupted, chain, progress};
 use super::{Env, location};
 
-/// How much input is read at a time (the writer buffers it into parts).
+/// The read buffer's size where the part size does not fit in `usize` (32-bit targets).
 const READ_CHUNK: usize = 1 << 20;
 
 /// Runs `fut` unless Ctrl-C comes first (then it is dropped and the result is [`Interrupted`]).
@@ -45,7 +45,8 @@ impl Session {
         Ok(Self { url, store, writer })
     }
 
-    /// Appends everything `input` yields to `file`.
+    /// Appends everything `input` yields to `file`. The input is read into buffers of the
+    /// part size, which the writer uploads as they are, without a copy (`write_bytes`).
     pub async fn pump(
         &self,
         file: &mut FileWriter,
@@ -53,19 +54,25 @@ impl Session {
         what: &str,
         bar: &ProgressBar,
     ) -> Result<u64> {
-        let mut buf = vec![0u8; READ_CHUNK];
+        let part_size = usize::try_from(self.writer.config().part_size).unwrap_or(READ_CHUNK);
+        let mut buf = BytesMut::with_capacity(part_size);
         let mut total = 0u64;
         loop {
+            let room = part_size - buf.len();
             let n = input
-                .read(&mut buf)
+                .read_buf(&mut (&mut buf).limit(room))
                 .await
                 .with_context(|| format!("read {what}"))?;
+            total += n as u64;
+            bar.inc(n as u64);
+            if n == 0 || buf.len() == part_size {
+                file.write_bytes(buf.split().freeze()).await?;
+                // The full buffer now belongs to the writer: read on into a new one.
+                buf.reserve(part_size);
+            }
             if n == 0 {
                 return Ok(total);
             }
-            file.write(&buf[..n]).await?;
-            total += n as u64;
-            bar.inc(n as u64);
         }
     }
 
@@ -80,9 +87,10 @@ impl Session {
         let mut total = 0u64;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
-            file.write(&chunk).await?;
-            total += chunk.len() as u64;
-            bar.inc(chunk.len() as u64);
+            let len = chunk.len() as u64;
+            file.write_bytes(chunk).await?;
+            total += len;
+            bar.inc(len);
         }
         Ok(total)
     }

@@ -594,6 +594,8 @@ fn bench_measures_every_writer_against_the_plain_upload_and_cleans_up() {
     assert!(left.is_empty(), "left behind: {left:?}");
     fx.run(&["bench", "--runs", "0", &store])
         .fails_with(1, &["--runs must be at least 1"]);
+    fx.run(&["bench", "--persist-every", "0", &store])
+        .fails_with(1, &["--persist-every must be above 0"]);
 }
 
 /// The regular files under `dir`, recursively.

@@ -470,16 +470,8 @@ impl FileWriter {
     /// `max_in_flight` uploads are running this waits for one to finish.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), WriterError> {
         self.check_open("write")?;
+        self.check_part_limit(data.len())?;
         let part_size = self.shared.config.part_size as usize;
-        let new_parts = (self.tail.len() + data.len()) / part_size;
-        // One part number stays reserved for the final tail.
-        if u64::from(self.next_part) + new_parts as u64 > u64::from(limits::MAX_PART_NUMBER) {
-            return Err(WriterError::TooManyParts {
-                key: self.key.clone(),
-                part_size: part_size as u64,
-                max_len: max_file_len(part_size as u64),
-            });
-        }
         let mut rest = data;
         while !rest.is_empty() {
             if self.tail.capacity() == 0 {
@@ -490,6 +482,37 @@ impl FileWriter {
             rest = &rest[take..];
             self.note_buffered();
             self.flush_full_parts().await?;
+        }
+        Ok(())
+    }
+
+    /// Appends `data` like [`write`](Self::write), without copying the whole parts it holds
+    /// from a part boundary on: each goes to the store as a slice of `data`. For callers that
+    /// already hold their bytes in [`Bytes`] (a file read in part-sized pieces, a relayed
+    /// body), this saves a copy of every byte. The slices keep `data`'s buffer alive until
+    /// their parts are uploaded; the rest is copied as by `write`.
+    pub async fn write_bytes(&mut self, mut data: Bytes) -> Result<(), WriterError> {
+        self.check_open("write")?;
+        self.check_part_limit(data.len())?;
+        let part_size = self.shared.config.part_size as usize;
+        while self.tail.is_empty() && data.len() >= part_size {
+            let part = data.split_to(part_size);
+            self.spawn_upload(part).await?;
+        }
+        self.write(&data).await
+    }
+
+    /// Fails before anything is written if `len` more bytes would take the file past the last
+    /// part number. One part number stays reserved for the final tail.
+    fn check_part_limit(&self, len: usize) -> Result<(), WriterError> {
+        let part_size = self.shared.config.part_size as usize;
+        let new_parts = (self.tail.len() + len) / part_size;
+        if u64::from(self.next_part) + new_parts as u64 > u64::from(limits::MAX_PART_NUMBER) {
+            return Err(WriterError::TooManyParts {
+                key: self.key.clone(),
+                part_size: part_size as u64,
+                max_len: max_file_len(part_size as u64),
+            });
         }
         Ok(())
     }
