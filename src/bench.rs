@@ -70,12 +70,18 @@ fn payload() -> Bytes {
 fn slice_at(payload: &Bytes, offset: u64, len: usize) -> Bytes {
     let start = (offset % payload.len() as u64) as usize;
     if start + len <= payload.len() {
-        payload.slice(start..start + len)
-    } else {
-        let mut v = payload.slice(start..).to_vec();
-        v.extend_from_slice(&payload[..len - (payload.len() - start)]);
-        Bytes::from(v)
+        return payload.slice(start..start + len);
     }
+    // Past the payload's end (or longer than it: a part or write size over 64 MiB): copied,
+    // cycling through the payload.
+    let mut v = Vec::with_capacity(len);
+    let mut at = start;
+    while v.len() < len {
+        let take = (payload.len() - at).min(len - v.len());
+        v.extend_from_slice(&payload[at..at + take]);
+        at = 0;
+    }
+    Bytes::from(v)
 }
 
 /// A plain multipart upload: parts of `part_size`, `max_in_flight` at a time, then complete.
@@ -470,4 +476,28 @@ pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
         "| requests per GiB, tail cleanup at commit | {cleanup:.0} |\n"
     ));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_cycle_through_the_payload_at_any_offset_and_length() {
+        let payload = Bytes::from((0..100u8).collect::<Vec<_>>());
+        let expected = |offset: u64, len: usize| -> Vec<u8> {
+            (0..len as u64)
+                .map(|i| ((offset + i) % 100) as u8)
+                .collect()
+        };
+        for (offset, len) in [(0, 100), (10, 20), (90, 20), (95, 250), (1_234, 7), (0, 0)] {
+            assert_eq!(
+                slice_at(&payload, offset, len).as_ref(),
+                expected(offset, len).as_slice(),
+                "offset {offset}, length {len}"
+            );
+        }
+        // Inside the payload: a slice of it, not a copy.
+        assert_eq!(slice_at(&payload, 10, 20).as_ptr(), payload[10..].as_ptr());
+    }
 }
