@@ -11,9 +11,9 @@
 //! ordered by sequence, and new for every persist even when two writers recovered from the
 //! same token persist the same sequence number (the session is random per writer).
 
-use crate::md5::Md5;
 use bytes::{Bytes, BytesMut};
 
+use crate::md5::Md5;
 use crate::token::{ResumeToken, TokenError};
 
 const TRAILER_MAGIC: &[u8; 4] = b"RVTL";

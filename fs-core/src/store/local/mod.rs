@@ -66,7 +66,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::md5::Md5;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -78,6 +77,7 @@ use super::{
     UploadsPage, limits,
 };
 use crate::error::{StoreError, StoreErrorKind};
+use crate::md5::Md5;
 
 /// The reserved directory under the root that holds the store's own state.
 /// The reserved directory under a local store's root that holds its internal state.
