@@ -16,8 +16,10 @@ write the same kind of objects to the same store. Clients are boto3 (the test ve
 thread, path style, no request checksums (as the gateway's tests configure them).
 
 Each run measures every workload directly and through the gateway back to back (the order
-flips from one workload to the next and between runs); every figure is the median of --runs runs, and each ratio is the median of the per-run ratios
-(gateway / direct). Results go to stdout as a markdown table and to $OUT (default
+flips from one workload to the next and between runs); every figure is the median of --runs
+runs, and each ratio is the median of the per-run ratios (gateway / direct). For the large
+workloads it also reports the CPU seconds per GiB that the clients, s3s-fs and the gateway each
+used: on shared cores, what the gateway costs is the CPU it adds. Results go to stdout as a markdown table and to $OUT (default
 /tmp/rivulet-bench/gateway.jsonl) as JSON lines.
 """
 import argparse
@@ -177,6 +179,20 @@ def appends(clients, run, seconds, chunk):
     return total / elapsed, total * len(chunk) / MIB / elapsed
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds used so far by process `pid` (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pids, gib, fn):
+    """Runs fn(); returns (its result, CPU seconds per GiB moved of each process in pids)."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    result = fn()
+    return result, {name: (cpu_seconds(pid) - before[name]) / gib for name, pid in pids.items()}
+
+
 def parse_size(text):
     units = {"kib": 1024, "mib": MIB, "gib": 1024 * MIB, "": 1}
     t = text.strip().lower()
@@ -235,6 +251,10 @@ def main():
         small_body = os.urandom(4096)
         chunk = os.urandom(64 * 1024)
         pool = max(args.large_clients, args.small_clients, args.append_clients)
+        # CPU time of every process on the machine's cores, per GiB moved by a large workload:
+        # on shared cores the gateway's cost is the CPU it adds, not only the time it takes.
+        pids = {"clients": os.getpid(), "s3s-fs": s3s.pid, "gateway": gateway.pid}
+        gib = args.large_objects * len(large_body) / (1024 * MIB)
         runs = []
         for run in range(args.runs):
             # Each workload runs on both paths back to back, so that a ratio compares two
@@ -247,9 +267,13 @@ def main():
             sc = {p: [client(endpoints[p], pool) for _ in range(args.small_clients)] for p in first}
             counts = {}
             for path in orders[0]:
-                result[f"{path}_large_put_mibs"] = large_put(lc[path], path, large_body, args.large_objects)
+                result[f"{path}_large_put_mibs"], cpu = measured(
+                    pids, gib, lambda: large_put(lc[path], path, large_body, args.large_objects))
+                result.update({f"cpu_{path}_large_put_{name}": v for name, v in cpu.items()})
             for path in orders[1]:
-                result[f"{path}_large_get_mibs"] = large_get(lc[path], path, len(large_body), args.large_objects)
+                result[f"{path}_large_get_mibs"], cpu = measured(
+                    pids, gib, lambda: large_get(lc[path], path, len(large_body), args.large_objects))
+                result.update({f"cpu_{path}_large_get_{name}": v for name, v in cpu.items()})
             for path in orders[2]:
                 result[f"{path}_small_put_ops"], counts[path] = small_put(sc[path], path, args.seconds, small_body)
             for path in orders[3]:
@@ -258,7 +282,8 @@ def main():
             result["append_per_s"], result["append_mibs"] = appends(ac, run, args.seconds, chunk)
             for w in ("large_put_mibs", "large_get_mibs", "small_put_ops", "small_get_ops"):
                 result[f"ratio_{w}"] = result[f"gateway_{w}"] / result[f"direct_{w}"]
-            print(f"run {run + 1}: " + ", ".join(f"{k}={v:.2f}" for k, v in sorted(result.items())),
+            print(f"run {run + 1}: " + ", ".join(f"{k}={v:.2f}" for k, v in sorted(result.items())
+                                                  if not k.startswith("cpu_")),
                   file=sys.stderr, flush=True)
             runs.append(result)
 
@@ -283,6 +308,14 @@ def main():
                   f"| {ratio:.2f} | >= {target} {verdict} |")
         print(f"| append 64 KiB (gateway) | {args.append_clients} | | {med['append_per_s']:.1f} appends/s, "
               f"{med['append_mibs']:.1f} MiB/s | | reported |")
+        print("\nCPU seconds per GiB moved (medians; clients = the boto3 threads of this script)\n")
+        print("| workload | path | clients | s3s-fs | gateway | all |")
+        print("|---|---|---|---|---|---|")
+        for name, w in (("PUT 64 MiB", "large_put"), ("GET 64 MiB", "large_get")):
+            for path in ("direct", "gateway"):
+                cells = [med[f"cpu_{path}_{w}_{p}"] for p in pids]
+                total = statistics.median(sum(r[f"cpu_{path}_{w}_{p}"] for p in pids) for r in runs)
+                print(f"| {name} | {path} | " + " | ".join(f"{c:.2f}" for c in cells) + f" | {total:.2f} |")
     finally:
         for p in reversed(procs):
             p.terminate()
