@@ -15,6 +15,11 @@ pub const DEFAULT_LISTEN: SocketAddr =
 /// The region the gateway reports (GetBucketLocation) and expects in signatures.
 pub const DEFAULT_REGION: &str = "us-east-1";
 
+/// The default part size of the uploads behind appendable objects: S3's minimum. Every
+/// acknowledged append re-stages the part being filled (a persist costs O(tail)), so the
+/// smallest part the store accepts makes appends cheapest.
+pub const DEFAULT_APPEND_PART_SIZE: u64 = fs_core::store::limits::MIN_PART_SIZE;
+
 /// One access key and its secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KeyPair {
@@ -48,8 +53,10 @@ pub struct GatewayConfig {
     pub read_chunk: u64,
     /// An appendable object is sealed (committed to the store) after this long without appends.
     pub seal_after: Duration,
-    /// Part size of the uploads behind appendable objects (at least the store's minimum).
+    /// Part size of large PUTs written to the store in parts (at least the store's minimum).
     pub part_size: u64,
+    /// Part size of the uploads behind appendable objects (at least the store's minimum).
+    pub append_part_size: u64,
     /// Parts uploaded concurrently per appendable object.
     pub max_in_flight: usize,
     /// Where the parts of open appendable objects are cached for reads (stores that cannot read
@@ -70,6 +77,7 @@ impl Default for GatewayConfig {
             read_chunk: crate::service::DEFAULT_READ_CHUNK,
             seal_after: crate::appends::DEFAULT_SEAL_AFTER,
             part_size: fs_core::WriterConfig::default().part_size,
+            append_part_size: DEFAULT_APPEND_PART_SIZE,
             max_in_flight: fs_core::WriterConfig::default().max_in_flight,
             cache_dir: None,
             metrics_listen: None,

@@ -65,8 +65,9 @@ impl Server {
     ) -> Result<Server, GatewayError> {
         config.validate()?;
         let store = buckets.store().clone();
+        let store_min_part = store.min_part_size();
         let mut writer_config = WriterConfig {
-            part_size: config.part_size,
+            part_size: config.append_part_size.max(store_min_part),
             max_in_flight: config.max_in_flight,
             // Open objects are read through the gateway: over stores that cannot read an
             // upload's parts back (S3), the writer keeps a copy of them.
@@ -88,7 +89,6 @@ impl Server {
                 "finished the appendable objects a previous run left open"
             );
         }
-        let store_min_part = store.min_part_size();
         let service = GatewayService::with_buckets(buckets, config.region.clone(), appends.clone())
             .with_read_chunk(config.read_chunk)
             // Parts the store accepts: the writer's part size, at least the store's minimum.

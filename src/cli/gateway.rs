@@ -66,6 +66,11 @@ pub struct GatewayArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub seal_after: Duration,
 
+    /// Part size of the uploads behind appendable objects (at least the store's minimum); every
+    /// acknowledged append re-stages the part being filled, so smaller parts make appends cheaper
+    #[arg(long, value_name = "SIZE", default_value = "5MiB", value_parser = super::part_size_arg)]
+    pub append_part_size: u64,
+
     /// Serve Prometheus metrics on GET /metrics at this address (e.g. 127.0.0.1:9100)
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -101,6 +106,7 @@ pub async fn gateway(env: &Env, args: GatewayArgs) -> Result<()> {
         domains: args.domain,
         seal_after: args.seal_after,
         part_size: env.part_size(),
+        append_part_size: args.append_part_size,
         max_in_flight: env.max_in_flight(),
         cache_dir: env.global.cache_dir.clone(),
         metrics_listen: args.metrics_listen,

@@ -619,6 +619,28 @@ mod tests {
     }
 
     #[test]
+    fn gateway_part_sizes_parse() {
+        let gateway = |extra: &[&str]| {
+            let args = ["rivulet", "gateway", "--store", "/srv/store"];
+            match Cli::try_parse_from(args.iter().chain(extra)).map(|cli| cli.command) {
+                Ok(Command::Gateway(args)) => Ok(args.append_part_size),
+                Ok(other) => panic!("not a gateway: {other:?}"),
+                Err(e) => Err(e.kind()),
+            }
+        };
+        // Appendable objects default to the gateway's own default, apart from --part-size.
+        assert_eq!(
+            gateway(&["--part-size", "16MiB"]),
+            Ok(s3_gateway::config::DEFAULT_APPEND_PART_SIZE)
+        );
+        assert_eq!(gateway(&["--append-part-size", "6MiB"]), Ok(6 << 20));
+        assert_eq!(
+            gateway(&["--append-part-size", "0"]),
+            Err(clap::error::ErrorKind::ValueValidation)
+        );
+    }
+
+    #[test]
     fn mount_options_parse() {
         let cli = Cli::try_parse_from([
             "rivulet",

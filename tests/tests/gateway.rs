@@ -1467,7 +1467,8 @@ async fn appends(gw: &Gateway) {
         "failed appends change nothing"
     );
 
-    // An append crossing the part size (8 MiB): parts are uploaded, and read back while open.
+    // An append crossing the part size of appendable objects (5 MiB): parts are uploaded, and
+    // read back while open.
     let big = data(9 * MIB, 7);
     append(&c, "app", "log", want.len() as u64, &big)
         .await
@@ -1665,6 +1666,56 @@ async fn shutdown_lets_requests_in_flight_finish() {
     assert_eq!(etag, quoted(&md5_hex(b"finished")));
     assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
     assert_eq!(&got.body[..], b"finished");
+}
+
+/// Appendable objects are uploaded in parts of `append_part_size` (5 MiB by default: each
+/// acknowledged append re-stages the part being filled), whatever the part size of large PUTs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appendable_objects_use_their_own_part_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: DynStore = Arc::new(LocalStore::open(dir.path().join("store")).expect("store"));
+    for (append_part_size, want) in [
+        (None, 5 * MIB as u64),
+        (Some(6 * MIB as u64), 6 * MIB as u64),
+    ] {
+        let defaults = test_config();
+        let config = GatewayConfig {
+            // Long enough that the object stays open while its upload is looked at.
+            seal_after: Duration::from_secs(120),
+            part_size: 16 * MIB as u64,
+            append_part_size: append_part_size.unwrap_or(defaults.append_part_size),
+            ..defaults
+        };
+        let gw = InProcessGateway::start(store.clone(), config).await;
+        let c = gw.client();
+        let bucket = format!("parts{}", want >> 20);
+        create_bucket(&c, &bucket).await;
+        let body = data(13 * MIB, 3);
+        // Acknowledged means persisted: the full parts are uploaded before the answer.
+        append(&c, &bucket, "log", 0, &body).await.unwrap();
+        let key = format!("{bucket}/log");
+        let uploads = store.list_multipart_uploads(&key, None).await.unwrap();
+        let [upload] = &uploads.uploads[..] else {
+            panic!("one upload for {key}: {:?}", uploads.uploads)
+        };
+        let parts = store
+            .list_parts(&key, &upload.upload_id, None)
+            .await
+            .unwrap();
+        let sizes: Vec<u64> = parts.parts.iter().map(|p| p.size).collect();
+        assert_eq!(
+            sizes,
+            vec![want; (13 * MIB as u64 / want) as usize],
+            "{key}"
+        );
+        assert_bytes(&get(&c, &bucket, "log").await, &body, "GET while open");
+        gw.stop().await;
+        assert_bytes(
+            &store.get(&key, None).await.unwrap().body,
+            &body,
+            "sealed at shutdown",
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
