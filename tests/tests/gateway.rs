@@ -1902,7 +1902,7 @@ async fn a_killed_gateway_loses_no_acknowledged_append() {
         }
         let mut sizes: Vec<usize> = (0..6).map(|i| 500 + 37 * i + usize::from(round)).collect();
         if round == 1 {
-            // Across a part boundary (8 MiB): uploaded parts are recovered too.
+            // Across a part boundary (5 MiB by default): uploaded parts are recovered too.
             sizes.push(9 * MIB);
         }
         for (i, size) in sizes.into_iter().enumerate() {
@@ -1930,6 +1930,130 @@ async fn a_killed_gateway_loses_no_acknowledged_append() {
     assert_bytes(&stored, &want, "the store's object after the last restart");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// SIGKILL rounds of the crash test during a stream of appends (the issue asks for at least 20).
+const STREAM_CRASH_ROUNDS: usize = 20;
+
+/// `kill -9` at a random moment while a client streams appends, 20 rounds on the same store and
+/// index (replay a run with `RIVULET_GATEWAY_SEED`). After every restart, before it serves, the
+/// gateway has committed the object with every acknowledged append, in order, and nothing else
+/// but at most the one append that was in flight when it died, whole: that one may have been
+/// made durable without its answer getting out, like any request whose answer is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_stream_of_appends_loses_no_acknowledged_append() {
+    use rand::{Rng, SeedableRng};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let seed = std::env::var("RIVULET_GATEWAY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("gateway crash rounds: seed {seed} (replay with RIVULET_GATEWAY_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut want: Vec<u8> = Vec::new();
+    let mut unanswered: Option<Vec<u8>> = None;
+    let (mut answered_rounds, mut kept_unanswered) = (0, 0);
+    for round in 0..=STREAM_CRASH_ROUNDS {
+        let (mut child, addr) = spawn_gateway(&store, &["--seal-after", "1h"]).await;
+        let c = client(addr, ACCESS_KEY, SECRET_KEY);
+        if round == 0 {
+            create_bucket(&c, "crash").await;
+        } else {
+            // Recovered and committed before serving: the store's object itself.
+            let stored = std::fs::read(store.join("crash/log")).unwrap();
+            if let Some(chunk) = unanswered.take()
+                && stored.len() == want.len() + chunk.len()
+            {
+                want.extend_from_slice(&chunk);
+                kept_unanswered += 1;
+            }
+            assert_bytes(
+                &stored,
+                &want,
+                &format!("seed {seed} round {round}: the store's object after recovery"),
+            );
+            assert_bytes(
+                &get(&c, "crash", "log").await,
+                &want,
+                &format!("seed {seed} round {round}: through the gateway"),
+            );
+        }
+        if round == STREAM_CRASH_ROUNDS {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break;
+        }
+        // The stream: appends of random sizes, one after another, until the gateway dies. No
+        // retries: a retry could not reach the dead gateway anyway, only slow the round down.
+        let stream_client = aws_sdk_s3::Client::from_conf(
+            c.config()
+                .to_builder()
+                .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+                .build(),
+        );
+        let killed = Arc::new(AtomicBool::new(false));
+        let stream = tokio::spawn({
+            let (killed, mut rng, offset) = (
+                killed.clone(),
+                rand::rngs::StdRng::seed_from_u64(rng.random()),
+                want.len() as u64,
+            );
+            async move {
+                let mut acked = Vec::new();
+                loop {
+                    // Mostly small appends; now and then one across a part boundary (5 MiB).
+                    let len = if rng.random_ratio(1, 24) {
+                        6 * MIB
+                    } else {
+                        rng.random_range(1..=64 * 1024)
+                    };
+                    let mut chunk = vec![0u8; len];
+                    rng.fill(&mut chunk[..]);
+                    let sent = stream_client
+                        .put_object()
+                        .bucket("crash")
+                        .key("log")
+                        .write_offset_bytes((offset + acked.len() as u64) as i64)
+                        .body(ByteStream::from(chunk.clone()))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(_) => acked.extend_from_slice(&chunk),
+                        // The gateway is gone: this append may or may not have been kept.
+                        Err(_) if killed.load(Ordering::SeqCst) => return (acked, chunk),
+                        Err(e) => panic!("an append failed while the gateway ran: {e:?}"),
+                    }
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+        killed.store(true, Ordering::SeqCst);
+        child.kill().unwrap(); // SIGKILL: no shutdown, no seal
+        child.wait().unwrap();
+        let (acked, in_flight) = stream.await.unwrap();
+        if !acked.is_empty() {
+            answered_rounds += 1;
+        }
+        want.extend_from_slice(&acked);
+        unanswered = Some(in_flight);
+    }
+    eprintln!(
+        "{answered_rounds} of {STREAM_CRASH_ROUNDS} rounds killed after acknowledged appends; \
+         {kept_unanswered} unanswered appends were kept; {} bytes in all",
+        want.len()
+    );
+    assert!(
+        answered_rounds >= STREAM_CRASH_ROUNDS / 2,
+        "seed {seed}: most rounds should kill the gateway mid-stream ({answered_rounds} did)"
+    );
 }
 
 /// Runs a real S3 client against the gateway with its credentials and nothing from the
