@@ -1240,6 +1240,89 @@ impl S3 for GatewayService {
         }))
     }
 
+    /// The answer of an unversioned bucket, as S3 gives it: every object once, as its only
+    /// version (`VersionId` `null`, latest), no delete markers; paged like ListObjects by key.
+    async fn list_object_versions(
+        &self,
+        req: S3Request<dto::ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<dto::ListObjectVersionsOutput>> {
+        let input = req.input;
+        self.buckets.require(&input.bucket).await?;
+        let key_marker = input.key_marker.clone().filter(|s| !s.is_empty());
+        match input.version_id_marker.as_deref() {
+            None | Some("") | Some("null") => {}
+            Some(_) => {
+                return Err(s3_err(
+                    S3ErrorCode::InvalidArgument,
+                    "Invalid version id specified: the bucket is unversioned, its only version id is null",
+                ));
+            }
+        }
+        if key_marker.is_none()
+            && input
+                .version_id_marker
+                .as_deref()
+                .is_some_and(|v| !v.is_empty())
+        {
+            return Err(s3_err(
+                S3ErrorCode::InvalidArgument,
+                "A version-id marker cannot be specified without a key marker.",
+            ));
+        }
+        let encode = key_encoder(input.encoding_type.as_ref())?;
+        let max = max_keys(input.max_keys)?;
+        let mut page = listing::list_bucket(
+            &self.store,
+            &input.bucket,
+            Query {
+                prefix: input.prefix.clone().unwrap_or_default(),
+                delimiter: input.delimiter.clone(),
+                max_keys: max,
+                cursor: Cursor {
+                    store_token: None,
+                    after: key_marker,
+                },
+            },
+        )
+        .await?;
+        self.overlay_open(&input.bucket, &mut page);
+        let truncated = page.next.is_some();
+        let versions = listed_objects(&page, &encode)
+            .into_iter()
+            .map(|o| dto::ObjectVersion {
+                key: o.key,
+                size: o.size,
+                e_tag: o.e_tag,
+                last_modified: o.last_modified,
+                is_latest: Some(true),
+                version_id: Some("null".to_string()),
+                storage_class: Some(dto::ObjectVersionStorageClass::from_static(
+                    dto::ObjectVersionStorageClass::STANDARD,
+                )),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(dto::ListObjectVersionsOutput {
+            name: Some(input.bucket),
+            prefix: Some(encode(input.prefix.as_deref().unwrap_or_default())),
+            delimiter: input.delimiter.as_deref().map(encode),
+            key_marker: Some(encode(input.key_marker.as_deref().unwrap_or_default())),
+            version_id_marker: Some(input.version_id_marker.unwrap_or_default()),
+            max_keys: Some(i32::try_from(max).unwrap_or(i32::MAX)),
+            is_truncated: Some(truncated),
+            next_key_marker: if truncated {
+                page.last_name.as_deref().map(encode)
+            } else {
+                None
+            },
+            next_version_id_marker: truncated.then(|| "null".to_string()),
+            versions: Some(versions),
+            common_prefixes: Some(listed_prefixes(&page, &encode)),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
     async fn create_multipart_upload(
         &self,
         req: S3Request<dto::CreateMultipartUploadInput>,

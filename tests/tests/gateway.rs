@@ -793,6 +793,98 @@ async fn list_objects(gw: &Gateway) {
         ),
         ("InvalidArgument".into(), 400)
     );
+
+    // ListObjectVersions: the unversioned answer (each object its one `null` version, latest),
+    // paged by key marker like ListObjects.
+    let out = c
+        .list_object_versions()
+        .bucket("listing")
+        .max_keys(4)
+        .send()
+        .await
+        .unwrap();
+    let versions: Vec<(&str, &str, bool)> = out
+        .versions()
+        .iter()
+        .map(|v| {
+            (
+                v.key().unwrap(),
+                v.version_id().unwrap(),
+                v.is_latest().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("a", "null", true),
+            ("b/1", "null", true),
+            ("b/2", "null", true),
+            ("c/d/e", "null", true)
+        ]
+    );
+    assert_eq!(out.versions()[0].size(), Some(1));
+    assert_eq!(
+        out.versions()[0].e_tag(),
+        Some(quoted(&md5_hex(b"x")).as_str())
+    );
+    assert!(out.delete_markers().is_empty());
+    assert_eq!(out.is_truncated(), Some(true));
+    assert_eq!(
+        (out.next_key_marker(), out.next_version_id_marker()),
+        (Some("c/d/e"), Some("null"))
+    );
+    let out = c
+        .list_object_versions()
+        .bucket("listing")
+        .key_marker("c/d/e")
+        .version_id_marker("null")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = out.versions().iter().filter_map(|v| v.key()).collect();
+    assert_eq!(keys, ["c/f", "sp ace+"]);
+    assert_eq!(out.is_truncated(), Some(false));
+    let out = c
+        .list_object_versions()
+        .bucket("listing")
+        .delimiter("/")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = out.versions().iter().filter_map(|v| v.key()).collect();
+    let prefixes: Vec<&str> = out
+        .common_prefixes()
+        .iter()
+        .filter_map(|p| p.prefix())
+        .collect();
+    assert_eq!((keys, prefixes), (vec!["a", "sp ace+"], vec!["b/", "c/"]));
+    let out = c
+        .list_object_versions()
+        .bucket("listing")
+        .prefix("b/")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = out.versions().iter().filter_map(|v| v.key()).collect();
+    assert_eq!(keys, ["b/1", "b/2"]);
+    for (key_marker, version_marker) in [
+        (None, "null"),
+        (Some("a"), "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY"),
+    ] {
+        assert_eq!(
+            failure(
+                c.list_object_versions()
+                    .bucket("listing")
+                    .set_key_marker(key_marker.map(str::to_string))
+                    .version_id_marker(version_marker)
+                    .send()
+                    .await
+            ),
+            ("InvalidArgument".into(), 400),
+            "key marker {key_marker:?}, version-id marker {version_marker}"
+        );
+    }
 }
 
 async fn upload(c: &Client, bucket: &str, key: &str) -> String {
