@@ -1391,6 +1391,178 @@ fn raw_status(addr: SocketAddr, request_line: &str) -> u16 {
     raw_request(addr, request_line, None).0
 }
 
+/// Sends `head` (the request line and headers, without the blank line), then `body`, or only
+/// its first `send` bytes before closing the connection; returns the answer's status and text,
+/// or `None` when the gateway closed without one.
+fn raw_exchange(addr: SocketAddr, head: &str, body: &[u8], send: usize) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // A write may fail once the gateway has answered and closed: what it answered is the point.
+    let _ = stream
+        .write_all(format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .and_then(|()| stream.write_all(&body[..send.min(body.len())]));
+    if send < body.len() {
+        return None; // a client that goes away mid-body: no answer to wait for
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, answer))
+}
+
+/// A presigned request as a raw request head: its method, path and query, and the headers it
+/// must carry.
+async fn presigned_head<E: std::fmt::Debug>(
+    request: impl std::future::Future<Output = Result<aws_sdk_s3::presigning::PresignedRequest, E>>,
+) -> String {
+    let presigned = request.await.expect("presign");
+    // http://HOST:PORT/path?query: the path and query start at the third slash.
+    let uri = presigned.uri();
+    let path = uri
+        .match_indices('/')
+        .nth(2)
+        .map_or("/", |(at, _)| &uri[at..]);
+    let mut head = format!("{} {path} HTTP/1.1", presigned.method());
+    for (name, value) in presigned.headers() {
+        if !name.eq_ignore_ascii_case("host") {
+            head.push_str(&format!("\r\n{name}: {value}"));
+        }
+    }
+    head
+}
+
+/// Bad input through HTTP: presigned URLs (good, expired, tampered), malformed XML, keys with
+/// NUL or over 1,024 bytes, oversize headers, a body longer than its Content-Length, a client
+/// gone mid-body. Each gets its S3 error or a clean close, and what is stored stays as it was.
+async fn bad_input_is_refused(gw: &Gateway) {
+    use aws_sdk_s3::presigning::PresigningConfig;
+
+    let c = gw.client();
+    create_bucket(&c, "bad").await;
+    put(&c, "bad", "keep", b"precious").await;
+    let addr = gw.addr;
+    let exchange = |head: String, body: Vec<u8>, send: usize| {
+        tokio::task::spawn_blocking(move || raw_exchange(addr, &head, &body, send))
+    };
+    let valid = || PresigningConfig::expires_in(Duration::from_secs(600)).unwrap();
+
+    // Presigned GET and PUT work; an expired or tampered URL is refused.
+    let head = presigned_head(c.get_object().bucket("bad").key("keep").presigned(valid())).await;
+    let (status, answer) = exchange(head, Vec::new(), 0).await.unwrap().unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.ends_with("precious"), "{answer}");
+    let head = presigned_head(
+        c.put_object()
+            .bucket("bad")
+            .key("presigned")
+            .presigned(valid()),
+    )
+    .await;
+    let (status, answer) = exchange(format!("{head}\r\nContent-Length: 4"), b"body".to_vec(), 4)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(get(&c, "bad", "presigned").await, b"body");
+    let expired = PresigningConfig::builder()
+        .start_time(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .expires_in(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let head = presigned_head(c.get_object().bucket("bad").key("keep").presigned(expired)).await;
+    let (status, answer) = exchange(head, Vec::new(), 0).await.unwrap().unwrap();
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("<Code>AccessDenied</Code>"), "{answer}");
+    let head = presigned_head(c.get_object().bucket("bad").key("keep").presigned(valid())).await;
+    // One hex digit of the signature changed.
+    let at = head.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
+    let mut tampered = head.clone();
+    let flipped = if &head[at..=at] == "0" { "1" } else { "0" };
+    tampered.replace_range(at..=at, flipped);
+    let (status, answer) = exchange(tampered, Vec::new(), 0).await.unwrap().unwrap();
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer.contains("<Code>SignatureDoesNotMatch</Code>"),
+        "{answer}"
+    );
+
+    // Malformed XML for CompleteMultipartUpload: the SDK's request with its body replaced
+    // before it is signed.
+    let id = upload(&c, "bad", "mp").await;
+    let malformed: &'static [u8] = b"<CompleteMultipartUpload><Part><PartNumber>1</Part";
+    let answer = c
+        .complete_multipart_upload()
+        .bucket("bad")
+        .key("mp")
+        .upload_id(&id)
+        .multipart_upload(completed(&["\"00\"".to_string()]))
+        .customize()
+        .mutate_request(move |req| {
+            *req.body_mut() = ByteStream::from_static(malformed).into_inner();
+            req.headers_mut()
+                .insert("content-length", malformed.len().to_string());
+        })
+        .send()
+        .await;
+    assert_eq!(failure(answer), ("MalformedXML".into(), 400));
+
+    // Keys with NUL or over 1,024 bytes.
+    for key in ["nul\0key".to_string(), "k".repeat(1025)] {
+        let (code, status) = failure(
+            c.put_object()
+                .bucket("bad")
+                .key(&key)
+                .body(ByteStream::from_static(b"x"))
+                .send()
+                .await,
+        );
+        assert_eq!(status, 400, "{} bytes: {code}", key.len());
+    }
+
+    // Oversize headers: an error status or a clean close, never a hang.
+    let head = format!(
+        "GET /bad/keep HTTP/1.1\r\nX-Padding: {}",
+        "p".repeat(256 * 1024)
+    );
+    if let Some((status, answer)) = exchange(head, Vec::new(), 0).await.unwrap() {
+        assert!((400..500).contains(&status), "{answer}");
+    }
+
+    // A body longer than its Content-Length: the object takes exactly the declared bytes (what
+    // follows would be the next request, and this connection is closed after the first).
+    let head = presigned_head(c.put_object().bucket("bad").key("exact").presigned(valid())).await;
+    let body = b"fourGARBAGE AFTER THE BODY\r\n\r\n".to_vec();
+    let len = body.len();
+    let (status, answer) = exchange(format!("{head}\r\nContent-Length: 4"), body, len)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(get(&c, "bad", "exact").await, b"four");
+
+    // A client gone mid-body over an existing key: the key keeps its object.
+    let head = presigned_head(c.put_object().bucket("bad").key("keep").presigned(valid())).await;
+    let body = vec![b'z'; 1 << 20];
+    assert!(
+        exchange(
+            format!("{head}\r\nContent-Length: {}", body.len()),
+            body,
+            100 << 10
+        )
+        .await
+        .unwrap()
+        .is_none()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&c, "bad", "keep").await, b"precious");
+    let listed = c.list_objects_v2().bucket("bad").send().await.unwrap();
+    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, ["exact", "keep", "presigned"]);
+}
+
 async fn keys_cannot_escape(gw: &Gateway) {
     let c = gw.client();
     create_bucket(&c, "escape").await;
@@ -1692,6 +1864,7 @@ async fn gateway_over_a_local_store() {
         upload_part_copy,
         copy_object,
         signatures_are_checked,
+        bad_input_is_refused,
         keys_cannot_escape,
         appends,
     );
@@ -1712,6 +1885,7 @@ async fn gateway_over_moto() {
         upload_part_copy,
         copy_object,
         signatures_are_checked,
+        bad_input_is_refused,
         keys_cannot_escape,
         appends,
     );
