@@ -33,7 +33,7 @@ pub struct GatewayArgs {
     #[arg(long, value_name = "ADDR", default_value_t = config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
-    /// Region reported to clients and expected in request signatures
+    /// Region reported to clients (GetBucketLocation, HeadBucket, ListBuckets); signatures made for any region are accepted
     #[arg(long, default_value = config::DEFAULT_REGION)]
     pub region: String,
 
