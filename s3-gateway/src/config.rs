@@ -12,7 +12,7 @@ use crate::errors::GatewayError;
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9000);
 
-/// The region the gateway reports (GetBucketLocation) and expects in signatures.
+/// The region the gateway reports (GetBucketLocation, HeadBucket, ListBuckets).
 pub const DEFAULT_REGION: &str = "us-east-1";
 
 /// The default part size of the uploads behind appendable objects: S3's minimum. Every
