@@ -1391,6 +1391,64 @@ fn raw_status(addr: SocketAddr, request_line: &str) -> u16 {
     raw_request(addr, request_line, None).0
 }
 
+/// Streaming payloads: an SDK client that adds checksums (`WhenSupported`, the SDK's default)
+/// sends a file body aws-chunked with a CRC32 trailer; the object is the decoded bytes, with
+/// the ETag of a plain PUT.
+async fn aws_chunked_payloads(gw: &Gateway) {
+    use aws_sdk_s3::config::RequestChecksumCalculation;
+
+    let c = gw.client();
+    create_bucket(&c, "chunked").await;
+    let checksumming = Client::from_conf(
+        c.config()
+            .to_builder()
+            .request_checksum_calculation(RequestChecksumCalculation::WhenSupported)
+            .build(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for (key, len) in [("small", 3000), ("large", 3 * MIB + 17)] {
+        let bytes = data(len, 5);
+        let path = dir.path().join(key);
+        std::fs::write(&path, &bytes).unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = checksumming
+            .put_object()
+            .bucket("chunked")
+            .key(key)
+            .body(ByteStream::from_path(&path).await.unwrap())
+            .customize()
+            .mutate_request({
+                let seen = seen.clone();
+                move |req| {
+                    *seen.lock().unwrap() = req
+                        .headers()
+                        .iter()
+                        .map(|(n, v)| format!("{n}: {v}"))
+                        .collect();
+                }
+            })
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("aws-chunked PUT of {key}: {e:?}"));
+        let seen = seen.lock().unwrap().clone();
+        for header in [
+            "content-encoding: aws-chunked",
+            "x-amz-trailer: x-amz-checksum-crc32",
+        ] {
+            assert!(
+                seen.iter().any(|h| h == header),
+                "{key}: the SDK's request has no {header}: {seen:?}"
+            );
+        }
+        assert_eq!(
+            out.e_tag(),
+            Some(quoted(&md5_hex(&bytes)).as_str()),
+            "{key}"
+        );
+        assert_bytes(&get(&c, "chunked", key).await, &bytes, key);
+    }
+}
+
 /// Sends `head` (the request line and headers, without the blank line), then `body`, or only
 /// its first `send` bytes before closing the connection; returns the answer's status and text,
 /// or `None` when the gateway closed without one.
@@ -1865,6 +1923,7 @@ async fn gateway_over_a_local_store() {
         copy_object,
         signatures_are_checked,
         bad_input_is_refused,
+        aws_chunked_payloads,
         keys_cannot_escape,
         appends,
     );
@@ -1886,6 +1945,7 @@ async fn gateway_over_moto() {
         copy_object,
         signatures_are_checked,
         bad_input_is_refused,
+        aws_chunked_payloads,
         keys_cannot_escape,
         appends,
     );
