@@ -406,6 +406,35 @@ async fn a_stale_commit_token_is_an_error() {
     assert!(err.to_string().contains("replaced"), "{err}");
 }
 
+/// Two writers recovered from one token share its upload and its writer id. When one of them
+/// has committed, the other's commit of different bytes of the same length must fail: the
+/// object is not its commit, whatever the shared id says (the multipart ETag tells them apart).
+#[tokio::test]
+async fn a_commit_of_other_bytes_after_a_shared_recovery_is_an_error() {
+    let f = fixture();
+    let mut w = f.writer.open("twice.txt").await.unwrap();
+    w.write(&data(PART as usize, 1)).await.unwrap();
+    let token = w.persist().await.unwrap();
+    drop(w);
+    let mut first = f.writer.recover(&token).await.unwrap();
+    first.write(&data(1000, 2)).await.unwrap();
+    let first = first.close_for_commit().await.unwrap();
+    let mut second = f.writer.recover(&token).await.unwrap();
+    second.write(&data(1000, 3)).await.unwrap();
+    let second = second.close_for_commit().await.unwrap();
+    assert!(!second.commit().await.unwrap().already_committed);
+    let mut want = data(PART as usize, 1);
+    want.extend_from_slice(&data(1000, 3));
+    assert_eq!(object(&f, "twice.txt").await.unwrap(), want);
+    for attempt in [first.commit().await, first.commit_after_recovery().await] {
+        let err = attempt.unwrap_err();
+        assert!(matches!(err, WriterError::Commit { .. }), "{err}");
+    }
+    assert_eq!(object(&f, "twice.txt").await.unwrap(), want);
+    // The commit that did publish stays idempotent.
+    assert!(second.commit_after_recovery().await.unwrap().already_committed);
+}
+
 #[tokio::test]
 async fn empty_files_commit_as_empty_objects() {
     let f = fixture();

@@ -156,15 +156,23 @@ impl Committer {
             .await
     }
 
-    /// Whether `meta` is this token's committed object: same size, and this writer's id in its
-    /// metadata or (on stores that drop metadata) the multipart ETag of the token's parts.
+    /// Whether `meta` is this token's committed object: the same size and the multipart ETag
+    /// of the token's parts. The writer id in the object's metadata is no proof: writers
+    /// recovered from one token share it (and the upload) while writing different parts. Only
+    /// where the ETag cannot tell does the id decide: an empty file (every empty object has the
+    /// same ETag), or parts whose ETags the token does not know (an index rebuilt from a store
+    /// that lists parts without them).
     fn is_ours(&self, meta: &crate::store::ObjectMeta) -> bool {
         let t = &self.token;
-        let ours_by_id = meta.metadata.get(WRITER_ID_METADATA) == Some(&t.writer_id);
-        let ours_by_etag = !t.parts.is_empty()
-            && rules::multipart_etag(t.parts.iter().map(|p| p.etag.as_str())).as_deref()
-                == Some(meta.etag.as_str());
-        meta.size == t.len() && (ours_by_id || ours_by_etag)
+        if meta.size != t.len() {
+            return false;
+        }
+        let ours_by_id = || meta.metadata.get(WRITER_ID_METADATA) == Some(&t.writer_id);
+        if t.parts.is_empty() || t.parts.iter().any(|p| p.etag.is_empty()) {
+            return ours_by_id();
+        }
+        rules::multipart_etag(t.parts.iter().map(|p| p.etag.as_str())).as_deref()
+            == Some(meta.etag.as_str())
     }
 
     async fn complete(&self) -> Result<CommitOutcome, WriterError> {
