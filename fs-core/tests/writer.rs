@@ -432,7 +432,13 @@ async fn a_commit_of_other_bytes_after_a_shared_recovery_is_an_error() {
     }
     assert_eq!(object(&f, "twice.txt").await.unwrap(), want);
     // The commit that did publish stays idempotent.
-    assert!(second.commit_after_recovery().await.unwrap().already_committed);
+    assert!(
+        second
+            .commit_after_recovery()
+            .await
+            .unwrap()
+            .already_committed
+    );
 }
 
 #[tokio::test]
