@@ -47,6 +47,21 @@ pub fn bucket_prefix(bucket: &str) -> String {
 /// The store key of object `key` of `bucket`, after checking that the key cannot escape the
 /// bucket (fs-core's key rules: no `.`/`..` segment, no NUL, not absolute, at most 1,024 bytes).
 pub fn store_key(bucket: &str, key: &str) -> S3Result<String> {
+    let full = object_key(bucket, key)?;
+    // The bucket prefix adds bytes: the store's own 1,024-byte limit applies to the whole key.
+    validate_key("map object key", &full).map_err(|e| {
+        s3_err(
+            S3ErrorCode::KeyTooLongError,
+            format!("invalid object key: {}", e.detail()),
+        )
+    })?;
+    Ok(full)
+}
+
+/// `bucket/key` after checking the bucket name and the key alone (S3's rules: at most 1,024
+/// bytes, and fs-core's: no escaping segment, no NUL). Where the bucket is the backend's own
+/// (one-to-one mode), the limit is the key's, as on S3.
+fn object_key(bucket: &str, key: &str) -> S3Result<String> {
     if !valid_bucket_name(bucket) {
         return Err(no_such_bucket(bucket));
     }
@@ -57,20 +72,14 @@ pub fn store_key(bucket: &str, key: &str) -> S3Result<String> {
         ));
     }
     validate_key("map object key", key).map_err(|e| {
-        s3_err(
-            S3ErrorCode::InvalidArgument,
-            format!("invalid object key: {}", e.detail()),
-        )
+        let code = if key.len() > fs_core::store::limits::MAX_KEY_LEN {
+            S3ErrorCode::KeyTooLongError
+        } else {
+            S3ErrorCode::InvalidArgument
+        };
+        s3_err(code, format!("invalid object key: {}", e.detail()))
     })?;
-    let full = format!("{bucket}/{key}");
-    // The bucket prefix adds bytes: the store's own 1,024-byte limit applies to the whole key.
-    validate_key("map object key", &full).map_err(|e| {
-        s3_err(
-            S3ErrorCode::KeyTooLongError,
-            format!("invalid object key: {}", e.detail()),
-        )
-    })?;
-    Ok(full)
+    Ok(format!("{bucket}/{key}"))
 }
 
 pub fn no_such_bucket(bucket: &str) -> S3Error {
@@ -167,6 +176,10 @@ impl Buckets {
     pub fn store_key(&self, bucket: &str, key: &str) -> S3Result<String> {
         if !self.is_bucket_name(bucket) {
             return Err(no_such_bucket(bucket));
+        }
+        if self.account.is_some() {
+            // The backend's bucket holds `key` itself: only its own length counts.
+            return object_key(bucket, key);
         }
         store_key(bucket, key)
     }
@@ -419,6 +432,23 @@ mod tests {
         assert_eq!(
             store_key("..", "k").unwrap_err().code().as_str(),
             "NoSuchBucket"
+        );
+        // A bucket of its own (one-to-one mode): the key's own 1,024 bytes, as on S3.
+        let longest = "k".repeat(1024);
+        assert_eq!(
+            object_key("bkt", &longest).unwrap(),
+            format!("bkt/{longest}")
+        );
+        assert_eq!(
+            object_key("bkt", &"k".repeat(1025))
+                .unwrap_err()
+                .code()
+                .as_str(),
+            "KeyTooLongError"
+        );
+        assert_eq!(
+            object_key("bkt", "a\0b").unwrap_err().code().as_str(),
+            "InvalidArgument"
         );
     }
 

@@ -129,6 +129,31 @@ async fn buckets_map_one_to_one_onto_the_backend() {
         .collect();
     assert_eq!(prefixes, ["dir/"]);
 
+    // Keys are the backend's own: up to 1,024 bytes whatever the bucket's name, as on S3.
+    let longest = "k".repeat(1024);
+    c.put_object()
+        .bucket("one2one")
+        .key(&longest)
+        .body(ByteStream::from_static(b"long"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read(&direct, "one2one", &longest).await, b"long");
+    let too_long = c
+        .put_object()
+        .bucket("one2one")
+        .key("k".repeat(1025))
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await;
+    assert_eq!(too_long.unwrap_err().code(), Some("KeyTooLongError"));
+    c.delete_object()
+        .bucket("one2one")
+        .key(&longest)
+        .send()
+        .await
+        .unwrap();
+
     // A multipart upload through the gateway is one on moto.
     let upload = c
         .create_multipart_upload()
