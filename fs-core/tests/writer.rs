@@ -279,6 +279,7 @@ async fn recover_checks_the_upload_and_the_tail() {
     let err = f.writer.recover(&token).await.unwrap_err();
     assert!(matches!(err, WriterError::Recover { .. }), "{err}");
     assert!(err.to_string().contains("gone.txt"), "{err}");
+    assert!(err.to_string().contains("fails its checksum"), "{err}");
     f.mem
         .put(&token.tail_key, original, PutOptions::default())
         .await
@@ -299,6 +300,156 @@ async fn recover_checks_the_upload_and_the_tail() {
         err.to_string().contains("no longer exists") && err.to_string().contains("gone.txt"),
         "{err}"
     );
+}
+
+/// Every reason `recover` refuses a token is found before anything is written, and named.
+#[tokio::test]
+async fn recover_names_each_part_and_tail_mismatch() {
+    let f = fixture();
+    let mut w = f.writer.open("checked.txt").await.unwrap();
+    w.write(&data(2 * PART as usize + 10, 4)).await.unwrap();
+    let token = w.persist().await.unwrap();
+    drop(w);
+    assert_eq!(token.parts.len(), 2);
+    let refused = |token: fs_core::token::ResumeToken| {
+        let writer = f.writer.clone();
+        async move {
+            let err = writer.recover(&token).await.unwrap_err();
+            assert!(matches!(err, WriterError::Recover { .. }), "{err}");
+            assert!(err.to_string().contains("checked.txt"), "{err}");
+            err.to_string()
+        }
+    };
+
+    // A part the store does not have.
+    let mut missing = token.clone();
+    let mut extra = missing.parts[1].clone();
+    extra.number = 3;
+    missing.parts.push(extra);
+    let why = refused(missing).await;
+    assert!(why.contains("part 3 of the upload is missing"), "{why}");
+
+    // A part of another size than the token's.
+    let mut resized = token.clone();
+    resized.parts[0].size += 1;
+    let why = refused(resized).await;
+    assert!(
+        why.contains(&format!(
+            "part 1 has {PART} bytes in the store, the token says {}",
+            PART + 1
+        )),
+        "{why}"
+    );
+
+    // A tail of another length than the token's.
+    let mut longer = token.clone();
+    longer.tail_len += 1;
+    let why = refused(longer).await;
+    assert!(why.contains("does not match the token"), "{why}");
+
+    // A part uploaded again with other bytes since the token.
+    f.mem
+        .upload_part(
+            "checked.txt",
+            &token.upload_id,
+            2,
+            data(PART as usize, 9).into(),
+        )
+        .await
+        .unwrap();
+    let why = refused(token.clone()).await;
+    assert!(why.contains("part 2 was overwritten"), "{why}");
+}
+
+/// One failure at a chosen call of each kind the writer makes (the fault store's `fail_nth`):
+/// every one is retried, and the file commits byte for byte.
+#[tokio::test]
+async fn a_failure_at_any_one_call_is_retried() {
+    let f = fixture();
+    let mut want = Vec::new();
+    f.faults.set_config(FaultConfig {
+        fail_nth: [
+            (Op::CreateMultipart, 1),
+            (Op::UploadPart, 2),
+            (Op::Put, 1),
+            (Op::CompleteMultipart, 1),
+        ]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    });
+    let mut w = f.writer.open("retried.txt").await.unwrap();
+    for (i, len) in [PART as usize * 3 + 5, 700, PART as usize]
+        .into_iter()
+        .enumerate()
+    {
+        let chunk = data(len, i as u8);
+        w.write(&chunk).await.unwrap();
+        want.extend_from_slice(&chunk);
+        w.persist().await.unwrap();
+    }
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    assert_eq!(object(&f, "retried.txt").await.unwrap(), want);
+    // Each failed call was made once more.
+    assert_eq!(f.faults.calls(Op::CreateMultipart), 2);
+    assert_eq!(f.faults.calls(Op::CompleteMultipart), 2);
+    assert_eq!(f.faults.calls(Op::UploadPart), 5 + 1);
+}
+
+/// Without retries, a failed part upload fails the writer with an error naming the call, and
+/// what was persisted before is intact: recovered from its token, the file goes on.
+#[tokio::test]
+async fn a_failed_part_upload_without_retries_loses_nothing_persisted() {
+    let f = fixture();
+    let writer = RecoverableWriter::new(
+        f.faults.clone(),
+        f.index.clone(),
+        WriterConfig {
+            part_size: PART,
+            cache_parts: true,
+            cache_dir: f.cache.path().to_path_buf(),
+            retry: fs_core::retry::RetryPolicy {
+                max_attempts: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut w = writer.open("failing.txt").await.unwrap();
+    let persisted = data(PART as usize + 100, 1);
+    w.write(&persisted).await.unwrap();
+    let token = w.persist().await.unwrap();
+    f.faults.set_config(FaultConfig {
+        fail_nth: [(Op::UploadPart, f.faults.calls(Op::UploadPart) + 1)]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    });
+    let failed = match w.write(&data(2 * PART as usize, 2)).await {
+        Err(e) => e,
+        Ok(()) => w.persist().await.unwrap_err(),
+    };
+    assert!(failed.to_string().contains("upload part"), "{failed}");
+    assert!(
+        w.persist().await.is_err(),
+        "a failed writer refuses to persist"
+    );
+    drop(w);
+
+    let mut resumed = writer.recover(&token).await.unwrap();
+    let more = data(PART as usize * 2 + 3, 3);
+    resumed.write(&more).await.unwrap();
+    resumed
+        .close_for_commit()
+        .await
+        .unwrap()
+        .commit()
+        .await
+        .unwrap();
+    let mut want = persisted;
+    want.extend_from_slice(&more);
+    assert_eq!(object(&f, "failing.txt").await.unwrap(), want);
 }
 
 #[tokio::test]
