@@ -20,6 +20,14 @@ if ! command -v fusermount3 >/dev/null 2>&1; then
   apt-get install -y -qq fuse3 >/dev/null
 fi
 
+# `ip` for the engine's network-namespace test (tests/tests/engine_netns.rs).
+if ! command -v ip >/dev/null 2>&1; then
+  log "installing iproute2"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq iproute2 >/dev/null
+fi
+
 if [ ! -x "$VENV/bin/moto_server" ]; then
   log "creating venv $VENV with moto[server]"
   python3 -m venv "$VENV"

@@ -130,7 +130,7 @@ pub enum SinkSpec {
         format: Format,
         /// Bucket by a date-time pattern (strftime, UTC; default `%Y-%m-%d--%H`) ...
         bucket: Option<String>,
-        /// ... of `event` (default) or `processing` time,
+        /// ... of `processing` (default) or `event` time,
         bucket_time: Option<String>,
         /// ... or by the value of this field.
         bucket_field: Option<String>,
