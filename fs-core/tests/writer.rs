@@ -452,6 +452,41 @@ async fn a_failed_part_upload_without_retries_loses_nothing_persisted() {
     assert_eq!(object(&f, "failing.txt").await.unwrap(), want);
 }
 
+/// Over a store that cannot read an upload's parts back (S3), a writer without a part cache
+/// cannot read or cut its uploaded parts; it says so, and why, instead of guessing.
+#[tokio::test]
+async fn without_a_part_cache_uploaded_parts_are_refused_with_the_reason() {
+    let f = fixture();
+    let writer = RecoverableWriter::new(
+        f.faults.clone(),
+        f.index.clone(),
+        WriterConfig {
+            part_size: PART,
+            cache_parts: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut w = writer.open("uncached.txt").await.unwrap();
+    w.write(&data(2 * PART as usize + 10, 6)).await.unwrap();
+    w.persist().await.unwrap();
+    let read = w.read_at(10, 20).await.unwrap_err();
+    assert!(read.to_string().contains("cache_parts = false"), "{read}");
+    // The tail is still readable.
+    assert_eq!(
+        w.read_at(2 * PART, 10).await.unwrap().as_ref(),
+        &data(2 * PART as usize + 10, 6)[2 * PART as usize..]
+    );
+    let cut = w.truncate(PART + 1).await.unwrap_err();
+    assert!(cut.to_string().contains("without a part cache"), "{cut}");
+    // Nothing was lost by the refusals: the file commits whole.
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    assert_eq!(
+        object(&f, "uncached.txt").await.unwrap(),
+        data(2 * PART as usize + 10, 6)
+    );
+}
+
 #[tokio::test]
 async fn older_tokens_stay_recoverable_after_newer_persists() {
     let f = fixture();

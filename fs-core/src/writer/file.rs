@@ -845,10 +845,15 @@ impl FileWriter {
         let min_part = self.shared.store.min_part_size();
         if kept > 0 && matches!(cut.source, PartSource::Remote) && !self.shared.store.reads_parts()
         {
+            let why = if self.cache.is_enabled() {
+                "was uploaded before this writer was recovered and is not in the local cache"
+            } else {
+                "is uploaded and this writer runs without a part cache (cache_parts = false)"
+            };
             return Err(WriterError::Truncate {
                 key: self.key.clone(),
                 detail: format!(
-                    "part {} was uploaded before this writer was recovered and is not in the local cache; commit the file, then truncate the object",
+                    "part {} {why}; commit the file, then truncate the object",
                     cut.number
                 ),
             });
