@@ -19,6 +19,7 @@ pub mod bodies;
 pub mod buckets;
 pub mod config;
 pub mod errors;
+pub mod host;
 pub mod linger;
 pub mod listing;
 pub mod metrics;

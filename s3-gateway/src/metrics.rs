@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method, Uri};
 
+use crate::host::Domains;
+
 /// Upper bounds of the latency buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -156,18 +158,13 @@ pub fn operation(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-    domains: &[String],
+    domains: &Domains,
 ) -> &'static str {
     let host = headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(|h| h.split(':').next().unwrap_or(h))
         .unwrap_or("");
-    let bucket_in_host = domains.iter().any(|d| {
-        host.len() > d.len() + 1
-            && host.ends_with(d.as_str())
-            && host[..host.len() - d.len()].ends_with('.')
-    });
+    let bucket_in_host = domains.bucket_in_host(host).is_some();
     let path = uri.path().trim_start_matches('/');
     let (has_bucket, has_key) = if bucket_in_host {
         (true, !path.is_empty())
@@ -236,7 +233,12 @@ mod tests {
             );
         }
         let domains: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
-        operation(&method, &uri.parse().unwrap(), &map, &domains)
+        operation(
+            &method,
+            &uri.parse().unwrap(),
+            &map,
+            &Domains::new(&domains),
+        )
     }
 
     #[test]

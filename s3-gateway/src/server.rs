@@ -14,7 +14,6 @@ use fs_core::{Index, RecoverableWriter, WriterConfig};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
-use s3s::host::MultiDomain;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use tokio::net::TcpListener;
 
@@ -23,6 +22,7 @@ use crate::auth::KeyPairAuth;
 use crate::buckets::Buckets;
 use crate::config::GatewayConfig;
 use crate::errors::GatewayError;
+use crate::host::Domains;
 use crate::linger::Lingering;
 use crate::metrics::{self, Metrics};
 use crate::service::GatewayService;
@@ -39,7 +39,7 @@ pub struct Server {
     recovered: RecoveryReport,
     metrics: Arc<Metrics>,
     metrics_listener: Option<TcpListener>,
-    domains: Arc<Vec<String>>,
+    domains: Arc<Domains>,
 }
 
 impl Server {
@@ -98,9 +98,7 @@ impl Server {
             builder.set_auth(KeyPairAuth::new(&config.credentials));
         }
         if !config.domains.is_empty() {
-            let host = MultiDomain::new(&config.domains)
-                .map_err(|e| GatewayError::Config(format!("--domain: {e}")))?;
-            builder.set_host(host);
+            builder.set_host(Domains::new(&config.domains));
         }
         let service = builder.build();
         let listener =
@@ -130,7 +128,7 @@ impl Server {
             recovered,
             metrics: Arc::new(Metrics::default()),
             metrics_listener,
-            domains: Arc::new(config.domains.clone()),
+            domains: Arc::new(Domains::new(&config.domains)),
         })
     }
 
@@ -222,7 +220,7 @@ impl Server {
 fn counted(
     service: S3Service,
     metrics: Arc<Metrics>,
-    domains: Arc<Vec<String>>,
+    domains: Arc<Domains>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = s3s::HttpResponse,
