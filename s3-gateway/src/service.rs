@@ -87,6 +87,15 @@ impl GatewayService {
         content_length.and_then(|n| u64::try_from(n).ok())
     }
 
+    /// [`relayed_size`](Self::relayed_size) for a PutObject body: also over stores that stream
+    /// only puts (the local store), so that a large PUT is one store PUT with an MD5 ETag.
+    fn relayed_put_size(&self, content_length: Option<i64>) -> Option<u64> {
+        if !self.store.streams_puts() {
+            return None;
+        }
+        content_length.and_then(|n| u64::try_from(n).ok())
+    }
+
     /// Before a PUT replaces `key`: its lock (an open appendable object is committed first, and
     /// no append lands until the lock is dropped) and the store's condition for the headers.
     async fn lock_for_put(
@@ -795,7 +804,7 @@ impl S3 for GatewayService {
         }
         let key = self.existing_key(&input.bucket, &input.key).await?;
         let part_size = self.streaming.part_size;
-        if let Some(size) = self.relayed_size(input.content_length)
+        if let Some(size) = self.relayed_put_size(input.content_length)
             && size > part_size as u64
         {
             return self.put_relayed(key, size, input).await;

@@ -610,6 +610,46 @@ async fn content_md5_is_checked(gw: &Gateway) {
     assert_eq!(get(&c, "digests", "k").await, b"payload");
 }
 
+/// A PutObject larger than a part (8 MiB) is one object with the MD5 of its body as ETag, as
+/// on S3, over every store: a store that streams puts writes it as it arrives. A wrong
+/// Content-MD5 on such a body stores nothing and leaves the previous object.
+async fn large_puts_have_the_bodys_md5_as_etag(gw: &Gateway) {
+    use base64::Engine;
+    let c = gw.client();
+    create_bucket(&c, "large").await;
+    let body = data(12 * MIB + 3, 7);
+    let etag = put(&c, "large", "big", &body).await;
+    assert_eq!(etag, quoted(&md5_hex(&body)));
+    let head = c
+        .head_object()
+        .bucket("large")
+        .key("big")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.e_tag(), Some(etag.as_str()));
+    assert_eq!(head.content_length(), Some(body.len() as i64));
+    assert_bytes(&get(&c, "large", "big").await, &body, "GET large/big");
+    let listed = c.list_objects_v2().bucket("large").send().await.unwrap();
+    assert_eq!(listed.contents()[0].e_tag(), Some(etag.as_str()));
+
+    let other = data(9 * MIB, 8);
+    let wrong = base64::engine::general_purpose::STANDARD.encode(hex_decode(&md5_hex(b"no")));
+    assert_eq!(
+        failure(
+            c.put_object()
+                .bucket("large")
+                .key("big")
+                .content_md5(wrong)
+                .body(ByteStream::from(other))
+                .send()
+                .await
+        ),
+        ("BadDigest".into(), 400)
+    );
+    assert_bytes(&get(&c, "large", "big").await, &body, "after a bad digest");
+}
+
 fn hex_decode(s: &str) -> Vec<u8> {
     (0..s.len())
         .step_by(2)
@@ -1983,6 +2023,7 @@ async fn gateway_over_a_local_store() {
         ranged_reads,
         conditional_requests,
         content_md5_is_checked,
+        large_puts_have_the_bodys_md5_as_etag,
         deletes,
         list_objects,
         multipart,
@@ -2006,6 +2047,7 @@ async fn gateway_over_moto() {
         ranged_reads,
         conditional_requests,
         content_md5_is_checked,
+        large_puts_have_the_bodys_md5_as_etag,
         deletes,
         list_objects,
         multipart,

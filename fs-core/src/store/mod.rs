@@ -340,6 +340,13 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
         false
     }
 
+    /// Whether [`put_stream`](Self::put_stream) writes bodies as they arrive, with the body's
+    /// MD5 as ETag whatever its size (so a caller need not split a large PUT into parts to
+    /// bound its memory). The stores that stream every body do; the local store streams puts.
+    fn streams_puts(&self) -> bool {
+        self.streams_bodies()
+    }
+
     /// [`get`](Self::get), the body handed over as the store sends it. Errors before the body
     /// (a missing key, a bad range) are those of `get`; one while the body streams ends it.
     async fn get_stream(

@@ -431,6 +431,39 @@ impl Inner {
         Ok(PutResult { etag })
     }
 
+    /// The temporary file a streamed put writes as its body arrives (see
+    /// [`finish_put`](Self::finish_put)); dropped unfinished, it is removed.
+    pub(super) fn begin_put(&self, key: &str) -> Result<(TempPath, File), StoreError> {
+        check_key("put", key)?;
+        self.new_temp("put", key)
+    }
+
+    /// Ends a streamed put: the written file is synced and placed at `key` under `opts`'s
+    /// condition, with `etag` (the MD5 of what was written).
+    pub(super) fn finish_put(
+        &self,
+        key: &str,
+        tmp: TempPath,
+        file: File,
+        etag: String,
+        opts: PutOptions,
+    ) -> Result<PutResult, StoreError> {
+        const OP: &str = "put";
+        let io = |e| StoreError::io(OP, key, e);
+        file.sync_all().map_err(io)?;
+        let id = file_id(&file.metadata().map_err(io)?);
+        drop(file);
+        let record = MetaRecord {
+            file: id,
+            etag: etag.clone(),
+            content_type: opts.content_type,
+            metadata: opts.metadata,
+        };
+        let _lock = self.lock(OP, key)?;
+        self.place(OP, key, tmp, record, &opts.condition)?;
+        Ok(PutResult { etag })
+    }
+
     pub(super) fn delete(&self, key: &str) -> Result<(), StoreError> {
         const OP: &str = "delete";
         check_key(OP, key)?;

@@ -1522,3 +1522,91 @@ async fn a_one_part_upload_completes_by_linking_its_part_and_a_longer_one_by_cop
     want.extend_from_slice(b"end");
     assert_eq!(store.get("two", None).await.unwrap().body, want);
 }
+
+/// A body of `chunks`, then `tail` (an error, or nothing).
+fn body_of(chunks: Vec<Vec<u8>>, fail: bool) -> BodyStream {
+    let mut items: Vec<std::io::Result<Bytes>> = chunks.into_iter().map(|c| Ok(c.into())).collect();
+    if fail {
+        items.push(Err(std::io::Error::other("the client went away")));
+    }
+    Box::pin(futures::stream::iter(items))
+}
+
+#[tokio::test]
+async fn put_stream_writes_as_the_body_arrives_with_the_md5_etag() {
+    let (_dir, store) = open();
+    assert!(store.streams_puts() && !store.streams_bodies());
+    // Chunks of odd sizes, more than one write batch in all.
+    let chunks: Vec<Vec<u8>> = (0..40u8)
+        .map(|i| vec![i; 64 * 1024 + usize::from(i)])
+        .collect();
+    let whole: Vec<u8> = chunks.concat();
+    let put = store
+        .put_stream(
+            "big/obj",
+            whole.len() as u64,
+            body_of(chunks, false),
+            opts(Some("application/x-test"), &[("a", "1")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(put.etag, rules::md5_hex(&whole));
+    let got = store.get("big/obj", None).await.unwrap();
+    assert_eq!(got.body.as_ref(), &whole[..]);
+    assert_eq!(got.meta.etag, put.etag);
+    assert_eq!(got.meta.content_type.as_deref(), Some("application/x-test"));
+    assert!(names(&sys(&store, "tmp")).is_empty());
+}
+
+#[tokio::test]
+async fn a_streamed_put_that_fails_leaves_nothing() {
+    let (_dir, store) = open();
+    put(&store, "kept", b"before").await;
+    let chunk = || vec![vec![7u8; 300 * 1024]; 5];
+    let declared = 5 * 300 * 1024;
+    for (what, size, fail) in [
+        ("short", declared + 1, false),
+        ("long", declared - 1, false),
+        ("broken", declared, true),
+    ] {
+        let err = store
+            .put_stream(
+                "kept",
+                size as u64,
+                body_of(chunk(), fail),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap_err();
+        let kind = if fail {
+            StoreErrorKind::Transient
+        } else {
+            StoreErrorKind::InvalidArgument
+        };
+        assert_eq!(err.kind(), kind, "{what}: {err}");
+        assert_eq!(
+            store.get("kept", None).await.unwrap().body.as_ref(),
+            b"before",
+            "{what}"
+        );
+        assert!(
+            names(&sys(&store, "tmp")).is_empty(),
+            "{what}: a temporary file is left"
+        );
+    }
+    // Conditions hold as for put.
+    let err = store
+        .put_stream(
+            "kept",
+            3,
+            body_of(vec![b"new".to_vec()], false),
+            cond(PutCondition::IfNoneMatch),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::PreconditionFailed);
+    assert_eq!(
+        store.get("kept", None).await.unwrap().body.as_ref(),
+        b"before"
+    );
+}
