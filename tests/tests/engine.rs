@@ -20,6 +20,7 @@ mod engine_support;
 
 use engine_support::{
     Process, TOKEN, assert_same_output, job_file, open_uploads, output_lines, reference_output,
+    tails_after_gc,
 };
 
 fn free_address() -> SocketAddr {
@@ -237,6 +238,11 @@ fn output_is_exactly_once_when_task_managers_and_the_job_manager_are_killed() {
         open_uploads(&cluster.store),
         0,
         "seed {seed}: in-progress or pending files were left behind"
+    );
+    assert_eq!(
+        tails_after_gc(&cluster.store),
+        Vec::<String>::new(),
+        "seed {seed}: tail objects were left after gc"
     );
     let restarts = cluster
         .status(Some(&job))

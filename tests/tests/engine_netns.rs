@@ -21,7 +21,9 @@ use tempfile::TempDir;
 
 mod engine_support;
 
-use engine_support::{Process, TOKEN, job_file, open_uploads, output_lines, reference_output};
+use engine_support::{
+    Process, TOKEN, job_file, open_uploads, output_lines, reference_output, tails_after_gc,
+};
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
@@ -355,6 +357,11 @@ fn task_managers_in_other_network_namespaces_run_a_job_together() {
         all()
     );
     assert_eq!(open_uploads(&store), 0, "uploads were left open");
+    assert_eq!(
+        tails_after_gc(&store),
+        Vec::<String>::new(),
+        "tail objects were left after gc"
+    );
 
     drop(taskmanagers);
     drop(jobmanager);

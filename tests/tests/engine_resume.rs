@@ -21,6 +21,7 @@ mod engine_support;
 
 use engine_support::{
     Process, assert_same_output, job_file, open_uploads, output_lines, reference_output,
+    tails_after_gc,
 };
 
 /// The job id a run's log announces: "running job NAME (ID) on ..." or "resuming job ...".
@@ -142,6 +143,11 @@ fn a_killed_embedded_run_resumes_from_its_checkpoint_exactly_once() {
         open_uploads(&store),
         0,
         "seed {seed}: in-progress or pending files were left behind"
+    );
+    assert_eq!(
+        tails_after_gc(&store),
+        Vec::<String>::new(),
+        "seed {seed}: tail objects were left after gc"
     );
 
     // The run is recorded as finished, so running the file again would start a new run

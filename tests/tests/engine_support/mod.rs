@@ -203,6 +203,47 @@ pub fn open_uploads(store: &Path) -> usize {
     })
 }
 
+/// Tail objects still in a local store (fs-core stages them at persists and deletes them when
+/// their upload is committed or abandoned).
+pub fn leftover_tails(store: &Path) -> Vec<String> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use fs_core::store::ObjectStoreExt;
+        let store = fs_core::store::local::LocalStore::open(store).unwrap();
+        store
+            .list_all(".rivulet/tails/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect()
+    })
+}
+
+/// Runs `rivulet gc` on a finished job's local store (nothing is open any more, so any age
+/// counts) and returns the tail objects left after it, which should be none: tails a killed
+/// process could not delete are garbage that gc collects. Prints how many there were before.
+pub fn tails_after_gc(store: &Path) -> Vec<String> {
+    let before = leftover_tails(store);
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(harness::rivulet_bin())
+        .arg("gc")
+        .arg("--older-than")
+        .arg("0s")
+        .arg("--index")
+        .arg(dir.path().join("index"))
+        .arg(store)
+        .output()
+        .expect("run rivulet gc");
+    assert!(
+        out.status.success(),
+        "rivulet gc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{} tail objects before gc", before.len());
+    leftover_tails(store)
+}
+
 /// Fails, showing a few differing lines, unless `got` equals `expected` as a multiset of lines.
 pub fn assert_same_output(
     expected: &BTreeMap<String, usize>,
