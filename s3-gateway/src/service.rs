@@ -87,6 +87,34 @@ impl GatewayService {
         content_length.and_then(|n| u64::try_from(n).ok())
     }
 
+    /// One page of a bucket's listing that starts after `marker` (ListObjects v1 and
+    /// ListObjectVersions page by key), with the open appendable objects as they are now.
+    async fn list_after_marker(
+        &self,
+        bucket: &str,
+        prefix: Option<&str>,
+        delimiter: Option<&str>,
+        max: usize,
+        marker: Option<&str>,
+    ) -> S3Result<listing::Page> {
+        let mut page = listing::list_bucket(
+            &self.store,
+            bucket,
+            Query {
+                prefix: prefix.unwrap_or_default().to_string(),
+                delimiter: delimiter.map(str::to_string),
+                max_keys: max,
+                cursor: Cursor {
+                    store_token: None,
+                    after: marker.filter(|s| !s.is_empty()).map(str::to_string),
+                },
+            },
+        )
+        .await?;
+        self.overlay_open(bucket, &mut page);
+        Ok(page)
+    }
+
     /// [`relayed_size`](Self::relayed_size) for a PutObject body: also over stores that stream
     /// only puts (the local store), so that a large PUT is one store PUT with an MD5 ETag.
     fn relayed_put_size(&self, content_length: Option<i64>) -> Option<u64> {
@@ -1211,22 +1239,15 @@ impl S3 for GatewayService {
         self.buckets.require(&input.bucket).await?;
         let encode = key_encoder(input.encoding_type.as_ref())?;
         let max = max_keys(input.max_keys)?;
-        let page = listing::list_bucket(
-            &self.store,
-            &input.bucket,
-            Query {
-                prefix: input.prefix.clone().unwrap_or_default(),
-                delimiter: input.delimiter.clone(),
-                max_keys: max,
-                cursor: Cursor {
-                    store_token: None,
-                    after: input.marker.clone().filter(|s| !s.is_empty()),
-                },
-            },
-        )
-        .await?;
-        let mut page = page;
-        self.overlay_open(&input.bucket, &mut page);
+        let page = self
+            .list_after_marker(
+                &input.bucket,
+                input.prefix.as_deref(),
+                input.delimiter.as_deref(),
+                max,
+                input.marker.as_deref(),
+            )
+            .await?;
         let truncated = page.next.is_some();
         Ok(S3Response::new(dto::ListObjectsOutput {
             name: Some(input.bucket),
@@ -1280,21 +1301,15 @@ impl S3 for GatewayService {
         }
         let encode = key_encoder(input.encoding_type.as_ref())?;
         let max = max_keys(input.max_keys)?;
-        let mut page = listing::list_bucket(
-            &self.store,
-            &input.bucket,
-            Query {
-                prefix: input.prefix.clone().unwrap_or_default(),
-                delimiter: input.delimiter.clone(),
-                max_keys: max,
-                cursor: Cursor {
-                    store_token: None,
-                    after: key_marker,
-                },
-            },
-        )
-        .await?;
-        self.overlay_open(&input.bucket, &mut page);
+        let page = self
+            .list_after_marker(
+                &input.bucket,
+                input.prefix.as_deref(),
+                input.delimiter.as_deref(),
+                max,
+                key_marker.as_deref(),
+            )
+            .await?;
         let truncated = page.next.is_some();
         let versions = listed_objects(&page, &encode)
             .into_iter()

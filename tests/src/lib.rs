@@ -436,6 +436,21 @@ impl Drop for TestServer {
     }
 }
 
+/// The seed of a randomized test: `$var` when set (to replay a run), else the clock. Printed,
+/// with the variable that replays it.
+pub fn seed(var: &str, what: &str) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+    eprintln!("{what}: seed {seed} (replay with {var}={seed})");
+    seed
+}
+
 /// The `rivulet` binary of this build, for tests that run the command line: beside the test
 /// binary (`target/debug/deps/<test>-<hash>` -> `target/debug/rivulet`) or under
 /// `$CARGO_TARGET_DIR`. Panics with what to do when it is missing (tests fail, never skip).

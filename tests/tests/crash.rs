@@ -124,16 +124,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_byte() {
     let mut acknowledged = 0u64;
     // The kill schedule (whether after a first persist, and the delay) replays from the seed;
     // the moment a kill lands within the child's work cannot.
-    let seed = std::env::var("RIVULET_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("crash rounds: seed {seed} (replay the schedule with RIVULET_CRASH_SEED={seed})");
+    let seed = harness::seed("RIVULET_CRASH_SEED", "crash rounds");
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     let mut kills_mid_write = 0;
     for round in 0..ROUNDS {

@@ -625,8 +625,7 @@ fn fsynced_bytes_survive_sigkill_of_the_mount() {
     use rand::{Rng, SeedableRng};
 
     let fx = Fixture::new();
-    let seed = twin_seed();
-    eprintln!("crash rounds: seed {seed} (replay with RIVULET_FUSE_SEED={seed})");
+    let seed = harness::seed("RIVULET_FUSE_SEED", "crash rounds");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut durable = Vec::new();
     for round in 0..CRASH_ROUNDS {
@@ -989,19 +988,6 @@ fn tree(root: &Path) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
     out
 }
 
-/// The seed of the random operation test: `RIVULET_FUSE_SEED` to replay one, else new.
-fn twin_seed() -> u64 {
-    std::env::var("RIVULET_FUSE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
 const TWIN_OPS: usize = 10_000;
 
 #[test]
@@ -1014,8 +1000,7 @@ fn random_operations_match_a_plain_directory() {
     let mount = fx.mount();
     let plain = fx.dir.path().join("plain");
     fs::create_dir(&plain).unwrap();
-    let seed = twin_seed();
-    eprintln!("random operations: seed {seed} (replay with RIVULET_FUSE_SEED={seed})");
+    let seed = harness::seed("RIVULET_FUSE_SEED", "random operations");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut twin = Twin {
         roots: [mount.mountpoint.clone(), plain],

@@ -2471,16 +2471,7 @@ async fn sigkill_during_a_stream_of_appends_loses_no_acknowledged_append() {
     use rand::{Rng, SeedableRng};
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    let seed = std::env::var("RIVULET_GATEWAY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("gateway crash rounds: seed {seed} (replay with RIVULET_GATEWAY_SEED={seed})");
+    let seed = harness::seed("RIVULET_GATEWAY_SEED", "gateway crash rounds");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");

@@ -415,20 +415,9 @@ impl Inner {
     ) -> Result<PutResult, StoreError> {
         const OP: &str = "put";
         check_key(OP, key)?;
-        let io = |e| StoreError::io(OP, key, e);
         let (tmp, mut file) = self.new_temp(OP, key)?;
-        let etag = write_synced_md5(&mut file, body).map_err(io)?;
-        let id = file_id(&file.metadata().map_err(io)?);
-        drop(file);
-        let record = MetaRecord {
-            file: id,
-            etag: etag.clone(),
-            content_type: opts.content_type,
-            metadata: opts.metadata,
-        };
-        let _lock = self.lock(OP, key)?;
-        self.place(OP, key, tmp, record, &opts.condition)?;
-        Ok(PutResult { etag })
+        let etag = write_synced_md5(&mut file, body).map_err(|e| StoreError::io(OP, key, e))?;
+        self.place_put(key, tmp, file, etag, opts)
     }
 
     /// The temporary file a streamed put writes as its body arrives (see
@@ -448,10 +437,21 @@ impl Inner {
         etag: String,
         opts: PutOptions,
     ) -> Result<PutResult, StoreError> {
+        file.sync_all().map_err(|e| StoreError::io("put", key, e))?;
+        self.place_put(key, tmp, file, etag, opts)
+    }
+
+    /// Puts a written and synced temporary file in place at `key`, under the put's condition.
+    fn place_put(
+        &self,
+        key: &str,
+        tmp: TempPath,
+        file: File,
+        etag: String,
+        opts: PutOptions,
+    ) -> Result<PutResult, StoreError> {
         const OP: &str = "put";
-        let io = |e| StoreError::io(OP, key, e);
-        file.sync_all().map_err(io)?;
-        let id = file_id(&file.metadata().map_err(io)?);
+        let id = file_id(&file.metadata().map_err(|e| StoreError::io(OP, key, e))?);
         drop(file);
         let record = MetaRecord {
             file: id,
