@@ -145,10 +145,25 @@ impl Metrics {
 
 /// The body size a message declares (0 when it declares none, as streamed bodies may not).
 pub fn content_length(headers: &HeaderMap) -> u64 {
+    declared(headers, http::header::CONTENT_LENGTH.as_str())
+}
+
+/// The payload size a request declares: for an aws-chunked body its decoded length
+/// (`x-amz-decoded-content-length`, without the chunk framing and signatures), else its
+/// Content-Length.
+pub fn request_payload_length(headers: &HeaderMap) -> u64 {
+    if headers.contains_key("x-amz-decoded-content-length") {
+        declared(headers, "x-amz-decoded-content-length")
+    } else {
+        content_length(headers)
+    }
+}
+
+fn declared(headers: &HeaderMap, name: &str) -> u64 {
     headers
-        .get(http::header::CONTENT_LENGTH)
+        .get(name)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
 
@@ -223,6 +238,36 @@ pub fn operation(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_bytes_are_the_declared_payload() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (k, v) in pairs {
+                map.insert(*k, v.parse().unwrap());
+            }
+            map
+        };
+        assert_eq!(
+            request_payload_length(&headers(&[("content-length", "100")])),
+            100
+        );
+        // aws-chunked: the framing is not payload.
+        let chunked = headers(&[
+            ("content-length", "3295"),
+            ("x-amz-decoded-content-length", "3000"),
+        ]);
+        assert_eq!(request_payload_length(&chunked), 3000);
+        assert_eq!(content_length(&chunked), 3295);
+        assert_eq!(
+            request_payload_length(&headers(&[("transfer-encoding", "chunked")])),
+            0
+        );
+        assert_eq!(
+            request_payload_length(&headers(&[("content-length", "x")])),
+            0
+        );
+    }
 
     fn op(method: Method, uri: &str, headers: &[(&str, &str)], domains: &[&str]) -> &'static str {
         let mut map = HeaderMap::new();

@@ -231,7 +231,7 @@ fn counted(
         let (service, metrics) = (service.clone(), metrics.clone());
         let operation =
             metrics::operation(request.method(), request.uri(), request.headers(), &domains);
-        let bytes_in = metrics::content_length(request.headers());
+        let bytes_in = metrics::request_payload_length(request.headers());
         async move {
             let started = Instant::now();
             let result = hyper::service::Service::call(&service, request).await;
