@@ -93,6 +93,22 @@ impl Gateway {
         }
     }
 
+    /// Over a prefix of a moto bucket (`--store s3://bucket/prefix`): buckets are folders under
+    /// the prefix.
+    async fn moto_prefix(prefix: &str) -> Gateway {
+        let moto = TestServer::moto().await;
+        let store = moto.store_with_prefix(prefix).await;
+        let server = Self::start(store.clone()).await;
+        Gateway {
+            addr: server.addr,
+            server,
+            root: None,
+            store,
+            _dir: None,
+            _moto: Some(moto),
+        }
+    }
+
     fn client(&self) -> Client {
         client(self.addr, ACCESS_KEY, SECRET_KEY)
     }
@@ -2059,6 +2075,43 @@ async fn gateway_over_moto() {
         keys_cannot_escape,
         appends,
     );
+}
+
+/// `--store s3://bucket/prefix`: the gateway's buckets and objects, multipart uploads and
+/// appendable objects all live under the prefix of the backend bucket, and nothing outside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_over_a_prefix_of_a_moto_bucket() {
+    let gw = Gateway::moto_prefix("tenant/a").await;
+    let checks: [(&str, fn(&Gateway) -> futures::future::BoxFuture<'_, ()>); 5] = [
+        ("bucket_lifecycle", |gw| Box::pin(bucket_lifecycle(gw))),
+        ("put_get_head_with_metadata", |gw| {
+            Box::pin(put_get_head_with_metadata(gw))
+        }),
+        ("list_objects", |gw| Box::pin(list_objects(gw))),
+        ("multipart", |gw| Box::pin(multipart(gw))),
+        ("appends", |gw| Box::pin(appends(gw))),
+    ];
+    for (name, check) in checks {
+        eprintln!("gateway check over a prefix: {name}");
+        check(&gw).await;
+    }
+    let moto = gw._moto.as_ref().unwrap();
+    let listed = moto
+        .client()
+        .list_objects_v2()
+        .bucket(moto.bucket())
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert!(!keys.is_empty());
+    let outside: Vec<&&str> = keys
+        .iter()
+        .filter(|k| !k.starts_with("tenant/a/"))
+        .collect();
+    assert!(outside.is_empty(), "keys outside the prefix: {outside:?}");
+    assert!(keys.contains(&"tenant/a/listing/b/1"), "{keys:?}");
+    gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
