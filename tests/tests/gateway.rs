@@ -2082,7 +2082,8 @@ async fn gateway_over_moto() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_over_a_prefix_of_a_moto_bucket() {
     let gw = Gateway::moto_prefix("tenant/a").await;
-    let checks: [(&str, fn(&Gateway) -> futures::future::BoxFuture<'_, ()>); 5] = [
+    type Check = fn(&Gateway) -> futures::future::BoxFuture<'_, ()>;
+    let checks: [(&str, Check); 5] = [
         ("bucket_lifecycle", |gw| Box::pin(bucket_lifecycle(gw))),
         ("put_get_head_with_metadata", |gw| {
             Box::pin(put_get_head_with_metadata(gw))
