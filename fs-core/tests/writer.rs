@@ -50,6 +50,13 @@ fn fixture_with(max_in_flight: usize, latency: Option<Duration>) -> Fixture {
     }
 }
 
+impl Fixture {
+    /// Another writer service over the fixture's (fault-injecting) store and index.
+    fn writer_with(&self, config: WriterConfig) -> RecoverableWriter {
+        RecoverableWriter::new(self.faults.clone(), self.index.clone(), config).unwrap()
+    }
+}
+
 fn fixture() -> Fixture {
     fixture_with(4, None)
 }
@@ -401,21 +408,16 @@ async fn a_failure_at_any_one_call_is_retried() {
 #[tokio::test]
 async fn a_failed_part_upload_without_retries_loses_nothing_persisted() {
     let f = fixture();
-    let writer = RecoverableWriter::new(
-        f.faults.clone(),
-        f.index.clone(),
-        WriterConfig {
-            part_size: PART,
-            cache_parts: true,
-            cache_dir: f.cache.path().to_path_buf(),
-            retry: fs_core::retry::RetryPolicy {
-                max_attempts: 1,
-                ..Default::default()
-            },
+    let writer = f.writer_with(WriterConfig {
+        part_size: PART,
+        cache_parts: true,
+        cache_dir: f.cache.path().to_path_buf(),
+        retry: fs_core::retry::RetryPolicy {
+            max_attempts: 1,
             ..Default::default()
         },
-    )
-    .unwrap();
+        ..Default::default()
+    });
     let mut w = writer.open("failing.txt").await.unwrap();
     let persisted = data(PART as usize + 100, 1);
     w.write(&persisted).await.unwrap();
@@ -457,16 +459,11 @@ async fn a_failed_part_upload_without_retries_loses_nothing_persisted() {
 #[tokio::test]
 async fn without_a_part_cache_uploaded_parts_are_refused_with_the_reason() {
     let f = fixture();
-    let writer = RecoverableWriter::new(
-        f.faults.clone(),
-        f.index.clone(),
-        WriterConfig {
-            part_size: PART,
-            cache_parts: false,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let writer = f.writer_with(WriterConfig {
+        part_size: PART,
+        cache_parts: false,
+        ..Default::default()
+    });
     let mut w = writer.open("uncached.txt").await.unwrap();
     w.write(&data(2 * PART as usize + 10, 6)).await.unwrap();
     w.persist().await.unwrap();
