@@ -484,6 +484,38 @@ async fn without_a_part_cache_uploaded_parts_are_refused_with_the_reason() {
     );
 }
 
+/// Read-your-writes is the default: a writer configured with nothing but its part size (and
+/// where to cache) reads and cuts its uploaded parts over a store that cannot read an upload's
+/// parts back, as S3 cannot.
+#[tokio::test]
+async fn by_default_a_writer_reads_and_cuts_its_uploaded_parts() {
+    let f = fixture();
+    assert!(!f.mem.reads_parts(), "the fixture's store must not serve parts itself");
+    let writer = f.writer_with(WriterConfig {
+        part_size: PART,
+        cache_dir: f.cache.path().to_path_buf(),
+        ..Default::default()
+    });
+    let bytes = data(3 * PART as usize + 10, 8);
+    let mut w = writer.open("default.txt").await.unwrap();
+    w.write(&bytes).await.unwrap();
+    w.persist().await.unwrap();
+    // Across the first part boundary, from uploaded parts.
+    let at = PART as usize - 5;
+    assert_eq!(
+        w.read_at(at as u64, 10).await.unwrap().as_ref(),
+        &bytes[at..at + 10]
+    );
+    // A cut inside an uploaded part keeps its prefix.
+    w.truncate(PART + 7).await.unwrap();
+    assert_eq!(w.len(), PART + 7);
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    assert_eq!(
+        object(&f, "default.txt").await.unwrap(),
+        &bytes[..PART as usize + 7]
+    );
+}
+
 #[tokio::test]
 async fn older_tokens_stay_recoverable_after_newer_persists() {
     let f = fixture();

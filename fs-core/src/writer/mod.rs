@@ -45,9 +45,10 @@ pub struct WriterConfig {
     pub tail_prefix: String,
     /// Keep a local copy of every uploaded part, so that an open file can be read (and cut
     /// into an uploaded part) anywhere: S3 serves no part of an upload until it completes.
-    /// Off by default, as most writers (uploads, sinks) never read back and the copy costs a
-    /// local disk write of every byte; a filesystem view (the mount, the gateway's appendable
-    /// objects) turns it on. Stores that read parts back (the local store) never need it.
+    /// On by default, so that every writer reads its own writes. Writers that never read back
+    /// (the CLI's uploads, the engine's sinks) turn it off: the copy costs a local disk write
+    /// of every byte. Stores that read parts back (the local store) never need it, and the
+    /// writer keeps no copy there whatever this says.
     pub cache_parts: bool,
     /// Where uploaded parts are cached for reads of open files.
     pub cache_dir: PathBuf,
@@ -61,7 +62,7 @@ impl Default for WriterConfig {
             part_size: 8 * 1024 * 1024,
             max_in_flight: 4,
             tail_prefix: ".rivulet/tails/".into(),
-            cache_parts: false,
+            cache_parts: true,
             cache_dir: std::env::temp_dir().join("rivulet-cache"),
             retry: RetryPolicy::default(),
         }
