@@ -426,9 +426,10 @@ pub async fn run(store: DynStore, opts: BenchOptions) -> Result<String> {
     );
     let rows: [(&str, Secs); 4] = [
         ("plain multipart upload", |r| r.baseline_secs),
-        ("writer, persist(), no part cache (as cp and sinks run)", |r| {
-            r.writer_secs
-        }),
+        (
+            "writer, persist(), no part cache (as cp and sinks run)",
+            |r| r.writer_secs,
+        ),
         (
             "writer, persist(), part cache on (reads of open files)",
             |r| r.writer_cached_secs,

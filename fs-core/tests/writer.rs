@@ -490,7 +490,10 @@ async fn without_a_part_cache_uploaded_parts_are_refused_with_the_reason() {
 #[tokio::test]
 async fn by_default_a_writer_reads_and_cuts_its_uploaded_parts() {
     let f = fixture();
-    assert!(!f.mem.reads_parts(), "the fixture's store must not serve parts itself");
+    assert!(
+        !f.mem.reads_parts(),
+        "the fixture's store must not serve parts itself"
+    );
     let writer = f.writer_with(WriterConfig {
         part_size: PART,
         cache_dir: f.cache.path().to_path_buf(),
@@ -1060,8 +1063,13 @@ async fn recover_all_and_rebuilding_a_lost_index() {
     b.persist().await.unwrap();
     b.write(b"ee").await.unwrap();
     let tb = b.persist().await.unwrap();
+    // An upload that never persisted: it has no tail, so only ListMultipartUploads finds it.
+    let mut c = f.writer.open("c.txt").await.unwrap();
+    c.write(&data(2 * PART as usize, 3)).await.unwrap();
+    let c_upload = c.upload_id().to_string();
     std::mem::forget(a);
     std::mem::forget(b);
+    std::mem::forget(c);
     let mut found = f.writer.recover_all().await.unwrap();
     found.sort_by(|x, y| x.key().cmp(y.key()));
     assert_eq!(
@@ -1082,6 +1090,13 @@ async fn recover_all_and_rebuilding_a_lost_index() {
     assert!(writer.recover_all().await.unwrap().is_empty());
     let report = writer.rebuild_index().await.unwrap();
     assert_eq!(report.restored.len(), 2);
+    assert_eq!(report.stale_tail_groups, 0);
+    assert_eq!(report.uploads_not_listed, None);
+    assert_eq!(
+        report.untracked_uploads,
+        vec![("c.txt".to_string(), c_upload)],
+        "the upload without tails is reported, not restored"
+    );
     let mut rebuilt = writer.recover_all().await.unwrap();
     rebuilt.sort_by(|x, y| x.key().cmp(y.key()));
     assert_eq!(rebuilt, vec![Token::Resume(ta), Token::Resume(tb.clone())]);

@@ -96,6 +96,16 @@ pub async fn recover(env: &Env, url: &str, commit: bool, rebuild_index: bool) ->
             rebuilt.stale_tail_groups,
             plural(rebuilt.stale_tail_groups)
         ))?;
+        for (key, upload) in &rebuilt.untracked_uploads {
+            out.line(format_args!(
+                "upload {upload} of {key} never persisted: nothing can resume it ('rivulet gc --all-uploads' aborts it)"
+            ))?;
+        }
+        if let Some(why) = &rebuilt.uploads_not_listed {
+            out.line(format_args!(
+                "uploads without tails were not looked for: the store cannot list uploads ({why})"
+            ))?;
+        }
     }
     let mut entries = entries(&index, &store_name).await?;
     entries.sort_by(|a, b| (&a.key, a.opened_at).cmp(&(&b.key, b.opened_at)));

@@ -150,19 +150,60 @@ async fn writer_contract_on_s3s_fs() {
     contract(ServerKind::S3sFs).await;
 }
 
-/// A lost index is rebuilt from the tail objects in the store, and the files resume.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn index_rebuilt_from_a_real_store() {
-    let server = TestServer::moto().await;
+/// A lost index is rebuilt from the store: the tails give each upload's latest token, and
+/// ListMultipartUploads finds the uploads that never persisted (s3s-fs cannot list uploads:
+/// the rebuild says so and checks each tail group's upload with ListParts instead).
+async fn index_rebuilt_from(kind: ServerKind) {
+    let server = TestServer::start(kind).await;
     let store = server.store().await;
     let e = env(store.clone(), Index::temporary().unwrap());
     let mut w = e.writer.open("a.bin").await.unwrap();
     w.write(&data(5 * MIB + 10, 4)).await.unwrap();
     let token = w.persist().await.unwrap();
     std::mem::forget(w);
+    let mut never = e.writer.open("never-persisted.bin").await.unwrap();
+    never.write(&data(6 * MIB, 5)).await.unwrap();
+    let never_upload = never.upload_id().to_string();
+    std::mem::forget(never);
+    // A tail group whose upload is gone: a file persisted, then committed. (With a part: an
+    // upload of s3s-fs is known to be gone only by its parts being gone.)
+    let mut done = e.writer.open("done.bin").await.unwrap();
+    done.write(&data(5 * MIB + 4, 6)).await.unwrap();
+    let done_token = done.persist().await.unwrap();
+    let tail = store.get(&done_token.tail_key, None).await.unwrap().body;
+    done.close_for_commit()
+        .await
+        .unwrap()
+        .commit()
+        .await
+        .unwrap();
+    // The commit deleted the tail; put it back, as a crash between the two would leave it.
+    store
+        .put(&done_token.tail_key, tail, Default::default())
+        .await
+        .unwrap();
+
     let fresh = env(store.clone(), Index::temporary().unwrap());
     assert!(fresh.writer.recover_all().await.unwrap().is_empty());
-    fresh.writer.rebuild_index().await.unwrap();
+    let report = fresh.writer.rebuild_index().await.unwrap();
+    assert_eq!(
+        report.restored,
+        vec![("a.bin".to_string(), token.upload_id.clone())]
+    );
+    assert_eq!(report.stale_tail_groups, 1, "{report:?}");
+    match kind {
+        ServerKind::Moto => {
+            assert_eq!(report.uploads_not_listed, None);
+            assert_eq!(
+                report.untracked_uploads,
+                vec![("never-persisted.bin".to_string(), never_upload)]
+            );
+        }
+        ServerKind::S3sFs => {
+            assert!(report.uploads_not_listed.is_some(), "{report:?}");
+            assert!(report.untracked_uploads.is_empty());
+        }
+    }
     assert_eq!(
         fresh.writer.recover_all().await.unwrap(),
         vec![Token::Resume(token.clone())]
@@ -170,6 +211,16 @@ async fn index_rebuilt_from_a_real_store() {
     let mut w = fresh.writer.recover(&token).await.unwrap();
     w.close_for_commit().await.unwrap().commit().await.unwrap();
     assert_eq!(body(&store, "a.bin").await, data(5 * MIB + 10, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_rebuilt_from_moto() {
+    index_rebuilt_from(ServerKind::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_rebuilt_from_s3s_fs() {
+    index_rebuilt_from(ServerKind::S3sFs).await;
 }
 
 /// 5 % injected 5xx errors and 5 % lost answers on a real server: every file either commits

@@ -44,10 +44,17 @@ pub struct GcReport {
 /// What `rebuild_index` found.
 #[derive(Debug, Clone, Default)]
 pub struct RebuildReport {
-    /// Uploads restored into the index with their latest token.
+    /// `(key, upload id)` of uploads restored into the index with their latest token.
     pub restored: Vec<(String, String)>,
     /// Tail groups whose upload no longer exists (left for gc).
     pub stale_tail_groups: usize,
+    /// `(key, upload id)` of uploads in the store with no tail: they never persisted (or are
+    /// not Rivulet's), so no token can resume them. Not put in the index; `gc --all-uploads`
+    /// aborts them once they are past the grace period.
+    pub untracked_uploads: Vec<(String, String)>,
+    /// Set when the store cannot list uploads (s3s-fs): each tail group's upload was checked
+    /// with ListParts instead, and uploads without tails could not be found.
+    pub uploads_not_listed: Option<String>,
 }
 
 fn older_than(time: Option<SystemTime>, age: Duration) -> bool {
@@ -210,7 +217,21 @@ pub(crate) async fn gc(shared: &Shared, opts: &GcOptions) -> Result<GcReport, Wr
 pub(crate) async fn rebuild_index(shared: &Shared) -> Result<RebuildReport, WriterError> {
     let mut report = RebuildReport::default();
     let store = &shared.store;
-    for (_, mut tails) in tail_groups(shared).await? {
+    // Tails first, then uploads: an upload completed between the two listings then counts as
+    // stale (it is done), never as restored.
+    let groups = tail_groups(shared).await?;
+    let uploads = match all_uploads(shared).await {
+        Ok(uploads) => Some(uploads),
+        Err(e) if e.kind() == StoreErrorKind::NotSupported => {
+            report.uploads_not_listed = Some(e.to_string());
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let listed_ids: Option<HashSet<&str>> = uploads
+        .as_ref()
+        .map(|u| u.iter().map(|u| u.upload_id.as_str()).collect());
+    for mut tails in groups.values().cloned() {
         // The newest persist is the last one written (two writers recovered from one token can
         // share a sequence number, so time decides, then the key).
         tails.sort_by(|a, b| (a.last_modified, &a.key).cmp(&(b.last_modified, &b.key)));
@@ -224,13 +245,23 @@ pub(crate) async fn rebuild_index(shared: &Shared) -> Result<RebuildReport, Writ
             tracing::warn!(key = %newest.key, "skipping an unreadable tail object");
             continue;
         };
-        match super::listed_parts(shared, &token.key, &token.upload_id).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == StoreErrorKind::NoSuchUpload => {
-                report.stale_tail_groups += 1;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
+        let upload_exists = match &listed_ids {
+            Some(ids) => ids.contains(token.upload_id.as_str()),
+            // Some servers (s3s-fs) list the parts of any upload id, even one long completed,
+            // so the token's parts must also be there.
+            None => match super::listed_parts(shared, &token.key, &token.upload_id).await {
+                Ok(listed) => token.parts.iter().all(|p| {
+                    listed
+                        .iter()
+                        .any(|l| l.number == p.number && l.size == p.size)
+                }),
+                Err(e) if e.kind() == StoreErrorKind::NoSuchUpload => false,
+                Err(e) => return Err(e.into()),
+            },
+        };
+        if !upload_exists {
+            report.stale_tail_groups += 1;
+            continue;
         }
         let tail_keys: Vec<String> = tails.iter().map(|t| t.key.clone()).collect();
         let (key, upload) = (token.key.clone(), token.upload_id.clone());
@@ -246,6 +277,11 @@ pub(crate) async fn rebuild_index(shared: &Shared) -> Result<RebuildReport, Writ
                 i.add_live_tails(s, &upload, &tail_keys)
             })
             .await?;
+    }
+    for u in uploads.into_iter().flatten() {
+        if !groups.contains_key(&tail::upload_hash(&u.upload_id)) {
+            report.untracked_uploads.push((u.key, u.upload_id));
+        }
     }
     Ok(report)
 }
