@@ -82,7 +82,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP rivulet_gateway_bytes_total Request and response body bytes (by Content-Length)."
+            "# HELP rivulet_gateway_bytes_total Request payload bytes (declared, else as received) and response body bytes (Content-Length)."
         );
         let _ = writeln!(out, "# TYPE rivulet_gateway_bytes_total counter");
         let _ = writeln!(
@@ -150,21 +150,21 @@ pub fn content_length(headers: &HeaderMap) -> u64 {
 
 /// The payload size a request declares: for an aws-chunked body its decoded length
 /// (`x-amz-decoded-content-length`, without the chunk framing and signatures), else its
-/// Content-Length.
-pub fn request_payload_length(headers: &HeaderMap) -> u64 {
-    if headers.contains_key("x-amz-decoded-content-length") {
-        declared(headers, "x-amz-decoded-content-length")
-    } else {
-        content_length(headers)
-    }
+/// Content-Length; `None` when it declares neither (an HTTP-chunked body, or no body).
+pub fn declared_payload_length(headers: &HeaderMap) -> Option<u64> {
+    declared_opt(headers, "x-amz-decoded-content-length")
+        .or_else(|| declared_opt(headers, http::header::CONTENT_LENGTH.as_str()))
 }
 
 fn declared(headers: &HeaderMap, name: &str) -> u64 {
+    declared_opt(headers, name).unwrap_or(0)
+}
+
+fn declared_opt(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// The S3 operation a request is, by S3's routing rules. `domains` are the gateway's
@@ -249,23 +249,24 @@ mod tests {
             map
         };
         assert_eq!(
-            request_payload_length(&headers(&[("content-length", "100")])),
-            100
+            declared_payload_length(&headers(&[("content-length", "100")])),
+            Some(100)
         );
         // aws-chunked: the framing is not payload.
         let chunked = headers(&[
             ("content-length", "3295"),
             ("x-amz-decoded-content-length", "3000"),
         ]);
-        assert_eq!(request_payload_length(&chunked), 3000);
+        assert_eq!(declared_payload_length(&chunked), Some(3000));
         assert_eq!(content_length(&chunked), 3295);
+        // Nothing declared: the server counts the body as it streams.
         assert_eq!(
-            request_payload_length(&headers(&[("transfer-encoding", "chunked")])),
-            0
+            declared_payload_length(&headers(&[("transfer-encoding", "chunked")])),
+            None
         );
         assert_eq!(
-            request_payload_length(&headers(&[("content-length", "x")])),
-            0
+            declared_payload_length(&headers(&[("content-length", "x")])),
+            None
         );
     }
 

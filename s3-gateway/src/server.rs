@@ -4,10 +4,11 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 
 use fs_core::store::DynStore;
 use fs_core::{Index, RecoverableWriter, WriterConfig};
@@ -231,10 +232,29 @@ fn counted(
         let (service, metrics) = (service.clone(), metrics.clone());
         let operation =
             metrics::operation(request.method(), request.uri(), request.headers(), &domains);
-        let bytes_in = metrics::request_payload_length(request.headers());
+        let known_length = hyper::body::Body::size_hint(request.body()).exact();
+        let declared_in = metrics::declared_payload_length(request.headers()).or(known_length);
+        // A body sent without a declared length (HTTP chunked) is counted as it is read; the
+        // handlers read request bodies before they answer, so the count is whole by then.
+        // Other bodies stay as they are: s3s reads their exact length off the body.
+        let streamed_in = Arc::new(AtomicU64::new(0));
+        let request = match declared_in {
+            Some(_) => request.map(s3s::Body::from),
+            None => {
+                let counter = streamed_in.clone();
+                request.map(|body| {
+                    s3s::Body::http_body(body.map_frame(move |frame| {
+                        if let Some(data) = frame.data_ref() {
+                            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        }
+                        frame
+                    }))
+                })
+            }
+        };
         async move {
             let started = Instant::now();
-            let result = hyper::service::Service::call(&service, request).await;
+            let result = service.call(request).await;
             let (status, bytes_out) = match &result {
                 Ok(response) => (
                     response.status().as_u16(),
@@ -242,6 +262,7 @@ fn counted(
                 ),
                 Err(_) => (500, 0),
             };
+            let bytes_in = declared_in.unwrap_or_else(|| streamed_in.load(Ordering::Relaxed));
             metrics.record(operation, status, started.elapsed(), bytes_in, bytes_out);
             result
         }

@@ -1037,6 +1037,47 @@ async fn multipart(gw: &Gateway) {
         listed,
         [(Some(1), Some(5 * MIB as i64)), (Some(2), Some(1000))]
     );
+    // Paged one part at a time: each page says where the next starts.
+    let mut paged = Vec::new();
+    let mut marker = None;
+    loop {
+        let page = c
+            .list_parts()
+            .bucket("multipart")
+            .key("big")
+            .upload_id(&id)
+            .max_parts(1)
+            .set_part_number_marker(marker.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.max_parts(), Some(1));
+        paged.extend(
+            page.parts()
+                .iter()
+                .map(|p| (p.part_number(), p.e_tag().map(str::to_string))),
+        );
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        marker = page.next_part_number_marker().map(str::to_string);
+        assert!(marker.is_some(), "a truncated page names the next marker");
+        assert!(paged.len() <= 2, "paging must end: {paged:?}");
+    }
+    assert_eq!(
+        paged,
+        [(Some(1), Some(e1.clone())), (Some(2), Some(e2.clone()))]
+    );
+    let refused = failure(
+        c.list_parts()
+            .bucket("multipart")
+            .key("big")
+            .upload_id(&id)
+            .max_parts(0)
+            .send()
+            .await,
+    );
+    assert_eq!(refused.0, "InvalidArgument", "{refused:?}");
     let uploads = c
         .list_multipart_uploads()
         .bucket("multipart")
@@ -2330,6 +2371,74 @@ async fn an_anonymous_gateway_takes_unsigned_requests() {
     task.await.unwrap().unwrap();
 }
 
+/// A body sent HTTP-chunked (no Content-Length, no decoded length) is stored whole and counted
+/// in `/metrics` by the bytes that arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_bodies_sent_without_a_length() {
+    use fs_core::store::ObjectStore;
+    use fs_core::store::memory::MemoryStore;
+
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let config = GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        anonymous: true,
+        metrics_listen: Some(metrics_addr),
+        ..GatewayConfig::default()
+    };
+    let mem = MemoryStore::new();
+    let index = fs_core::Index::temporary().unwrap();
+    let server = Server::bind(&config, Arc::new(mem.clone()), index)
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let metrics_addr = server.metrics_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let chunks = [data(10_000, 1), data(1, 2), data(54_321, 3)];
+    let whole: Vec<u8> = chunks.concat();
+    let (created, put, text) = tokio::task::spawn_blocking(move || {
+        let created = raw_status(addr, "PUT /chunks HTTP/1.1");
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        write!(
+            stream,
+            "PUT /chunks/k HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        for chunk in &chunks {
+            write!(stream, "{:x}\r\n", chunk.len()).unwrap();
+            stream.write_all(chunk).unwrap();
+            stream.write_all(b"\r\n").unwrap();
+        }
+        stream.write_all(b"0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        (created, answer, http_get(metrics_addr, "/metrics"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(created, 200);
+    assert!(put.starts_with("HTTP/1.1 200"), "{put}");
+    assert_eq!(
+        mem.get("chunks/k", None).await.unwrap().body.as_ref(),
+        &whole[..]
+    );
+    let bytes_in: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("rivulet_gateway_bytes_total{direction=\"in\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert_eq!(bytes_in, whole.len() as u64, "{text}");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
 // ---- the command line ----
 
 /// `rivulet gateway` over the local store `store`, with an index of its own beside it.
@@ -2404,6 +2513,17 @@ async fn spawn_gateway(store: &Path, args: &[&str]) -> (std::process::Child, Soc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_serves_until_sigterm() {
+    serves_until_signal("TERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_serves_until_sigint() {
+    serves_until_signal("INT").await;
+}
+
+/// `rivulet gateway` stops cleanly on SIGTERM and on SIGINT (Ctrl-C): exit 0, port closed, and
+/// the open appendable object sealed into the store.
+async fn serves_until_signal(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     // Never idle long enough to seal: only the shutdown commits the appended object.
@@ -2427,7 +2547,7 @@ async fn the_command_serves_until_sigterm() {
     );
 
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([format!("-{signal}"), child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -2438,7 +2558,7 @@ async fn the_command_serves_until_sigterm() {
         }
         assert!(
             Instant::now() < deadline,
-            "the gateway did not stop on SIGTERM"
+            "the gateway did not stop on SIG{signal}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
