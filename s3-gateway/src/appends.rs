@@ -107,7 +107,16 @@ struct OpenFile {
     token: Option<ResumeToken>,
     /// Earlier tokens, whose tail objects only the latest token's recovery no longer needs.
     stale: Vec<ResumeToken>,
+    /// This writer put the empty stand-in for a new key (see [`PLACEHOLDER_METADATA`]) and no
+    /// append is acknowledged yet: if the first append fails, the stand-in goes too.
+    placeholder: bool,
 }
+
+/// User metadata of the empty object that stands in the store for a new appendable object
+/// until its first seal, so that listings (which read the store) show it. The mark tells it
+/// from an empty object a client put: only a stand-in whose first append was never
+/// acknowledged is ever deleted (after a failed first append, and at recovery after a crash).
+pub const PLACEHOLDER_METADATA: &str = "rivulet-append-placeholder";
 
 /// Stale tails are deleted in batches of this many, inside an append (see `append`).
 const STALE_TAILS_BATCH: usize = 16;
@@ -392,6 +401,8 @@ impl Appends {
                         .writer
                         .abort_upload(&entry.key, &entry.upload_id)
                         .await?;
+                    // A first append that was never acknowledged leaves its stand-in behind.
+                    remove_placeholder(&self.inner.store, &entry.key).await;
                     report.aborted += 1;
                 }
                 Some(token) => {
@@ -594,10 +605,12 @@ impl KeyGuard {
             // An empty object stands for the open one in the store, so that listings (which
             // read the store) show it; the writer then appends to it, committing only over it.
             let store = &self.inner().store;
-            let opts = PutOptions {
+            let mut opts = PutOptions {
                 condition: PutCondition::IfNoneMatch,
                 ..PutOptions::default()
             };
+            opts.metadata
+                .insert(PLACEHOLDER_METADATA.to_string(), "1".to_string());
             match store.put(&self.key, Bytes::new(), opts).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == StoreErrorKind::PreconditionFailed => {
@@ -608,12 +621,15 @@ impl KeyGuard {
                 Err(e) => return Err(to_s3(e)),
             }
         }
-        let file = self
-            .inner()
-            .writer
-            .open_append(&self.key)
-            .await
-            .map_err(writer_err)?;
+        let file = match self.inner().writer.open_append(&self.key).await {
+            Ok(file) => file,
+            Err(e) => {
+                if !exists {
+                    remove_placeholder(&self.inner().store, &self.key).await;
+                }
+                return Err(writer_err(e));
+            }
+        };
         if file.len() != offset {
             // Changed between the size check and the open (a writer outside the gateway).
             return Err(invalid_write_offset(format!(
@@ -625,6 +641,7 @@ impl KeyGuard {
             file,
             token: None,
             stale: Vec::new(),
+            placeholder: !exists,
         })));
         Ok(())
     }
@@ -660,7 +677,7 @@ impl KeyGuard {
                     self.open(offset, true).await?;
                 }
                 Err(WriterError::TooManyParts { part_size, .. }) => {
-                    self.fail_open();
+                    self.fail_open().await;
                     return Err(s3_err(
                         S3ErrorCode::EntityTooLarge,
                         format!(
@@ -670,7 +687,7 @@ impl KeyGuard {
                     ));
                 }
                 Err(e) => {
-                    self.fail_open();
+                    self.fail_open().await;
                     return Err(writer_err(e));
                 }
             }
@@ -683,6 +700,7 @@ impl KeyGuard {
         };
         match open.file.persist().await {
             Ok(token) => {
+                open.placeholder = false;
                 open.stale.extend(open.token.replace(token));
                 // Only the latest token is ever recovered, so older tails can go; without this
                 // a key appended to without pause would gather one tail object per append
@@ -699,7 +717,7 @@ impl KeyGuard {
                 }
             }
             Err(e) => {
-                self.fail_open();
+                self.fail_open().await;
                 return Err(writer_err(e));
             }
         }
@@ -717,13 +735,19 @@ impl KeyGuard {
     }
 
     /// The open writer failed (its state is unknown): go back to the last acknowledged point,
-    /// which a later call finishes from its token; with none, nothing was acknowledged.
-    fn fail_open(&mut self) {
+    /// which a later call finishes from its token; with none, nothing was acknowledged, and a
+    /// stand-in this writer put for a new key goes too.
+    async fn fail_open(&mut self) {
         let slot = std::mem::replace(&mut *self.slot, Slot::Idle);
         let next = match slot {
             Slot::Open(open) => match open.token {
                 Some(token) => Slot::Pending(Token::Resume(token)),
-                None => Slot::Idle,
+                None => {
+                    if open.placeholder {
+                        remove_placeholder(&self.inner().store, &self.key).await;
+                    }
+                    Slot::Idle
+                }
             },
             other => other,
         };
@@ -745,6 +769,22 @@ impl Drop for KeyGuard {
         {
             entries.remove(&self.key);
         }
+    }
+}
+
+/// Deletes `key` if it is still an empty stand-in (see [`PLACEHOLDER_METADATA`]). Failures are
+/// logged: a stand-in left behind is an empty object, not lost data.
+async fn remove_placeholder(store: &DynStore, key: &str) {
+    let still_placeholder = match store.head_opt(key).await {
+        Ok(Some(meta)) => meta.size == 0 && meta.metadata.contains_key(PLACEHOLDER_METADATA),
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "could not check an append's empty stand-in");
+            false
+        }
+    };
+    if still_placeholder && let Err(e) = store.delete(key).await {
+        tracing::warn!(%key, error = %e, "could not delete an append's empty stand-in");
     }
 }
 
@@ -900,6 +940,69 @@ mod tests {
         assert_eq!(stored(&store, "b/k").await, want);
         assert!(store.list_all(".rivulet/tails/").await.unwrap().is_empty());
         assert!(index.entries(&store.describe()).unwrap().is_empty());
+    }
+
+    /// The empty stand-in of a new key goes when its first append is never acknowledged:
+    /// at once when that append fails, and at recovery after a crash. An empty object a
+    /// client put stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_first_append_never_acknowledged_leaves_no_empty_object() {
+        use fs_core::store::fault::{FaultConfig, FaultStore, Op};
+
+        let mem = small_store();
+        let faults = Arc::new(FaultStore::new(mem.clone(), FaultConfig::default()));
+        let store: DynStore = faults.clone();
+        let index = Index::temporary().unwrap();
+        let config = WriterConfig {
+            part_size: 64,
+            retry: fs_core::retry::RetryPolicy {
+                max_attempts: 1,
+                ..Default::default()
+            },
+            ..WriterConfig::default()
+        };
+        let writer = RecoverableWriter::new(store.clone(), index.clone(), config).unwrap();
+        let appends = Appends::new(writer, index.clone(), Duration::from_secs(3600));
+        // The first append's persist fails (its tail PUT): the stand-in goes with it.
+        faults.set_config(FaultConfig {
+            fail_nth: [(Op::Put, faults.calls(Op::Put) + 2)].into_iter().collect(),
+            ..Default::default()
+        });
+        let failed = appends
+            .append("b/failed", 0, Bytes::from_static(b"never acknowledged"))
+            .await;
+        assert!(failed.is_err(), "the tail PUT was to fail");
+        assert!(mem.head_opt("b/failed").await.unwrap().is_none());
+        faults.set_config(FaultConfig::default());
+        // The key is free for the next writer.
+        appends
+            .append("b/failed", 0, Bytes::from_static(b"second try"))
+            .await
+            .unwrap();
+        appends.seal_all().await;
+        assert_eq!(stored(&mem, "b/failed").await, b"second try");
+
+        // A crash during a first append (stand-in put, upload opened, nothing persisted), and
+        // one during a first append to an empty object a client put.
+        let mut opts = PutOptions::default();
+        opts.metadata
+            .insert(PLACEHOLDER_METADATA.to_string(), "1".to_string());
+        mem.put("b/crashed", Bytes::new(), opts).await.unwrap();
+        mem.put("b/client-empty", Bytes::new(), PutOptions::default())
+            .await
+            .unwrap();
+        for key in ["b/crashed", "b/client-empty"] {
+            let w = appends.inner.writer.open_append(key).await.unwrap();
+            std::mem::forget(w); // a killed process runs no destructor
+        }
+        let restarted = appends_over(&store, &index, 64);
+        let report = restarted.recover().await.unwrap();
+        // The two crashed ones, and the failed first append's upload if its writer's
+        // background abort has not run yet.
+        assert!(report.aborted >= 2, "{report:?}");
+        assert!(index.entries(&store.describe()).unwrap().is_empty());
+        assert!(mem.head_opt("b/crashed").await.unwrap().is_none());
+        assert_eq!(stored(&mem, "b/client-empty").await, b"");
     }
 
     #[test]
