@@ -562,7 +562,7 @@ fn bench_measures_every_writer_against_the_plain_upload_and_cleans_up() {
     let out = run.stdout_text();
     for row in [
         "| plain multipart upload | ",
-        "| writer, persist() (default: no part cache) | ",
+        "| writer, persist(), no part cache (as cp and sinks run) | ",
         "| writer, persist(), part cache on (reads of open files) | ",
         "| writer, begin_persist() pipelined | ",
         "| persist() latency p50 / p99 (6 persists) | ",
