@@ -96,6 +96,10 @@ pub struct CheckpointConfig {
     pub timeout: Duration,
     /// Completed checkpoints kept in the store (older ones are deleted).
     pub retained: usize,
+    /// Declined checkpoints in a row tolerated (Flink's tolerable checkpoint failures): one
+    /// more fails the attempt, which then restarts per the restart strategy. `None`: no limit,
+    /// a declined checkpoint only delays publishing until the next one completes.
+    pub tolerable_failures: Option<u32>,
 }
 
 impl Default for CheckpointConfig {
@@ -104,6 +108,7 @@ impl Default for CheckpointConfig {
             interval: Some(Duration::from_secs(10)),
             timeout: Duration::from_secs(60),
             retained: 3,
+            tolerable_failures: None,
         }
     }
 }

@@ -138,4 +138,11 @@ pub trait Source: Send {
     fn checkpoint_complete(&mut self, _checkpoint_id: u64) -> Result<(), EngineError> {
         Ok(())
     }
+
+    /// Malformed records skipped since the source was built (a source configured to skip
+    /// them, rather than fail, says how many here; the runtime adds them to the vertex's
+    /// `malformed-records` metric).
+    fn malformed_records(&self) -> u64 {
+        0
+    }
 }

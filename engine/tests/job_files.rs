@@ -65,6 +65,22 @@ fn the_good_job_compiles() {
     assert_eq!(job.graph.vertices.len(), 4);
 }
 
+#[test]
+fn tolerable_checkpoint_failures_default_to_no_limit_and_can_be_set() {
+    let job = compile(&parse(GOOD).unwrap(), "job-0123456789abcdef").unwrap();
+    assert_eq!(job.graph.checkpoint.tolerable_failures, None);
+    let text = format!("{GOOD}\n[checkpoint]\ntolerable_failures = 2\n");
+    let job = compile(&parse(&text).unwrap(), "job-0123456789abcdef").unwrap();
+    assert_eq!(job.graph.checkpoint.tolerable_failures, Some(2));
+    let text = format!("{GOOD}\n[checkpoint]\ntolerable_failures = -1\n");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("tolerable_failures"))
+        .unwrap()
+        + 1;
+    assert_mentions(&text, &[&format!("line {line}"), "-1"]);
+}
+
 /// The example jobs shipped in `jobs/` (the README's and docs' commands run them).
 #[test]
 fn the_shipped_job_files_compile() {

@@ -12,6 +12,7 @@ use engine::graph::{
 };
 use engine::operator::{Operator, Output, Source, SourceStatus, TaskContext};
 use engine::runtime::{JobEnvironment, JobState, MiniCluster};
+use fs_core::store::fault::{FaultConfig, FaultStore, Op};
 use fs_core::store::memory::MemoryStore;
 use fs_core::{Index, RecoverableWriter, WriterConfig};
 
@@ -61,6 +62,72 @@ impl Source for Numbers {
 
     fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Vec<u8>, EngineError> {
         Ok(self.next.to_le_bytes().to_vec())
+    }
+}
+
+/// [`Numbers`], slowly: a few records a poll and a pause after each, so that a job of a few
+/// thousand records runs through many checkpoints.
+struct SlowNumbers(Numbers);
+
+impl Source for SlowNumbers {
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+
+    fn restore(&mut self, ctx: &TaskContext, position: &[u8]) -> Result<(), EngineError> {
+        self.0.restore(ctx, position)
+    }
+
+    fn open(&mut self, ctx: &TaskContext) -> Result<(), EngineError> {
+        self.0.open(ctx)
+    }
+
+    fn poll(&mut self, out: &mut dyn Output, _max: usize) -> Result<SourceStatus, EngineError> {
+        match self.0.poll(out, 8)? {
+            SourceStatus::More => Ok(SourceStatus::Idle(Duration::from_millis(2))),
+            other => Ok(other),
+        }
+    }
+
+    fn snapshot(&mut self, checkpoint_id: u64) -> Result<Vec<u8>, EngineError> {
+        self.0.snapshot(checkpoint_id)
+    }
+}
+
+/// Passes records on; its state is 20 KiB, more than a checkpoint acknowledgement carries,
+/// so each of its snapshots is a PUT to the checkpoint storage.
+struct BigState;
+
+impl Operator for BigState {
+    fn process(&mut self, record: Record, out: &mut dyn Output) -> Result<(), EngineError> {
+        out.emit(record)
+    }
+
+    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(Some(vec![7; 20 * 1024]))
+    }
+}
+
+/// Passes records on; in the first attempt, its snapshot of checkpoint 2 fails.
+struct FailingSnapshot {
+    attempt: u32,
+}
+
+impl Operator for FailingSnapshot {
+    fn open(&mut self, ctx: &TaskContext) -> Result<(), EngineError> {
+        self.attempt = ctx.attempt;
+        Ok(())
+    }
+
+    fn process(&mut self, record: Record, out: &mut dyn Output) -> Result<(), EngineError> {
+        out.emit(record)
+    }
+
+    fn snapshot(&mut self, checkpoint_id: u64) -> Result<Option<Vec<u8>>, EngineError> {
+        if self.attempt == 0 && checkpoint_id == 2 {
+            return Err(EngineError::state("test", "injected snapshot failure"));
+        }
+        Ok(None)
     }
 }
 
@@ -147,12 +214,15 @@ struct Env {
 }
 
 fn environment() -> Env {
+    environment_over(Arc::new(MemoryStore::new()))
+}
+
+fn environment_over(store: fs_core::store::DynStore) -> Env {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let store: fs_core::store::DynStore = Arc::new(MemoryStore::new());
     let writer = RecoverableWriter::new(
         store.clone(),
         Index::temporary().unwrap(),
@@ -236,6 +306,7 @@ fn graph(count: i64, fail_after: u64, published: Published) -> JobGraph {
             interval: Some(Duration::from_millis(20)),
             timeout: Duration::from_secs(30),
             retained: 2,
+            tolerable_failures: None,
         },
         restart: RestartStrategy::FixedDelay {
             attempts: 2,
@@ -318,4 +389,164 @@ fn failing_for_good_fails_the_job_with_the_reason() {
         JobState::Failed(reason) => assert!(reason.contains("injected failure"), "{reason}"),
         other => panic!("expected a failure, got {other:?}"),
     }
+}
+
+/// The numbers job with a slow source (see [`SlowNumbers`]) and, if `big_state`, a middle
+/// operator whose state is stored as its own object at every checkpoint; no restarts allowed,
+/// so that a checkpoint failure that failed the job would show.
+fn slow_graph(count: i64, big_state: bool, published: Published) -> JobGraph {
+    let mut g = graph(count, u64::MAX, published);
+    g.vertices[0].kind = VertexKind::Source {
+        factory: Arc::new(move |_| {
+            Ok(Box::new(SlowNumbers(Numbers {
+                count,
+                next: -1,
+                step: 1,
+            })) as Box<dyn Source>)
+        }),
+        watermark_delay: Duration::ZERO,
+    };
+    if big_state {
+        g.vertices[1].kind = VertexKind::Operator {
+            factory: Arc::new(|_| Ok(Box::new(BigState) as Box<dyn Operator>)),
+            is_sink: false,
+        };
+    }
+    g.restart = RestartStrategy::None;
+    g
+}
+
+/// Runs `slow_graph` over a memory store whose `nth` PUT fails, and checks that exactly one
+/// checkpoint was declined, for a reason containing `because`, while the job ran on without a
+/// restart: every record is published once, the values the declined checkpoint staged
+/// included, by the completion of a later checkpoint. Returns the declined checkpoint's id.
+fn a_failed_checkpoint_put_declines_the_checkpoint(
+    nth: u64,
+    big_state: bool,
+    because: &str,
+) -> u64 {
+    let store = Arc::new(FaultStore::new(
+        Arc::new(MemoryStore::new()),
+        FaultConfig {
+            fail_nth: [(Op::Put, nth)].into(),
+            ..FaultConfig::default()
+        },
+    ));
+    let env = environment_over(store.clone());
+    let published = Published::default();
+    let cluster = MiniCluster::new(env.env.clone(), 1, 4);
+    let job = cluster
+        .submit(slow_graph(3_000, big_state, published.clone()), "declined")
+        .unwrap();
+    assert_eq!(job.wait(), JobState::Finished);
+    assert!(store.calls(Op::Put) > nth, "the faulty PUT was never made");
+    assert_eq!(job.metrics().restarts(), 0);
+    let history = job.metrics().checkpoints();
+    let declined: Vec<_> = history.iter().filter(|c| !c.completed).collect();
+    assert_eq!(declined.len(), 1, "{history:?}");
+    let declined = declined[0];
+    let reason = declined.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains(because) && reason.contains("injected fault"),
+        "{reason}"
+    );
+    assert!(!declined.is_final);
+    assert!(
+        history
+            .iter()
+            .any(|c| c.completed && c.id > declined.id && !c.is_final),
+        "no periodic checkpoint completed after the declined one: {history:?}"
+    );
+    let values = published_values(&published);
+    assert_eq!(values, (0..3_000).collect::<Vec<_>>());
+    // What the sink staged at the declined checkpoint was published, without a restart, when
+    // a later one completed.
+    assert!(
+        published
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|((_, k), v)| *k == declined.id && !v.is_empty()),
+        "nothing staged at checkpoint {} was published",
+        declined.id
+    );
+    declined.id
+}
+
+#[test]
+fn a_checkpoint_whose_metadata_write_fails_is_declined_and_the_job_runs_on() {
+    // The states are small (inline in the acknowledgements): the only PUTs are the metadata
+    // objects, so the second is checkpoint 2's.
+    let id = a_failed_checkpoint_put_declines_the_checkpoint(2, false, "metadata");
+    assert_eq!(id, 2);
+}
+
+#[test]
+fn a_checkpoint_a_subtask_cannot_store_its_state_for_is_declined_and_the_job_runs_on() {
+    // The first PUT is a state of checkpoint 1 (its metadata comes only after every state).
+    let id = a_failed_checkpoint_put_declines_the_checkpoint(1, true, "storing its state");
+    assert_eq!(id, 1);
+}
+
+#[test]
+fn a_checkpoint_whose_snapshot_fails_is_declined_and_the_job_restarts_from_the_last_one() {
+    let env = environment();
+    let published = Published::default();
+    let mut g = slow_graph(3_000, false, published.clone());
+    g.vertices[1].kind = VertexKind::Operator {
+        factory: Arc::new(|_| Ok(Box::new(FailingSnapshot { attempt: 0 }) as Box<dyn Operator>)),
+        is_sink: false,
+    };
+    g.restart = RestartStrategy::FixedDelay {
+        attempts: 1,
+        delay: Duration::from_millis(10),
+    };
+    let cluster = MiniCluster::new(env.env.clone(), 1, 4);
+    let job = cluster.submit(g, "snapshot-fails").unwrap();
+    assert_eq!(job.wait(), JobState::Finished);
+    // An operator whose snapshot failed may hold a half-changed state: the task fails and the
+    // job restarts from checkpoint 1; the history says why checkpoint 2 did not complete.
+    assert_eq!(job.metrics().restarts(), 1);
+    assert_eq!(job.metrics().restored_checkpoint(), Some(1));
+    let history = job.metrics().checkpoints();
+    let second = history.iter().find(|c| c.id == 2).expect("checkpoint 2");
+    assert!(!second.completed, "{history:?}");
+    let reason = second.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("taking its snapshot") && reason.contains("injected snapshot failure"),
+        "{reason}"
+    );
+    assert_eq!(published_values(&published), (0..3_000).collect::<Vec<_>>());
+}
+
+#[test]
+fn more_declined_checkpoints_in_a_row_than_tolerated_restart_the_job() {
+    // Checkpoint 2's metadata write fails; with no declined checkpoint tolerated, that fails
+    // the attempt, and the job restarts from checkpoint 1 and finishes, exactly once.
+    let store = Arc::new(FaultStore::new(
+        Arc::new(MemoryStore::new()),
+        FaultConfig {
+            fail_nth: [(Op::Put, 2)].into(),
+            ..FaultConfig::default()
+        },
+    ));
+    let env = environment_over(store);
+    let published = Published::default();
+    let mut g = slow_graph(3_000, false, published.clone());
+    g.checkpoint.tolerable_failures = Some(0);
+    g.restart = RestartStrategy::FixedDelay {
+        attempts: 1,
+        delay: Duration::from_millis(10),
+    };
+    let cluster = MiniCluster::new(env.env.clone(), 1, 4);
+    let job = cluster.submit(g, "intolerant").unwrap();
+    assert_eq!(job.wait(), JobState::Finished);
+    assert_eq!(job.metrics().restarts(), 1);
+    assert_eq!(job.metrics().restored_checkpoint(), Some(1));
+    let history = job.metrics().checkpoints();
+    assert!(
+        history.iter().any(|c| c.id == 2 && !c.completed),
+        "{history:?}"
+    );
+    assert_eq!(published_values(&published), (0..3_000).collect::<Vec<_>>());
 }

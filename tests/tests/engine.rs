@@ -6,7 +6,7 @@
 //! Seeded: set `RIVULET_ENGINE_SEED` to replay a run's kill schedule.
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -19,15 +19,9 @@ use tempfile::TempDir;
 mod engine_support;
 
 use engine_support::{
-    Process, TOKEN, assert_same_output, job_file, open_uploads, output_lines, reference_output,
-    tails_after_gc,
+    Process, TOKEN, assert_same_output, job_file, open_uploads, output_lines, put_object,
+    reference_output, rest, rest_text, start_jobmanager, tails_after_gc,
 };
-
-fn free_address() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port on 127.0.0.1")
-}
 
 struct Cluster {
     dir: TempDir,
@@ -44,7 +38,9 @@ impl Cluster {
         let store = dir.path().join("store");
         fs::create_dir_all(&store).unwrap();
         let mut cluster = Cluster {
-            address: free_address(),
+            // Port 0: the first job manager binds a port the system picks, and every later one
+            // comes back on that address (see `start_jobmanager`).
+            address: "127.0.0.1:0".parse().unwrap(),
             store,
             dir,
             jobmanager: None,
@@ -68,23 +64,20 @@ impl Cluster {
         (log, index)
     }
 
+    /// Starts the job manager on `address`; the first one (port 0) sets it.
     fn start_jobmanager(&mut self) {
         let (log, index) = self.next_name("jobmanager");
-        let address = self.address.to_string();
+        let listen = self.address.to_string();
         let store = self.store.to_string_lossy().to_string();
-        self.jobmanager = Some(Process::start(
-            &[
-                "jobmanager",
-                "--store",
-                &store,
-                "--listen",
-                &address,
-                "--heartbeat-timeout",
-                "3s",
-            ],
+        let (process, address) = start_jobmanager(
+            None,
+            &listen,
+            &["--store", &store, "--heartbeat-timeout", "3s"],
             log,
             &index,
-        ));
+        );
+        self.address = address;
+        self.jobmanager = Some(process);
     }
 
     fn start_taskmanager(&mut self) {
@@ -175,6 +168,64 @@ impl Cluster {
         self.status(Some(job))
             .and_then(|j| j["state"].as_str().map(str::to_string))
     }
+
+    /// A REST request with the cluster's token: status and JSON body.
+    fn rest(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
+        rest(&self.address.to_string(), method, path, Some(TOKEN))
+    }
+
+    /// Polls `check` every 100 ms until it gives a value; fails after `secs` seconds saying
+    /// what was awaited, with the processes' logs.
+    fn wait_for<T>(&self, what: &str, secs: u64, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {secs} s for {what}{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `job` runs and its source has emitted records.
+    fn wait_until_running(&self, job: &str) {
+        self.wait_for("the job to run and emit records", 60, || {
+            let (code, body) = self.rest("GET", &format!("/jobs/{job}"));
+            (code == 200
+                && body["state"] == "RUNNING"
+                && body["vertices"][0]["metrics"]["write-records"].as_u64() > Some(0))
+            .then_some(())
+        });
+    }
+}
+
+/// A job that runs until it is cancelled: rate-limited bids into CSV files, checkpoints every
+/// 200 ms.
+fn unbounded_job() -> String {
+    r#"
+name = "unbounded"
+parallelism = 2
+
+[checkpoint]
+interval = "200ms"
+
+[[source]]
+id = "bids"
+kind = "nexmark"
+rate = 2000
+
+[[sink]]
+id = "out"
+input = "bids"
+kind = "file"
+path = "out/bids"
+format = "csv"
+"#
+    .to_string()
 }
 
 #[test]
@@ -194,12 +245,22 @@ fn output_is_exactly_once_when_task_managers_and_the_job_manager_are_killed() {
     let job = cluster.submit(&job_file(EVENTS, Some(40_000)));
     let started = Instant::now();
     let mut kills = Vec::new();
+    let mut restarts_before = None;
+    let mut checkpointed = None;
     for round in 0..4 {
         std::thread::sleep(Duration::from_millis(rng.random_range(700..2200)));
         if cluster.state(&job).as_deref() == Some("FINISHED") {
             break;
         }
         if round == 2 {
+            // What the first job manager saw: the task managers killed so far made the job
+            // restart, and the checkpoint a new job manager must resume from at the latest.
+            let before = cluster
+                .status(Some(&job))
+                .unwrap_or_else(|| panic!("seed {seed}: no status of the job{}", cluster.logs()));
+            restarts_before = before["restarts"].as_u64();
+            let (_, checkpoints) = cluster.rest("GET", &format!("/jobs/{job}/checkpoints"));
+            checkpointed = checkpoints["latest"]["id"].as_u64();
             // Once the job manager: a new one must find the job in the store and resume it.
             if let Some(jm) = cluster.jobmanager.take() {
                 jm.kill();
@@ -244,18 +305,39 @@ fn output_is_exactly_once_when_task_managers_and_the_job_manager_are_killed() {
         Vec::<String>::new(),
         "seed {seed}: tail objects were left after gc"
     );
-    let restarts = cluster
-        .status(Some(&job))
-        .and_then(|j| j["restarts"].as_u64())
-        .unwrap_or(0);
+    let status = cluster.status(Some(&job)).unwrap_or_default();
     eprintln!(
-        "seed {seed}: kills {kills:?}; {} distinct output lines; {restarts} restarts under the last job manager",
-        got.len()
+        "seed {seed}: kills {kills:?}; {} distinct output lines; {restarts_before:?} restarts under \
+         the first job manager; under the last: {} restarts, {} restores, the latest from \
+         checkpoint {}; checkpoint {checkpointed:?} was the latest when the first one was killed",
+        got.len(),
+        status["restarts"],
+        status["restores"],
+        status["restored-checkpoint"],
     );
     assert!(
         kills.len() >= 3,
         "seed {seed}: the job ended before the kills ({kills:?})"
     );
+    // The output alone would also be right if the kills had missed the job: it must have
+    // restarted after the task managers were killed under it, ...
+    assert!(
+        restarts_before.is_some_and(|r| r >= 1),
+        "seed {seed}: no restart after the task manager kills {kills:?} (restarts: \
+         {restarts_before:?})"
+    );
+    // ... and the new job manager must have resumed it from a checkpoint (at least the one
+    // that was the latest when the first job manager died), not run it from the start.
+    assert!(
+        status["restores"].as_u64() >= Some(1),
+        "seed {seed}: the new job manager did not restore the job from a checkpoint: {status}"
+    );
+    if let Some(checkpointed) = checkpointed {
+        assert!(
+            status["restored-checkpoint"].as_u64() >= Some(checkpointed),
+            "seed {seed}: restored from an older checkpoint than {checkpointed}: {status}"
+        );
+    }
 }
 
 #[test]
@@ -293,4 +375,208 @@ fn a_job_manager_needs_a_token_or_anonymous_and_rejects_bad_job_files() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("token"));
+}
+
+#[test]
+fn the_checkpoints_of_a_running_job_are_listed_with_durations_and_sizes() {
+    let cluster = Cluster::new();
+    let job = cluster.submit(&unbounded_job());
+    cluster.wait_until_running(&job);
+    let path = format!("/jobs/{job}/checkpoints");
+    let body = cluster.wait_for("three completed checkpoints", 60, || {
+        let (code, body) = cluster.rest("GET", &path);
+        assert_eq!(code, 200, "{body}");
+        (body["counts"]["completed"].as_u64() >= Some(3)).then_some(body)
+    });
+    let history = body["history"].as_array().expect("a history");
+    assert_eq!(body["counts"]["total"].as_u64(), Some(history.len() as u64));
+    let completed: Vec<&serde_json::Value> =
+        history.iter().filter(|c| c["completed"] == true).collect();
+    assert_eq!(
+        body["counts"]["completed"].as_u64(),
+        Some(completed.len() as u64)
+    );
+    assert_eq!(
+        body["counts"]["failed"].as_u64(),
+        Some((history.len() - completed.len()) as u64)
+    );
+    let ids: Vec<u64> = history.iter().filter_map(|c| c["id"].as_u64()).collect();
+    assert_eq!(
+        ids.len(),
+        history.len(),
+        "every checkpoint has an id: {body}"
+    );
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "checkpoint ids do not increase: {ids:?}"
+    );
+    for c in &completed {
+        // Every source subtask stores its position, so no completed checkpoint is empty.
+        assert!(c["state_bytes"].as_u64() > Some(0), "no state size: {c}");
+        assert!(c["duration_ms"].as_u64() > Some(0), "no duration: {c}");
+        assert!(c["reason"].is_null(), "a reason on a completed one: {c}");
+        assert_eq!(c["is_final"], false, "an unbounded job's checkpoint: {c}");
+    }
+    assert_eq!(&body["latest"], *completed.last().unwrap());
+
+    // An unknown job: 404 with a JSON error naming it.
+    let (code, body) = cluster.rest("GET", "/jobs/no-such-job/checkpoints");
+    assert_eq!(code, 404, "{body}");
+    let error = body["errors"][0].as_str().unwrap_or_default();
+    assert!(error.contains("no-such-job"), "{body}");
+}
+
+#[test]
+fn a_cancelled_job_stops_and_says_so_and_unknown_jobs_are_404() {
+    let cluster = Cluster::new();
+    let job = cluster.submit(&unbounded_job());
+    cluster.wait_until_running(&job);
+
+    let (code, body) = cluster.rest("POST", &format!("/jobs/{job}/cancel"));
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["jid"], job.as_str());
+    cluster.wait_for("the job to be cancelled", 30, || {
+        (cluster.state(&job).as_deref() == Some("CANCELED")).then_some(())
+    });
+    // The CLI says so too.
+    let address = cluster.address.to_string();
+    let out = cluster.rivulet(&["status", "--jobmanager", &address, &job]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&job) && text.contains("CANCELED"), "{text}");
+    let out = cluster.rivulet(&["list", "--jobmanager", &address]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&job) && l.contains("CANCELED")),
+        "{text}"
+    );
+    // A cancelled job stops checkpointing: its sources and sinks are gone.
+    let path = format!("/jobs/{job}/checkpoints");
+    let before = cluster.rest("GET", &path).1["counts"]["total"].clone();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(cluster.rest("GET", &path).1["counts"]["total"], before);
+    let (_, overview) = cluster.rest("GET", "/overview");
+    assert_eq!(overview["jobs-cancelled"], 1, "{overview}");
+    assert_eq!(overview["slots-available"], 4, "{overview}");
+
+    // Cancelling it again: 409, and `rivulet cancel` fails saying why.
+    let (code, body) = cluster.rest("POST", &format!("/jobs/{job}/cancel"));
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("already ended")),
+        "{body}"
+    );
+    let out = cluster.rivulet(&["cancel", "--jobmanager", &address, &job]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already ended"), "{err}");
+
+    // An unknown job: 404 with a JSON error naming it, from the API and the CLI.
+    let (code, body) = cluster.rest("POST", "/jobs/no-such-job/cancel");
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("no-such-job")),
+        "{body}"
+    );
+    let (code, body) = cluster.rest("GET", "/jobs/no-such-job");
+    assert_eq!(code, 404, "{body}");
+    let out = cluster.rivulet(&["cancel", "--jobmanager", &address, "no-such-job"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-job"), "{err}");
+}
+
+#[test]
+fn malformed_records_a_files_source_skips_are_counted_in_the_api_and_metrics() {
+    let cluster = Cluster::new();
+    // Four records and three malformed lines: not JSON, a string where an int goes, a cut-off
+    // object.
+    put_object(
+        &cluster.store,
+        "input/clicks.jsonl",
+        b"{\"user\":1,\"url\":\"a\"}\nnot json\n{\"user\":2,\"url\":\"b\"}\n\
+          {\"user\":\"three\",\"url\":\"c\"}\n{\"user\":3,\"url\":\"c\"}\n{\"user\":4,\n\
+          {\"user\":4,\"url\":\"d\"}\n",
+    );
+    let job = cluster.submit(
+        r#"
+name = "malformed"
+
+[[source]]
+id = "clicks"
+kind = "files"
+prefix = "input/"
+format = "json"
+schema = ["user:int", "url:string"]
+on_error = "skip"
+
+[[sink]]
+id = "out"
+input = "clicks"
+kind = "file"
+path = "out/clicks"
+format = "json"
+"#,
+    );
+    cluster.wait_for("the job to finish", 60, || {
+        match cluster.state(&job).as_deref() {
+            Some("FINISHED") => Some(()),
+            Some(s @ ("FAILED" | "CANCELED")) => panic!("the job ended {s}{}", cluster.logs()),
+            _ => None,
+        }
+    });
+    assert_eq!(output_lines(&cluster.store).values().sum::<usize>(), 4);
+    // Task managers report their counts with their heartbeats, once a second.
+    let vertices = cluster.wait_for("the malformed records counted", 10, || {
+        let (_, body) = cluster.rest("GET", &format!("/jobs/{job}"));
+        let vertices = body["vertices"].as_array().cloned().unwrap_or_default();
+        (vertices.first()?["metrics"]["malformed-records"] == 3).then_some(vertices)
+    });
+    assert_eq!(vertices[0]["id"], "clicks");
+    assert_eq!(vertices[0]["metrics"]["write-records"], 4);
+    assert_eq!(vertices[1]["id"], "out");
+    assert_eq!(vertices[1]["metrics"]["malformed-records"], 0);
+    let (code, metrics) = rest_text(&cluster.address.to_string(), "GET", "/metrics", Some(TOKEN));
+    assert_eq!(code, 200, "{metrics}");
+    let line = format!("rivulet_job_malformed_records_total{{job=\"{job}\",vertex=\"clicks\"}} 3");
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no `{line}` in\n{metrics}"
+    );
+    assert!(
+        !metrics.contains("vertex=\"out\"}"),
+        "a malformed count for the sink:\n{metrics}"
+    );
+}
+
+#[test]
+fn a_job_manager_whose_fixed_port_is_held_starts_once_the_port_is_free() {
+    // What a restarted job manager meets when another process holds its port for a moment:
+    // the harness starts it again until it binds, on that same address.
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    fs::create_dir_all(&store).unwrap();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = holder.local_addr().unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(holder);
+    });
+    let (jobmanager, bound) = start_jobmanager(
+        None,
+        &address.to_string(),
+        &["--store", &store.to_string_lossy()],
+        dir.path().join("jobmanager.log"),
+        &dir.path().join("jobmanager.index"),
+    );
+    release.join().unwrap();
+    assert_eq!(bound, address);
+    let (code, overview) = rest(&address.to_string(), "GET", "/overview", Some(TOKEN));
+    assert_eq!(code, 200, "{overview}");
+    jobmanager.kill();
 }

@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -22,7 +22,8 @@ use tempfile::TempDir;
 mod engine_support;
 
 use engine_support::{
-    Process, TOKEN, job_file, open_uploads, output_lines, reference_output, tails_after_gc,
+    Process, TOKEN, job_file, open_uploads, output_lines, reference_output, start_jobmanager,
+    tails_after_gc,
 };
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -170,22 +171,16 @@ fn task_managers_in_other_network_namespaces_run_a_job_together() {
     fs::create_dir_all(&store).unwrap();
     let path = |name: &str| -> PathBuf { dir.path().join(name) };
 
-    // Only on host a's near address: not on 127.0.0.1, not on any other address.
-    let listen: SocketAddr = TcpListener::bind((network.hosts[0].near_ip, 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free port on the veth address");
-    let address = listen.to_string();
-    let jobmanager = Process::start(
-        &[
-            "jobmanager",
-            "--store",
-            &store.to_string_lossy(),
-            "--listen",
-            &address,
-        ],
+    // Only on host a's near address: not on 127.0.0.1, not on any other address. Port 0:
+    // the job manager binds a free one and says which (no port chosen beforehand to race for).
+    let (jobmanager, listen) = start_jobmanager(
+        None,
+        &format!("{}:0", network.hosts[0].near_ip),
+        &["--store", &store.to_string_lossy()],
         path("jobmanager.log"),
         &path("jobmanager.index"),
     );
+    let address = listen.to_string();
 
     let taskmanagers: Vec<Process> = network
         .hosts

@@ -34,6 +34,14 @@ fn announced(log: &Path) -> Option<(bool, String)> {
     Some((line.starts_with("resuming"), id))
 }
 
+/// The state the store records for the job a run's log announces.
+fn recorded_state(store: &Path, log: &Path) -> Option<String> {
+    let (_, id) = announced(log)?;
+    let record = fs::read(store.join("_jobs").join(format!("{id}.json"))).ok()?;
+    let record: serde_json::Value = serde_json::from_slice(&record).ok()?;
+    record["state"].as_str().map(str::to_string)
+}
+
 #[test]
 fn a_killed_embedded_run_resumes_from_its_checkpoint_exactly_once() {
     let seed: u64 = std::env::var("RIVULET_ENGINE_SEED")
@@ -62,8 +70,8 @@ fn a_killed_embedded_run_resumes_from_its_checkpoint_exactly_once() {
     let mut kills = Vec::new();
     let mut job_id: Option<String> = None;
     let mut silent_kill = false;
-    // The log and exit status of a run that completed the job before its kill.
-    let mut ended: Option<(std::path::PathBuf, std::process::ExitStatus)> = None;
+    // The log of a run that completed the job before its kill, and whether it succeeded.
+    let mut ended: Option<(std::path::PathBuf, bool)> = None;
     for round in 0..5 {
         let log = dir.path().join(format!("run-{round}.log"));
         let mut run = Process::start(&args, log.clone(), &index);
@@ -72,10 +80,17 @@ fn a_killed_embedded_run_resumes_from_its_checkpoint_exactly_once() {
         if let Some(status) = run.child.try_wait().unwrap() {
             // Finished (or failed) before the kill: this was the last run, checked below like
             // the final one (a run after it would start the job anew).
-            ended = Some((log, status));
+            ended = Some((log, status.success()));
             break;
         }
         run.kill();
+        // Killed after the job had finished, while the run printed its summary: the store
+        // records the job as finished, so a run after this one would start it anew. This run
+        // completed the job; it is the last, checked below.
+        if recorded_state(&store, &log).as_deref() == Some("FINISHED") {
+            ended = Some((log, true));
+            break;
+        }
         kills.push(format!("run {round} after {after:?}"));
         // A process killed very early (a loaded machine) may die before it announces its
         // job, possibly after recording it: then the next run may resume a run this test
@@ -105,7 +120,7 @@ fn a_killed_embedded_run_resumes_from_its_checkpoint_exactly_once() {
 
     // The last run, to completion, unless a run above completed the job.
     let (log, success) = match ended {
-        Some((log, status)) => (log, status.success()),
+        Some(ended) => ended,
         None => {
             let log = dir.path().join("final.log");
             let started = Instant::now();

@@ -320,6 +320,7 @@ impl ResourceManager {
                 for (t, c) in total.iter_mut().zip(job) {
                     t.records_in += c.records_in;
                     t.records_out += c.records_out;
+                    t.malformed_records += c.malformed_records;
                 }
             }
         }

@@ -6,7 +6,7 @@
 //! | `GET /overview` | task managers, slots, jobs by state |
 //! | `GET /jobs` | every job: id and state |
 //! | `POST /jobs` | submit a job file (TOML body); answers `{"jobid": ...}` |
-//! | `GET /jobs/{id}` | one job: state, vertices with parallelism and records in/out |
+//! | `GET /jobs/{id}` | one job: state, restarts and restores, vertices with parallelism, records in/out and malformed records skipped |
 //! | `GET /jobs/{id}/checkpoints` | checkpoint counts and history |
 //! | `POST /jobs/{id}/cancel` | cancel a job |
 //! | `GET /taskmanagers` | task managers: slots total and free, last heartbeat |
@@ -217,6 +217,7 @@ fn live_job_json(jm: &JobManager, h: &JobHandle) -> Json {
                 "metrics": {
                     "read-records": c.records_in,
                     "write-records": c.records_out,
+                    "malformed-records": c.malformed_records,
                 },
             })
         })
@@ -232,6 +233,8 @@ fn live_job_json(jm: &JobManager, h: &JobHandle) -> Json {
         "reason": reason,
         "duration": h.shared.started.elapsed().as_millis() as u64,
         "restarts": h.metrics().restarts(),
+        "restores": h.metrics().restores(),
+        "restored-checkpoint": h.metrics().restored_checkpoint(),
         "vertices": vertices,
     })
 }
@@ -315,6 +318,8 @@ fn metrics(jm: &JobManager) -> Reply {
     let _ = writeln!(out, "# TYPE rivulet_job_records_total counter");
     let mut checkpoint_lines = String::new();
     let mut restart_lines = String::new();
+    let mut restore_lines = String::new();
+    let mut malformed_lines = String::new();
     for h in jm.live_jobs() {
         let graph = &h.shared.graph;
         let counts = jm.resources.vertex_counts(h.job_id(), graph.vertices.len());
@@ -330,6 +335,13 @@ fn metrics(jm: &JobManager) -> Reply {
                 "rivulet_job_records_total{{{labels},direction=\"out\"}} {}",
                 c.records_out
             );
+            if v.is_source() {
+                let _ = writeln!(
+                    malformed_lines,
+                    "rivulet_job_malformed_records_total{{{labels}}} {}",
+                    c.malformed_records
+                );
+            }
         }
         let history = h.metrics().checkpoints();
         let completed = history.iter().filter(|c| c.completed).count();
@@ -350,6 +362,12 @@ fn metrics(jm: &JobManager) -> Reply {
             h.job_id(),
             h.metrics().restarts()
         );
+        let _ = writeln!(
+            restore_lines,
+            "rivulet_job_restores_total{{job=\"{}\"}} {}",
+            h.job_id(),
+            h.metrics().restores()
+        );
     }
     let _ = writeln!(
         out,
@@ -363,6 +381,18 @@ fn metrics(jm: &JobManager) -> Reply {
     );
     let _ = writeln!(out, "# TYPE rivulet_job_restarts_total counter");
     out.push_str(&restart_lines);
+    let _ = writeln!(
+        out,
+        "# HELP rivulet_job_restores_total Job attempts started from a completed checkpoint."
+    );
+    let _ = writeln!(out, "# TYPE rivulet_job_restores_total counter");
+    out.push_str(&restore_lines);
+    let _ = writeln!(
+        out,
+        "# HELP rivulet_job_malformed_records_total Malformed records skipped by each source vertex."
+    );
+    let _ = writeln!(out, "# TYPE rivulet_job_malformed_records_total counter");
+    out.push_str(&malformed_lines);
     let mut response = Response::new(Full::new(Bytes::from(out)));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -105,6 +105,7 @@ fn checkpoint_config(spec: &JobSpec) -> Result<CheckpointConfig, EngineError> {
         }
         config.retained = n;
     }
+    config.tolerable_failures = c.tolerable_failures;
     Ok(config)
 }
 

@@ -36,6 +36,9 @@ pub struct CheckpointSpec {
     pub timeout: Option<DurationText>,
     /// Completed checkpoints kept in the store (default 3).
     pub retained: Option<usize>,
+    /// Declined checkpoints in a row the job tolerates; one more fails the attempt, which
+    /// restarts per the restart strategy (default: no limit).
+    pub tolerable_failures: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

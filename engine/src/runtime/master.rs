@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::checkpoint::{CheckpointMetadata, CheckpointStorage, OperatorState};
 use super::element::Barrier;
 use super::executor::{DeployRequest, Placement};
-use super::metrics::{CheckpointRecord, JobMetrics};
+use super::metrics::{CheckpointRecord, JobMetrics, millis_rounded_up};
 use super::plan::ExecutionPlan;
 use super::task::{SubtaskId, TaskControl, TaskEvent};
 use crate::error::EngineError;
@@ -174,6 +174,9 @@ pub struct JobMaster {
     task_managers: Arc<dyn TaskManagers>,
     storage: Arc<CheckpointStorage>,
     next_checkpoint_id: u64,
+    /// Periodic checkpoints declined since the last one completed; set back to 0 when their
+    /// number fails an attempt, so that the restarted attempt has the same allowance.
+    declined_in_a_row: u32,
 }
 
 impl JobMaster {
@@ -191,6 +194,7 @@ impl JobMaster {
             task_managers,
             storage,
             next_checkpoint_id: 1,
+            declined_in_a_row: 0,
         }
     }
 
@@ -223,8 +227,12 @@ impl JobMaster {
                 return Ok(JobState::Canceled);
             };
             self.shared.set_state(JobState::Running);
+            let restored = restore.as_ref().map(|m| m.checkpoint_id);
             let outcome = match self.deploy(attempt, placement, restore) {
                 Ok(deployment) => {
+                    if let Some(id) = restored {
+                        self.shared.metrics.add_restore(id);
+                    }
                     let outcome = self.coordinate(&deployment);
                     self.tear_down(&deployment);
                     outcome
@@ -407,25 +415,11 @@ impl JobMaster {
                     next_periodic = config.interval.map(|i| Instant::now() + i);
                 }
             }
-            if let Some(p) = &pending
-                && p.started.elapsed() > config.timeout
-            {
-                let record = CheckpointRecord {
-                    id: p.id,
-                    completed: false,
-                    is_final: p.is_final,
-                    duration_ms: p.started.elapsed().as_millis() as u64,
-                    state_bytes: 0,
-                };
-                self.shared.metrics.record_checkpoint(record);
-                if p.is_final {
-                    return Outcome::Failed(format!(
-                        "the final checkpoint {} did not complete within {:?}",
-                        p.id, config.timeout
-                    ));
+            if let Some(p) = pending.take_if(|p| p.started.elapsed() > config.timeout) {
+                let reason = format!("not complete within {:?}", config.timeout);
+                if let Err(failed) = self.decline(p, reason) {
+                    return failed;
                 }
-                tracing::warn!(checkpoint = p.id, "checkpoint declined: timed out");
-                pending = None;
             }
             let event = match deployment.events.recv_timeout(Duration::from_millis(50)) {
                 Ok(event) => event,
@@ -435,7 +429,26 @@ impl JobMaster {
                 }
             };
             match event {
-                TaskEvent::Failed(_, reason) => return Outcome::Failed(reason),
+                TaskEvent::Failed(_, reason) => {
+                    // The checkpoint in flight cannot complete any more: the history says why.
+                    if let Some(p) = pending.take() {
+                        // Not held against `tolerable_failures`: the attempt fails anyway.
+                        self.record_declined(&p, format!("a subtask failed: {reason}"));
+                    }
+                    return Outcome::Failed(reason);
+                }
+                TaskEvent::Declined {
+                    checkpoint_id,
+                    reason,
+                    ..
+                } => {
+                    let Some(p) = pending.take_if(|p| p.id == checkpoint_id) else {
+                        continue; // a decline of a checkpoint already declined or timed out
+                    };
+                    if let Err(failed) = self.decline(p, reason) {
+                        return failed;
+                    }
+                }
                 TaskEvent::SourceFinished(id) => {
                     finished_sources.insert(id);
                 }
@@ -460,7 +473,7 @@ impl JobMaster {
                     let Some(p) = pending.take() else { continue };
                     match self.complete(p, deployment) {
                         Ok(is_final) => final_completed |= is_final,
-                        Err(e) => return Outcome::Failed(format!("completing a checkpoint: {e}")),
+                        Err(failed) => return failed,
                     }
                     if final_completed && finished_subtasks.len() == deployment.subtasks.len() {
                         return Outcome::Finished;
@@ -470,18 +483,68 @@ impl JobMaster {
         }
     }
 
-    /// Commits a fully acknowledged checkpoint and tells every subtask.
-    fn complete(&self, p: PendingCheckpoint, deployment: &Deployment) -> Result<bool, EngineError> {
-        let states: Vec<OperatorState> = p.acks.into_values().flatten().collect();
+    /// Puts a checkpoint that will not complete into the history, saying why.
+    fn record_declined(&self, p: &PendingCheckpoint, reason: String) {
+        tracing::warn!(job = %self.shared.job_id, checkpoint = p.id, "checkpoint declined: {reason}");
+        self.shared.metrics.record_checkpoint(CheckpointRecord {
+            id: p.id,
+            completed: false,
+            is_final: p.is_final,
+            duration_ms: millis_rounded_up(p.started.elapsed()),
+            state_bytes: 0,
+            reason: Some(reason),
+        });
+    }
+
+    /// Records a checkpoint that will not complete. A periodic one is just declined: the job
+    /// runs on, and the sinks' files it would have published wait for the next checkpoint that
+    /// completes (they stay pending in the sinks' state, grouped by checkpoint, and a
+    /// completion publishes every group up to its id). A final one fails the attempt, since
+    /// the subtasks that took it have finished their operators and wait only for it; the
+    /// restart goes back to the latest completed checkpoint. So does one declined checkpoint
+    /// more in a row than `checkpoint.tolerable_failures`. `Err` is that failure.
+    fn decline(&mut self, p: PendingCheckpoint, reason: String) -> Result<(), Outcome> {
+        self.record_declined(&p, reason.clone());
+        if p.is_final {
+            return Err(Outcome::Failed(format!(
+                "the final checkpoint {} was declined: {reason}",
+                p.id
+            )));
+        }
+        self.declined_in_a_row += 1;
+        if let Some(tolerable) = self.shared.graph.checkpoint.tolerable_failures
+            && self.declined_in_a_row > tolerable
+        {
+            let declined = std::mem::take(&mut self.declined_in_a_row);
+            return Err(Outcome::Failed(format!(
+                "{declined} checkpoints declined in a row, more than \
+                 checkpoint.tolerable_failures = {tolerable}; the last: {reason}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Commits a fully acknowledged checkpoint and tells every subtask; `Ok(true)` if it was
+    /// the final one. A metadata write that fails declines the checkpoint (see `decline`):
+    /// without its metadata it does not exist, and should the write have happened after all
+    /// (an answer lost on the way back), it is a complete checkpoint whose pending files the
+    /// next completion, or a restore from it, publishes.
+    fn complete(&mut self, p: PendingCheckpoint, deployment: &Deployment) -> Result<bool, Outcome> {
+        let states: Vec<OperatorState> = p.acks.values().flatten().cloned().collect();
         let state_bytes = states.iter().map(OperatorState::size).sum();
         let metadata = self.storage.new_metadata(p.id, p.is_final, states);
-        self.storage.commit(&metadata)?;
+        if let Err(e) = self.storage.commit(&metadata) {
+            self.decline(p, format!("writing the checkpoint's metadata: {e}"))?;
+            return Ok(false);
+        }
+        self.declined_in_a_row = 0;
         self.shared.metrics.record_checkpoint(CheckpointRecord {
             id: p.id,
             completed: true,
             is_final: p.is_final,
-            duration_ms: p.started.elapsed().as_millis() as u64,
+            duration_ms: millis_rounded_up(p.started.elapsed()),
             state_bytes,
+            reason: None,
         });
         self.broadcast(deployment, &TaskControl::CheckpointComplete(p.id));
         if let Err(e) = self

@@ -10,6 +10,7 @@ use std::time::Duration;
 pub struct VertexMetrics {
     records_in: AtomicU64,
     records_out: AtomicU64,
+    malformed_records: AtomicU64,
 }
 
 impl VertexMetrics {
@@ -23,6 +24,17 @@ impl VertexMetrics {
         if n > 0 {
             self.records_out.fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    /// Malformed records a source skipped (`on_error = "skip"`).
+    pub fn add_malformed(&self, n: u64) {
+        if n > 0 {
+            self.malformed_records.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn malformed_records(&self) -> u64 {
+        self.malformed_records.load(Ordering::Relaxed)
     }
 
     pub fn records_in(&self) -> u64 {
@@ -39,6 +51,10 @@ impl VertexMetrics {
 pub struct VertexCounts {
     pub records_in: u64,
     pub records_out: u64,
+    /// Malformed records skipped by a source vertex (0 for others). Defaulted so that a task
+    /// manager of an older build, whose heartbeats lack it, is still understood.
+    #[serde(default)]
+    pub malformed_records: u64,
 }
 
 /// One completed or declined checkpoint, as the history shows it.
@@ -47,9 +63,19 @@ pub struct CheckpointRecord {
     pub id: u64,
     pub completed: bool,
     pub is_final: bool,
+    /// From the trigger to completion (or to the decline), rounded up: a checkpoint that took
+    /// a fraction of a millisecond shows 1, not 0.
     pub duration_ms: u64,
     /// Bytes of state stored for it.
     pub state_bytes: u64,
+    /// Why a declined checkpoint was declined (a timeout, a subtask that could not store its
+    /// state, the metadata write, a failed task); `None` for a completed one.
+    pub reason: Option<String>,
+}
+
+/// `elapsed` in milliseconds, rounded up (see [`CheckpointRecord::duration_ms`]).
+pub fn millis_rounded_up(elapsed: Duration) -> u64 {
+    elapsed.as_micros().div_ceil(1000) as u64
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +83,11 @@ pub struct JobMetrics {
     vertices: Vec<VertexMetrics>,
     blocked_micros: AtomicU64,
     restarts: AtomicU64,
+    /// Attempts deployed from a completed checkpoint (after a failure, or resuming a job
+    /// recorded as running when its job manager or embedded run started).
+    restores: AtomicU64,
+    /// The checkpoint the latest restore started from, 0 for none (ids start at 1).
+    restored_checkpoint: AtomicU64,
     checkpoints: Mutex<Vec<CheckpointRecord>>,
 }
 
@@ -79,6 +110,7 @@ impl JobMetrics {
             .map(|v| VertexCounts {
                 records_in: v.records_in(),
                 records_out: v.records_out(),
+                malformed_records: v.malformed_records(),
             })
             .collect()
     }
@@ -99,6 +131,25 @@ impl JobMetrics {
 
     pub fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// An attempt was deployed from completed checkpoint `checkpoint_id`.
+    pub fn add_restore(&self, checkpoint_id: u64) {
+        self.restores.fetch_add(1, Ordering::Relaxed);
+        self.restored_checkpoint
+            .store(checkpoint_id, Ordering::Relaxed);
+    }
+
+    pub fn restores(&self) -> u64 {
+        self.restores.load(Ordering::Relaxed)
+    }
+
+    /// The checkpoint the latest restore started from.
+    pub fn restored_checkpoint(&self) -> Option<u64> {
+        match self.restored_checkpoint.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
     }
 
     pub fn record_checkpoint(&self, record: CheckpointRecord) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError};
 
-use super::chain::Chain;
+use super::chain::{Chain, OperatorSnapshot};
 use super::checkpoint::{CheckpointStorage, OperatorState};
 use super::element::{Barrier, Element};
 use super::exchange::{InputGate, NetworkOutput};
@@ -41,6 +41,13 @@ pub enum TaskEvent {
         checkpoint_id: u64,
         subtask: SubtaskId,
         states: Vec<OperatorState>,
+    },
+    /// The subtask declines the checkpoint: it could not store its state (it runs on), or its
+    /// snapshot failed (a `Failed` follows).
+    Declined {
+        checkpoint_id: u64,
+        subtask: SubtaskId,
+        reason: String,
     },
     /// A bounded source has emitted everything.
     SourceFinished(SubtaskId),
@@ -159,7 +166,52 @@ impl Subtask {
 
     /// Snapshots the source (if any) and the chain, stores the states, forwards the barrier
     /// and acknowledges the checkpoint.
+    ///
+    /// A snapshot that fails fails the subtask (after declining the checkpoint): an operator
+    /// may have changed its state half-way (a sink whose roll failed no longer holds that
+    /// file), so only a restart from the last completed checkpoint is safe. A state that
+    /// cannot be *stored* (the checkpoint storage's PUT failed) only declines the checkpoint,
+    /// as Flink declines one whose asynchronous part failed: the operators' states are whole,
+    /// the barrier still goes downstream so that the stream is not held in alignment, and the
+    /// next checkpoint covers what this one would have (see `JobMaster::decline`).
     fn checkpoint(&mut self, barrier: Barrier) -> Result<(), EngineError> {
+        let id = barrier.checkpoint_id;
+        let snapshots = match self.snapshot(barrier) {
+            Ok(snapshots) => snapshots,
+            Err(e) => {
+                self.decline(id, format!("{}: taking its snapshot: {e}", self.name));
+                return Err(e);
+            }
+        };
+        let stored: Result<Vec<OperatorState>, EngineError> = snapshots
+            .into_iter()
+            .map(|s| {
+                self.storage
+                    .store_state(id, &s.vertex_id, self.id.subtask, s.state)
+            })
+            .collect();
+        let event = match stored {
+            Ok(states) => TaskEvent::Ack {
+                checkpoint_id: id,
+                subtask: self.id,
+                states,
+            },
+            Err(e) => {
+                tracing::warn!(task = %self.name, checkpoint = id, "declining the checkpoint: {e}");
+                TaskEvent::Declined {
+                    checkpoint_id: id,
+                    subtask: self.id,
+                    reason: format!("{}: storing its state: {e}", self.name),
+                }
+            }
+        };
+        self.output.barrier(barrier)?;
+        self.events.send(event).map_err(|_| EngineError::Cancelled)
+    }
+
+    /// The states of the source (if any) and of every operator of the chain, by vertex id;
+    /// at the final barrier the operators are finished first.
+    fn snapshot(&mut self, barrier: Barrier) -> Result<Vec<OperatorSnapshot>, EngineError> {
         if barrier.is_final {
             self.chain.finish(&mut self.output)?;
         }
@@ -170,29 +222,22 @@ impl Subtask {
                 task: source.ctx.describe(),
                 message: e.to_string(),
             })?;
-            states.push(self.storage.store_state(
-                id,
-                &source.vertex_id,
-                self.id.subtask,
-                Some(position),
-            )?);
+            states.push(OperatorSnapshot {
+                vertex_id: source.vertex_id.clone(),
+                state: Some(position),
+            });
         }
-        for snapshot in self.chain.snapshot(id)? {
-            states.push(self.storage.store_state(
-                id,
-                &snapshot.vertex_id,
-                self.id.subtask,
-                snapshot.state,
-            )?);
-        }
-        self.output.barrier(barrier)?;
-        self.events
-            .send(TaskEvent::Ack {
-                checkpoint_id: id,
-                subtask: self.id,
-                states,
-            })
-            .map_err(|_| EngineError::Cancelled)
+        states.extend(self.chain.snapshot(id)?);
+        Ok(states)
+    }
+
+    fn decline(&self, checkpoint_id: u64, reason: String) {
+        // The master may be gone (the attempt is being torn down): nothing to tell then.
+        let _ = self.events.send(TaskEvent::Declined {
+            checkpoint_id,
+            subtask: self.id,
+            reason,
+        });
     }
 
     fn complete(&mut self, checkpoint_id: u64) -> Result<(), EngineError> {
@@ -228,6 +273,9 @@ impl Subtask {
         let mut last_watermark = MIN_TIMESTAMP;
         let mut last_tick = Instant::now();
         let mut idle_until: Option<Instant> = None;
+        // The source's malformed-record count already added to the metrics (the source counts
+        // from 0 in each attempt; the metric sums over attempts, like the record counts).
+        let mut malformed_counted = 0;
         loop {
             self.check_cancelled()?;
             // Control first: barriers must not wait behind a long run of polls.
@@ -291,6 +339,11 @@ impl Subtask {
                 max_timestamp = out.max_timestamp;
                 let emitted = out.emitted;
                 self.metrics.vertex(source.vertex).add_out(emitted);
+                let malformed = source.source.malformed_records();
+                self.metrics
+                    .vertex(source.vertex)
+                    .add_malformed(malformed.saturating_sub(malformed_counted));
+                malformed_counted = malformed_counted.max(malformed);
                 let delay = source.watermark_delay.as_millis() as i64;
                 match status {
                     SourceStatus::More => {}

@@ -586,6 +586,10 @@ impl Source for FilesSource {
         Ok(())
     }
 
+    fn malformed_records(&self) -> u64 {
+        FilesSource::malformed_records(self)
+    }
+
     fn poll(&mut self, out: &mut dyn Output, max: usize) -> Result<SourceStatus, EngineError> {
         if self.discovery_due() {
             self.discover()?;

@@ -6,8 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use harness::rivulet_bin;
 use tempfile::TempDir;
@@ -133,6 +136,113 @@ impl Drop for Process {
     }
 }
 
+/// What a job manager prints once it has bound its port: `job manager on http://ADDR (...`.
+const SERVING: &str = "job manager on http://";
+
+/// Starts `rivulet jobmanager --listen LISTEN ARGS` (in `netns`, or in this namespace) and
+/// waits until it serves; returns it with the address it bound.
+///
+/// With port 0 in `listen` the job manager binds a port the system picks and the address is
+/// read from its log: no port is chosen beforehand, so no other process can take it between
+/// the choice and the bind (which made tests fail with "Address already in use"). With a
+/// fixed port (a restarted job manager that must come back where its task managers and
+/// clients look for it), a bind that fails because the port is taken, briefly, by someone
+/// else is retried for up to 30 s.
+pub fn start_jobmanager(
+    netns: Option<&str>,
+    listen: &str,
+    args: &[&str],
+    log: PathBuf,
+    index: &Path,
+) -> (Process, SocketAddr) {
+    let mut all = vec!["jobmanager", "--listen", listen];
+    all.extend_from_slice(args);
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut process = Process::start_in(netns, &all, log.clone(), index);
+        let started = Instant::now();
+        loop {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if let Some(address) = serving_address(&text) {
+                return (process, address);
+            }
+            if let Some(status) = process
+                .child
+                .try_wait()
+                .expect("waiting for the job manager")
+            {
+                // Read again: the process may have written its last lines as it exited.
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                if let Some(address) = serving_address(&text) {
+                    return (process, address);
+                }
+                if text.contains("Address already in use") && Instant::now() < give_up {
+                    eprintln!("job manager: {listen} is taken, starting it again");
+                    std::thread::sleep(Duration::from_millis(200));
+                    break;
+                }
+                panic!("the job manager on {listen} exited ({status}):\n{text}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the job manager on {listen} did not start serving in 60 s:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The address in a job manager's "job manager on http://ADDR ..." line.
+fn serving_address(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .find_map(|l| l.split_once(SERVING))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+}
+
+/// One request to a job manager's REST API with the cluster's token (`token`: `None` for
+/// none): the status code and the body as JSON (`Null` if it is not JSON).
+pub fn rest(
+    address: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let (status, body) = rest_text(address, method, path, token);
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+/// One request to a job manager's REST API, with an empty body: the status code and the body
+/// as text. Plain HTTP/1.1 on a socket (`Connection: close`, so the body ends where the
+/// connection does): the tests need no HTTP client library for it.
+pub fn rest_text(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connecting to the job manager");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .expect("sending the request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("reading the answer");
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head}"));
+    (status, body.to_string())
+}
+
 /// Every line of every finished file under `out/`, counted.
 pub fn output_lines(store: &Path) -> BTreeMap<String, usize> {
     let mut lines = BTreeMap::new();
@@ -187,6 +297,23 @@ pub fn reference_output(events: u64) -> BTreeMap<String, usize> {
         String::from_utf8_lossy(&out.stderr)
     );
     output_lines(&store)
+}
+
+/// Writes an object into a local store (input for a `files` source).
+pub fn put_object(store: &Path, key: &str, body: &[u8]) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use fs_core::store::ObjectStore;
+        let store = fs_core::store::local::LocalStore::open(store).unwrap();
+        store
+            .put(
+                key,
+                bytes::Bytes::copy_from_slice(body),
+                fs_core::store::PutOptions::default(),
+            )
+            .await
+            .unwrap();
+    })
 }
 
 /// Multipart uploads still open in a local store (in-progress or pending files).
