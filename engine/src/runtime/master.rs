@@ -67,8 +67,12 @@ impl JobEnvironment {
             .map_err(|e| EngineError::io("starting a tokio runtime", e))?;
         let store: DynStore = Arc::new(fs_core::store::memory::MemoryStore::new());
         let index = fs_core::Index::temporary().map_err(fs_core::WriterError::from)?;
-        let writer =
-            RecoverableWriter::new(store.clone(), index, fs_core::WriterConfig::default())?;
+        // The sinks never read back what they write: no local copy of every part.
+        let config = fs_core::WriterConfig {
+            cache_parts: false,
+            ..fs_core::WriterConfig::default()
+        };
+        let writer = RecoverableWriter::new(store.clone(), index, config)?;
         let env = JobEnvironment {
             store,
             writer: Arc::new(writer),

@@ -31,7 +31,11 @@ impl TestJob {
         let writer = RecoverableWriter::new(
             store.clone(),
             Index::temporary().unwrap(),
-            WriterConfig::default(),
+            // The sinks never read back what they write: no local copy of every part.
+            WriterConfig {
+                cache_parts: false,
+                ..WriterConfig::default()
+            },
         )
         .unwrap();
         Self {
