@@ -779,7 +779,14 @@ async fn cleanup_deletes_only_that_tokens_tail_and_tolerates_repeats() {
         .unwrap()
         .unwrap();
     assert_eq!(entry.live_tails, vec![t2.tail_key.clone()]);
+    // The latest token keeps its tail: after a crash, recover_all hands it out.
+    f.writer.cleanup(&t2).await.unwrap();
+    assert!(f.mem.head(&t2.tail_key).await.is_ok());
     drop(w);
+    assert_eq!(
+        f.writer.recover_all().await.unwrap(),
+        vec![Token::Resume(t2.clone())]
+    );
     let w = f.writer.recover(&t2).await.unwrap();
     assert_eq!(w.read_at(0, 100).await.unwrap(), &b"onetwo"[..]);
 }

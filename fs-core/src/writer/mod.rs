@@ -25,7 +25,7 @@ pub use self::file::{FileWriter, WriterState};
 pub use self::maintenance::{GcOptions, GcReport, RebuildReport};
 pub use self::pipeline::PendingPersist;
 use crate::error::{StoreError, StoreErrorKind};
-use crate::index::{Index, IndexError};
+use crate::index::{Index, IndexEntry, IndexError};
 use crate::retry::RetryPolicy;
 use crate::store::{DynStore, ObjectStoreExt, limits};
 use crate::token::{CommitToken, ResumeToken, Token, TokenError};
@@ -249,7 +249,28 @@ impl RecoverableWriter {
     /// Deletes the tail that `token` staged, once no one needs to resume from it. Succeeds if
     /// it is already gone. Tails are never deleted implicitly while their upload is open, so
     /// any token handed out stays recoverable until it is cleaned up.
+    ///
+    /// The upload's latest token in the index keeps its tail (this succeeds and deletes
+    /// nothing): `recover_all` hands that token out after a crash, so it must stay
+    /// recoverable. Its tail goes when the file is committed or aborted.
     pub async fn cleanup(&self, token: &ResumeToken) -> Result<(), WriterError> {
+        let (index, name, upload) = (
+            self.shared.index.clone(),
+            self.shared.store_name.clone(),
+            token.upload_id.clone(),
+        );
+        let entry = tokio::task::spawn_blocking(move || index.get(&name, &upload))
+            .await
+            .map_err(|e| WriterError::Config(format!("index task failed: {e}")))??;
+        if let Some(IndexEntry {
+            latest: Some(Token::Resume(latest)),
+            ..
+        }) = &entry
+            && latest.tail_key == token.tail_key
+        {
+            tracing::debug!(tail = %token.tail_key, "kept: the tail of the upload's latest token");
+            return Ok(());
+        }
         let store = &self.shared.store;
         self.shared
             .config
