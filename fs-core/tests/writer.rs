@@ -1539,3 +1539,49 @@ async fn server_side_copies_are_not_among_the_cached_parts() {
     assert_eq!(covered, more.len() as u64);
     assert!(bytes[first.len()..] == more[..]);
 }
+
+/// An append or truncate of an object keeps its Content-Type and user metadata (but for
+/// Rivulet's own names), whether it commits as an upload or, when empty, as a PUT.
+#[tokio::test]
+async fn appends_and_truncates_keep_the_objects_content_type_and_metadata() {
+    let f = fixture();
+    let source = |body: &'static [u8]| {
+        let mut opts = PutOptions {
+            content_type: Some("text/csv".into()),
+            ..Default::default()
+        };
+        opts.metadata.insert("origin".into(), "sensor-7".into());
+        opts.metadata
+            .insert("rivulet-writer-id".into(), "an-old-writer".into());
+        (bytes::Bytes::from_static(body), opts)
+    };
+    let check = |meta: fs_core::store::ObjectMeta, what: &str| {
+        assert_eq!(meta.content_type.as_deref(), Some("text/csv"), "{what}");
+        assert_eq!(
+            meta.metadata.get("origin").map(String::as_str),
+            Some("sensor-7"),
+            "{what}"
+        );
+        assert_ne!(
+            meta.metadata.get("rivulet-writer-id").map(String::as_str),
+            Some("an-old-writer"),
+            "{what}: Rivulet's own names are not carried over"
+        );
+    };
+    for (name, keep) in [("appended", None), ("cut", Some(2)), ("emptied", Some(0))] {
+        let (body, opts) = source(b"a,b\n");
+        f.mem.put(name, body, opts).await.unwrap();
+        let mut w = match keep {
+            None => f.writer.open_append(name).await.unwrap(),
+            Some(len) => f.writer.open_truncate(name, len).await.unwrap(),
+        };
+        if keep.is_none() {
+            w.write(b"c,d\n").await.unwrap();
+        }
+        w.close_for_commit().await.unwrap().commit().await.unwrap();
+        check(f.mem.head(name).await.unwrap(), name);
+    }
+    assert_eq!(object(&f, "appended").await.unwrap(), b"a,b\nc,d\n");
+    assert_eq!(object(&f, "cut").await.unwrap(), b"a,");
+    assert_eq!(object(&f, "emptied").await.unwrap(), b"");
+}

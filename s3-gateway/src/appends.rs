@@ -118,6 +118,15 @@ struct OpenFile {
 /// acknowledged is ever deleted (after a failed first append, and at recovery after a crash).
 pub const PLACEHOLDER_METADATA: &str = "rivulet-append-placeholder";
 
+/// The Content-Type and user metadata of an object an append creates; the stand-in carries
+/// them, and the writer carries them from it to the sealed object.
+#[derive(Debug, Clone, Default)]
+pub struct NewObject {
+    pub content_type: Option<String>,
+    /// Names without the `x-amz-meta-` prefix, lower case.
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
 /// Stale tails are deleted in batches of this many, inside an append (see `append`).
 const STALE_TAILS_BATCH: usize = 16;
 
@@ -315,8 +324,28 @@ impl Appends {
     /// Appends `body` at `offset` of `key` and makes it durable; returns the object as it is
     /// now. `offset` must be the object's current size.
     pub async fn append(&self, key: &str, offset: u64, body: Bytes) -> S3Result<OpenView> {
+        self.append_with(key, offset, body, NewObject::default())
+            .await
+    }
+
+    /// [`append`](Self::append), with the Content-Type and user metadata the object gets if
+    /// this append creates it (an existing object keeps its own).
+    pub async fn append_with(
+        &self,
+        key: &str,
+        offset: u64,
+        body: Bytes,
+        new_object: NewObject,
+    ) -> S3Result<OpenView> {
         let (appends, key) = (self.clone(), key.to_string());
-        detached(async move { appends.lock(&key).await.append(offset, body).await }).await
+        detached(async move {
+            appends
+                .lock(&key)
+                .await
+                .append(offset, body, new_object)
+                .await
+        })
+        .await
     }
 
     /// Seals the open objects idle for `seal_after`, and retries pending ones. Keys busy with a
@@ -599,15 +628,17 @@ impl KeyGuard {
         }
     }
 
-    /// Opens the writer of an object that is not open, at `offset` (its size, 0 if missing).
-    async fn open(&mut self, offset: u64, exists: bool) -> S3Result<()> {
+    /// Opens the writer of an object that is not open, at `offset` (its size, 0 if missing);
+    /// a missing one is created with `new_object`'s attributes.
+    async fn open(&mut self, offset: u64, exists: bool, new_object: NewObject) -> S3Result<()> {
         if !exists {
             // An empty object stands for the open one in the store, so that listings (which
             // read the store) show it; the writer then appends to it, committing only over it.
             let store = &self.inner().store;
             let mut opts = PutOptions {
                 condition: PutCondition::IfNoneMatch,
-                ..PutOptions::default()
+                content_type: new_object.content_type,
+                metadata: new_object.metadata,
             };
             opts.metadata
                 .insert(PLACEHOLDER_METADATA.to_string(), "1".to_string());
@@ -646,7 +677,12 @@ impl KeyGuard {
         Ok(())
     }
 
-    async fn append(&mut self, offset: u64, body: Bytes) -> S3Result<OpenView> {
+    async fn append(
+        &mut self,
+        offset: u64,
+        body: Bytes,
+        new_object: NewObject,
+    ) -> S3Result<OpenView> {
         let size = self.current_size().await?;
         if size.unwrap_or(0) != offset {
             return Err(invalid_write_offset(match size {
@@ -657,7 +693,7 @@ impl KeyGuard {
             }));
         }
         if !matches!(*self.slot, Slot::Open(_)) {
-            self.open(offset, size.is_some()).await?;
+            self.open(offset, size.is_some(), new_object).await?;
         }
         let mut resealed = false;
         loop {
@@ -674,7 +710,7 @@ impl KeyGuard {
                     // starts with it (copied server-side), transparently.
                     resealed = true;
                     self.seal().await?;
-                    self.open(offset, true).await?;
+                    self.open(offset, true, NewObject::default()).await?;
                 }
                 Err(WriterError::TooManyParts { part_size, .. }) => {
                     self.fail_open().await;

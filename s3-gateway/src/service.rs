@@ -22,7 +22,7 @@ use fs_core::store::{
 use s3s::dto::{self, CopySource, ETag, ETagCondition, StreamingBlob, Timestamp};
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
-use crate::appends::{Appends, KeyGuard, OpenView};
+use crate::appends::{Appends, KeyGuard, NewObject, OpenView};
 use crate::bodies::{BodyReader, MAX_OBJECT_SIZE, Relay, StreamedUpload, Streaming};
 use crate::buckets::{Buckets, bucket_prefix, no_such_bucket};
 use crate::errors::{s3_err, to_s3};
@@ -256,7 +256,14 @@ impl GatewayService {
             ));
         }
         reader.check_md5(input.content_md5.as_deref())?;
-        let view = self.appends.append(&key, offset, body).await?;
+        let new_object = NewObject {
+            content_type: input.content_type,
+            metadata: user_metadata(input.metadata),
+        };
+        let view = self
+            .appends
+            .append_with(&key, offset, body, new_object)
+            .await?;
         Ok(S3Response::new(dto::PutObjectOutput {
             e_tag: strong(view.etag),
             size: Some(to_i64(view.size)),
@@ -629,13 +636,20 @@ fn user_metadata(metadata: Option<HashMap<String, String>>) -> BTreeMap<String, 
         .collect()
 }
 
+/// The user metadata clients see: Rivulet's own names (the writer id of objects committed by
+/// fs-core's writer, the mark of an append's stand-in) are not theirs.
 fn response_metadata(metadata: &BTreeMap<String, String>) -> Option<HashMap<String, String>> {
-    (!metadata.is_empty()).then(|| {
-        metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    })
+    let shown: HashMap<String, String> = clients_metadata(metadata).collect();
+    (!shown.is_empty()).then_some(shown)
+}
+
+fn clients_metadata(
+    metadata: &BTreeMap<String, String>,
+) -> impl Iterator<Item = (String, String)> + '_ {
+    metadata
+        .iter()
+        .filter(|(k, _)| !k.starts_with(fs_core::writer::INTERNAL_METADATA_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
 }
 
 /// A GET's range for the store (end exclusive; fs-core clamps the end to the size), and whether
@@ -1169,7 +1183,7 @@ impl S3 for GatewayService {
             PutOptions {
                 condition: PutCondition::None,
                 content_type: got.meta.content_type.clone(),
-                metadata: got.meta.metadata.clone(),
+                metadata: clients_metadata(&got.meta.metadata).collect(),
             }
         };
         let result = self.store.put(&dest, got.body, opts).await.map_err(to_s3)?;

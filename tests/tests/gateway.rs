@@ -2058,6 +2058,49 @@ async fn appends(gw: &Gateway) {
         .await
         .unwrap();
     assert_eq!(get(&c, "app", "copy").await, b"copy me");
+
+    // The Content-Type and metadata of the append that creates an object, and those of an
+    // object appended to, are the sealed object's (Rivulet's own marks are not).
+    c.put_object()
+        .bucket("app")
+        .key("typed")
+        .write_offset_bytes(0)
+        .content_type("text/csv")
+        .metadata("origin", "sensor-7")
+        .body(ByteStream::from_static(b"a,b\n"))
+        .send()
+        .await
+        .unwrap();
+    c.put_object()
+        .bucket("app")
+        .key("kept")
+        .content_type("application/x-ndjson")
+        .metadata("origin", "put")
+        .body(ByteStream::from_static(b"{}\n"))
+        .send()
+        .await
+        .unwrap();
+    append(&c, "app", "typed", 4, b"c,d\n").await.unwrap();
+    append(&c, "app", "kept", 3, b"{}\n").await.unwrap();
+    wait_sealed(gw, "app/typed", b"a,b\nc,d\n").await;
+    wait_sealed(gw, "app/kept", b"{}\n{}\n").await;
+    for (key, content_type, origin) in [
+        ("typed", "text/csv", "sensor-7"),
+        ("kept", "application/x-ndjson", "put"),
+    ] {
+        let h = c.head_object().bucket("app").key(key).send().await.unwrap();
+        assert_eq!(h.content_type(), Some(content_type), "{key}");
+        let metadata = h.metadata().cloned().unwrap_or_default();
+        assert_eq!(
+            metadata.get("origin").map(String::as_str),
+            Some(origin),
+            "{key}"
+        );
+        assert!(
+            metadata.keys().all(|k| !k.starts_with("rivulet-")),
+            "{key}: {metadata:?}"
+        );
+    }
 }
 
 macro_rules! run_checks {

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::cache::{self, CachedParts};
 use super::{Shared, WRITER_ID_METADATA, WriterError, maintenance};
 use crate::error::StoreErrorKind;
-use crate::store::{CompletedPart, ObjectStoreExt, PutOptions, rules};
+use crate::store::{CompletedPart, ObjectStoreExt, PutCondition, PutOptions, rules};
 use crate::token::CommitToken;
 
 /// What a successful commit produced.
@@ -231,13 +231,25 @@ impl Committer {
             Err(e) => return Err(e.into()),
             Ok(_) => {}
         }
-        let mut opts = PutOptions {
-            condition: t.condition.clone(),
-            ..Default::default()
+        let store = &self.shared.store;
+        // An append or truncate keeps its source's Content-Type and metadata (see
+        // `new_upload`); a commit through a PUT finds them on the source it replaces.
+        let mut opts = match &t.condition {
+            PutCondition::IfMatch(etag) => match self
+                .shared
+                .config
+                .retry
+                .run(|| store.head_opt(&t.key))
+                .await?
+            {
+                Some(source) if &source.etag == etag => super::carried_attributes(&source),
+                _ => PutOptions::default(),
+            },
+            _ => PutOptions::default(),
         };
+        opts.condition = t.condition.clone();
         opts.metadata
             .insert(WRITER_ID_METADATA.into(), t.writer_id.clone());
-        let store = &self.shared.store;
         let result = self
             .shared
             .config

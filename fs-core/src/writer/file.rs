@@ -134,13 +134,16 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 impl FileWriter {
     /// Starts a new upload for `key` whose commit will be made under `condition`.
+    /// `attributes` are the Content-Type and user metadata the object will have (those of the
+    /// object an append or truncate starts from).
     pub(super) async fn new_upload(
         shared: Arc<Shared>,
         key: &str,
         condition: PutCondition,
+        attributes: PutOptions,
     ) -> Result<Self, WriterError> {
         let writer_id = uuid::Uuid::new_v4().simple().to_string();
-        let mut opts = PutOptions::default();
+        let mut opts = attributes;
         opts.metadata
             .insert(WRITER_ID_METADATA.into(), writer_id.clone());
         // Retried like everything else. S3 has no idempotency key for this call, so a create
@@ -207,7 +210,8 @@ impl FileWriter {
                     detail: "the object does not exist".into(),
                 });
             }
-            return Self::new_upload(shared, key, PutCondition::IfNoneMatch).await;
+            return Self::new_upload(shared, key, PutCondition::IfNoneMatch, PutOptions::default())
+                .await;
         };
         let target = keep.unwrap_or(meta.size);
         if target > max_file_len(shared.config.part_size).max(meta.size) {
@@ -217,8 +221,13 @@ impl FileWriter {
                 max_len: max_file_len(shared.config.part_size),
             });
         }
-        let mut file =
-            Self::new_upload(shared, key, PutCondition::IfMatch(meta.etag.clone())).await?;
+        let mut file = Self::new_upload(
+            shared,
+            key,
+            PutCondition::IfMatch(meta.etag.clone()),
+            super::carried_attributes(&meta),
+        )
+        .await?;
         let kept = target.min(meta.size);
         let prepared = match file.copy_prefix(key, &meta.etag, kept).await {
             Ok(()) if target > kept => file.write_zeros(target - kept).await,

@@ -27,11 +27,30 @@ pub use self::pipeline::PendingPersist;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::index::{Index, IndexEntry, IndexError};
 use crate::retry::RetryPolicy;
-use crate::store::{DynStore, ObjectStoreExt, limits};
+use crate::store::{DynStore, ObjectStoreExt, PutOptions, limits};
 use crate::token::{CommitToken, ResumeToken, Token, TokenError};
 
 /// Metadata name under which an object records the writer that committed it.
 pub const WRITER_ID_METADATA: &str = "rivulet-writer-id";
+
+/// User metadata names with this prefix are Rivulet's own (the writer id, the gateway's marks):
+/// an append or truncate does not carry them over to the new object.
+pub const INTERNAL_METADATA_PREFIX: &str = "rivulet-";
+
+/// What an append or truncate keeps of the object it starts from: its Content-Type and its
+/// user metadata, but for Rivulet's own names.
+pub(crate) fn carried_attributes(meta: &crate::store::ObjectMeta) -> PutOptions {
+    PutOptions {
+        content_type: meta.content_type.clone(),
+        metadata: meta
+            .metadata
+            .iter()
+            .filter(|(name, _)| !name.starts_with(INTERNAL_METADATA_PREFIX))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect(),
+        ..PutOptions::default()
+    }
+}
 
 /// Tuning of a [`RecoverableWriter`].
 #[derive(Debug, Clone)]
@@ -213,7 +232,13 @@ impl RecoverableWriter {
 
     /// Opens a new file at `key`; committing it replaces whatever object is there.
     pub async fn open(&self, key: &str) -> Result<FileWriter, WriterError> {
-        FileWriter::new_upload(self.shared.clone(), key, crate::store::PutCondition::None).await
+        FileWriter::new_upload(
+            self.shared.clone(),
+            key,
+            crate::store::PutCondition::None,
+            PutOptions::default(),
+        )
+        .await
     }
 
     /// Opens `key` for appending: the existing object's bytes are the file's start (copied
