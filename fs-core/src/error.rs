@@ -65,6 +65,8 @@ pub struct StoreError {
     key: String,
     detail: String,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// The file a call on another key was for (a tail object's file), named first.
+    file: Option<String>,
 }
 
 impl StoreError {
@@ -80,7 +82,14 @@ impl StoreError {
             key: key.into(),
             detail: detail.into(),
             source: None,
+            file: None,
         }
+    }
+
+    /// Names the file a call on another key (a tail object) was made for.
+    pub fn for_file(mut self, file: impl Into<String>) -> Self {
+        self.file = Some(file.into());
+        self
     }
 
     /// Attaches the underlying error (kept for `source()` and shown in the message).
@@ -126,6 +135,9 @@ impl StoreError {
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = self.file.as_deref().filter(|file| *file != self.key) {
+            write!(f, "{file}: ")?;
+        }
         write!(f, "{} '{}': {}", self.op, self.key, self.kind.describe())?;
         if !self.detail.is_empty() {
             write!(f, ": {}", self.detail)?;

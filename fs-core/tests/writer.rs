@@ -1124,53 +1124,108 @@ async fn recover_all_and_rebuilding_a_lost_index() {
     assert_eq!(object(&f, "b.txt").await.unwrap(), b"beeee");
 }
 
-#[tokio::test]
-async fn transient_faults_are_retried_and_nothing_persisted_is_lost() {
-    let f = fixture();
-    f.faults.set_config(FaultConfig {
-        error_rate: 0.05,
-        lost_answer_rate: 0.05,
+/// Writes 20 rounds (recover from the last token, write, persist) of `key` under `faults`,
+/// with `attempts` tries per store call. Returns the bytes the last token holds and the
+/// errors of the rounds that failed, after checking that the last token commits exactly them.
+async fn write_rounds_under_faults(
+    f: &Fixture,
+    key: &str,
+    faults: FaultConfig,
+    attempts: u32,
+) -> (Vec<u8>, Vec<WriterError>) {
+    let writer = f.writer_with(WriterConfig {
+        part_size: PART,
+        cache_dir: f.cache.path().to_path_buf(),
+        retry: fs_core::retry::RetryPolicy {
+            max_attempts: attempts,
+            base_delay: Duration::from_millis(1),
+            ..Default::default()
+        },
         ..Default::default()
     });
-    let mut expected = Vec::new();
-    let mut last_token = None;
-    for round in 0..20u8 {
+    // The first token is taken without faults: every later round has one to go back to.
+    let mut w = writer.open(key).await.unwrap();
+    let mut expected = data(100, 0);
+    w.write(&expected).await.unwrap();
+    let mut last_token = w.persist().await.unwrap();
+    drop(w);
+    f.faults.set_config(faults);
+    let mut failures = Vec::new();
+    for round in 1..=20u8 {
         let chunk = data(PART as usize / 2 + round as usize * 37, round);
-        let mut w = match &last_token {
-            None => f.writer.open("faulty.bin").await.unwrap(),
-            Some(t) => match f.writer.recover(t).await {
-                Ok(w) => w,
-                Err(e) => panic!("recover failed under 5% faults: {e}"),
-            },
+        let mut w = match writer.recover(&last_token).await {
+            Ok(w) => w,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
         };
-        w.write(&chunk).await.unwrap();
-        match w.persist().await {
+        let persisted = match w.write(&chunk).await {
+            Ok(()) => w.persist().await,
+            Err(e) => Err(e),
+        };
+        match persisted {
             Ok(t) => {
                 expected.extend_from_slice(&chunk);
                 assert_eq!(t.len(), expected.len() as u64);
-                last_token = Some(t);
+                last_token = t;
             }
-            Err(e) => {
-                // A failed persist must say what failed; the previous token stays good.
-                assert!(!e.to_string().is_empty());
-            }
+            Err(e) => failures.push(e),
         }
     }
     f.faults.set_config(FaultConfig::default());
-    let mut w = f
-        .writer
-        .recover(last_token.as_ref().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        w.read_at(0, u64::MAX)
-            .await
-            .map(|b| b.len())
-            .unwrap_or(expected.len()),
-        expected.len()
-    );
+    // The last token holds exactly what was persisted: its length, then its bytes once
+    // committed (parts uploaded before a recovery are not readable until then).
+    let mut w = writer.recover(&last_token).await.unwrap();
+    assert_eq!(w.len(), expected.len() as u64);
     w.close_for_commit().await.unwrap().commit().await.unwrap();
-    assert_eq!(object(&f, "faulty.bin").await.unwrap(), expected);
+    assert_eq!(object(f, key).await.unwrap(), expected);
+    (expected, failures)
+}
+
+/// 5% injected errors and 5% lost answers: with the default retries every write completes
+/// correctly.
+#[tokio::test]
+async fn transient_faults_are_retried_and_nothing_persisted_is_lost() {
+    let f = fixture();
+    let faults = FaultConfig {
+        error_rate: 0.05,
+        lost_answer_rate: 0.05,
+        ..Default::default()
+    };
+    let (written, failures) = write_rounds_under_faults(&f, "retried.bin", faults, 8).await;
+    assert!(
+        failures.is_empty(),
+        "retries absorb 5% faults: {failures:?}"
+    );
+    assert!(written.len() > 20 * PART as usize / 2);
+}
+
+/// Faults that outlast the retries: a write, persist or recover fails with an error naming the
+/// file and the store call, and what was persisted before is neither lost nor corrupted.
+#[tokio::test]
+async fn faults_past_the_retries_fail_clearly_and_lose_nothing_persisted() {
+    let f = fixture();
+    let faults = FaultConfig {
+        error_rate: 0.15,
+        lost_answer_rate: 0.15,
+        ..Default::default()
+    };
+    let (_, failures) = write_rounds_under_faults(&f, "failing.bin", faults, 1).await;
+    assert!(
+        !failures.is_empty(),
+        "30% faults without retries must fail some rounds"
+    );
+    for e in &failures {
+        let text = e.to_string();
+        assert!(
+            text.contains("failing.bin"),
+            "the error names the file: {text}"
+        );
+        let from_the_store = e.store_kind().is_some()
+            || matches!(e, WriterError::Failed { .. } | WriterError::Recover { .. });
+        assert!(from_the_store, "the error says a store call failed: {e:?}");
+    }
 }
 
 #[test]

@@ -210,8 +210,13 @@ impl FileWriter {
                     detail: "the object does not exist".into(),
                 });
             }
-            return Self::new_upload(shared, key, PutCondition::IfNoneMatch, PutOptions::default())
-                .await;
+            return Self::new_upload(
+                shared,
+                key,
+                PutCondition::IfNoneMatch,
+                PutOptions::default(),
+            )
+            .await;
         };
         let target = keep.unwrap_or(meta.size);
         if target > max_file_len(shared.config.part_size).max(meta.size) {
@@ -335,7 +340,7 @@ impl FileWriter {
                     token.tail_key
                 )));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e.for_file(&token.key).into()),
         };
         let (tail_bytes, embedded) = tail::decode(&got.body)
             .map_err(|e| fail(format!("tail object {} is unreadable: {e}", token.tail_key)))?;

@@ -153,7 +153,8 @@ impl PendingPersist {
             .config
             .retry
             .run(|| store.put(&token.tail_key, body.clone(), PutOptions::default()))
-            .await?;
+            .await
+            .map_err(|e| e.for_file(&token.key))?;
         // Checked after the tail is staged: whoever voids a persist does so before deleting
         // tails, so either it deletes this tail or this check sees it.
         if let Some(why) = void_reason(&self.board, self.invalidations_seen, &token) {
