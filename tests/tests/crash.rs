@@ -1,7 +1,9 @@
 //! Crash safety with real processes: a child writes with periodic persist and is killed with
 //! SIGKILL at random moments. After every kill, the index's latest token must cover every
-//! acknowledged byte and resume exactly; the next child continues from it. At the end the
-//! committed object must equal the deterministic stream byte for byte.
+//! acknowledged byte and resume exactly; the next child continues from it. Each child writes
+//! bytes of its own (they depend on its generation), so at the end the committed object must
+//! hold, byte for byte, each run's bytes from where it resumed to where the next one did:
+//! nothing a token discarded survives.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -21,7 +23,20 @@ mod crash;
 const KEY: &str = "crash/stream.bin";
 const ROUNDS: usize = 50;
 
-fn run_child(dirs: &Path, max_bytes: u64, commit: bool, kill: Option<Kill>) -> Option<u64> {
+/// What a child run printed: where it resumed (if it got that far) and its last acknowledged
+/// length.
+struct ChildRun {
+    start: Option<u64>,
+    acknowledged: Option<u64>,
+}
+
+fn run_child(
+    dirs: &Path,
+    max_bytes: u64,
+    generation: u64,
+    commit: bool,
+    kill: Option<Kill>,
+) -> ChildRun {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_crash_writer"));
     cmd.arg(dirs.join("store"))
         .arg(dirs.join("index"))
@@ -29,6 +44,7 @@ fn run_child(dirs: &Path, max_bytes: u64, commit: bool, kill: Option<Kill>) -> O
         .arg(KEY)
         .arg(max_bytes.to_string())
         .arg((256 * 1024).to_string())
+        .arg(generation.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if commit {
@@ -38,14 +54,19 @@ fn run_child(dirs: &Path, max_bytes: u64, commit: bool, kill: Option<Kill>) -> O
     let stdout = child.stdout.take().unwrap();
     let (lines_tx, lines_rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
-        let mut last = None;
+        let mut run = ChildRun {
+            start: None,
+            acknowledged: None,
+        };
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(n) = line.strip_prefix("PERSISTED ") {
-                last = Some(n.parse::<u64>().expect("a length"));
+            if let Some(n) = line.strip_prefix("START ") {
+                run.start = Some(n.parse::<u64>().expect("a length"));
+            } else if let Some(n) = line.strip_prefix("PERSISTED ") {
+                run.acknowledged = Some(n.parse::<u64>().expect("a length"));
                 let _ = lines_tx.send(());
             }
         }
-        last
+        run
     });
     match kill {
         Some(Kill {
@@ -78,7 +99,7 @@ struct Kill {
 }
 
 /// Opens the index and store as a restarted process would, and checks the latest token.
-async fn check_recoverable(dirs: &Path, acknowledged: u64) -> u64 {
+async fn check_recoverable(dirs: &Path, acknowledged: u64, runs: &crash::Runs) -> u64 {
     let store = Arc::new(LocalStore::open(dirs.join("store")).unwrap());
     let index = Index::open(dirs.join("index")).unwrap();
     let config = WriterConfig {
@@ -111,10 +132,14 @@ async fn check_recoverable(dirs: &Path, acknowledged: u64) -> u64 {
         .read_at(token.parts_len(), token.tail_len)
         .await
         .unwrap();
-    let expected: Vec<u8> = (token.parts_len()..token.len())
-        .map(crash::byte_at)
-        .collect();
-    assert_eq!(&tail[..], &expected[..], "tail bytes after recovery");
+    let expected = runs.expected(token.parts_len()..token.len());
+    assert_eq!(tail.len(), expected.len(), "tail length after recovery");
+    let mismatch = tail.iter().zip(&expected).position(|(a, b)| a != b);
+    assert_eq!(
+        mismatch.map(|at| token.parts_len() + at as u64),
+        None,
+        "the recovered tail differs from what the runs wrote at this offset: {runs:?}"
+    );
     token.len()
 }
 
@@ -127,18 +152,23 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_byte() {
     let seed = harness::seed("RIVULET_CRASH_SEED", "crash rounds");
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     let mut kills_mid_write = 0;
+    let mut runs = crash::Runs::default();
     for round in 0..ROUNDS {
         let kill = Kill {
             after_first_persist: rng.random_bool(0.7),
             delay: Duration::from_millis(rng.random_range(0..300)),
         };
         let path = dirs.path().to_path_buf();
-        let acked = tokio::task::spawn_blocking(move || {
-            run_child(&path, 12 * 1024 * 1024, false, Some(kill))
+        let generation = round as u64;
+        let child = tokio::task::spawn_blocking(move || {
+            run_child(&path, 12 * 1024 * 1024, generation, false, Some(kill))
         })
         .await
         .unwrap();
-        if let Some(len) = acked {
+        if let Some(start) = child.start {
+            runs.started(start, generation);
+        }
+        if let Some(len) = child.acknowledged {
             assert!(
                 len >= acknowledged,
                 "round {round}: a later run acknowledged less ({len} < {acknowledged})"
@@ -146,7 +176,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_byte() {
             acknowledged = len;
             kills_mid_write += 1;
         }
-        let recovered = check_recoverable(dirs.path(), acknowledged).await;
+        let recovered = check_recoverable(dirs.path(), acknowledged, &runs).await;
         acknowledged = acknowledged.max(recovered);
     }
     assert!(
@@ -154,21 +184,22 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_byte() {
         "most rounds should be killed after some persists ({kills_mid_write} were)"
     );
     let path = dirs.path().to_path_buf();
-    let final_len =
-        tokio::task::spawn_blocking(move || run_child(&path, 3 * 1024 * 1024, true, None))
+    let last = ROUNDS as u64;
+    let child =
+        tokio::task::spawn_blocking(move || run_child(&path, 3 * 1024 * 1024, last, true, None))
             .await
-            .unwrap()
-            .expect("the final run persists");
+            .unwrap();
+    runs.started(child.start.expect("the final run starts"), last);
+    let final_len = child.acknowledged.expect("the final run persists");
     assert!(final_len >= acknowledged);
     let store = LocalStore::open(dirs.path().join("store")).unwrap();
     let got = store.get(KEY, None).await.unwrap().body;
     assert_eq!(got.len() as u64, final_len);
-    let mismatch = got
-        .iter()
-        .enumerate()
-        .position(|(i, b)| *b != crash::byte_at(i as u64));
+    let expected = runs.expected(0..final_len);
+    let mismatch = got.iter().zip(&expected).position(|(a, b)| a != b);
     assert_eq!(
-        mismatch, None,
-        "committed object differs from the stream at this offset"
+        mismatch.map(|at| (at, runs.generation_at(at as u64))),
+        None,
+        "the committed object differs at this offset, which this run should have written: {runs:?}"
     );
 }

@@ -2,9 +2,12 @@
 //! the recoverable writer on a local store, persisting periodically and printing
 //! `PERSISTED <len>` after each persist returns (the acknowledgement the parent checks). On
 //! start it resumes from the index's token for the key, if any, so every run continues the
-//! same file. With `--commit` it closes and commits at the end and prints `COMMITTED <len>`.
+//! same file, and prints `START <len>` before it writes. Its bytes depend on the offset and on
+//! its GENERATION. With `--commit` it closes and commits at the end and prints
+//! `COMMITTED <len>`.
 //!
-//! usage: crash_writer STORE_DIR INDEX_DIR CACHE_DIR KEY MAX_BYTES PERSIST_EVERY [--commit]
+//! usage: crash_writer STORE_DIR INDEX_DIR CACHE_DIR KEY MAX_BYTES PERSIST_EVERY GENERATION
+//! [--commit]
 
 use std::io::Write;
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use fs_core::{Index, RecoverableWriter, WriterConfig};
 use rand::Rng;
 
 #[path = "../crash.rs"]
+#[allow(dead_code)] // the parent's checks: the child only writes
 mod crash;
 use crash::byte_at;
 
@@ -22,13 +26,14 @@ use crash::byte_at;
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     anyhow::ensure!(
-        args.len() >= 7,
-        "usage: crash_writer STORE INDEX CACHE KEY MAX_BYTES PERSIST_EVERY [--commit]"
+        args.len() >= 8,
+        "usage: crash_writer STORE INDEX CACHE KEY MAX_BYTES PERSIST_EVERY GENERATION [--commit]"
     );
     let (store_dir, index_dir, cache_dir, key) = (&args[1], &args[2], &args[3], &args[4]);
     let max_bytes: u64 = args[5].parse()?;
     let persist_every: u64 = args[6].parse()?;
-    let commit = args.get(7).is_some_and(|a| a == "--commit");
+    let generation: u64 = args[7].parse()?;
+    let commit = args.get(8).is_some_and(|a| a == "--commit");
 
     let store = Arc::new(LocalStore::open(store_dir)?);
     let index = Index::open(index_dir)?;
@@ -52,15 +57,19 @@ async fn main() -> anyhow::Result<()> {
         None => writer.open(key).await?,
     };
     let start = file.len();
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "START {start}")?;
+    stdout.flush()?;
     let mut since_persist = 0u64;
     let mut rng = rand::rng();
-    let mut stdout = std::io::stdout();
     while file.len() < start + max_bytes {
         let n = rng
             .random_range(1..=64 * 1024)
             .min(start + max_bytes - file.len());
         let offset = file.len();
-        let chunk: Vec<u8> = (offset..offset + n).map(byte_at).collect();
+        let chunk: Vec<u8> = (offset..offset + n)
+            .map(|o| byte_at(o, generation))
+            .collect();
         file.write(&chunk).await?;
         since_persist += n;
         if since_persist >= persist_every {
