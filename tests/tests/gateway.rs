@@ -717,6 +717,28 @@ async fn deletes(gw: &Gateway) {
         .map(|e| (e.key().unwrap_or_default(), e.code().unwrap_or_default()))
         .collect();
     assert_eq!(errors, [("../escape", "InvalidArgument")]);
+    // Quiet: only the errors are reported.
+    put(&c, "deletes", "quiet", b"x").await;
+    let ids = ["quiet", "../escape"]
+        .iter()
+        .map(|k| ObjectIdentifier::builder().key(*k).build().unwrap())
+        .collect::<Vec<_>>();
+    let out = c
+        .delete_objects()
+        .bucket("deletes")
+        .delete(
+            Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(out.deleted().is_empty(), "{:?}", out.deleted());
+    let errors: Vec<&str> = out.errors().iter().filter_map(|e| e.key()).collect();
+    assert_eq!(errors, ["../escape"]);
     let listed = c.list_objects_v2().bucket("deletes").send().await.unwrap();
     assert!(listed.contents().is_empty(), "{:?}", listed.contents());
     // The bucket survives its objects (its marker stays).
@@ -870,6 +892,82 @@ async fn list_objects(gw: &Gateway) {
         ),
         ("InvalidArgument".into(), 400)
     );
+
+    // Pages of one with a delimiter: common prefixes count as entries and carry across pages.
+    let mut token = None;
+    let mut pages = Vec::new();
+    loop {
+        let out = c
+            .list_objects_v2()
+            .bucket("listing")
+            .delimiter("/")
+            .max_keys(1)
+            .set_continuation_token(token.take())
+            .send()
+            .await
+            .unwrap();
+        let mut page: Vec<String> = out
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect();
+        page.extend(
+            out.common_prefixes()
+                .iter()
+                .filter_map(|p| p.prefix().map(str::to_string)),
+        );
+        pages.push(page);
+        match out.next_continuation_token() {
+            Some(t) => token = Some(t.to_string()),
+            None => break,
+        }
+        assert!(pages.len() <= 4, "paging must end: {pages:?}");
+    }
+    assert_eq!(pages, [["a"], ["b/"], ["c/"], ["sp ace+"]]);
+
+    // encoding-type=url encodes prefixes too, in every listing.
+    put(&c, "listing", "en coded/x+y", b"x").await;
+    let out = c
+        .list_objects_v2()
+        .bucket("listing")
+        .prefix("en")
+        .delimiter("/")
+        .encoding_type(EncodingType::Url)
+        .send()
+        .await
+        .unwrap();
+    let prefixes: Vec<&str> = out
+        .common_prefixes()
+        .iter()
+        .filter_map(|p| p.prefix())
+        .collect();
+    assert_eq!(prefixes, ["en%20coded/"]);
+    let out = c
+        .list_objects()
+        .bucket("listing")
+        .prefix("en coded/")
+        .encoding_type(EncodingType::Url)
+        .send()
+        .await
+        .unwrap();
+    let objects: Vec<&str> = out.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(objects, ["en%20coded/x%2By"]);
+    let out = c
+        .list_object_versions()
+        .bucket("listing")
+        .prefix("en coded/")
+        .encoding_type(EncodingType::Url)
+        .send()
+        .await
+        .unwrap();
+    let versions: Vec<&str> = out.versions().iter().filter_map(|v| v.key()).collect();
+    assert_eq!(versions, ["en%20coded/x%2By"]);
+    c.delete_object()
+        .bucket("listing")
+        .key("en coded/x+y")
+        .send()
+        .await
+        .unwrap();
 
     // ListObjectVersions: the unversioned answer (each object its one `null` version, latest),
     // paged by key marker like ListObjects.
@@ -2498,6 +2596,125 @@ fn gateway_command(store: &Path) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
+}
+
+/// Several key pairs from `--credentials-file`: a request signed with any of them is served, a
+/// wrong secret and an unknown key are refused; `--region` is the region the gateway reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_takes_key_pairs_from_a_file_and_reports_its_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let keys = dir.path().join("keys");
+    std::fs::write(
+        &keys,
+        "# two pairs\nFIRSTKEY:first-secret\n\nSECONDKEY:second-secret\n",
+    )
+    .unwrap();
+    let mut child = gateway_command(&store)
+        .args(["--listen", "127.0.0.1:0", "--region", "eu-west-1"])
+        .arg("--credentials-file")
+        .arg(&keys)
+        .spawn()
+        .unwrap();
+    let addr = read_listen_address(child.stdout.take().unwrap()).await;
+    for (key, secret, bucket) in [
+        ("FIRSTKEY", "first-secret", "first"),
+        ("SECONDKEY", "second-secret", "second"),
+    ] {
+        let c = client(addr, key, secret);
+        create_bucket(&c, bucket).await;
+        put(&c, bucket, "k", key.as_bytes()).await;
+        assert_eq!(get(&c, bucket, "k").await, key.as_bytes());
+        let location = c.get_bucket_location().bucket(bucket).send().await.unwrap();
+        assert_eq!(
+            location.location_constraint().map(|l| l.as_str()),
+            Some("eu-west-1")
+        );
+    }
+    for (key, secret, code) in [
+        ("SECONDKEY", "first-secret", "SignatureDoesNotMatch"),
+        ("THIRDKEY", "second-secret", "InvalidAccessKeyId"),
+    ] {
+        let refused = failure(client(addr, key, secret).list_buckets().send().await);
+        assert_eq!(refused, (code.to_string(), 403), "{key}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// SIGTERM while a PUT's body is still arriving: the gateway finishes that request (200, the
+/// object stored whole), then exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_request_in_flight_finish() {
+    use aws_sdk_s3::presigning::PresigningConfig;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (mut child, addr) = spawn_gateway(&store, &[]).await;
+    let c = client(addr, ACCESS_KEY, SECRET_KEY);
+    create_bucket(&c, "slow").await;
+    let presigned = c
+        .put_object()
+        .bucket("slow")
+        .key("k")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(600)).unwrap())
+        .await
+        .unwrap();
+    let uri = presigned.uri().to_string();
+    let body = data(256 * 1024, 9);
+    let (half_sent, send_rest) = (std::sync::mpsc::channel(), std::sync::mpsc::channel());
+    let (half_sent_tx, half_sent_rx) = half_sent;
+    let (send_rest_tx, send_rest_rx) = send_rest;
+    let sent = body.clone();
+    let upload = std::thread::spawn(move || {
+        let rest = uri.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_at(rest.find('/').unwrap());
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            stream,
+            "PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            sent.len()
+        )
+        .unwrap();
+        let (first, second) = sent.split_at(sent.len() / 2);
+        stream.write_all(first).unwrap();
+        stream.flush().unwrap();
+        half_sent_tx.send(()).unwrap();
+        send_rest_rx.recv().unwrap();
+        stream.write_all(second).unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    });
+    half_sent_rx.recv().unwrap();
+    // Let the request reach the gateway's handler before the signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the gateway exited with a request in flight"
+    );
+    send_rest_tx.send(()).unwrap();
+    let answer = upload.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(exit.code(), Some(0));
+    assert_eq!(std::fs::read(store.join("slow/k")).unwrap(), body);
 }
 
 #[test]
