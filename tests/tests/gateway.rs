@@ -1710,6 +1710,138 @@ async fn aws_chunked_payloads(gw: &Gateway) {
         );
         assert_bytes(&get(&c, "chunked", key).await, &bytes, key);
     }
+
+    // Signed streaming payloads (STREAMING-AWS4-HMAC-SHA256-PAYLOAD, each chunk signed with
+    // the previous signature), as the Java SDK and others send them: stored decoded, and a
+    // chunk altered after signing is refused with nothing stored.
+    let body = data(150 * 1024, 7);
+    let (status, answer) =
+        signed_chunked_put(gw.addr, "/chunked/signed", &body, 64 * 1024, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_bytes(&get(&c, "chunked", "signed").await, &body, "signed");
+    let (status, answer) =
+        signed_chunked_put(gw.addr, "/chunked/tampered", &body, 64 * 1024, Some(70_000)).await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("SignatureDoesNotMatch"), "{answer}");
+    assert!(
+        c.head_object()
+            .bucket("chunked")
+            .key("tampered")
+            .send()
+            .await
+            .is_err()
+    );
+}
+
+/// A PUT of `body` to `path` as a signed aws-chunked stream of `chunk`-byte chunks, signed
+/// with the tests' key pair by hand (SigV4's streaming form: a seed signature over the
+/// headers, then one signature per chunk chained from it). With `tamper`, the byte at that
+/// offset is changed after the chunks are signed. Returns the status and the answer.
+async fn signed_chunked_put(
+    addr: SocketAddr,
+    path: &str,
+    body: &[u8],
+    chunk: usize,
+    tamper: Option<usize>,
+) -> (u16, String) {
+    use aws_sigv4::sign::v4::{calculate_signature, generate_signing_key};
+    use sha2::{Digest, Sha256};
+
+    let sha256_hex = |bytes: &[u8]| hex::encode(Sha256::digest(bytes));
+    let now = std::time::SystemTime::now();
+    let stamp = DateTime::from(now)
+        .fmt(aws_sdk_s3::primitives::DateTimeFormat::DateTime)
+        .unwrap();
+    // 2026-11-27T00:15:07(.123)Z -> 20261127T001507Z
+    let seconds = stamp.split(['.', 'Z']).next().unwrap_or_default();
+    let amz_date: String = seconds
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .chain(['Z'])
+        .collect();
+    let date = &amz_date[..8];
+    let region = "us-east-1";
+    let scope = format!("{date}/{region}/s3/aws4_request");
+    let key = generate_signing_key(SECRET_KEY, now, region, "s3");
+
+    // The framing's length is known before signing: each chunk's header holds a 64-digit
+    // signature whatever its value.
+    let sizes: Vec<usize> = body.chunks(chunk).map(<[u8]>::len).chain([0]).collect();
+    let encoded_len: usize = sizes
+        .iter()
+        .map(|n| format!("{n:x}").len() + ";chunk-signature=".len() + 64 + 2 + n + 2)
+        .sum();
+    let host = addr.to_string();
+    let canonical = format!(
+        "PUT\n{path}\n\ncontent-encoding:aws-chunked\ncontent-length:{encoded_len}\nhost:{host}\n\
+         x-amz-content-sha256:STREAMING-AWS4-HMAC-SHA256-PAYLOAD\nx-amz-date:{amz_date}\n\
+         x-amz-decoded-content-length:{}\n\n\
+         content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length\n\
+         STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        body.len()
+    );
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        sha256_hex(canonical.as_bytes())
+    );
+    let seed = calculate_signature(&key, to_sign.as_bytes());
+    let mut previous = seed.clone();
+    let mut encoded = Vec::with_capacity(encoded_len);
+    let empty_hash = sha256_hex(b"");
+    for piece in body.chunks(chunk).chain([&[][..]]) {
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256-PAYLOAD\n{amz_date}\n{scope}\n{previous}\n{empty_hash}\n{}",
+            sha256_hex(piece)
+        );
+        let signature = calculate_signature(&key, to_sign.as_bytes());
+        encoded.extend_from_slice(
+            format!("{:x};chunk-signature={signature}\r\n", piece.len()).as_bytes(),
+        );
+        encoded.extend_from_slice(piece);
+        encoded.extend_from_slice(b"\r\n");
+        previous = signature;
+    }
+    assert_eq!(encoded.len(), encoded_len);
+    if let Some(at) = tamper {
+        // The offset in the body, past the framing of the chunks before it and of its own.
+        let chunk_index = at / chunk;
+        let framing: usize = sizes[..=chunk_index]
+            .iter()
+            .map(|n| format!("{n:x}").len() + ";chunk-signature=".len() + 64 + 2)
+            .sum::<usize>()
+            + chunk_index * 2;
+        encoded[framing + at] ^= 0xff;
+    }
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Encoding: aws-chunked\r\n\
+         Content-Length: {encoded_len}\r\nX-Amz-Content-Sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD\r\n\
+         X-Amz-Date: {amz_date}\r\nX-Amz-Decoded-Content-Length: {}\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/{scope}, \
+         SignedHeaders=content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length, \
+         Signature={seed}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        // A write may fail once the gateway has refused and closed: its answer is the point.
+        let _ = stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(&encoded));
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"));
+        (status, answer)
+    })
+    .await
+    .unwrap()
 }
 
 /// Sends `head` (the request line and headers, without the blank line), then `body`, or only
