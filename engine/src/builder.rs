@@ -236,6 +236,66 @@ impl DataStream {
         })
     }
 
+    /// The fields this stream is keyed by (after [`DataStream::key_by`]), for the keyed
+    /// operator that reads it; `None` for a stream that is not keyed.
+    pub fn key_fields(&self) -> Option<Vec<String>> {
+        let Some(Partitioning::Hash(indices)) = &self.partitioning else {
+            return None;
+        };
+        let schema = self.schema();
+        Some(
+            indices
+                .iter()
+                .map(|&i| schema.fields[i].name.clone())
+                .collect(),
+        )
+    }
+
+    /// A keyed window over this stream, which must come from [`DataStream::key_by`]: one row
+    /// per key and window (the key fields, `window_start`, `window_end`, the aggregates such
+    /// as `"bids = count()"` or `"max(price)"`), emitted when the watermark passes the
+    /// window's end.
+    pub fn window(
+        &self,
+        options: StageOptions<'_>,
+        assigner: crate::operators::WindowAssigner,
+        aggregates: &[&str],
+    ) -> Result<DataStream, EngineError> {
+        let Some(Partitioning::Hash(key_fields)) = self.partitioning.clone() else {
+            return Err(EngineError::job(
+                options.id,
+                "a window needs a keyed input: call key_by on the stream first",
+            ));
+        };
+        let schema = self.schema();
+        let aggregates = aggregates
+            .iter()
+            .enumerate()
+            .map(|(n, text)| {
+                crate::operators::parse_aggregate(text, &schema).map_err(|e| {
+                    EngineError::job(format!("{}.aggregates[{n}]", options.id), e.to_string())
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let spec = crate::operators::WindowSpec {
+            assigner,
+            key_fields,
+            aggregates,
+        };
+        let operator = crate::operators::WindowOperator::new(spec.clone(), &schema)?;
+        let output = Arc::new(operator.output_schema());
+        self.transform(
+            options,
+            output,
+            Arc::new(move |_| {
+                Ok(Box::new(crate::operators::WindowOperator::new(
+                    spec.clone(),
+                    &schema,
+                )?) as Box<dyn crate::operator::Operator>)
+            }),
+        )
+    }
+
     /// Spreads records round-robin over the next stage's subtasks.
     pub fn rebalance(&self) -> DataStream {
         DataStream {

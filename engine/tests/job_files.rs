@@ -333,3 +333,13 @@ fn a_malformed_record_fails_the_job_naming_the_key_and_line() {
         other => panic!("expected the job to fail, got {other:?}"),
     }
 }
+
+#[test]
+fn a_discard_sink_takes_a_positive_rate() {
+    let file_sink = "kind = \"file\"\npath = \"out/counts\"\nformat = \"json\"\n";
+    assert!(GOOD.contains(file_sink));
+    let throttled = GOOD.replace(file_sink, "kind = \"discard\"\nrate = 500\n");
+    compile(&parse(&throttled).unwrap(), "job-0123456789abcdef").unwrap();
+    let text = GOOD.replace(file_sink, "kind = \"discard\"\nrate = 0\n");
+    assert_mentions(&text, &["sink out.rate", "at least 1"]);
+}

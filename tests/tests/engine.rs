@@ -203,6 +203,50 @@ impl Cluster {
     }
 }
 
+/// The id a task manager process registered under, from the line it prints at start
+/// (`task manager ID with N slots, ...`).
+fn taskmanager_id(process: &Process) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = fs::read_to_string(&process.log).unwrap_or_default();
+        if let Some(id) = log.lines().find_map(|l| {
+            l.strip_prefix("task manager ")?
+                .split_once(" with ")
+                .map(|(id, _)| id.to_string())
+        }) {
+            return id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task manager printed no id:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(process: &Process, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(process.child.id().to_string())
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+/// A process's resident memory in bytes (`VmRSS` of /proc/PID/status).
+fn resident_bytes(process: &Process) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{}/status", process.child.id()))
+        .expect("reading /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or_else(|| panic!("no VmRSS in\n{status}"))
+}
+
 /// A job that runs until it is cancelled: rate-limited bids into CSV files, checkpoints every
 /// 200 ms.
 fn unbounded_job() -> String {
@@ -579,4 +623,238 @@ fn a_job_manager_whose_fixed_port_is_held_starts_once_the_port_is_free() {
     let (code, overview) = rest(&address.to_string(), "GET", "/overview", Some(TOKEN));
     assert_eq!(code, 200, "{overview}");
     jobmanager.kill();
+}
+
+#[test]
+fn a_task_manager_that_stops_heartbeating_with_its_connections_open_is_lost_and_fenced() {
+    const EVENTS: u64 = 200_000;
+    let expected = reference_output(EVENTS);
+    assert!(expected.len() > 500, "the reference output is too small");
+
+    // The job manager's heartbeat timeout is 3 s (`Cluster::start_jobmanager`); parallelism 2
+    // takes one slot on each of the two task managers, and either has the two slots the job
+    // needs once the other is gone.
+    let cluster = Cluster::new();
+    // ~20,000 events/s: about ten seconds without failures.
+    let job = cluster.submit(&job_file(EVENTS, Some(20_000)));
+    cluster.wait_until_running(&job);
+    let path = format!("/jobs/{job}/checkpoints");
+    cluster.wait_for("a completed checkpoint", 60, || {
+        (cluster.rest("GET", &path).1["counts"]["completed"].as_u64() >= Some(1)).then_some(())
+    });
+
+    // SIGSTOP: the process neither heartbeats nor reads, but the kernel keeps its sockets
+    // open, so only the heartbeat timeout can tell the job manager it is gone.
+    let stopped = &cluster.taskmanagers[0];
+    let stopped_id = taskmanager_id(stopped);
+    let listed = |id: &str| {
+        let (code, body) = cluster.rest("GET", "/taskmanagers");
+        assert_eq!(code, 200, "{body}");
+        body["taskmanagers"]
+            .as_array()
+            .expect("a list of task managers")
+            .iter()
+            .any(|tm| tm["id"] == id)
+    };
+    assert!(listed(&stopped_id), "{stopped_id} is not registered");
+    signal(stopped, "STOP");
+    cluster.wait_for("the stopped task manager to be declared lost", 30, || {
+        (!listed(&stopped_id)).then_some(())
+    });
+    // The job restarts from its latest checkpoint, on the other task manager's two slots.
+    let restored = cluster.wait_for("the job to restore from a checkpoint", 60, || {
+        let (_, body) = cluster.rest("GET", &format!("/jobs/{job}"));
+        (body["restores"].as_u64() >= Some(1) && body["state"] == "RUNNING").then_some(body)
+    });
+    assert!(
+        restored["restored-checkpoint"].as_u64().is_some(),
+        "the restart did not start from a checkpoint: {restored}"
+    );
+
+    // Resumed, the task manager still runs the subtasks of the attempt the job gave up, on
+    // the same in-progress files the new attempt resumed. It must stop them and register
+    // again rather than let them write on.
+    signal(stopped, "CONT");
+    cluster.wait_for("the resumed task manager to register again", 30, || {
+        listed(&stopped_id).then_some(())
+    });
+    cluster.wait_for("the job to finish", 120, || {
+        match cluster.state(&job).as_deref() {
+            Some("FINISHED") => Some(()),
+            Some(s @ ("FAILED" | "CANCELED")) => panic!("the job ended {s}{}", cluster.logs()),
+            _ => None,
+        }
+    });
+    let log = fs::read_to_string(&cluster.taskmanagers[0].log).unwrap_or_default();
+    assert!(
+        log.contains("lost the job manager"),
+        "the resumed task manager did not notice it was dropped:\n{log}"
+    );
+    assert_same_output(
+        &expected,
+        &output_lines(&cluster.store),
+        "after a task manager stopped heartbeating",
+    );
+    assert_eq!(
+        open_uploads(&cluster.store),
+        0,
+        "in-progress or pending files were left behind"
+    );
+}
+
+/// Records a second the throttled sink takes in the backpressure test.
+const SINK_RATE: u64 = 1000;
+
+#[test]
+fn a_throttled_sink_on_another_task_manager_slows_the_source_over_tcp() {
+    // Two source subtasks, one on each task manager (slot k runs subtask k, and the job's two
+    // slots are spread over both), and one sink subtask in slot 0: source subtask 1 reaches
+    // it only over TCP. The source is unthrottled; the sink takes SINK_RATE records a second.
+    // Without backpressure across the connection, source subtask 1 would run at full speed
+    // (hundreds of thousands of bids a second) and its records would pile up in memory.
+    let cluster = Cluster::new();
+    let job = cluster.submit(&format!(
+        r#"
+name = "backpressure"
+parallelism = 2
+
+[checkpoint]
+interval = "off"
+
+[[source]]
+id = "bids"
+kind = "nexmark"
+
+[[sink]]
+id = "slow"
+kind = "discard"
+parallelism = 1
+rate = {SINK_RATE}
+"#
+    ));
+    cluster.wait_until_running(&job);
+    let (_, taskmanagers) = cluster.rest("GET", "/taskmanagers");
+    let used: Vec<u64> = taskmanagers["taskmanagers"]
+        .as_array()
+        .expect("a list of task managers")
+        .iter()
+        .map(|tm| tm["slotsNumber"].as_u64().unwrap() - tm["freeSlots"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        used,
+        [1, 1],
+        "the job is not spread over both task managers"
+    );
+
+    let counts = || {
+        let (_, body) = cluster.rest("GET", &format!("/jobs/{job}"));
+        let vertices = &body["vertices"];
+        (
+            vertices[0]["metrics"]["write-records"]
+                .as_u64()
+                .unwrap_or(0),
+            vertices[1]["metrics"]["read-records"].as_u64().unwrap_or(0),
+        )
+    };
+    let started = Instant::now();
+    let mut peak_rss = 0;
+    let mut samples = Vec::new();
+    while started.elapsed() < Duration::from_secs(12) {
+        std::thread::sleep(Duration::from_secs(1));
+        let (emitted, taken) = counts();
+        let rss = cluster
+            .taskmanagers
+            .iter()
+            .map(resident_bytes)
+            .max()
+            .unwrap_or(0);
+        peak_rss = peak_rss.max(rss);
+        samples.push((started.elapsed().as_secs_f64(), emitted, taken, rss >> 20));
+    }
+    eprintln!("(seconds, emitted, taken, MiB resident at most): {samples:?}");
+    let (_, emitted, taken, _) = *samples.last().unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    // The sink was paced: it cannot have taken much more than its rate allows (counted from
+    // when the job ran, a few seconds before `started`, hence the slack).
+    assert!(
+        taken as f64 <= SINK_RATE as f64 * (seconds + 10.0),
+        "the sink took {taken} records in {seconds:.1} s at {SINK_RATE}/s: not throttled"
+    );
+    assert!(taken > 0, "the sink took nothing: {samples:?}");
+    // The source slowed down to the sink's pace: what it emitted beyond what the sink took is
+    // what the exchange holds (two channels of 16 batches of 512 records, partly filled
+    // batches, the loopback connection's socket buffers: well under 100,000 bids) plus the
+    // heartbeats' lag (a second of counts each). Without backpressure it would be millions.
+    assert!(
+        emitted <= taken + 150_000,
+        "the source ran ahead of the sink by {} records: {samples:?}",
+        emitted - taken
+    );
+    // Memory stays bounded: a task manager of this test binary runs in a few tens of MiB;
+    // without backpressure the records piling up would take hundreds.
+    assert!(
+        peak_rss < 200 << 20,
+        "a task manager grew to {} MiB resident: {samples:?}",
+        peak_rss >> 20
+    );
+}
+
+#[test]
+fn a_key_by_stage_partitions_across_task_managers_like_the_windows_own_key_by() {
+    const EVENTS: u64 = 60_000;
+    // The reference keys the window with its own `key_by`; here a `key_by` stage does, and
+    // the window reads it. With one window subtask on each task manager, the records of half
+    // the keys cross the network.
+    let old = "input = \"bids\"\nkind = \"window\"\nkey_by = [\"auction\"]\n";
+    let new = "input = \"bids\"\nkind = \"key_by\"\nfields = [\"auction\"]\n\n\
+               [[operator]]\nid = \"per-auction\"\ninput = \"by-auction\"\nkind = \"window\"\n";
+    let reference_job = job_file(EVENTS, None);
+    assert!(
+        reference_job.contains(old),
+        "the test job changed:\n{reference_job}"
+    );
+    let job = reference_job.replace(
+        &format!("id = \"per-auction\"\n{old}"),
+        &format!("id = \"by-auction\"\n{new}"),
+    );
+    assert!(job.contains("kind = \"key_by\""), "{job}");
+    let expected = reference_output(EVENTS);
+
+    let cluster = Cluster::new();
+    let id = cluster.submit(&job);
+    cluster.wait_for("the job to finish", 120, || {
+        match cluster.state(&id).as_deref() {
+            Some("FINISHED") => Some(()),
+            Some(s @ ("FAILED" | "CANCELED")) => panic!("the job ended {s}{}", cluster.logs()),
+            _ => None,
+        }
+    });
+    let (_, body) = cluster.rest("GET", &format!("/jobs/{id}"));
+    let vertices: Vec<&str> = body["vertices"]
+        .as_array()
+        .expect("vertices")
+        .iter()
+        .filter_map(|v| v["id"].as_str())
+        .collect();
+    assert!(
+        !vertices.contains(&"by-auction") && vertices.contains(&"per-auction"),
+        "the key_by stage is not an edge: {vertices:?}"
+    );
+    let got = output_lines(&cluster.store);
+    // One row per key and window: the records of a key all met in one window subtask,
+    // whichever task manager their source subtask ran on.
+    let mut windows = std::collections::HashSet::new();
+    for (line, n) in &got {
+        let Some(json) = line.strip_prefix("out/counts: ") else {
+            continue;
+        };
+        let row: serde_json::Value = serde_json::from_str(json).unwrap();
+        let window = (row["auction"].to_string(), row["window_start"].to_string());
+        assert!(
+            *n == 1 && windows.insert(window),
+            "two rows for one key and window: {line}"
+        );
+    }
+    assert!(windows.len() > 100, "too few windows: {}", windows.len());
+    assert_same_output(&expected, &got, "with a key_by stage");
 }

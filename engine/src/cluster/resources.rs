@@ -37,6 +37,9 @@ pub struct RegisteredTaskManager {
     pub slots: usize,
     pub data_address: SocketAddr,
     writer: Mutex<BufWriter<TcpStream>>,
+    /// The control connection, for shutting it down when the task manager is declared lost
+    /// (outside `writer`'s lock, which a send blocked on a full socket may hold).
+    connection: Option<TcpStream>,
     last_heartbeat: Mutex<Instant>,
     counts: Mutex<HashMap<String, Vec<VertexCounts>>>,
     /// Waiting deploys and cancels: ("deploy" | "cancel", job, attempt) -> answer.
@@ -56,6 +59,7 @@ impl RegisteredTaskManager {
             host,
             slots,
             data_address,
+            connection: stream.try_clone().ok(),
             writer: Mutex::new(BufWriter::new(stream)),
             last_heartbeat: Mutex::new(Instant::now()),
             counts: Mutex::new(HashMap::new()),
@@ -69,6 +73,17 @@ impl RegisteredTaskManager {
             .lock()
             .map_err(|_| std::io::Error::other("connection lock poisoned"))?;
         write_message(&mut *writer, message)
+    }
+
+    /// Closes the control connection both ways. A task manager lost by heartbeat may still be
+    /// alive (hung, stopped, behind a cut link): once it runs again it reads the end of its
+    /// connection, stops the subtasks of attempts the job masters have given up, and
+    /// registers afresh, instead of running them on unseen and heartbeating into a
+    /// registration that no longer exists.
+    fn disconnect(&self) {
+        if let Some(connection) = &self.connection {
+            let _ = connection.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     fn since_heartbeat(&self) -> Duration {
@@ -243,6 +258,7 @@ impl ResourceManager {
         });
         let Some(tm) = removed else { return };
         tracing::warn!(task_manager = %id, host = %tm.host, "task manager lost: {reason}");
+        tm.disconnect();
         // Waiting requests see a disconnect.
         if let Ok(mut replies) = tm.replies.lock() {
             replies.clear();

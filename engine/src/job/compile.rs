@@ -2,10 +2,11 @@
 //! checked against the schema of its input when the job is compiled (an unknown field or a
 //! type error is reported before anything runs, naming the stage and the field).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::spec::{JobSpec, OperatorSpec, SinkSpec, SourceSpec, parse_duration};
+use super::spec::{JobSpec, OperatorSpec, SinkSpec, SourceSpec, TableLines, parse_duration};
 use crate::builder::{DataStream, JobBuilder, StageOptions};
 use crate::data::{DataType, Field, Schema};
 use crate::error::EngineError;
@@ -61,14 +62,35 @@ pub fn compile(spec: &JobSpec, job_id: &str) -> Result<CompiledJob, EngineError>
     for (i, source) in spec.sources.iter().enumerate() {
         last = Some(add_source(&job, i, source)?);
     }
+    // `key_by` stages by id: they have no vertex of their own for `job.stream` to find.
+    let mut keyed = HashMap::new();
     for (i, operator) in spec.operators.iter().enumerate() {
-        last = Some(add_operator(&job, i, operator, last.as_ref())?);
+        let stages = Stages {
+            job: &job,
+            keyed: &keyed,
+        };
+        let lines = spec.operator_lines.get(i);
+        let stream = add_operator(&stages, i, operator, lines, last.as_ref())?;
+        if let OperatorSpec::KeyBy { id, .. } = operator {
+            keyed.insert(stage_id(id, "key_by", i), stream.clone());
+        }
+        last = Some(stream);
     }
+    let stages = Stages {
+        job: &job,
+        keyed: &keyed,
+    };
     let mut outputs = Vec::new();
     for (i, sink) in spec.sinks.iter().enumerate() {
-        if let Some(output) = add_sink(&job, i, sink, last.as_ref(), job_id)? {
+        if let Some(output) = add_sink(&stages, i, sink, last.as_ref(), job_id)? {
             outputs.push(output);
         }
+    }
+    if let Some(id) = keyed.keys().find(|id| job.stream(id).is_some()) {
+        return Err(EngineError::job(
+            id.as_str(),
+            "two stages have this id; ids must be unique",
+        ));
     }
     Ok(CompiledJob {
         graph: job.build()?,
@@ -277,33 +299,92 @@ fn parse_schema(at: &str, fields: &[String]) -> Result<Schema, EngineError> {
     Ok(Schema::new(out))
 }
 
+/// The stages defined so far, for stages that name their input.
+struct Stages<'a> {
+    job: &'a JobBuilder,
+    keyed: &'a HashMap<String, DataStream>,
+}
+
 /// The stage a stage reads: its `input`, else the stage defined before it.
 fn input_of(
-    job: &JobBuilder,
+    stages: &Stages<'_>,
     at: &str,
     input: &Option<String>,
     previous: Option<&DataStream>,
 ) -> Result<DataStream, EngineError> {
     match input {
-        Some(name) => job.stream(name).ok_or_else(|| {
-            EngineError::job(
-                format!("{at}.input"),
-                format!("no stage `{name}` is defined before this one"),
-            )
-        }),
+        Some(name) => stages
+            .keyed
+            .get(name)
+            .cloned()
+            .or_else(|| stages.job.stream(name))
+            .ok_or_else(|| {
+                EngineError::job(
+                    format!("{at}.input"),
+                    format!("no stage `{name}` is defined before this one"),
+                )
+            }),
         None => previous.cloned().ok_or_else(|| {
             EngineError::job(format!("{at}.input"), "there is no stage before this one")
         }),
     }
 }
 
+/// A `key_by` stage: its input, hash-partitioned by `fields` for the stage that reads it.
+fn add_key_by(
+    stages: &Stages<'_>,
+    id: &str,
+    input: &Option<String>,
+    fields: &[String],
+    line: Option<usize>,
+    previous: Option<&DataStream>,
+) -> Result<DataStream, EngineError> {
+    let at = format!("operator {id}");
+    if stages.keyed.contains_key(id) || stages.job.stream(id).is_some() {
+        return Err(EngineError::job(
+            at,
+            "two stages have this id; ids must be unique",
+        ));
+    }
+    let input = input_of(stages, &at, input, previous)?;
+    let field_at = match line {
+        Some(line) => format!("{at}.fields, line {line}"),
+        None => format!("{at}.fields"),
+    };
+    if fields.is_empty() {
+        return Err(EngineError::job(
+            field_at,
+            "lists no field; a key needs at least one",
+        ));
+    }
+    let schema = input.schema();
+    if let Some(unknown) = fields.iter().find(|f| schema.index_of(f).is_none()) {
+        return Err(EngineError::job(
+            field_at,
+            format!(
+                "no field `{unknown}` in the input {}; it has {}",
+                input.id(),
+                schema.names()
+            ),
+        ));
+    }
+    let keys: Vec<&str> = fields.iter().map(String::as_str).collect();
+    input.key_by(&keys)
+}
+
 fn add_operator(
-    job: &JobBuilder,
+    stages: &Stages<'_>,
     i: usize,
     spec: &OperatorSpec,
+    lines: Option<&TableLines>,
     previous: Option<&DataStream>,
 ) -> Result<DataStream, EngineError> {
     match spec {
+        OperatorSpec::KeyBy { id, input, fields } => {
+            let id = stage_id(id, "key_by", i);
+            let line = lines.map(|l| l.of("fields"));
+            add_key_by(stages, &id, input, fields, line, previous)
+        }
         OperatorSpec::Filter {
             id,
             input,
@@ -312,7 +393,7 @@ fn add_operator(
         } => {
             let id = stage_id(id, "filter", i);
             let at = format!("operator {id}");
-            let input = input_of(job, &at, input, previous)?;
+            let input = input_of(stages, &at, input, previous)?;
             let expr = Expr::parse(predicate).map_err(|e| in_stage(&at, "where", e))?;
             let schema = input.schema();
             let bound = expr.bind(&schema).map_err(|e| in_stage(&at, "where", e))?;
@@ -343,7 +424,7 @@ fn add_operator(
         } => {
             let id = stage_id(id, "map", i);
             let at = format!("operator {id}");
-            let input = input_of(job, &at, input, previous)?;
+            let input = input_of(stages, &at, input, previous)?;
             let schema = input.schema();
             let mut named = Vec::new();
             for (n, text) in fields.iter().enumerate() {
@@ -384,12 +465,42 @@ fn add_operator(
         } => {
             let id = stage_id(id, "window", i);
             let at = format!("operator {id}");
-            let input = input_of(job, &at, input, previous)?;
+            let input = input_of(stages, &at, input, previous)?;
             let schema = input.schema();
-            let keys: Vec<&str> = key_by.iter().map(String::as_str).collect();
-            let keyed = input
-                .key_by(&keys)
-                .map_err(|e| in_stage(&at, "key_by", e))?;
+            let keyed = match (key_by, input.key_fields()) {
+                (Some(keys), None) => {
+                    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    input
+                        .key_by(&keys)
+                        .map_err(|e| in_stage(&at, "key_by", e))?
+                }
+                // Read from a `key_by` stage: keyed by its fields already.
+                (None, Some(_)) => input,
+                (Some(keys), Some(upstream)) if *keys == upstream => input,
+                (Some(keys), Some(upstream)) => {
+                    return Err(EngineError::job(
+                        format!("{at}.key_by"),
+                        format!(
+                            "the input {} is keyed by [{}] already, not [{}]; leave key_by out \
+                             here or key the input by the same fields",
+                            input.id(),
+                            upstream.join(", "),
+                            keys.join(", ")
+                        ),
+                    ));
+                }
+                (None, None) => {
+                    return Err(EngineError::job(
+                        format!("{at}.key_by"),
+                        format!(
+                            "missing: a window needs a keyed input, and {} is not keyed; give \
+                             key_by = [...] here or read from a key_by stage",
+                            input.id()
+                        ),
+                    ));
+                }
+            };
+            let keys = keyed.key_fields().unwrap_or_default();
             let size_ms = parse_duration(&format!("{at}.size"), size)?.as_millis() as i64;
             let assigner = match window.as_str() {
                 "tumbling" => WindowAssigner::Tumbling { size_ms },
@@ -455,7 +566,7 @@ fn in_stage(at: &str, field: &str, e: EngineError) -> EngineError {
 }
 
 fn add_sink(
-    job: &JobBuilder,
+    stages: &Stages<'_>,
     i: usize,
     spec: &SinkSpec,
     previous: Option<&DataStream>,
@@ -466,16 +577,31 @@ fn add_sink(
             id,
             input,
             parallelism,
+            rate,
         } => {
             let id = stage_id(id, "discard", i);
-            let input = input_of(job, &format!("sink {id}"), input, previous)?;
+            let at = format!("sink {id}");
+            let input = input_of(stages, &at, input, previous)?;
+            if *rate == Some(0) {
+                return Err(EngineError::job(
+                    format!("{at}.rate"),
+                    "must be at least 1 record a second (leave it out for no limit)",
+                ));
+            }
+            let rate = *rate;
             input.sink(
                 StageOptions {
                     id: &id,
                     description: "discard",
                     parallelism: *parallelism,
                 },
-                Arc::new(|_| Ok(Box::new(DiscardSink::new()) as Box<dyn Operator>)),
+                Arc::new(move |_| {
+                    let sink = match rate {
+                        Some(rate) => DiscardSink::throttled(rate),
+                        None => DiscardSink::new(),
+                    };
+                    Ok(Box::new(sink) as Box<dyn Operator>)
+                }),
             )?;
             Ok(None)
         }
@@ -495,7 +621,7 @@ fn add_sink(
         } => {
             let id = stage_id(id, "file", i);
             let at = format!("sink {id}");
-            let input = input_of(job, &at, input, previous)?;
+            let input = input_of(stages, &at, input, previous)?;
             let schema = input.schema();
             let path = path.trim_matches('/').to_string();
             if path.is_empty()

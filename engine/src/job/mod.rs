@@ -26,7 +26,7 @@ pub fn load(path: &Path) -> Result<JobSpec, EngineError> {
 
 /// Parses the text of a job file.
 pub fn parse(text: &str) -> Result<JobSpec, EngineError> {
-    toml::from_str(text).map_err(|e| {
+    let mut spec: JobSpec = toml::from_str(text).map_err(|e| {
         let message = e.message().to_string();
         let at = match e.span() {
             Some(span) => {
@@ -39,7 +39,41 @@ pub fn parse(text: &str) -> Result<JobSpec, EngineError> {
             None => "(whole file)".to_string(),
         };
         EngineError::job(at, message)
-    })
+    })?;
+    let operators = table_lines(text, "operator");
+    // Tables written some other way (an inline array) are not found by their headers: then
+    // no lines rather than wrong ones.
+    if operators.len() == spec.operators.len() {
+        spec.operator_lines = operators;
+    }
+    Ok(spec)
+}
+
+/// The lines of every `[[name]]` table of a job file, in order: each header, and the keys up
+/// to the next header.
+fn table_lines(text: &str, name: &str) -> Vec<spec::TableLines> {
+    let header = format!("[[{name}]]");
+    let mut tables: Vec<spec::TableLines> = Vec::new();
+    let mut inside = false;
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split('#').next().unwrap_or_default();
+        let squeezed: String = code.split_whitespace().collect();
+        if squeezed.starts_with('[') {
+            inside = squeezed == header;
+            if inside {
+                tables.push(spec::TableLines {
+                    header: n + 1,
+                    keys: Vec::new(),
+                });
+            }
+        } else if inside
+            && let Some((key, _)) = code.split_once('=')
+            && let Some(table) = tables.last_mut()
+        {
+            table.keys.push((key.trim().to_string(), n + 1));
+        }
+    }
+    tables
 }
 
 /// The 1-based line of byte `offset`.

@@ -25,6 +25,28 @@ pub struct JobSpec {
     pub operators: Vec<OperatorSpec>,
     #[serde(default, rename = "sink")]
     pub sinks: Vec<SinkSpec>,
+    /// Where each `[[operator]]` table is in the text (filled in by [`super::parse`]; empty
+    /// for a spec built otherwise): errors found when compiling, such as a key field the
+    /// input does not have, name the line.
+    #[serde(skip)]
+    pub operator_lines: Vec<TableLines>,
+}
+
+/// The lines of one table of a job file: its header and each of its keys (1-based).
+#[derive(Debug, Clone, Default)]
+pub struct TableLines {
+    pub header: usize,
+    pub keys: Vec<(String, usize)>,
+}
+
+impl TableLines {
+    /// The line of `key` in the table, else of its header.
+    pub fn of(&self, key: &str) -> usize {
+        self.keys
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(self.header, |(_, line)| *line)
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -105,12 +127,24 @@ pub enum OperatorSpec {
         /// The output fields, in order: `"auction"`, `"price_eur = price * 0.908"`.
         fields: Vec<String>,
     },
+    /// Hash-partitions its input by `fields` for the stage that reads it: every record of
+    /// one key goes to the same subtask of that stage (on whichever task manager it runs). A
+    /// window reading it is keyed by these fields without a `key_by` of its own. It is not a
+    /// stage of its own at run time: the partitioning is the edge into the next stage.
+    #[serde(rename = "key_by")]
+    KeyBy {
+        id: Option<String>,
+        input: Option<String>,
+        /// The key fields, at least one.
+        fields: Vec<String>,
+    },
     Window {
         id: Option<String>,
         input: Option<String>,
         parallelism: Option<usize>,
-        /// The key fields (the input is partitioned by them).
-        key_by: Vec<String>,
+        /// The key fields (the input is partitioned by them); may be left out when the input
+        /// is a `key_by` stage.
+        key_by: Option<Vec<String>>,
         /// `tumbling` or `sliding`.
         window: String,
         size: DurationText,
@@ -150,6 +184,9 @@ pub enum SinkSpec {
         id: Option<String>,
         input: Option<String>,
         parallelism: Option<usize>,
+        /// Records a second each subtask takes at most (a slow consumer, to see backpressure);
+        /// as fast as possible if absent.
+        rate: Option<u64>,
     },
 }
 
