@@ -22,7 +22,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -151,10 +150,29 @@ def measure(name, text, parallelism, rows, runs, workdir):
     return row
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SERVING = "job manager on http://"
+
+
+def start_jobmanager(args, log_path, env):
+    """Starts `rivulet jobmanager --listen 127.0.0.1:0 ARGS` and returns it with the address it
+    bound, read from its log: a port picked here and bound by the job manager later could be
+    taken by another process in between (as tests/tests/engine_support does)."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen([BIN, "jobmanager", "--listen", "127.0.0.1:0"] + args, env=env, stderr=log)
+    log.close()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with open(log_path) as f:
+            for line in f:
+                if SERVING in line:
+                    return proc, line.split(SERVING, 1)[1].split()[0]
+        if proc.poll() is not None:
+            with open(log_path) as f:
+                sys.exit(f"the benchmark job manager exited ({proc.returncode}):\n{f.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    sys.exit("the benchmark job manager did not start serving in 60 s")
 
 
 def recovery_time(workdir, runs):
@@ -163,23 +181,22 @@ def recovery_time(workdir, runs):
     token = "bench"
     env = dict(os.environ, RIVULET_CLUSTER_TOKEN=token)
     for run in range(runs):
-        port = free_port()
         store = os.path.join(workdir, f"cluster-store-{run}")
         shutil.rmtree(store, ignore_errors=True)
         os.makedirs(store)
+        jm, address = start_jobmanager(
+            ["--store", store, "--heartbeat-timeout", "3s", "--index", os.path.join(workdir, f"jm-index-{run}")],
+            os.path.join(workdir, f"jobmanager-{run}.log"), env)
+        procs = [jm]
         logs = open(os.path.join(workdir, f"cluster-{run}.log"), "w")
-        procs = [subprocess.Popen(
-            [BIN, "jobmanager", "--store", store, "--listen", f"127.0.0.1:{port}", "--heartbeat-timeout", "3s",
-             "--index", os.path.join(workdir, f"jm-index-{run}")], env=env, stderr=logs)]
-        time.sleep(0.5)
         tms = []
         for i in range(2):
             tms.append(subprocess.Popen(
-                [BIN, "taskmanager", "--jobmanager", f"127.0.0.1:{port}", "--slots", "2", "--name", f"tm{i}",
+                [BIN, "taskmanager", "--jobmanager", address, "--slots", "2", "--name", f"tm{i}",
                  "--index", os.path.join(workdir, f"tm-index-{run}-{i}")], env=env, stderr=logs))
         try:
             def get(path):
-                req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                req = urllib.request.Request(f"http://{address}{path}",
                                              headers={"Authorization": f"Bearer {token}"})
                 return json.load(urllib.request.urlopen(req, timeout=5))
 
@@ -189,7 +206,7 @@ def recovery_time(workdir, runs):
                     sys.exit("the benchmark cluster did not come up")
                 time.sleep(0.2)
             job = header("recovery", 2, "1s") + source(10**12, 2, "rate = 200000") + file_sink("csv")
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/jobs", data=job.encode(), method="POST",
+            req = urllib.request.Request(f"http://{address}/jobs", data=job.encode(), method="POST",
                                          headers={"Authorization": f"Bearer {token}"})
             job_id = json.load(urllib.request.urlopen(req))["jobid"]
 

@@ -80,6 +80,16 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// How long the operator wants no more input, or `None` (the default) to take it as it
+    /// comes: a throttle. The runtime asks after each batch; while paused it reads only the
+    /// task's control channel (cancel and checkpoint notices stay prompt), for at most this
+    /// long before asking again. A task that knows a checkpoint's barrier is on its way does
+    /// not pause, so that the records queued ahead of the barrier do not hold the checkpoint
+    /// back; a throttle should not hold those against its rate (see `DiscardSink`).
+    fn input_pause(&mut self) -> Option<Duration> {
+        None
+    }
+
     /// Takes the operator's state for checkpoint `checkpoint_id` (the barrier has reached it,
     /// and every record before the barrier has been processed). `None` means stateless.
     fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Option<Vec<u8>>, EngineError> {

@@ -15,6 +15,7 @@ use engine::operator::{Operator, Output};
 use engine::runtime::element::BATCH_SIZE;
 use engine::runtime::exchange::CHANNEL_CAPACITY;
 use engine::runtime::{JobEnvironment, JobState, MiniCluster};
+use engine::sink::DiscardSink;
 use engine::source::{EventKind, NexmarkConfig, NexmarkSource, schema_for};
 
 /// Source and sink parallelism; the key_by between them is an all-to-all hash edge, so there
@@ -163,4 +164,94 @@ fn a_slow_sink_slows_the_source_and_bounds_what_is_in_flight() {
     handle.cancel();
     assert_eq!(handle.wait(), JobState::Canceled);
     drop(runtime);
+}
+
+/// Runs an unbounded, unthrottled source into a discard sink with `rate = 1` (chained to the
+/// source if `chained`, behind a key_by otherwise) with checkpoints every 200 ms, and checks
+/// that checkpoints complete and a cancel ends the job promptly. A throttle that slept in
+/// `process` held its task for a batch / rate seconds (512 s): no barrier got through (the
+/// checkpoints timed out) and the cancel waited for the batch.
+fn a_tiny_rate_still_checkpoints_and_cancels(chained: bool) {
+    let (runtime, env) = environment();
+    let job = JobBuilder::new("tiny-rate");
+    job.set_parallelism(PARALLELISM);
+    job.set_restart(RestartStrategy::None);
+    job.set_checkpointing(CheckpointConfig {
+        interval: Some(Duration::from_millis(200)),
+        timeout: Duration::from_secs(5),
+        ..CheckpointConfig::default()
+    });
+    let bids = job
+        .source(
+            "bids",
+            Arc::new(|_| Ok(Box::new(NexmarkSource::new(NexmarkConfig::default())?) as _)),
+            schema_for(EventKind::Bid),
+        )
+        .unwrap();
+    let input = if chained {
+        bids
+    } else {
+        bids.key_by(&["auction"]).unwrap()
+    };
+    input
+        .sink(
+            StageOptions {
+                id: "trickle",
+                description: "a discard sink taking one record a second",
+                parallelism: None,
+            },
+            Arc::new(|_| Ok(Box::new(DiscardSink::throttled(1)) as Box<dyn Operator>)),
+        )
+        .unwrap();
+    let graph = job.build().unwrap();
+    assert_eq!(graph.vertices.len(), 2);
+    let cluster = MiniCluster::new(env, 1, PARALLELISM);
+    let handle = cluster.submit(graph, "tiny-rate-1").unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let history = handle.metrics().checkpoints();
+        let completed = history.iter().filter(|c| c.completed).count();
+        if completed >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {completed} checkpoints completed in 20 s: {history:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let history = handle.metrics().checkpoints();
+    assert!(
+        history.iter().all(|c| c.completed),
+        "checkpoints were declined: {history:?}"
+    );
+    let cancelled = Instant::now();
+    handle.cancel();
+    assert_eq!(handle.wait(), JobState::Canceled);
+    assert!(
+        cancelled.elapsed() < Duration::from_secs(5),
+        "the cancel took {:?}",
+        cancelled.elapsed()
+    );
+    // The throttle still held the input back: records ahead of each barrier were taken at
+    // once (at most what is in flight), and a batch or a poll after it, nothing more. A
+    // throttle that never paused would have taken the source's hundreds of thousands a second.
+    let checkpoints = handle.metrics().checkpoints().len() as u64;
+    let taken = handle.metrics().vertex(1).records_in();
+    assert!(
+        taken <= (checkpoints + 2) * in_flight_bound(),
+        "the sink took {taken} records over {checkpoints} checkpoints"
+    );
+    drop(runtime);
+}
+
+#[test]
+fn a_discard_sink_with_a_tiny_rate_still_checkpoints_and_cancels_promptly() {
+    a_tiny_rate_still_checkpoints_and_cancels(false);
+}
+
+#[test]
+fn a_discard_sink_chained_to_its_source_with_a_tiny_rate_still_checkpoints_and_cancels() {
+    a_tiny_rate_still_checkpoints_and_cancels(true);
 }

@@ -131,6 +131,25 @@ impl Operator for FailingSnapshot {
     }
 }
 
+/// Passes records on; its snapshot of checkpoint 2 takes [`SLOW_SNAPSHOT`].
+struct SlowSnapshot;
+
+/// Longer than the checkpoint timeout of the test that uses [`SlowSnapshot`].
+const SLOW_SNAPSHOT: Duration = Duration::from_millis(1500);
+
+impl Operator for SlowSnapshot {
+    fn process(&mut self, record: Record, out: &mut dyn Output) -> Result<(), EngineError> {
+        out.emit(record)
+    }
+
+    fn snapshot(&mut self, checkpoint_id: u64) -> Result<Option<Vec<u8>>, EngineError> {
+        if checkpoint_id == 2 {
+            std::thread::sleep(SLOW_SNAPSHOT);
+        }
+        Ok(None)
+    }
+}
+
 /// Passes records on, and fails the first attempt after `fail_after` records.
 struct FailOnce {
     fail_after: u64,
@@ -549,4 +568,108 @@ fn more_declined_checkpoints_in_a_row_than_tolerated_restart_the_job() {
         "{history:?}"
     );
     assert_eq!(published_values(&published), (0..3_000).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_restarted_attempt_gets_the_full_allowance_of_declined_checkpoints() {
+    // Attempt 0: checkpoint 1 completes (PUT 1, its metadata), checkpoint 2's snapshot fails,
+    // which declines it and fails the attempt. Attempt 1 restores checkpoint 1, and the
+    // metadata write of its first checkpoint (PUT 2) fails: one decline, which one tolerated
+    // failure allows. Had attempt 1 inherited attempt 0's decline, that would be two in a row,
+    // failing it, and with one restart allowed the job would fail.
+    let store = Arc::new(FaultStore::new(
+        Arc::new(MemoryStore::new()),
+        FaultConfig {
+            fail_nth: [(Op::Put, 2)].into(),
+            ..FaultConfig::default()
+        },
+    ));
+    let env = environment_over(store.clone());
+    let published = Published::default();
+    let mut g = slow_graph(3_000, false, published.clone());
+    g.vertices[1].kind = VertexKind::Operator {
+        factory: Arc::new(|_| Ok(Box::new(FailingSnapshot { attempt: 0 }) as Box<dyn Operator>)),
+        is_sink: false,
+    };
+    g.checkpoint.tolerable_failures = Some(1);
+    g.restart = RestartStrategy::FixedDelay {
+        attempts: 1,
+        delay: Duration::from_millis(10),
+    };
+    let cluster = MiniCluster::new(env.env.clone(), 1, 4);
+    let job = cluster.submit(g, "allowance").unwrap();
+    let state = job.wait();
+    let history = job.metrics().checkpoints();
+    assert_eq!(state, JobState::Finished, "{history:?}");
+    assert_eq!(job.metrics().restarts(), 1);
+    assert_eq!(job.metrics().restored_checkpoint(), Some(1));
+    let reason_of = |id: u64| {
+        let c = history
+            .iter()
+            .find(|c| c.id == id)
+            .unwrap_or_else(|| panic!("no checkpoint {id}: {history:?}"));
+        assert!(!c.completed, "{history:?}");
+        c.reason.clone().unwrap_or_default()
+    };
+    assert!(
+        reason_of(2).contains("injected snapshot failure"),
+        "{history:?}"
+    );
+    assert!(
+        reason_of(3).contains("metadata") && reason_of(3).contains("injected fault"),
+        "{history:?}"
+    );
+    assert_eq!(published_values(&published), (0..3_000).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_checkpoint_that_times_out_is_declined_and_the_job_runs_on() {
+    // Checkpoint 2 waits for a snapshot that takes 1.5 s, three times its timeout: the master
+    // declines it, the job goes on without a restart (the late acknowledgement is ignored),
+    // and a later checkpoint publishes what checkpoint 2 staged.
+    let env = environment();
+    let published = Published::default();
+    // Long enough (several seconds) to still run when the slow snapshot ends.
+    let mut g = slow_graph(30_000, false, published.clone());
+    g.vertices[1].kind = VertexKind::Operator {
+        factory: Arc::new(|_| Ok(Box::new(SlowSnapshot) as Box<dyn Operator>)),
+        is_sink: false,
+    };
+    g.checkpoint.timeout = Duration::from_millis(500);
+    let cluster = MiniCluster::new(env.env.clone(), 1, 4);
+    let job = cluster.submit(g, "timeout").unwrap();
+    let state = job.wait();
+    let history = job.metrics().checkpoints();
+    assert_eq!(state, JobState::Finished, "{history:?}");
+    assert_eq!(job.metrics().restarts(), 0);
+    let second = history
+        .iter()
+        .find(|c| c.id == 2)
+        .unwrap_or_else(|| panic!("no checkpoint 2: {history:?}"));
+    assert!(!second.completed, "{history:?}");
+    assert_eq!(
+        second.reason.as_deref(),
+        Some("not complete within 500ms"),
+        "{history:?}"
+    );
+    assert!(
+        second.duration_ms >= 500 && second.duration_ms < SLOW_SNAPSHOT.as_millis() as u64,
+        "declined at the timeout, not when the late snapshot ended: {history:?}"
+    );
+    assert!(
+        history.iter().any(|c| c.completed && c.id > 2),
+        "no checkpoint completed after the declined one: {history:?}"
+    );
+    assert_eq!(
+        published_values(&published),
+        (0..30_000).collect::<Vec<_>>()
+    );
+    assert!(
+        published
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|((_, k), v)| *k == 2 && !v.is_empty()),
+        "nothing staged at checkpoint 2 was published"
+    );
 }

@@ -22,8 +22,8 @@ use tempfile::TempDir;
 mod engine_support;
 
 use engine_support::{
-    Process, TOKEN, job_file, open_uploads, output_lines, reference_output, start_jobmanager,
-    tails_after_gc,
+    Process, TOKEN, assert_same_output, job_file, open_uploads, output_lines, reference_output,
+    rest, start_jobmanager, tails_after_gc,
 };
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -57,10 +57,16 @@ struct Network {
     ip_forward_before: Option<String>,
 }
 
+/// The tests of this file one at a time: each builds its own namespaces, but they share
+/// ip_forward (restored by whichever drops last) and two cores would make their timings
+/// (heartbeat timeouts) flaky.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Network {
-    /// Namespaces `rvt<pid><a|b>`, each on 10.<x>.<y>.<4i>/30: the near end is .1 (.5),
-    /// the far end .2 (.6). The pid keeps concurrent runs apart.
-    fn new() -> Network {
+    /// Namespaces `rvt<pid><tag>`, each on 10.<x>.<y>.<4i>/30: the near end is .1 (.5),
+    /// the far end .2 (.6), counting `i` over `tags`. The pid keeps concurrent runs apart; the
+    /// tests of one run use different tags and `first` (the first `i`).
+    fn new(tags: [&str; 2], first: u8) -> Network {
         let pid = std::process::id();
         let x = 64 + (pid / 256 % 64) as u8;
         let y = (pid % 256) as u8;
@@ -68,8 +74,8 @@ impl Network {
             hosts: Vec::new(),
             ip_forward_before: None,
         };
-        for (i, tag) in ["a", "b"].iter().enumerate() {
-            let base = 4 * i as u8;
+        for (i, tag) in tags.iter().enumerate() {
+            let base = 4 * (first + i as u8);
             // Recorded before it exists, so that a failure half-way still cleans up.
             network.hosts.push(Host {
                 netns: format!("rvt{pid}{tag}"),
@@ -165,7 +171,8 @@ fn task_managers_in_other_network_namespaces_run_a_job_together() {
     let expected = reference_output(EVENTS);
     assert!(expected.len() > 500, "the reference output is too small");
 
-    let network = Network::new();
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let network = Network::new(["a", "b"], 0);
     let dir = TempDir::new().unwrap();
     let store = dir.path().join("store");
     fs::create_dir_all(&store).unwrap();
@@ -357,6 +364,259 @@ fn task_managers_in_other_network_namespaces_run_a_job_together() {
         Vec::<String>::new(),
         "tail objects were left after gc"
     );
+
+    drop(taskmanagers);
+    drop(jobmanager);
+    drop(network);
+}
+
+/// A log line without its colours (tracing's ANSI escapes).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape runs up to its final letter (`ESC [ 2 m`).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The tracing lines of `log` that contain `message`, in order, with their timestamps
+/// (RFC 3339, UTC, one width: they compare as strings).
+fn timed_lines(log: &str, message: &str) -> Vec<(String, String)> {
+    log.lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains(message))
+        .filter_map(|l| {
+            let time = l.split_whitespace().next()?.to_string();
+            (time.ends_with('Z') && time.contains('T')).then_some((time, l))
+        })
+        .collect()
+}
+
+/// Waits up to `secs` for `check` to give a value; panics with `what` and the logs if not.
+fn wait_for<T>(
+    what: &str,
+    secs: u64,
+    logs: impl Fn() -> String,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} (waited {secs} s){}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_task_manager_behind_a_cut_link_stops_its_subtasks_before_the_job_restarts_elsewhere() {
+    const EVENTS: u64 = 200_000;
+    let expected = reference_output(EVENTS);
+    assert!(expected.len() > 500, "the reference output is too small");
+
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let network = Network::new(["c", "d"], 2);
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    fs::create_dir_all(&store).unwrap();
+    let path = |name: &str| -> PathBuf { dir.path().join(name) };
+
+    let (jobmanager, listen) = start_jobmanager(
+        None,
+        &format!("{}:0", network.hosts[0].near_ip),
+        &[
+            "--store",
+            &store.to_string_lossy(),
+            "--heartbeat-timeout",
+            "3s",
+        ],
+        path("jobmanager.log"),
+        &path("jobmanager.index"),
+    );
+    let address = listen.to_string();
+    // Two slots each: the job (parallelism 2) gets one on each, and after the cut it restarts
+    // on the two of the task manager that is still reachable.
+    let taskmanagers: Vec<Process> = network
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            Process::start_in(
+                Some(&host.netns),
+                &[
+                    "taskmanager",
+                    "--jobmanager",
+                    &address,
+                    "--slots",
+                    "2",
+                    "--data-listen",
+                    &format!("{}:0", host.far_ip),
+                    "--name",
+                    &format!("host-{i}"),
+                ],
+                path(&format!("taskmanager-{i}.log")),
+                &path(&format!("taskmanager-{i}.index")),
+            )
+        })
+        .collect();
+    let all = || {
+        let mut v = vec![&jobmanager];
+        v.extend(taskmanagers.iter());
+        logs(&v)
+    };
+    let get = |path: &str| rest(&address, "GET", path, Some(TOKEN)).1;
+    let cut_log = || fs::read_to_string(&taskmanagers[1].log).unwrap_or_default();
+
+    wait_for("the task managers never registered", 60, all, || {
+        (get("/overview")["slots-total"].as_u64() == Some(4)).then_some(())
+    });
+
+    let file = path("job.toml");
+    // Rate-limited: it runs for about 10 s, long enough to be cut in the middle of.
+    fs::write(&file, job_file(EVENTS, Some(20_000))).unwrap();
+    let out = rivulet(
+        &[
+            "run",
+            "--jobmanager",
+            &address,
+            "--detach",
+            &file.to_string_lossy(),
+        ],
+        TOKEN,
+    );
+    assert!(
+        out.status.success(),
+        "submitting: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        all()
+    );
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+
+    // Running on both task managers (one slot of each taken), with a checkpoint done, so that
+    // the cut one has written into uploads the restarted attempt will resume.
+    wait_for(
+        "the job did not run on both task managers with a checkpoint",
+        120,
+        all,
+        || {
+            let tms = get("/taskmanagers")["taskmanagers"].clone();
+            let both = tms
+                .as_array()
+                .is_some_and(|t| t.len() == 2 && t.iter().all(|tm| tm["freeSlots"] == 1));
+            let checkpoints = get(&format!("/jobs/{job}/checkpoints"));
+            (both && checkpoints["counts"]["completed"].as_u64() >= Some(1)).then_some(())
+        },
+    );
+
+    // The attempt the job runs now (attempts count from 0, one more at each restart).
+    let attempt_before = get(&format!("/jobs/{job}"))["restarts"]
+        .as_u64()
+        .expect("restarts");
+
+    // The cut: host 1's link goes down. Nothing is closed: no FIN or RST reaches either side,
+    // the job manager only stops hearing heartbeats and the task manager stops hearing it.
+    let near = network.hosts[1].near.clone();
+    ip(&["link", "set", &near, "down"]);
+    let cut_at = Instant::now();
+
+    // The job manager declares it lost and restarts the job from a checkpoint on host 0.
+    wait_for(
+        "the job did not restart from a checkpoint on the task manager left",
+        90,
+        all,
+        || {
+            let body = get(&format!("/jobs/{job}"));
+            let tms = get("/taskmanagers")["taskmanagers"].clone();
+            (body["restores"].as_u64() >= Some(1)
+                && tms
+                    .as_array()
+                    .is_some_and(|t| t.len() == 1 && t[0]["host"] == "host-0"))
+            .then_some(body)
+        },
+    );
+    let jm_log = fs::read_to_string(&jobmanager.log).unwrap_or_default();
+    assert!(
+        jm_log.contains("task manager lost") && jm_log.contains("no heartbeat"),
+        "the job manager did not log the task manager lost by heartbeat{}",
+        all()
+    );
+    // The task manager, still cut off, notices the silence itself and stops its subtasks: a
+    // closed connection cannot have told it, nothing crosses the link.
+    wait_for(
+        "the cut-off task manager did not stop its subtasks on its own",
+        30,
+        all,
+        || {
+            let log = cut_log();
+            (log.contains("lost the job manager (no message from the job manager for")
+                && log.contains("stopped its subtasks"))
+            .then_some(())
+        },
+    );
+    // ... and did so before the job's next attempt was deployed on host 0 (both log with
+    // timestamps from this machine's clock): it stops at three quarters of the heartbeat
+    // timeout, the job manager restarts the job only after all of it.
+    let (stopped_at, _) = timed_lines(&cut_log(), "subtasks stopped")
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no timestamped stop in the cut task manager's log{}", all()));
+    let host0_log = fs::read_to_string(&taskmanagers[0].log).unwrap_or_default();
+    let next_attempt = format!("attempt={}", attempt_before + 1);
+    let (redeployed_at, _) = timed_lines(&host0_log, "deploying subtask")
+        .into_iter()
+        .find(|(_, line)| line.contains(&job) && line.contains(&next_attempt))
+        .unwrap_or_else(|| panic!("no deploy of {next_attempt} on host 0{}", all()));
+    eprintln!(
+        "the cut task manager stopped its subtasks at {stopped_at}, the job's next attempt was \
+         deployed at {redeployed_at}, {:.1} s after the cut",
+        cut_at.elapsed().as_secs_f64()
+    );
+    assert!(
+        stopped_at < redeployed_at,
+        "the cut-off subtasks stopped at {stopped_at}, after the next attempt was deployed at \
+         {redeployed_at}{}",
+        all()
+    );
+
+    // The link comes back: the task manager registers afresh, the job finishes.
+    ip(&["link", "set", &near, "up"]);
+    wait_for(
+        "the cut task manager did not register again",
+        60,
+        all,
+        || {
+            (cut_log().matches(": registered").count() >= 2
+                && get("/overview")["taskmanagers"].as_u64() == Some(2))
+            .then_some(())
+        },
+    );
+    let state = wait_for("the job did not end", 240, all, || {
+        let state = get(&format!("/jobs/{job}"))["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        matches!(state.as_str(), "FINISHED" | "FAILED" | "CANCELED").then_some(state)
+    });
+    assert_eq!(state, "FINISHED", "{}", all());
+
+    let got = output_lines(&store);
+    assert_same_output(&expected, &got, "after a cut link");
+    assert_eq!(open_uploads(&store), 0, "uploads were left open{}", all());
 
     drop(taskmanagers);
     drop(jobmanager);

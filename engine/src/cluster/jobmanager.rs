@@ -269,6 +269,7 @@ fn serve_task_manager(jm: &Arc<JobManager>, stream: TcpStream, peer: SocketAddr)
         slots,
         data_address,
         host,
+        heartbeat_acks,
     })) = read_message::<ToJobManager>(&mut reader)
     else {
         tracing::warn!(%peer, "a task manager connection that did not register");
@@ -280,6 +281,7 @@ fn serve_task_manager(jm: &Arc<JobManager>, stream: TcpStream, peer: SocketAddr)
         slots,
         data_address,
         write_half,
+        heartbeat_acks,
     ));
     if jm.config.token.is_some() && token != jm.config.token {
         let _ = tm.send(&ToTaskManager::Refused {
@@ -291,6 +293,11 @@ fn serve_task_manager(jm: &Arc<JobManager>, stream: TcpStream, peer: SocketAddr)
     if tm
         .send(&ToTaskManager::Registered {
             store: jm.config.store.to_string(),
+            // Only to a task manager that hears the answers to its heartbeats: to any other,
+            // a silence would not mean anything.
+            heartbeat_timeout_ms: heartbeat_acks.then(|| {
+                u64::try_from(jm.config.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX)
+            }),
         })
         .is_err()
     {

@@ -36,6 +36,8 @@ pub struct RegisteredTaskManager {
     pub host: String,
     pub slots: usize,
     pub data_address: SocketAddr,
+    /// It takes an answer to each heartbeat (see `ToTaskManager::HeartbeatAck`).
+    heartbeat_acks: bool,
     writer: Mutex<BufWriter<TcpStream>>,
     /// The control connection, for shutting it down when the task manager is declared lost
     /// (outside `writer`'s lock, which a send blocked on a full socket may hold).
@@ -53,12 +55,14 @@ impl RegisteredTaskManager {
         slots: usize,
         data_address: SocketAddr,
         stream: TcpStream,
+        heartbeat_acks: bool,
     ) -> Self {
         Self {
             id,
             host,
             slots,
             data_address,
+            heartbeat_acks,
             connection: stream.try_clone().ok(),
             writer: Mutex::new(BufWriter::new(stream)),
             last_heartbeat: Mutex::new(Instant::now()),
@@ -225,6 +229,11 @@ impl ResourceManager {
                 }
                 if let Ok(mut counts) = tm.counts.lock() {
                     *counts = jobs.into_iter().collect();
+                }
+                // The task manager takes a long silence for a cut link and stops its subtasks
+                // (taskmanager.rs); a failed send shows up as the end of the connection.
+                if tm.heartbeat_acks {
+                    let _ = tm.send(&ToTaskManager::HeartbeatAck);
                 }
             }
             ToJobManager::Event {

@@ -28,6 +28,10 @@ pub enum ToJobManager {
         slots: usize,
         data_address: SocketAddr,
         host: String,
+        /// It understands [`ToTaskManager::HeartbeatAck`] (a task manager of an older build,
+        /// which does not, would take one for a broken connection).
+        #[serde(default)]
+        heartbeat_acks: bool,
     },
     /// Every second, with the counters of the jobs running there (totals since the task
     /// manager started).
@@ -51,10 +55,18 @@ pub enum ToJobManager {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToTaskManager {
-    /// Registration accepted: the store the cluster's jobs use.
+    /// Registration accepted: the store the cluster's jobs use, and the job manager's
+    /// heartbeat timeout, from which the task manager derives how long a silence from the job
+    /// manager means it is cut off (absent from a job manager that does not answer heartbeats:
+    /// then only a closed connection counts).
     Registered {
         store: String,
+        #[serde(default)]
+        heartbeat_timeout_ms: Option<u64>,
     },
+    /// The answer to every heartbeat: without it, a task manager behind a cut link (no close
+    /// ever arrives) could not tell a quiet job manager from an unreachable one.
+    HeartbeatAck,
     /// Registration refused, and why.
     Refused {
         reason: String,

@@ -9,7 +9,7 @@ use std::io::{BufReader, BufWriter, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fs_core::store::{StoreUrl, open_store};
 use fs_core::{Index, RecoverableWriter, WriterConfig};
@@ -22,6 +22,24 @@ use crate::runtime::master::JobEnvironment;
 use crate::runtime::metrics::JobMetrics;
 use crate::runtime::network::DataServer;
 use crate::runtime::task::TaskEvent;
+
+/// How often the task manager checks for silence from the job manager.
+const SILENCE_CHECK: Duration = Duration::from_millis(100);
+
+/// How long a task manager waits without any message from the job manager (which answers
+/// every heartbeat, sent every second) before it takes the job manager for lost, stops its
+/// subtasks and registers afresh: three quarters of the job manager's heartbeat timeout.
+///
+/// It must not exceed that timeout: behind a cut link the job manager declares this task
+/// manager lost after `timeout` without a heartbeat and restarts its jobs elsewhere, resuming
+/// the in-progress uploads these subtasks write to, so they must have stopped by then. The
+/// task manager's clock starts later than the job manager's (at the arrival of the answer to
+/// the last heartbeat the job manager got, a network delay after it) and it checks every
+/// [`SILENCE_CHECK`] and then waits for its subtasks to stop; the quarter kept back (1.25 s
+/// for the default 5 s) covers those, and the job manager adds its restart delay on top.
+fn silence_limit(heartbeat_timeout: Duration) -> Duration {
+    heartbeat_timeout.mul_f64(0.75)
+}
 
 /// How a task manager runs.
 #[derive(Debug, Clone)]
@@ -108,7 +126,16 @@ pub fn run(
                     }
                 }
                 if let Some(executor) = &tm.executor {
-                    executor.cancel_all();
+                    let stopped = executor.cancel_all();
+                    if stopped > 0 {
+                        eprintln!(
+                            "task manager {}: stopped its subtasks ({stopped} job attempts)",
+                            tm.id
+                        );
+                        // With a timestamp, to set against the job manager's restart of the
+                        // jobs elsewhere.
+                        tracing::info!(task_manager = %tm.id, attempts = stopped, "subtasks stopped");
+                    }
                 }
             }
             Err(e) => {
@@ -181,6 +208,9 @@ impl TaskManager {
         let lost = |e: std::io::Error| SessionEnd::Lost(e.to_string());
         stream.set_nodelay(true).map_err(lost)?;
         let mut reader = BufReader::new(stream.try_clone().map_err(lost)?);
+        // For shutting the connection down outside the writer's lock, which a send blocked on
+        // a cut link may hold.
+        let control = stream.try_clone().map_err(lost)?;
         let writer: SharedWriter = Arc::new(Mutex::new(BufWriter::new(stream)));
         {
             let mut w = writer
@@ -195,26 +225,89 @@ impl TaskManager {
                     slots: self.config.slots,
                     data_address: self.config.data_advertise.unwrap_or(self.data.address),
                     host: self.config.host.clone(),
+                    heartbeat_acks: true,
                 },
             )
             .map_err(lost)?;
         }
-        let executor = match read_message::<ToTaskManager>(&mut reader).map_err(lost)? {
-            Some(ToTaskManager::Registered { store }) => self
-                .environment(&store)
-                .map_err(|e| SessionEnd::Refused(format!("opening the store {store}: {e}")))?,
+        let (executor, silence) = match read_message::<ToTaskManager>(&mut reader).map_err(lost)? {
+            Some(ToTaskManager::Registered {
+                store,
+                heartbeat_timeout_ms,
+            }) => (
+                self.environment(&store)
+                    .map_err(|e| SessionEnd::Refused(format!("opening the store {store}: {e}")))?,
+                heartbeat_timeout_ms.map(|ms| silence_limit(Duration::from_millis(ms))),
+            ),
             Some(ToTaskManager::Refused { reason }) => return Err(SessionEnd::Refused(reason)),
             _ => return Err(SessionEnd::Lost("no answer to the registration".into())),
         };
-        eprintln!("task manager {}: registered", self.id);
+        eprintln!(
+            "task manager {}: registered{}",
+            self.id,
+            silence
+                .map(|l| format!(
+                    "; a silence of {:.1}s from the job manager counts as losing it",
+                    l.as_secs_f64()
+                ))
+                .unwrap_or_default()
+        );
+
+        // Messages are read on a thread of their own, which notes when each arrived: a deploy
+        // handled below may take seconds, and the time it takes is not the job manager's
+        // silence.
+        let heard = Arc::new(Mutex::new(Instant::now()));
+        let (messages_tx, messages) =
+            crossbeam_channel::unbounded::<Result<ToTaskManager, String>>();
+        {
+            let heard = heard.clone();
+            std::thread::Builder::new()
+                .name("job-manager-reader".into())
+                .spawn(move || {
+                    loop {
+                        let message = match read_message::<ToTaskManager>(&mut reader) {
+                            Ok(Some(m)) => Ok(m),
+                            Ok(None) => Err("the connection closed".to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        if let Ok(mut h) = heard.lock() {
+                            *h = Instant::now();
+                        }
+                        let end = message.is_err();
+                        if messages_tx.send(message).is_err() || end {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| SessionEnd::Lost(format!("starting the reader: {e}")))?;
+        }
 
         let connected = Arc::new(AtomicBool::new(true));
         self.start_heartbeats(writer.clone(), connected.clone(), stop.clone());
         let result = loop {
-            let message = match read_message::<ToTaskManager>(&mut reader) {
-                Ok(Some(m)) => m,
-                Ok(None) => break Err(SessionEnd::Lost("the connection closed".into())),
-                Err(e) => break Err(lost(e)),
+            if stop.load(Ordering::SeqCst) {
+                break Ok(());
+            }
+            let message = match messages.recv_timeout(SILENCE_CHECK) {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => break Err(SessionEnd::Lost(e)),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    let silent = heard.lock().map(|h| h.elapsed()).unwrap_or_default();
+                    if let Some(limit) = silence
+                        && silent > limit
+                    {
+                        break Err(SessionEnd::Lost(format!(
+                            "no message from the job manager for {:.1}s, the limit is {:.1}s: \
+                             a cut link or a hung job manager",
+                            silent.as_secs_f64(),
+                            limit.as_secs_f64()
+                        )));
+                    }
+                    continue;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    break Err(SessionEnd::Lost("the reader stopped".into()));
+                }
             };
             match message {
                 ToTaskManager::Deploy(request) => {
@@ -240,12 +333,14 @@ impl TaskManager {
                         break Err(lost(e));
                     }
                 }
-                ToTaskManager::Registered { .. } | ToTaskManager::Refused { .. } => {}
-            }
-            if stop.load(Ordering::SeqCst) {
-                break Ok(());
+                ToTaskManager::HeartbeatAck
+                | ToTaskManager::Registered { .. }
+                | ToTaskManager::Refused { .. } => {}
             }
         };
+        // Ends the reader, the heartbeats and the event forwarders of this session, even when
+        // the socket still looks open (a cut link, where nothing would ever wake them).
+        let _ = control.shutdown(std::net::Shutdown::Both);
         connected.store(false, Ordering::SeqCst);
         result
     }

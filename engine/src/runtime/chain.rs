@@ -1,6 +1,9 @@
 //! A chain of operators run by one task: each operator's output is a direct call into the
 //! next one (no serialization, no thread hand-off), and the last one's goes to the network.
 
+use std::time::Duration;
+
+use super::exchange::NetworkOutput;
 use crate::data::{Record, Timestamp};
 use crate::error::EngineError;
 use crate::operator::{Operator, Output, TaskContext};
@@ -24,25 +27,41 @@ pub struct OperatorSnapshot {
 /// The operators of one task after its source (if any), in order.
 #[derive(Default)]
 pub struct Chain {
+    /// The source vertex heading the chain, if the task runs one: its records go to the
+    /// first operator and to the exchanges that carry its output.
+    pub source_vertex: Option<usize>,
     pub operators: Vec<ChainedOperator>,
 }
 
-/// The `Output` handed to an operator: the rest of the chain, then the network.
+/// The `Output` handed to an operator (or the source): the exchanges that carry this
+/// vertex's output, and the rest of the chain.
 struct Link<'a> {
+    /// The vertex whose output this is (`None`: the task's input, which feeds only the chain).
+    from: Option<usize>,
     rest: &'a mut [ChainedOperator],
-    out: &'a mut dyn Output,
+    out: &'a mut NetworkOutput,
 }
 
 impl Output for Link<'_> {
     fn emit(&mut self, record: Record) -> Result<(), EngineError> {
         match self.rest.split_first_mut() {
-            None => self.out.emit(record),
+            // The end of the chain: everything goes to the network (and is counted there).
+            None => match self.from {
+                Some(vertex) => self.out.emit_from(vertex, record),
+                None => Ok(()),
+            },
             Some((next, rest)) => {
+                if let Some(vertex) = self.from
+                    && self.out.has_edges_from(vertex)
+                {
+                    self.out.emit_from(vertex, record.clone())?;
+                }
                 next.records_in += 1;
                 next.operator
                     .process(
                         record,
                         &mut Link {
+                            from: Some(next.vertex),
                             rest,
                             out: self.out,
                         },
@@ -53,13 +72,17 @@ impl Output for Link<'_> {
     }
 
     fn watermark(&mut self, watermark: Timestamp) -> Result<(), EngineError> {
+        if let Some(vertex) = self.from {
+            self.out.watermark_from(vertex, watermark)?;
+        }
         match self.rest.split_first_mut() {
-            None => self.out.watermark(watermark),
+            None => Ok(()),
             Some((next, rest)) => next
                 .operator
                 .watermark(
                     watermark,
                     &mut Link {
+                        from: Some(next.vertex),
                         rest,
                         out: self.out,
                     },
@@ -81,22 +104,24 @@ fn in_operator(ctx: &TaskContext, error: EngineError) -> EngineError {
 }
 
 impl Chain {
-    /// An `Output` that feeds the chain's first operator (or `out` for an empty chain).
-    pub fn input<'a>(&'a mut self, out: &'a mut dyn Output) -> impl Output + 'a {
+    /// An `Output` for the task's input: the source's records (to its exchanges and the
+    /// first operator), or those read from the input channels (to the first operator).
+    pub fn input<'a>(&'a mut self, out: &'a mut NetworkOutput) -> impl Output + 'a {
         Link {
+            from: self.source_vertex,
             rest: &mut self.operators,
             out,
         }
     }
 
-    pub fn process(&mut self, record: Record, out: &mut dyn Output) -> Result<(), EngineError> {
+    pub fn process(&mut self, record: Record, out: &mut NetworkOutput) -> Result<(), EngineError> {
         self.input(out).emit(record)
     }
 
     pub fn watermark(
         &mut self,
         watermark: Timestamp,
-        out: &mut dyn Output,
+        out: &mut NetworkOutput,
     ) -> Result<(), EngineError> {
         self.input(out).watermark(watermark)
     }
@@ -116,7 +141,15 @@ impl Chain {
         Ok(())
     }
 
-    pub fn tick(&mut self, now: Timestamp, out: &mut dyn Output) -> Result<(), EngineError> {
+    /// The longest pause any operator of the chain asks for (see `Operator::input_pause`).
+    pub fn input_pause(&mut self) -> Option<Duration> {
+        self.operators
+            .iter_mut()
+            .filter_map(|op| op.operator.input_pause())
+            .max()
+    }
+
+    pub fn tick(&mut self, now: Timestamp, out: &mut NetworkOutput) -> Result<(), EngineError> {
         for i in 0..self.operators.len() {
             let Some((head, rest)) = self.operators[i..].split_first_mut() else {
                 break;
@@ -125,6 +158,7 @@ impl Chain {
                 .tick(
                     now,
                     &mut Link {
+                        from: Some(head.vertex),
                         rest,
                         out: &mut *out,
                     },
@@ -136,13 +170,14 @@ impl Chain {
 
     /// Every input has ended: finishes the operators front to back, so what one emits while
     /// finishing reaches the next before that one finishes in turn.
-    pub fn finish(&mut self, out: &mut dyn Output) -> Result<(), EngineError> {
+    pub fn finish(&mut self, out: &mut NetworkOutput) -> Result<(), EngineError> {
         for i in 0..self.operators.len() {
             let Some((head, rest)) = self.operators[i..].split_first_mut() else {
                 break;
             };
             head.operator
                 .finish(&mut Link {
+                    from: Some(head.vertex),
                     rest,
                     out: &mut *out,
                 })

@@ -15,7 +15,6 @@ use super::element::{BATCH_SIZE, Barrier, Batch, Element};
 use crate::data::{HASH_SEED, Record, Timestamp};
 use crate::error::EngineError;
 use crate::graph::Partitioning;
-use crate::operator::Output;
 
 /// Batches a channel holds before its sender blocks.
 pub const CHANNEL_CAPACITY: usize = 16;
@@ -31,6 +30,8 @@ pub fn channel() -> (Sender<Batch>, Receiver<Batch>) {
 /// The senders of one output edge of a subtask: one per downstream subtask it feeds (just one
 /// for a forward edge).
 pub struct EdgeOutput {
+    /// The vertex of the task's chain whose output the edge carries.
+    pub from_vertex: usize,
     pub partitioning: Partitioning,
     pub senders: Vec<Sender<Batch>>,
 }
@@ -41,6 +42,7 @@ struct Channel {
 }
 
 struct EdgeChannels {
+    from_vertex: usize,
     partitioning: Partitioning,
     channels: Vec<Channel>,
     next_round_robin: usize,
@@ -51,8 +53,10 @@ pub struct NetworkOutput {
     edges: Vec<EdgeChannels>,
     cancelled: Arc<AtomicBool>,
     last_flush: Instant,
-    /// Records that left this task (for sinks: records that reached it and went nowhere).
-    pub records_out: u64,
+    /// Records each vertex of the chain handed to the network (for the last vertex, every
+    /// record it emitted, even with no edge: for sinks, records that reached it and went
+    /// nowhere), by vertex index.
+    pub records_out: Vec<(usize, u64)>,
     /// Time spent blocked on full channels: how backpressured this task is.
     pub blocked: Duration,
 }
@@ -62,6 +66,7 @@ impl NetworkOutput {
         let edges = edges
             .into_iter()
             .map(|e| EdgeChannels {
+                from_vertex: e.from_vertex,
                 partitioning: e.partitioning,
                 channels: e
                     .senders
@@ -78,7 +83,7 @@ impl NetworkOutput {
             edges,
             cancelled,
             last_flush: Instant::now(),
-            records_out: 0,
+            records_out: Vec::new(),
             blocked: Duration::ZERO,
         }
     }
@@ -171,14 +176,26 @@ pub fn key_channel(record: &Record, key_fields: &[usize], channels: usize) -> us
     (hash % channels as u64) as usize
 }
 
-impl Output for NetworkOutput {
-    fn emit(&mut self, record: Record) -> Result<(), EngineError> {
-        self.records_out += 1;
-        let edge_count = self.edges.len();
+impl NetworkOutput {
+    /// Whether any edge carries `vertex`'s output.
+    pub fn has_edges_from(&self, vertex: usize) -> bool {
+        self.edges.iter().any(|e| e.from_vertex == vertex)
+    }
+
+    /// Sends a record `vertex` emitted on each edge that carries its output.
+    pub fn emit_from(&mut self, vertex: usize, record: Record) -> Result<(), EngineError> {
+        match self.records_out.iter_mut().find(|(v, _)| *v == vertex) {
+            Some((_, n)) => *n += 1,
+            None => self.records_out.push((vertex, 1)),
+        }
+        let last = self.edges.iter().rposition(|e| e.from_vertex == vertex);
         let mut record = Some(record);
         for (i, edge) in self.edges.iter_mut().enumerate() {
+            if edge.from_vertex != vertex {
+                continue;
+            }
             // Every edge but the last gets a copy.
-            let this = if i + 1 == edge_count {
+            let this = if Some(i) == last {
                 record.take()
             } else {
                 record.clone()
@@ -202,8 +219,13 @@ impl Output for NetworkOutput {
         Ok(())
     }
 
-    fn watermark(&mut self, watermark: Timestamp) -> Result<(), EngineError> {
-        for edge in &mut self.edges {
+    /// Sends `vertex`'s watermark on every channel of the edges that carry its output.
+    pub fn watermark_from(
+        &mut self,
+        vertex: usize,
+        watermark: Timestamp,
+    ) -> Result<(), EngineError> {
+        for edge in self.edges.iter_mut().filter(|e| e.from_vertex == vertex) {
             for channel in &mut edge.channels {
                 Self::push(
                     &self.cancelled,

@@ -156,6 +156,15 @@ impl TaskExecutor {
                     task: t,
                     subtask: s,
                 };
+                // Where each subtask ran, for operators reading task manager logs (and tests
+                // that check a placement).
+                tracing::info!(
+                    task_manager = %self.task_manager,
+                    job = %request.job_id,
+                    attempt = request.attempt,
+                    "deploying subtask {s} of {}",
+                    plan.describe_task(graph, t)
+                );
                 let output =
                     NetworkOutput::new(outputs.remove(&id).unwrap_or_default(), cancelled.clone());
                 let gate = InputGate::new(inputs.remove(&id).unwrap_or_default());
@@ -181,6 +190,7 @@ impl TaskExecutor {
                             factory,
                             watermark_delay,
                         } => {
+                            chain.source_vertex = Some(v);
                             source = Some(SourceRunner {
                                 vertex: v,
                                 vertex_id: vertex.id.clone(),
@@ -333,6 +343,7 @@ impl TaskExecutor {
                     })
                     .or_default()
                     .push(EdgeOutput {
+                        from_vertex: edge.from_vertex,
                         partitioning: edge.partitioning.clone(),
                         senders: s,
                     });
@@ -382,11 +393,14 @@ impl TaskExecutor {
         }
     }
 
-    /// Stops everything (the task manager lost its job manager).
-    pub fn cancel_all(&self) {
-        for (job, attempt) in self.running() {
-            self.cancel(&job, attempt);
+    /// Stops everything (the task manager lost its job manager), returning how many attempts
+    /// were running.
+    pub fn cancel_all(&self) -> usize {
+        let running = self.running();
+        for (job, attempt) in &running {
+            self.cancel(job, *attempt);
         }
+        running.len()
     }
 
     /// Forgets an attempt that ended by itself (its subtasks finished).

@@ -178,8 +178,10 @@ pub struct JobMaster {
     task_managers: Arc<dyn TaskManagers>,
     storage: Arc<CheckpointStorage>,
     next_checkpoint_id: u64,
-    /// Periodic checkpoints declined since the last one completed; set back to 0 when their
-    /// number fails an attempt, so that the restarted attempt has the same allowance.
+    /// Periodic checkpoints of the current attempt declined since the last one completed
+    /// (held against `checkpoint.tolerable_failures`). Set back to 0 when an attempt starts,
+    /// whatever ended the one before (too many declines, a failed snapshot, a lost task
+    /// manager): as in Flink, every attempt gets the full allowance.
     declined_in_a_row: u32,
 }
 
@@ -230,6 +232,8 @@ impl JobMaster {
             let Some(placement) = self.wait_for_slots() else {
                 return Ok(JobState::Canceled);
             };
+            // A new attempt: the declines of the last one are not held against it.
+            self.declined_in_a_row = 0;
             self.shared.set_state(JobState::Running);
             let restored = restore.as_ref().map(|m| m.checkpoint_id);
             let outcome = match self.deploy(attempt, placement, restore) {
@@ -381,7 +385,9 @@ impl JobMaster {
             checkpoint_id: id,
             is_final,
         };
-        for (id, tm) in &deployment.sources {
+        // Sources start the barrier; every other subtask takes it as notice that a barrier is
+        // on its way, so that a throttle there stops pausing its input until it has passed.
+        for (id, tm) in &deployment.subtasks {
             self.task_managers.control(
                 tm,
                 &self.shared.job_id,
@@ -436,7 +442,8 @@ impl JobMaster {
                 TaskEvent::Failed(_, reason) => {
                     // The checkpoint in flight cannot complete any more: the history says why.
                     if let Some(p) = pending.take() {
-                        // Not held against `tolerable_failures`: the attempt fails anyway.
+                        // Not held against `tolerable_failures`: the attempt fails anyway,
+                        // and the next one starts with the full allowance.
                         self.record_declined(&p, format!("a subtask failed: {reason}"));
                     }
                     return Outcome::Failed(reason);
@@ -519,10 +526,10 @@ impl JobMaster {
         if let Some(tolerable) = self.shared.graph.checkpoint.tolerable_failures
             && self.declined_in_a_row > tolerable
         {
-            let declined = std::mem::take(&mut self.declined_in_a_row);
             return Err(Outcome::Failed(format!(
-                "{declined} checkpoints declined in a row, more than \
-                 checkpoint.tolerable_failures = {tolerable}; the last: {reason}"
+                "{} checkpoints declined in a row, more than \
+                 checkpoint.tolerable_failures = {tolerable}; the last: {reason}",
+                self.declined_in_a_row
             )));
         }
         Ok(())

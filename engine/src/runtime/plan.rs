@@ -1,9 +1,12 @@
 //! From the logical graph to tasks: operator chaining.
 //!
 //! A vertex joins its input's chain when the edge between them is forward, their
-//! parallelism is equal, it has no other input and its input has no other output. Records
-//! then pass between the two by a plain function call. Every other edge becomes a network
-//! exchange between tasks.
+//! parallelism is equal, it has no other input, and its input is the last vertex of its chain
+//! so far: of several such consumers of one vertex, the first (in the graph's order) joins
+//! its chain, and the others start tasks of their own. A chain is a line: each vertex of it
+//! may also feed other tasks, through exchanges from that vertex. Records pass between the
+//! vertices of a chain by a plain function call. Every other edge becomes a network exchange
+//! between tasks.
 
 use crate::graph::{JobGraph, Partitioning};
 
@@ -19,6 +22,8 @@ pub struct TaskPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskEdge {
     pub from_task: usize,
+    /// The vertex of `from_task`'s chain whose output this edge carries (not always the last).
+    pub from_vertex: usize,
     pub to_task: usize,
     pub partitioning: Partitioning,
 }
@@ -38,10 +43,11 @@ impl ExecutionPlan {
             let chained_to = match inputs.as_slice() {
                 [edge]
                     if edge.partitioning == Partitioning::Forward
-                        && graph.vertices[edge.from].parallelism == vertex.parallelism
-                        && graph.outputs_of(edge.from).count() == 1 =>
+                        && graph.vertices[edge.from].parallelism == vertex.parallelism =>
                 {
-                    task_of[edge.from]
+                    // Only at the end of the chain: a vertex already followed in its chain
+                    // feeds this one through an exchange.
+                    task_of[edge.from].filter(|t| tasks[*t].vertices.last() == Some(&edge.from))
                 }
                 _ => None,
             };
@@ -67,6 +73,7 @@ impl ExecutionPlan {
             if from_task != to_task {
                 edges.push(TaskEdge {
                     from_task,
+                    from_vertex: edge.from,
                     to_task,
                     partitioning: edge.partitioning.clone(),
                 });

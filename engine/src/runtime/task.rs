@@ -156,11 +156,12 @@ impl Subtask {
         }
         self.metrics
             .add_blocked(std::mem::take(&mut self.output.blocked));
-        // What left the task came out of its last operator. A task that is only a source
-        // counts its records as it polls them.
-        let out = std::mem::take(&mut self.output.records_out);
-        if let Some(last) = self.chain.operators.last() {
-            self.metrics.vertex(last.vertex).add_out(out);
+        // What each operator handed to the network (the last one: everything it emitted). A
+        // source counts its records as it polls them.
+        for (vertex, out) in std::mem::take(&mut self.output.records_out) {
+            if self.chain.source_vertex != Some(vertex) {
+                self.metrics.vertex(vertex).add_out(out);
+            }
         }
     }
 
@@ -278,14 +279,23 @@ impl Subtask {
         let mut malformed_counted = 0;
         loop {
             self.check_cancelled()?;
+            // A throttle in the chain holds the polls back, not the control channel: barriers
+            // start here, from the control channel, so a pause never delays them.
+            let pause = if finished {
+                None
+            } else {
+                self.chain.input_pause().filter(|d| !d.is_zero())
+            };
             // Control first: barriers must not wait behind a long run of polls.
             let wait = if finished {
                 Some(TICK_INTERVAL)
             } else {
-                idle_until.map(|t| {
-                    t.saturating_duration_since(Instant::now())
-                        .min(TICK_INTERVAL)
-                })
+                let idle = idle_until.map(|t| t.saturating_duration_since(Instant::now()));
+                match (idle, pause) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                }
+                .map(|d| d.min(TICK_INTERVAL))
             };
             let message = match wait {
                 Some(d) if !d.is_zero() => match self.control.recv_timeout(d) {
@@ -317,7 +327,7 @@ impl Subtask {
                 }
                 None => {}
             }
-            if !finished && idle_until.is_none_or(|t| Instant::now() >= t) {
+            if !finished && pause.is_none() && idle_until.is_none_or(|t| Instant::now() >= t) {
                 idle_until = None;
                 let Some(source) = self.source.as_mut() else {
                     return Ok(());
@@ -378,17 +388,32 @@ impl Subtask {
         self.open()?;
         let mut aligning: Option<Barrier> = None;
         let mut final_checkpoint: Option<u64> = None;
+        // A checkpoint the master has announced (it tells every subtask when it triggers one)
+        // whose barrier has not been taken yet, and the last barrier taken: while one is on
+        // its way the chain's throttle may not pause the input, or the barrier would wait
+        // behind every record queued ahead of it at the throttle's pace.
+        let mut checkpoint_coming: Option<u64> = None;
+        let mut last_barrier: u64 = 0;
         let mut last_tick = Instant::now();
         // Owned handles (cheap clones), so that the select does not hold `self` borrowed.
         let control = self.control.clone();
         let receivers = self.inputs.receivers.clone();
         loop {
             self.check_cancelled()?;
-            // Read the control channel and every channel not held back by alignment.
+            let pause = if final_checkpoint.is_none()
+                && checkpoint_coming.is_none()
+                && aligning.is_none()
+            {
+                self.chain.input_pause().filter(|d| !d.is_zero())
+            } else {
+                None
+            };
+            // Read the control channel and every channel not held back by alignment (none
+            // while the chain pauses its input).
             let mut select = Select::new();
             let control_index = select.recv(&control);
             let mut channel_of = Vec::new();
-            if final_checkpoint.is_none() {
+            if final_checkpoint.is_none() && pause.is_none() {
                 for (i, receiver) in receivers.iter().enumerate() {
                     if !self.inputs.blocked[i] {
                         select.recv(receiver);
@@ -398,7 +423,8 @@ impl Subtask {
             }
             let timeout = TICK_INTERVAL
                 .saturating_sub(last_tick.elapsed())
-                .min(super::exchange::FLUSH_INTERVAL);
+                .min(super::exchange::FLUSH_INTERVAL)
+                .min(pause.unwrap_or(Duration::MAX));
             match select.select_timeout(timeout) {
                 Err(_) => {}
                 Ok(op) if op.index() == control_index => match op.recv(&control) {
@@ -409,8 +435,12 @@ impl Subtask {
                             return Ok(());
                         }
                     }
-                    // Only sources are triggered; a stray trigger is harmless.
-                    Ok(TaskControl::TriggerCheckpoint(_)) => {}
+                    // Sources start the barrier; here it is the notice that one is coming.
+                    Ok(TaskControl::TriggerCheckpoint(barrier)) => {
+                        if barrier.checkpoint_id > last_barrier {
+                            checkpoint_coming = Some(barrier.checkpoint_id);
+                        }
+                    }
                 },
                 Ok(op) => {
                     let channel = channel_of[op.index() - 1];
@@ -440,6 +470,8 @@ impl Subtask {
                     {
                         aligning = None;
                         self.inputs.unblock_all();
+                        last_barrier = barrier.checkpoint_id;
+                        checkpoint_coming.take_if(|id| *id <= last_barrier);
                         self.checkpoint(barrier)?;
                         if barrier.is_final {
                             final_checkpoint = Some(barrier.checkpoint_id);
