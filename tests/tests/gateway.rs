@@ -2716,12 +2716,17 @@ async fn metrics_count_bodies_sent_without_a_length() {
 
 /// `rivulet gateway` over the local store `store`, with an index of its own beside it.
 fn gateway_command(store: &Path) -> Command {
+    gateway_command_for(store.as_os_str(), &store.with_file_name("gateway-index"))
+}
+
+/// `rivulet gateway --store STORE --index INDEX` (any store URL).
+fn gateway_command_for(store: &std::ffi::OsStr, index: &Path) -> Command {
     let mut cmd = Command::new(rivulet_bin());
     cmd.arg("gateway")
         .arg("--store")
         .arg(store)
         .arg("--index")
-        .arg(store.with_file_name("gateway-index"))
+        .arg(index)
         .env_remove("RIVULET_ACCESS_KEY_ID")
         .env_remove("RIVULET_SECRET_ACCESS_KEY")
         .stdin(Stdio::null())
@@ -3027,6 +3032,49 @@ async fn a_killed_gateway_loses_no_acknowledged_append() {
 /// SIGKILL rounds of the crash test during a stream of appends (the issue asks for at least 20).
 const STREAM_CRASH_ROUNDS: usize = 20;
 
+/// Where the crash test's gateway keeps its objects.
+enum CrashBackend {
+    /// A local store in this directory.
+    Local(PathBuf),
+    /// A bucket of this moto server (the gateway's index in the directory).
+    Moto(TestServer, PathBuf),
+}
+
+impl CrashBackend {
+    /// `rivulet gateway` over this backend, listening on a free loopback port.
+    async fn spawn(&self, args: &[&str]) -> (std::process::Child, SocketAddr) {
+        let mut cmd = match self {
+            CrashBackend::Local(store) => gateway_command(store),
+            CrashBackend::Moto(server, dir) => {
+                let url = server.store_url();
+                let mut cmd = gateway_command_for(url.as_ref(), &dir.join("gateway-index"));
+                cmd.envs(server.env());
+                cmd
+            }
+        };
+        let mut child = cmd
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RIVULET_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("RIVULET_SECRET_ACCESS_KEY", SECRET_KEY)
+            .spawn()
+            .unwrap();
+        let addr = read_listen_address(child.stdout.take().unwrap()).await;
+        (child, addr)
+    }
+
+    /// The backend's object (not through the gateway).
+    async fn object(&self, key: &str) -> Vec<u8> {
+        match self {
+            CrashBackend::Local(store) => std::fs::read(store.join(key)).unwrap(),
+            CrashBackend::Moto(server, _) => {
+                let store = server.store().await;
+                store.get(key, None).await.unwrap().body.to_vec()
+            }
+        }
+    }
+}
+
 /// `kill -9` at a random moment while a client streams appends, 20 rounds on the same store and
 /// index (replay a run with `RIVULET_GATEWAY_SEED`). After every restart, before it serves, the
 /// gateway has committed the object with every acknowledged append, in order, and nothing else
@@ -3034,24 +3082,37 @@ const STREAM_CRASH_ROUNDS: usize = 20;
 /// made durable without its answer getting out, like any request whose answer is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_stream_of_appends_loses_no_acknowledged_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = CrashBackend::Local(dir.path().join("store"));
+    appends_survive_sigkill(&backend, STREAM_CRASH_ROUNDS).await;
+}
+
+/// The same over moto, whose multipart uploads, copies and conditional completes are S3's: the
+/// recovery commits through a real S3 API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_stream_of_appends_over_moto_loses_no_acknowledged_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = CrashBackend::Moto(TestServer::moto().await, dir.path().to_path_buf());
+    appends_survive_sigkill(&backend, STREAM_CRASH_ROUNDS).await;
+}
+
+async fn appends_survive_sigkill(backend: &CrashBackend, rounds: usize) {
     use rand::{Rng, SeedableRng};
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let seed = harness::seed("RIVULET_GATEWAY_SEED", "gateway crash rounds");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
     let mut want: Vec<u8> = Vec::new();
     let mut unanswered: Option<Vec<u8>> = None;
     let (mut acked_bytes, mut kept_unanswered) = (0, 0);
-    for round in 0..=STREAM_CRASH_ROUNDS {
-        let (mut child, addr) = spawn_gateway(&store, &["--seal-after", "1h"]).await;
+    for round in 0..=rounds {
+        let (mut child, addr) = backend.spawn(&["--seal-after", "1h"]).await;
         let c = client(addr, ACCESS_KEY, SECRET_KEY);
         if round == 0 {
             create_bucket(&c, "crash").await;
         } else {
             // Recovered and committed before serving: the store's object itself.
-            let stored = std::fs::read(store.join("crash/log")).unwrap();
+            let stored = backend.object("crash/log").await;
             if let Some(chunk) = unanswered.take()
                 && stored.len() == want.len() + chunk.len()
             {
@@ -3069,7 +3130,7 @@ async fn sigkill_during_a_stream_of_appends_loses_no_acknowledged_append() {
                 &format!("seed {seed} round {round}: through the gateway"),
             );
         }
-        if round == STREAM_CRASH_ROUNDS {
+        if round == rounds {
             child.kill().unwrap();
             child.wait().unwrap();
             break;
@@ -3141,7 +3202,7 @@ async fn sigkill_during_a_stream_of_appends_loses_no_acknowledged_append() {
         unanswered = Some(in_flight);
     }
     eprintln!(
-        "{STREAM_CRASH_ROUNDS} rounds killed mid-stream: {acked_bytes} acknowledged bytes, \
+        "{rounds} rounds killed mid-stream: {acked_bytes} acknowledged bytes, \
          {kept_unanswered} unanswered appends kept; {} bytes in all",
         want.len()
     );
