@@ -278,6 +278,18 @@ fn shared_content(key: &str, winners: &BTreeMap<u64, Vec<u8>>) -> Vec<u8> {
 async fn thirty_two_clients_lose_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let store: DynStore = Arc::new(LocalStore::open(dir.path().join("store")).unwrap());
+    thirty_two_clients(store, RUN_FOR).await;
+}
+
+/// The same over moto (S3's rules for uploads, copies and conditions), for less time: moto
+/// serves far fewer requests a second than the local store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_clients_over_moto_lose_no_acknowledged_write() {
+    let moto = harness::TestServer::moto().await;
+    thirty_two_clients(moto.store().await, Duration::from_secs(8)).await;
+}
+
+async fn thirty_two_clients(store: DynStore, run_for: Duration) {
     let mut config = test_config();
     config.seal_after = Duration::from_millis(500);
     let gw = InProcessGateway::start(store.clone(), config).await;
@@ -289,7 +301,7 @@ async fn thirty_two_clients_lose_no_acknowledged_write() {
         .unwrap();
 
     let shared: SharedModel = Arc::default();
-    let deadline = Instant::now() + RUN_FOR;
+    let deadline = Instant::now() + run_for;
     let tasks: Vec<_> = (0..CLIENTS)
         .map(|id| {
             // A client (and its connection pool) of its own.
