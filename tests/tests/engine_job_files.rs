@@ -186,3 +186,69 @@ fn malformed_lines_are_skipped_or_fail_the_job() {
         "a failed job published output"
     );
 }
+
+/// The README's main job as a user first runs it: `rivulet run jobs/quickstart.toml` in an
+/// empty directory, without `--store`. It writes to `./rivulet-data`, reports its progress
+/// every second and a summary on stderr, and ends with finished files only: no upload left
+/// open and no tail object left behind.
+#[test]
+fn the_quickstart_job_runs_on_the_default_store_and_reports_its_progress() {
+    let repository = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(
+            || env!("CARGO_MANIFEST_DIR").into(),
+            std::path::PathBuf::from,
+        )
+        .join("..");
+    let job = repository.join("jobs").join("quickstart.toml");
+    let dir = TempDir::new().unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(rivulet_bin())
+        .args(["run"])
+        .arg(&job)
+        .current_dir(dir.path())
+        .env("RIVULET_INDEX", dir.path().join("index"))
+        .output()
+        .expect("running rivulet");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let store = dir.path().join("rivulet-data");
+    assert!(
+        stderr.contains(&format!("on file://{}", store.display())),
+        "the default store is ./rivulet-data: {stderr}"
+    );
+    let progress = stderr
+        .lines()
+        .filter(|l| l.starts_with('[') && l.contains("events (") && l.contains("checkpoints"))
+        .count();
+    assert!(progress >= 1, "no progress line: {stderr}");
+    assert!(stderr.contains("Finished after"), "{stderr}");
+    assert!(
+        stderr.contains("big-bids-csv: 2 finished files")
+            && stderr.contains("hot-auctions-json: 2 finished files"),
+        "{stderr}"
+    );
+    // Finished part files, two of each sink, in their date-time buckets.
+    for (sink, extension) in [("big-bids", ".csv"), ("hot-auctions", ".jsonl")] {
+        let mut parts = Vec::new();
+        let root = store.join("out").join("quickstart").join(sink);
+        for bucket in fs::read_dir(&root).unwrap() {
+            for file in fs::read_dir(bucket.unwrap().path()).unwrap() {
+                let file = file.unwrap();
+                let name = file.file_name().to_string_lossy().into_owned();
+                assert!(file.metadata().unwrap().len() > 0, "{name} is empty");
+                parts.push(name);
+            }
+        }
+        assert_eq!(parts.len(), 2, "{sink}: {parts:?}");
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.starts_with("part-") && p.ends_with(extension)),
+            "{sink}: {parts:?}"
+        );
+    }
+    assert_eq!(engine_support::open_uploads(&store), 0);
+    assert!(engine_support::leftover_tails(&store).is_empty());
+    // Well under a minute in a release build; this debug build needs about 10 s.
+    assert!(started.elapsed() < std::time::Duration::from_secs(120));
+}
