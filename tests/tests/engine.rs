@@ -480,6 +480,43 @@ fn the_checkpoints_of_a_running_job_are_listed_with_durations_and_sizes() {
     }
     assert_eq!(&body["latest"], *completed.last().unwrap());
 
+    // The same run seen through the rest of the API: the job's vertices with their
+    // parallelism, the task managers with their slots and fresh heartbeats, and the
+    // checkpoint counter in /metrics.
+    let (code, job_body) = cluster.rest("GET", &format!("/jobs/{job}"));
+    assert_eq!(code, 200, "{job_body}");
+    let vertices = job_body["vertices"].as_array().expect("vertices");
+    assert!(
+        !vertices.is_empty() && vertices.iter().all(|v| v["parallelism"] == 2),
+        "the job's parallelism is 2: {job_body}"
+    );
+    let (code, tms) = cluster.rest("GET", "/taskmanagers");
+    assert_eq!(code, 200, "{tms}");
+    let tms = tms["taskmanagers"]
+        .as_array()
+        .expect("task managers")
+        .clone();
+    assert_eq!(tms.len(), 2, "{tms:?}");
+    let used: u64 = tms
+        .iter()
+        .map(|tm| {
+            let (slots, free) = (tm["slotsNumber"].as_u64(), tm["freeSlots"].as_u64());
+            assert_eq!(slots, Some(2), "{tm}");
+            // Heartbeats come every second; the job manager's timeout is 3 s.
+            assert!(tm["timeSinceLastHeartbeat"].as_u64() < Some(3000), "{tm}");
+            slots.unwrap_or(0) - free.unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(used, 2, "a job of parallelism 2 holds two slots: {tms:?}");
+    let (code, metrics) = rest_text(&cluster.address.to_string(), "GET", "/metrics", Some(TOKEN));
+    assert_eq!(code, 200, "{metrics}");
+    let prefix = format!("rivulet_job_checkpoints_total{{job=\"{job}\",result=\"completed\"}} ");
+    let counted: Option<u64> = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|n| n.parse().ok());
+    assert!(counted >= Some(3), "no completed count in\n{metrics}");
+
     // An unknown job: 404 with a JSON error naming it.
     let (code, body) = cluster.rest("GET", "/jobs/no-such-job/checkpoints");
     assert_eq!(code, 404, "{body}");
