@@ -12,7 +12,7 @@
 use std::fs;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -189,29 +189,7 @@ fn task_managers_in_other_network_namespaces_run_a_job_together() {
     );
     let address = listen.to_string();
 
-    let taskmanagers: Vec<Process> = network
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            Process::start_in(
-                Some(&host.netns),
-                &[
-                    "taskmanager",
-                    "--jobmanager",
-                    &address,
-                    "--slots",
-                    "1",
-                    "--data-listen",
-                    &format!("{}:0", host.far_ip),
-                    "--name",
-                    &format!("host-{i}"),
-                ],
-                path(&format!("taskmanager-{i}.log")),
-                &path(&format!("taskmanager-{i}.index")),
-            )
-        })
-        .collect();
+    let taskmanagers = start_taskmanagers(&network, &address, 1, dir.path());
     let all = || {
         let mut v = vec![&jobmanager];
         v.extend(taskmanagers.iter());
@@ -423,6 +401,35 @@ fn wait_for<T>(
     }
 }
 
+/// One task manager in each host's namespace, offering `slots` slots and reaching the job
+/// manager at `address` over its link; logs and indexes in `dir`.
+fn start_taskmanagers(network: &Network, address: &str, slots: usize, dir: &Path) -> Vec<Process> {
+    let slots = slots.to_string();
+    network
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            Process::start_in(
+                Some(&host.netns),
+                &[
+                    "taskmanager",
+                    "--jobmanager",
+                    address,
+                    "--slots",
+                    &slots,
+                    "--data-listen",
+                    &format!("{}:0", host.far_ip),
+                    "--name",
+                    &format!("host-{i}"),
+                ],
+                dir.join(format!("taskmanager-{i}.log")),
+                &dir.join(format!("taskmanager-{i}.index")),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn a_task_manager_behind_a_cut_link_stops_its_subtasks_before_the_job_restarts_elsewhere() {
     const EVENTS: u64 = 200_000;
@@ -451,29 +458,7 @@ fn a_task_manager_behind_a_cut_link_stops_its_subtasks_before_the_job_restarts_e
     let address = listen.to_string();
     // Two slots each: the job (parallelism 2) gets one on each, and after the cut it restarts
     // on the two of the task manager that is still reachable.
-    let taskmanagers: Vec<Process> = network
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            Process::start_in(
-                Some(&host.netns),
-                &[
-                    "taskmanager",
-                    "--jobmanager",
-                    &address,
-                    "--slots",
-                    "2",
-                    "--data-listen",
-                    &format!("{}:0", host.far_ip),
-                    "--name",
-                    &format!("host-{i}"),
-                ],
-                path(&format!("taskmanager-{i}.log")),
-                &path(&format!("taskmanager-{i}.index")),
-            )
-        })
-        .collect();
+    let taskmanagers = start_taskmanagers(&network, &address, 2, dir.path());
     let all = || {
         let mut v = vec![&jobmanager];
         v.extend(taskmanagers.iter());
