@@ -648,7 +648,7 @@ fn clients_metadata(
 ) -> impl Iterator<Item = (String, String)> + '_ {
     metadata
         .iter()
-        .filter(|(k, _)| !k.starts_with(fs_core::writer::INTERNAL_METADATA_PREFIX))
+        .filter(|(k, _)| !fs_core::writer::is_internal_metadata(k))
         .map(|(k, v)| (k.clone(), v.clone()))
 }
 

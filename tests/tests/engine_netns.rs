@@ -178,15 +178,8 @@ fn task_managers_in_other_network_namespaces_run_a_job_together() {
     fs::create_dir_all(&store).unwrap();
     let path = |name: &str| -> PathBuf { dir.path().join(name) };
 
-    // Only on host a's near address: not on 127.0.0.1, not on any other address. Port 0:
-    // the job manager binds a free one and says which (no port chosen beforehand to race for).
-    let (jobmanager, listen) = start_jobmanager(
-        None,
-        &format!("{}:0", network.hosts[0].near_ip),
-        &["--store", &store.to_string_lossy()],
-        path("jobmanager.log"),
-        &path("jobmanager.index"),
-    );
+    // Only on host a's near address (see `start_jobmanager_on`).
+    let (jobmanager, listen) = start_jobmanager_on(&network, &store, &[], dir.path());
     let address = listen.to_string();
 
     let taskmanagers = start_taskmanagers(&network, &address, 1, dir.path());
@@ -401,6 +394,29 @@ fn wait_for<T>(
     }
 }
 
+/// The job manager, in this namespace and listening only on host 0's near address (not on
+/// 127.0.0.1, not on any other address), with `store` and `args`; log and index in `dir`.
+/// Port 0: it binds a free one and says which (no port chosen beforehand to race for).
+/// Returns it with the address it serves on.
+fn start_jobmanager_on(
+    network: &Network,
+    store: &Path,
+    args: &[&str],
+    dir: &Path,
+) -> (Process, SocketAddr) {
+    let store = store.to_string_lossy();
+    let mut all = vec!["--store", &*store];
+    all.extend_from_slice(args);
+    let (jobmanager, listen) = start_jobmanager(
+        None,
+        &format!("{}:0", network.hosts[0].near_ip),
+        &all,
+        dir.join("jobmanager.log"),
+        &dir.join("jobmanager.index"),
+    );
+    (jobmanager, listen)
+}
+
 /// One task manager in each host's namespace, offering `slots` slots and reaching the job
 /// manager at `address` over its link; logs and indexes in `dir`.
 fn start_taskmanagers(network: &Network, address: &str, slots: usize, dir: &Path) -> Vec<Process> {
@@ -443,18 +459,8 @@ fn a_task_manager_behind_a_cut_link_stops_its_subtasks_before_the_job_restarts_e
     fs::create_dir_all(&store).unwrap();
     let path = |name: &str| -> PathBuf { dir.path().join(name) };
 
-    let (jobmanager, listen) = start_jobmanager(
-        None,
-        &format!("{}:0", network.hosts[0].near_ip),
-        &[
-            "--store",
-            &store.to_string_lossy(),
-            "--heartbeat-timeout",
-            "3s",
-        ],
-        path("jobmanager.log"),
-        &path("jobmanager.index"),
-    );
+    let (jobmanager, listen) =
+        start_jobmanager_on(&network, &store, &["--heartbeat-timeout", "3s"], dir.path());
     let address = listen.to_string();
     // Two slots each: the job (parallelism 2) gets one on each, and after the cut it restarts
     // on the two of the task manager that is still reachable.

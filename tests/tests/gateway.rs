@@ -1766,11 +1766,9 @@ async fn signed_chunked_put(
 
     // The framing's length is known before signing: each chunk's header holds a 64-digit
     // signature whatever its value.
+    let header_len = |n: usize| format!("{n:x}").len() + ";chunk-signature=".len() + 64 + 2;
     let sizes: Vec<usize> = body.chunks(chunk).map(<[u8]>::len).chain([0]).collect();
-    let encoded_len: usize = sizes
-        .iter()
-        .map(|n| format!("{n:x}").len() + ";chunk-signature=".len() + 64 + 2 + n + 2)
-        .sum();
+    let encoded_len: usize = sizes.iter().map(|&n| header_len(n) + n + 2).sum();
     let host = addr.to_string();
     let canonical = format!(
         "PUT\n{path}\n\ncontent-encoding:aws-chunked\ncontent-length:{encoded_len}\nhost:{host}\n\
@@ -1807,7 +1805,7 @@ async fn signed_chunked_put(
         let chunk_index = at / chunk;
         let framing: usize = sizes[..=chunk_index]
             .iter()
-            .map(|n| format!("{n:x}").len() + ";chunk-signature=".len() + 64 + 2)
+            .map(|&n| header_len(n))
             .sum::<usize>()
             + chunk_index * 2;
         encoded[framing + at] ^= 0xff;

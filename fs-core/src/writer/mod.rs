@@ -37,6 +37,11 @@ pub const WRITER_ID_METADATA: &str = "rivulet-writer-id";
 /// an append or truncate does not carry them over to the new object.
 pub const INTERNAL_METADATA_PREFIX: &str = "rivulet-";
 
+/// Whether a user metadata name is Rivulet's own (see [`INTERNAL_METADATA_PREFIX`]).
+pub fn is_internal_metadata(name: &str) -> bool {
+    name.starts_with(INTERNAL_METADATA_PREFIX)
+}
+
 /// What an append or truncate keeps of the object it starts from: its Content-Type and its
 /// user metadata, but for Rivulet's own names.
 pub(crate) fn carried_attributes(meta: &crate::store::ObjectMeta) -> PutOptions {
@@ -45,7 +50,7 @@ pub(crate) fn carried_attributes(meta: &crate::store::ObjectMeta) -> PutOptions 
         metadata: meta
             .metadata
             .iter()
-            .filter(|(name, _)| !name.starts_with(INTERNAL_METADATA_PREFIX))
+            .filter(|(name, _)| !is_internal_metadata(name))
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect(),
         ..PutOptions::default()
