@@ -131,3 +131,76 @@ async fn object_commands_work_against_moto_configured_the_aws_way() {
     assert!(stderr.contains("dir/big.bin"), "{stderr}");
     assert_eq!(cli.text(&["ls", &url("")]), "");
 }
+
+/// Runs `rivulet ARGS` with no AWS configuration at all but `env`: no credentials in the
+/// environment, no profile files (HOME is `dir`), and IMDS off (its address is not loopback).
+fn run_unconfigured(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(rivulet_bin());
+    cmd.arg("--index")
+        .arg(dir.join("index"))
+        .arg("--quiet")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .current_dir(dir);
+    cmd.output().expect("run rivulet")
+}
+
+/// A loopback port with nothing listening on it.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn missing_credentials_and_a_dead_endpoint_say_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.bin");
+    std::fs::write(&file, b"bytes").unwrap();
+    let url = format!(
+        "s3://bkt/f.bin?endpoint=http://127.0.0.1:{}&region=us-east-1",
+        closed_port()
+    );
+
+    // No credentials anywhere: one line naming the object, why, and what to set; not retried.
+    let out = run_unconfigured(dir.path(), &["cp", file.to_str().unwrap(), &url], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("rivulet: cp "), "{stderr}");
+    assert!(
+        stderr.contains("no AWS credentials could be loaded"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("DispatchFailure {"),
+        "no Debug dump: {stderr}"
+    );
+
+    // Credentials, but nothing listens at the endpoint: the error says so, without a Debug dump.
+    let creds = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ];
+    let out = run_unconfigured(dir.path(), &["stat", &url], &creds);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("f.bin"), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(
+        stderr.contains("nothing answers at the endpoint"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("DispatchFailure {"),
+        "no Debug dump: {stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}

@@ -13,11 +13,12 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::RequestId;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
@@ -572,39 +573,78 @@ where
         }
         SdkError::TimeoutError(_) => (
             StoreErrorKind::Transient,
-            format!("timed out: {}", DisplayErrorContext(&err)),
+            format!("timed out: {}", cause_chain(&err)),
         ),
         SdkError::DispatchFailure(failure) => {
-            let kind = if failure.is_user() {
-                StoreErrorKind::Other
+            if has_cause::<CredentialsError>(&err) {
+                // Not the server's doing and not worth retrying: say where credentials come from.
+                (
+                    StoreErrorKind::AccessDenied,
+                    format!(
+                        "no AWS credentials could be loaded ({}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with a profile in ~/.aws",
+                        cause_chain(&err)
+                    ),
+                )
             } else {
-                StoreErrorKind::Transient
-            };
-            (
-                kind,
-                format!(
-                    "request not sent or no answer: {}",
-                    DisplayErrorContext(&err)
-                ),
-            )
+                let kind = if failure.is_user() {
+                    StoreErrorKind::Other
+                } else {
+                    StoreErrorKind::Transient
+                };
+                let hint = if io_error_kind(&err) == Some(std::io::ErrorKind::ConnectionRefused) {
+                    "; nothing answers at the endpoint: check its URL (?endpoint= or AWS_ENDPOINT_URL) and that the server runs"
+                } else {
+                    ""
+                };
+                (
+                    kind,
+                    format!("request not sent or no answer: {}{hint}", cause_chain(&err)),
+                )
+            }
         }
         SdkError::ResponseError(ctx) => {
             let status = ctx.raw().status().as_u16();
             (
                 StoreErrorKind::Transient,
-                format!(
-                    "unreadable answer (HTTP {status}): {}",
-                    DisplayErrorContext(&err)
-                ),
+                format!("unreadable answer (HTTP {status}): {}", cause_chain(&err)),
             )
         }
         SdkError::ConstructionFailure(_) => (
             StoreErrorKind::Other,
-            format!("request not built: {}", DisplayErrorContext(&err)),
+            format!("request not built: {}", cause_chain(&err)),
         ),
-        _ => (StoreErrorKind::Other, DisplayErrorContext(&err).to_string()),
+        _ => (StoreErrorKind::Other, cause_chain(&err)),
     };
     StoreError::new(kind, op, key, detail).with_source(err)
+}
+
+/// An error and its causes, outermost first, as one line. The SDK's wrappers often repeat their
+/// cause's text, so a cause already contained in the line is left out; unlike
+/// `DisplayErrorContext`, no `Debug` dump of the whole error is appended.
+fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        next = cause.source();
+    }
+    line
+}
+
+/// Whether any error in the chain is an `E`.
+fn has_cause<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |e| e.source()).any(|e| e.is::<E>())
+}
+
+/// The kind of the first I/O error in the chain.
+fn io_error_kind(err: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    std::iter::successors(Some(err), |e| e.source())
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind)
 }
 
 /// moto answers ListParts with a `<ListPartsResponse>` root instead of S3's `<ListPartsResult>`,
@@ -665,10 +705,7 @@ fn body_err(
         StoreErrorKind::Transient,
         op,
         key,
-        format!(
-            "reading the response body failed: {}",
-            DisplayErrorContext(&err)
-        ),
+        format!("reading the response body failed: {}", cause_chain(&err)),
     )
     .with_source(err)
 }
