@@ -162,6 +162,51 @@ pub fn check_content_md5(content_md5: Option<&str>, digest: &[u8]) -> S3Result<(
     Ok(())
 }
 
+/// The MD5 of a request body that s3s reads and parses itself (the XML of DeleteObjects and
+/// CompleteMultipartUpload), computed by the HTTP layer as the bytes go by (see
+/// [`BodyDigest::wrap`]) and carried to the operation in the request's extensions, so that it
+/// can check `Content-MD5` ([`BodyDigest::check`]): s3s does not, and the operation only sees
+/// the parsed XML.
+#[derive(Clone, Default)]
+pub struct BodyDigest(Arc<Mutex<Md5>>);
+
+impl BodyDigest {
+    /// `body`, hashed into the returned digest as it is read.
+    pub fn wrap(body: s3s::Body) -> (s3s::Body, BodyDigest) {
+        use http_body_util::BodyExt;
+        let digest = BodyDigest::default();
+        let md5 = digest.0.clone();
+        let body = body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                md5.lock().unwrap_or_else(|e| e.into_inner()).update(data);
+            }
+            frame
+        });
+        (s3s::Body::http_body(body), digest)
+    }
+
+    /// Checks the request's `Content-MD5` (if any) against the MD5 of its body, which the
+    /// operation has received whole (s3s reads these bodies before it calls the operation).
+    /// Without a digest (the service called without the gateway's HTTP layer) there is nothing
+    /// to check against.
+    pub fn check<T>(req: &s3s::S3Request<T>) -> S3Result<()> {
+        let Some(header) = req.headers.get("content-md5") else {
+            return Ok(());
+        };
+        let Some(digest) = req.extensions.get::<BodyDigest>() else {
+            return Ok(());
+        };
+        let header = header.to_str().map_err(|_| {
+            s3_err(
+                S3ErrorCode::InvalidDigest,
+                "The Content-MD5 you specified is not valid base64",
+            )
+        })?;
+        let md5 = digest.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        check_content_md5(Some(header), md5.finalize().as_slice())
+    }
+}
+
 /// The digest a `Content-MD5` header holds; `InvalidDigest` if it is not base64 of 16 bytes.
 fn decode_content_md5(expected: &str) -> S3Result<Vec<u8>> {
     let decoded = BASE64.decode(expected.trim()).map_err(|_| {

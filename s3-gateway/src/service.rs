@@ -23,7 +23,7 @@ use s3s::dto::{self, CopySource, ETag, ETagCondition, StreamingBlob, Timestamp};
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use crate::appends::{Appends, KeyGuard, NewObject, OpenView};
-use crate::bodies::{BodyReader, MAX_OBJECT_SIZE, Relay, StreamedUpload, Streaming};
+use crate::bodies::{BodyDigest, BodyReader, MAX_OBJECT_SIZE, Relay, StreamedUpload, Streaming};
 use crate::buckets::{Buckets, bucket_prefix, no_such_bucket};
 use crate::errors::{s3_err, to_s3};
 use crate::listing::{self, Cursor, MAX_KEYS, Query, url_encode};
@@ -184,6 +184,9 @@ impl GatewayService {
         };
         // The object may have changed since a HEAD: the answer must hold for what is sent.
         conds.evaluate(&got.meta)?;
+        if ranged && got.meta.size == 0 {
+            return Err(unsatisfiable());
+        }
         let meta = got.meta;
         let sent = got.range;
         let content_range = ranged.then(|| {
@@ -310,6 +313,11 @@ impl GatewayService {
             }
             return s3_err(S3ErrorCode::NoSuchKey, "The specified key does not exist.");
         }
+        if err.kind() == StoreErrorKind::InvalidRange {
+            // The store's message names the range it was asked for, which is the gateway's
+            // first read (up to a read chunk), not the client's range.
+            return unsatisfiable();
+        }
         to_s3(err)
     }
 
@@ -337,7 +345,7 @@ impl GatewayService {
         conds.evaluate(&meta)?;
         let whole = match range {
             None => 0..meta.size,
-            Some(r) => r.check(meta.size)?,
+            Some(r) => satisfiable(r, meta.size)?,
         };
         let content_range = range.map(|_| {
             format!(
@@ -376,12 +384,18 @@ impl GatewayService {
         if_modified_since: Option<&Timestamp>,
         if_unmodified_since: Option<&Timestamp>,
     ) -> S3Result<(String, ObjectMeta)> {
-        let CopySource::Bucket { bucket, key, .. } = source else {
+        let CopySource::Bucket {
+            bucket,
+            key,
+            version_id,
+        } = source
+        else {
             return Err(s3_err(
                 S3ErrorCode::NotImplemented,
                 "copy sources must be bucket/key (access points and outposts are not supported)",
             ));
         };
+        unversioned(version_id.as_deref())?;
         let full = self.buckets.store_key(bucket, key)?;
         let meta = match self.store.head(&full).await {
             Ok(meta) => meta,
@@ -400,6 +414,41 @@ impl GatewayService {
             ));
         }
         Ok((full, meta))
+    }
+}
+
+/// The conditions of a delete: `If-Match`, `x-amz-if-match-size` and
+/// `x-amz-if-match-last-modified-time` on DeleteObject, or an object's `ETag`, `Size` and
+/// `LastModifiedTime` in DeleteObjects. The object is deleted only if every one given holds.
+struct DeleteCondition<'a> {
+    etag: Option<&'a ETagCondition>,
+    size: Option<i64>,
+    last_modified: Option<&'a Timestamp>,
+}
+
+impl DeleteCondition<'_> {
+    fn any(&self) -> bool {
+        self.etag.is_some() || self.size.is_some() || self.last_modified.is_some()
+    }
+
+    /// `412 PreconditionFailed` unless `meta` (the object as it is now) meets every condition.
+    fn check(&self, meta: &ObjectMeta) -> S3Result<()> {
+        let etag_holds = self
+            .etag
+            .is_none_or(|cond| etag_matches(cond, &meta.etag, Comparison::Strong));
+        let size_holds = self.size.is_none_or(|size| size == to_i64(meta.size));
+        let time_holds = self.last_modified.is_none_or(|t| {
+            meta.last_modified
+                .is_some_and(|m| unix_secs(m) == timestamp_secs(t))
+        });
+        if etag_holds && size_holds && time_holds {
+            Ok(())
+        } else {
+            Err(s3_err(
+                S3ErrorCode::PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold",
+            ))
+        }
     }
 }
 
@@ -431,7 +480,7 @@ impl Conditions<'_> {
         let not_modified = || S3Error::new(S3ErrorCode::NotModified);
         let modified_secs = meta.last_modified.map(unix_secs);
         if let Some(cond) = self.if_match {
-            if !etag_matches(cond, &meta.etag) {
+            if !etag_matches(cond, &meta.etag, Comparison::Strong) {
                 return Err(precondition_failed());
             }
         } else if let (Some(since), Some(modified)) = (self.if_unmodified_since, modified_secs)
@@ -440,7 +489,7 @@ impl Conditions<'_> {
             return Err(precondition_failed());
         }
         if let Some(cond) = self.if_none_match {
-            if etag_matches(cond, &meta.etag) {
+            if etag_matches(cond, &meta.etag, Comparison::Weak) {
                 return Err(not_modified());
             }
         } else if let (Some(since), Some(modified)) = (self.if_modified_since, modified_secs)
@@ -452,11 +501,56 @@ impl Conditions<'_> {
     }
 }
 
-fn etag_matches(cond: &ETagCondition, etag: &str) -> bool {
-    match cond {
-        ETagCondition::Any => true,
-        ETagCondition::ETag(e) => e.value() == etag,
+/// How entity tags compare (RFC 9110, 8.8.3.2): `If-Match` uses the strong comparison, where a
+/// weak tag (`W/"..."`) matches nothing; `If-None-Match` the weak one, which ignores `W/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Comparison {
+    Strong,
+    Weak,
+}
+
+/// Whether the condition (`*` or a list of entity tags, RFC 9110's `#entity-tag`) holds for an
+/// object whose ETag is `etag`.
+fn etag_matches(cond: &ETagCondition, etag: &str, comparison: Comparison) -> bool {
+    condition_tags(cond).is_none_or(|tags| {
+        tags.iter()
+            .any(|(weak, value)| value == etag && !(*weak && comparison == Comparison::Strong))
+    })
+}
+
+/// The entity tags of a condition header, each with whether it is weak; `None` for `*`.
+///
+/// s3s parses the header as one tag: a list (`"a", W/"b"`) arrives as the strong tag whose
+/// value is everything between the first and the last quote. The header is rebuilt from it and
+/// read as the list it is; an unquoted value (which some S3 clients send) is one strong tag.
+fn condition_tags(cond: &ETagCondition) -> Option<Vec<(bool, String)>> {
+    let header = match cond {
+        ETagCondition::Any => return None,
+        ETagCondition::ETag(ETag::Strong(v)) => format!("\"{v}\""),
+        ETagCondition::ETag(ETag::Weak(v)) => format!("W/\"{v}\""),
+    };
+    let mut tags = Vec::new();
+    let mut rest = header.as_str();
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            break;
+        }
+        let (weak, tail) = match rest.strip_prefix("W/") {
+            Some(tail) => (true, tail),
+            None => (false, rest),
+        };
+        if let Some(quoted) = tail.strip_prefix('"') {
+            let end = quoted.find('"').unwrap_or(quoted.len());
+            tags.push((weak, quoted[..end].to_string()));
+            rest = quoted.get(end + 1..).unwrap_or_default();
+        } else {
+            let end = tail.find(',').unwrap_or(tail.len());
+            tags.push((weak, tail[..end].trim().to_string()));
+            rest = &tail[end..];
+        }
     }
+    Some(tags)
 }
 
 /// Whole seconds since the epoch: HTTP dates have no finer resolution, so comparisons with them
@@ -620,7 +714,23 @@ async fn put_condition(
             S3ErrorCode::NotImplemented,
             "If-None-Match on a write supports only '*'",
         )),
-        (Some(ETagCondition::ETag(e)), None) => Ok(PutCondition::IfMatch(e.value().to_string())),
+        (Some(cond @ ETagCondition::ETag(_)), None) => {
+            // One strong tag is the store's condition as it is; a list (or a weak tag, which
+            // If-Match never matches) is checked against the current ETag, which the store's
+            // condition then pins.
+            let tags = condition_tags(cond).unwrap_or_default();
+            if let [(false, etag)] = tags.as_slice() {
+                return Ok(PutCondition::IfMatch(etag.clone()));
+            }
+            let meta = store.head(key).await.map_err(to_s3)?;
+            if !etag_matches(cond, &meta.etag, Comparison::Strong) {
+                return Err(s3_err(
+                    S3ErrorCode::PreconditionFailed,
+                    "At least one of the pre-conditions you specified did not hold",
+                ));
+            }
+            Ok(PutCondition::IfMatch(meta.etag))
+        }
         (Some(ETagCondition::Any), None) => match store.head(key).await {
             Ok(meta) => Ok(PutCondition::IfMatch(meta.etag)),
             Err(e) => Err(to_s3(e)),
@@ -657,7 +767,7 @@ fn clients_metadata(
 fn store_range(range: Option<&dto::Range>, size: Option<u64>) -> S3Result<Option<Range<u64>>> {
     match (range, size) {
         (None, _) => Ok(None),
-        (Some(r), Some(size)) => Ok(Some(r.check(size)?)),
+        (Some(r), Some(size)) => Ok(Some(satisfiable(r, size)?)),
         (Some(dto::Range::Int { first, last }), None) => {
             let end = last.map_or(u64::MAX, |l| l.saturating_add(1));
             if end <= *first {
@@ -668,6 +778,23 @@ fn store_range(range: Option<&dto::Range>, size: Option<u64>) -> S3Result<Option
         // A suffix range needs the size; callers head first.
         (Some(dto::Range::Suffix { .. }), None) => Err(S3Error::new(S3ErrorCode::InternalError)),
     }
+}
+
+/// The bytes `range` selects of an object of `size` bytes; `416 InvalidRange` if it selects none.
+/// An empty object has no byte to select: any range of it is unsatisfiable (RFC 9110, 14.1.1;
+/// s3s would take a suffix range of it as the empty range, answered as `bytes 0-0/0`).
+fn satisfiable(range: &dto::Range, size: u64) -> S3Result<Range<u64>> {
+    if size == 0 {
+        return Err(unsatisfiable());
+    }
+    range.check(size).map_err(|_| unsatisfiable())
+}
+
+fn unsatisfiable() -> S3Error {
+    s3_err(
+        S3ErrorCode::InvalidRange,
+        "The requested range is not satisfiable",
+    )
 }
 
 /// A copy's `x-amz-copy-source-range: bytes=first-last` (inclusive) as an end-exclusive range
@@ -706,6 +833,20 @@ fn part_number(n: i32) -> S3Result<u32> {
                 "Part number must be an integer between 1 and 10000, inclusive",
             )
         })
+}
+
+/// Refuses a version id other than `null`. The gateway's buckets are unversioned: the current
+/// object is the only version, its id `null`, as S3 answers for an unversioned bucket. Any other
+/// id names a version that does not exist, and must not be served (or deleted) as the current
+/// object.
+fn unversioned(version_id: Option<&str>) -> S3Result<()> {
+    match version_id {
+        None | Some("null") => Ok(()),
+        Some(_) => Err(s3_err(
+            S3ErrorCode::InvalidArgument,
+            "Invalid version id specified: the bucket is unversioned, its only version id is null",
+        )),
+    }
 }
 
 fn max_keys(requested: Option<i32>) -> S3Result<usize> {
@@ -923,6 +1064,7 @@ impl S3 for GatewayService {
     ) -> S3Result<S3Response<dto::GetObjectOutput>> {
         let input = req.input;
         let key = self.buckets.store_key(&input.bucket, &input.key)?;
+        unversioned(input.version_id.as_deref())?;
         let conds = Conditions {
             if_match: input.if_match.as_ref(),
             if_none_match: input.if_none_match.as_ref(),
@@ -960,6 +1102,9 @@ impl S3 for GatewayService {
         };
         // The object may have changed since the HEAD: the answer must hold for what is sent.
         conds.evaluate(&first.meta)?;
+        if input.range.is_some() && first.meta.size == 0 {
+            return Err(unsatisfiable());
+        }
         let meta = first.meta;
         let whole = wanted.start..wanted.end.min(meta.size);
         let content_range = input.range.map(|_| {
@@ -996,6 +1141,7 @@ impl S3 for GatewayService {
     ) -> S3Result<S3Response<dto::HeadObjectOutput>> {
         let input = req.input;
         let key = self.buckets.store_key(&input.bucket, &input.key)?;
+        unversioned(input.version_id.as_deref())?;
         let meta = match self.appends.view(&key).await? {
             Some(view) => view.meta(&key),
             None => match self.store.head(&key).await {
@@ -1025,9 +1171,25 @@ impl S3 for GatewayService {
         &self,
         req: S3Request<dto::DeleteObjectInput>,
     ) -> S3Result<S3Response<dto::DeleteObjectOutput>> {
-        let key = self.existing_key(&req.input.bucket, &req.input.key).await?;
+        let input = &req.input;
+        unversioned(input.version_id.as_deref())?;
+        let key = self.existing_key(&input.bucket, &input.key).await?;
         // Sealed first: the delete then removes the committed object (see docs/gateway.md).
         let _key_lock = self.appends.lock_sealed(&key).await?;
+        // A conditional delete checks the object under the key's lock, so no write through
+        // the gateway lands between the check and the delete.
+        let condition = DeleteCondition {
+            etag: input.if_match.as_ref(),
+            size: input.if_match_size,
+            last_modified: input.if_match_last_modified_time.as_ref(),
+        };
+        if condition.any() {
+            let meta = match self.store.head(&key).await {
+                Ok(meta) => meta,
+                Err(e) => return Err(self.object_error(&input.bucket, e).await),
+            };
+            condition.check(&meta)?;
+        }
         let deleted = self.store.delete(&key).await.map_err(to_s3);
         // A bucket without a marker vanishes with its last object.
         self.buckets.forget(&req.input.bucket);
@@ -1039,6 +1201,7 @@ impl S3 for GatewayService {
         &self,
         req: S3Request<dto::DeleteObjectsInput>,
     ) -> S3Result<S3Response<dto::DeleteObjectsOutput>> {
+        BodyDigest::check(&req)?;
         let input = req.input;
         self.buckets.require(&input.bucket).await?;
         let objects = input.delete.objects;
@@ -1052,10 +1215,24 @@ impl S3 for GatewayService {
         let mut errors = Vec::new();
         let mut keys: Vec<String> = Vec::new();
         let mut names: Vec<String> = Vec::new();
+        let mut conditional = Vec::new();
         for object in objects {
-            // A bad key fails alone, as S3 reports per-key errors.
-            match self.buckets.store_key(&input.bucket, &object.key) {
+            // A bad key (or version id) fails alone, as S3 reports per-key errors.
+            let checked = unversioned(object.version_id.as_deref())
+                .and_then(|()| self.buckets.store_key(&input.bucket, &object.key));
+            match checked {
                 Ok(full) => {
+                    if object.e_tag.is_some()
+                        || object.size.is_some()
+                        || object.last_modified_time.is_some()
+                    {
+                        conditional.push((
+                            full.clone(),
+                            object.e_tag.map(ETagCondition::ETag),
+                            object.size,
+                            object.last_modified_time,
+                        ));
+                    }
                     keys.push(full);
                     names.push(object.key);
                 }
@@ -1063,13 +1240,32 @@ impl S3 for GatewayService {
                     code: Some(e.code().as_str().to_string()),
                     key: Some(object.key),
                     message: e.message().map(str::to_string),
-                    version_id: None,
+                    version_id: object.version_id,
                 }),
             }
         }
         // Open appendable objects are sealed first (and their keys held until the delete is
         // done); one that cannot be sealed is reported and kept.
-        let (_key_locks, unsealed) = self.appends.lock_sealed_many(&keys).await;
+        let (_key_locks, mut unsealed) = self.appends.lock_sealed_many(&keys).await;
+        // Objects named with conditions are checked under their keys' locks; one whose
+        // condition does not hold (or that is missing) is reported and kept.
+        for (full, etag, size, last_modified) in &conditional {
+            if unsealed.contains_key(full) {
+                continue;
+            }
+            let condition = DeleteCondition {
+                etag: etag.as_ref(),
+                size: *size,
+                last_modified: last_modified.as_ref(),
+            };
+            let checked = match self.store.head(full).await {
+                Ok(meta) => condition.check(&meta),
+                Err(e) => Err(to_s3(e)),
+            };
+            if let Err(e) = checked {
+                unsealed.insert(full.clone(), e);
+            }
+        }
         if !unsealed.is_empty() {
             let (kept_keys, kept_names): (Vec<String>, Vec<String>) = keys
                 .into_iter()
@@ -1477,6 +1673,7 @@ impl S3 for GatewayService {
         &self,
         req: S3Request<dto::CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<dto::CompleteMultipartUploadOutput>> {
+        BodyDigest::check(&req)?;
         let input = req.input;
         let key = self.existing_key(&input.bucket, &input.key).await?;
         let parts = input
