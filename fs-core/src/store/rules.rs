@@ -99,21 +99,21 @@ pub fn validate_completion(
             "the part list is empty",
         ));
     }
+    // The order of the whole list is checked before any part, as S3 does: a list out of order
+    // is InvalidPartOrder even when a part in it is also too small or unknown.
+    if let Some(pair) = requested.windows(2).find(|w| w[1].number <= w[0].number) {
+        return Err(StoreError::new(
+            StoreErrorKind::InvalidPartOrder,
+            OP,
+            key,
+            format!(
+                "part {} follows part {}: numbers must ascend",
+                pair[1].number, pair[0].number
+            ),
+        ));
+    }
     let mut sizes = Vec::with_capacity(requested.len());
-    let mut previous = 0u32;
     for (i, part) in requested.iter().enumerate() {
-        if part.number <= previous {
-            return Err(StoreError::new(
-                StoreErrorKind::InvalidPartOrder,
-                OP,
-                key,
-                format!(
-                    "part {} follows part {previous}: numbers must ascend",
-                    part.number
-                ),
-            ));
-        }
-        previous = part.number;
         let Some((etag, size)) = uploaded.get(&part.number) else {
             return Err(StoreError::new(
                 StoreErrorKind::InvalidPart,
@@ -285,6 +285,16 @@ mod tests {
             kind(validate_completion(
                 "k",
                 1,
+                &[part(2, "e2"), part(1, "e1")],
+                &up
+            )),
+            StoreErrorKind::InvalidPartOrder
+        );
+        // Out of order and too small: the order is what is wrong first.
+        assert_eq!(
+            kind(validate_completion(
+                "k",
+                11,
                 &[part(2, "e2"), part(1, "e1")],
                 &up
             )),
