@@ -1,82 +1,44 @@
 //! Requests whose answers once were wrong, sent to a gateway listening on a loopback port over a
 //! local store in a temporary directory: version ids (the buckets are unversioned), conditional
-//! deletes, entity-tag lists and weak tags in conditions, and `Content-MD5` on the XML bodies
-//! s3s parses itself (DeleteObjects, CompleteMultipartUpload).
+//! deletes, entity-tag lists and weak tags in conditions, `Content-MD5` on the XML bodies s3s
+//! parses itself (DeleteObjects, CompleteMultipartUpload), and ranges of an empty object.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
-use base64::Engine;
 use fs_core::store::DynStore;
 use fs_core::store::local::LocalStore;
-use s3_gateway::Server;
-use s3_gateway::config::{GatewayConfig, KeyPair};
-use tokio::sync::oneshot;
+use harness::gateway::{InProcessGateway, content_md5, test_config};
 
-const ACCESS_KEY: &str = "requests-test-key";
-const SECRET_KEY: &str = "requests-test-secret";
 const BUCKET: &str = "bkt";
 
 /// A gateway on a free loopback port over a local store in a fresh directory (removed on drop),
 /// with a bucket `bkt`; stopped when dropped.
 struct Gateway {
     addr: SocketAddr,
-    root: PathBuf,
-    _stop: oneshot::Sender<()>,
+    inner: InProcessGateway,
+    _root: tempfile::TempDir,
 }
 
 impl Gateway {
     async fn start(anonymous: bool) -> Gateway {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "rivulet-gw-requests-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).expect("the store's directory");
-        let store: DynStore = Arc::new(LocalStore::open(&root).expect("a local store"));
-        let config = GatewayConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            credentials: if anonymous {
-                Vec::new()
-            } else {
-                vec![KeyPair {
-                    access_key: ACCESS_KEY.into(),
-                    secret_key: SECRET_KEY.into(),
-                }]
-            },
-            anonymous,
-            ..GatewayConfig::default()
-        };
-        let index = fs_core::Index::temporary().expect("a temporary index");
-        let server = Server::bind(&config, store, index)
-            .await
-            .expect("bind the gateway");
-        let addr = server.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("the gateway stops cleanly");
-        });
+        let root = tempfile::tempdir().expect("the store's directory");
+        let store: DynStore = Arc::new(LocalStore::open(root.path()).expect("a local store"));
+        let mut config = test_config();
+        if anonymous {
+            config.credentials.clear();
+            config.anonymous = true;
+        }
+        let inner = InProcessGateway::start(store, config).await;
         let gateway = Gateway {
-            addr,
-            root,
-            _stop: stop,
+            addr: inner.addr,
+            inner,
+            _root: root,
         };
         if anonymous {
             let (status, body) = gateway.raw("PUT", &format!("/{BUCKET}"), &[], b"").await;
@@ -93,24 +55,8 @@ impl Gateway {
         gateway
     }
 
-    /// An aws-sdk-s3 client (path style, checksums only when required).
     fn client(&self) -> aws_sdk_s3::Client {
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(format!("http://{}", self.addr))
-            .credentials_provider(Credentials::new(
-                ACCESS_KEY,
-                SECRET_KEY,
-                None,
-                None,
-                "requests-test",
-            ))
-            .force_path_style(true)
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .build();
-        aws_sdk_s3::Client::from_conf(config)
+        self.inner.client()
     }
 
     /// One unsigned HTTP/1.1 request (for an anonymous gateway): the status and the body.
@@ -157,12 +103,6 @@ impl Gateway {
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
 async fn put(c: &aws_sdk_s3::Client, key: &str, body: &[u8]) -> String {
     c.put_object()
         .bucket(BUCKET)
@@ -183,10 +123,6 @@ async fn read(c: &aws_sdk_s3::Client, key: &str) -> Option<Vec<u8>> {
 
 fn code<E: ProvideErrorMetadata>(e: &E) -> String {
     e.code().unwrap_or("no code").to_string()
-}
-
-fn md5_base64(body: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(fs_core::md5::Md5::digest(body))
 }
 
 /// The buckets are unversioned: a version id other than `null` names nothing, so reads and
@@ -472,7 +408,7 @@ async fn content_md5_of_delete_objects_and_complete_multipart_upload_is_checked(
     assert_eq!(gw.raw("PUT", &object, &[], b"kept").await.0, 200);
 
     let xml = b"<Delete><Object><Key>k</Key></Object></Delete>";
-    let wrong = md5_base64(b"<Delete><Object><Key>other</Key></Object></Delete>");
+    let wrong = content_md5(b"<Delete><Object><Key>other</Key></Object></Delete>");
     let (status, body) = gw
         .raw(
             "POST",
@@ -538,7 +474,7 @@ async fn content_md5_of_delete_objects_and_complete_multipart_upload_is_checked(
         .raw(
             "POST",
             &format!("/{BUCKET}/mp?uploadId={upload_id}"),
-            &[("Content-MD5", md5_base64(complete.as_bytes()))],
+            &[("Content-MD5", content_md5(complete.as_bytes()))],
             complete.as_bytes(),
         )
         .await;
@@ -551,7 +487,7 @@ async fn content_md5_of_delete_objects_and_complete_multipart_upload_is_checked(
         .raw(
             "POST",
             &format!("/{BUCKET}?delete"),
-            &[("Content-MD5", md5_base64(xml))],
+            &[("Content-MD5", content_md5(xml))],
             xml,
         )
         .await;
