@@ -343,3 +343,105 @@ fn a_discard_sink_takes_a_positive_rate() {
     let text = GOOD.replace(file_sink, "kind = \"discard\"\nrate = 0\n");
     assert_mentions(&text, &["sink out.rate", "at least 1"]);
 }
+
+/// A file sink's `path` stays under the store's root and out of the names the store and the
+/// engine keep for themselves: `_jobs/` (job records), `_checkpoints/`, `.rivulet-store/`
+/// (the local store's state). Written there, part files went among the job records (and the
+/// run summary, which skips such names, reported none); under `.rivulet-store/` the job
+/// restarted three times and failed at its first checkpoint instead of being refused.
+#[test]
+fn a_sink_path_must_be_plain_names_under_the_root() {
+    let path = "path = \"out/counts\"";
+    assert!(GOOD.contains(path));
+    let with = |p: &str| GOOD.replace(path, &format!("path = {p}"));
+    for (bad, needles) in [
+        (
+            "\"_jobs\"",
+            &["sink out.path", "`_jobs` starts with `_`"][..],
+        ),
+        ("\"_checkpoints/x\"", &["sink out.path", "_checkpoints"][..]),
+        (
+            "\"out/_tmp\"",
+            &["sink out.path", "`_tmp` starts with `_`"][..],
+        ),
+        (
+            "\".rivulet-store/x\"",
+            &["sink out.path", "`.rivulet-store` starts with `.`"][..],
+        ),
+        ("\"out/.hidden\"", &["sink out.path", "`.hidden`"][..]),
+        (
+            "\"out/../../x\"",
+            &["sink out.path", "`..` is not a name"][..],
+        ),
+        ("'out\\..\\..\\x'", &["sink out.path", "backslash"][..]),
+        ("\"out/a\\tb\"", &["sink out.path", "control character"][..]),
+        ("\"/\"", &["sink out.path", "empty"][..]),
+    ] {
+        assert_mentions(&with(bad), needles);
+    }
+    // Leading and trailing slashes are trimmed; names with dots and underscores inside are fine.
+    for good in ["\"/out/counts/\"", "\"out/v1.2/my_counts\""] {
+        compile(&parse(&with(good)).unwrap(), "job-0123456789abcdef").unwrap();
+    }
+}
+
+/// A files source's prefix with `.` or `..` segments (or a leading `/`) matches no key of any
+/// store: the job used to finish at once having read nothing, without a word.
+#[test]
+fn a_files_prefix_that_no_key_can_match_is_an_error() {
+    let job = |prefix: &str| {
+        format!(
+            "name = \"f\"\n[[source]]\nid = \"in\"\nkind = \"files\"\nprefix = \"{prefix}\"\n\
+             format = \"csv\"\nschema = [\"n:int\"]\n[[sink]]\nkind = \"discard\"\n"
+        )
+    };
+    for bad in ["../../etc/", "input/./x", "/input/", "input//x"] {
+        assert_mentions(&job(bad), &["source in.prefix", "not a key prefix"]);
+    }
+    for good in ["input/", "input/clicks-2024", ""] {
+        compile(&parse(&job(good)).unwrap(), "job-0123456789abcdef").unwrap();
+    }
+}
+
+/// `checkpoint.timeout = "0s"` declined every checkpoint the moment it was triggered: the job
+/// restarted until it failed, having published nothing.
+#[test]
+fn a_zero_checkpoint_timeout_is_an_error() {
+    let text = GOOD.replace(
+        "name = \"good\"\n",
+        "name = \"good\"\n[checkpoint]\ntimeout = \"0s\"\n",
+    );
+    assert_mentions(&text, &["checkpoint.timeout", "`0s`"]);
+}
+
+/// A window shorter than a millisecond (the windows' resolution) is refused naming the field
+/// and the text given, not as "size 0 ms".
+#[test]
+fn a_window_shorter_than_a_millisecond_names_its_field() {
+    let text = GOOD.replace("size = \"1s\"", "size = \"1ns\"");
+    assert_mentions(
+        &text,
+        &["operator per-auction.size", "`1ns`", "millisecond"],
+    );
+}
+
+/// Errors from the checks of a sink or source name the stage and the job file's key, as every
+/// other job file error does (they said `sink.rolling.max_part_size` or `nexmark.rate`,
+/// which names neither the stage nor a key of the file).
+#[test]
+fn errors_of_a_sinks_and_a_sources_own_checks_name_the_stage() {
+    let sink = "format = \"json\"\n";
+    for (extra, needle) in [
+        ("max_part_size = 0\n", "sink out.max_part_size"),
+        ("rollover_interval = \"0s\"\n", "sink out.rollover_interval"),
+        (
+            "inactivity_interval = \"0s\"\n",
+            "sink out.inactivity_interval",
+        ),
+    ] {
+        let text = GOOD.replace(sink, &format!("{sink}{extra}"));
+        assert_mentions(&text, &[needle]);
+    }
+    let text = GOOD.replace("count = 1000\n", "count = 1000\nrate = 0\n");
+    assert_mentions(&text, &["source bids.rate", "at least 1 event per second"]);
+}

@@ -38,6 +38,12 @@ pub struct JobManagerConfig {
     pub writer: WriterConfig,
 }
 
+/// The shortest heartbeat timeout a job manager takes. Task managers send a heartbeat every
+/// second and take the job manager for lost after three quarters of the timeout without an
+/// answer: below 2 s (1.5 s of silence) every task manager would be dropped and reconnect
+/// over and over, restarting every job with it.
+pub const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A job the job manager knows: running under it, or recorded in the store.
 pub enum KnownJob {
     Live(Arc<JobHandle>),
@@ -173,6 +179,37 @@ pub async fn serve(
     config: JobManagerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), EngineError> {
+    check_config(&config)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| EngineError::io(format!("listening on {}", config.listen), e))?;
+    serve_on(config, listener, shutdown).await
+}
+
+/// Checks what a job manager is configured with before it starts.
+fn check_config(config: &JobManagerConfig) -> Result<(), EngineError> {
+    if config.heartbeat_timeout < MIN_HEARTBEAT_TIMEOUT {
+        return Err(EngineError::Task {
+            task: "job manager".into(),
+            message: format!(
+                "a heartbeat timeout of {:?} is too short: task managers heartbeat every second, \
+                 so it must be at least {}s (default 5s; --heartbeat-timeout)",
+                config.heartbeat_timeout,
+                MIN_HEARTBEAT_TIMEOUT.as_secs()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// [`serve`] on a listener bound already (`config.listen` is not used): a caller that binds
+/// port 0 knows the address before the job manager starts.
+pub async fn serve_on(
+    config: JobManagerConfig,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), EngineError> {
+    check_config(&config)?;
     let store = open_store(&config.store).await?;
     // The job manager writes checkpoint metadata and job records, never files through the
     // writer; its index only backs the environment's writer.
@@ -187,9 +224,6 @@ pub async fn serve(
         writer,
         runtime: tokio::runtime::Handle::current(),
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| EngineError::io(format!("listening on {}", config.listen), e))?;
     let address = listener
         .local_addr()
         .map_err(|e| EngineError::io("reading the listening address", e))?;

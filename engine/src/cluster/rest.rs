@@ -95,16 +95,44 @@ pub async fn handle(
             json!({ "taskmanagers": jm.resources.task_managers() }),
         ),
         (&Method::GET, ["metrics"]) => metrics(&jm),
-        (_, ["overview" | "jobs" | "taskmanagers" | "metrics", ..]) => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not allowed here"),
-        ),
-        _ => error(
-            StatusCode::NOT_FOUND,
-            format!("no resource {}", request_path(&parts)),
-        ),
+        _ => match allowed_methods(&parts) {
+            // A resource that exists, asked with another method: 405, with the methods it
+            // takes in `Allow` (RFC 9110 requires it).
+            Some(allow) => {
+                let mut response = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!(
+                        "{method} is not allowed on {}; it takes {allow}",
+                        request_path(&parts)
+                    ),
+                );
+                response
+                    .headers_mut()
+                    .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+                response
+            }
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no resource {} (see GET /overview, /jobs, /jobs/ID, /jobs/ID/checkpoints, \
+                     /taskmanagers, /metrics; POST /jobs, /jobs/ID/cancel)",
+                    request_path(&parts)
+                ),
+            ),
+        },
     };
     Ok(response)
+}
+
+/// The methods a resource of the API takes, or `None` if there is no such resource.
+fn allowed_methods(parts: &[&str]) -> Option<&'static str> {
+    match parts {
+        ["overview" | "taskmanagers" | "metrics"] => Some("GET"),
+        ["jobs"] => Some("GET, POST"),
+        ["jobs", _] | ["jobs", _, "checkpoints"] => Some("GET"),
+        ["jobs", _, "cancel"] => Some("POST"),
+        _ => None,
+    }
 }
 
 fn request_path(parts: &[&str]) -> String {

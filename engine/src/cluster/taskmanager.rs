@@ -41,6 +41,11 @@ fn silence_limit(heartbeat_timeout: Duration) -> Duration {
     heartbeat_timeout.mul_f64(0.75)
 }
 
+/// How long a task manager waits for the answer to its registration. A job manager answers at
+/// once; something else at that address (another server, a port that swallows what it gets)
+/// may never answer.
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How a task manager runs.
 #[derive(Debug, Clone)]
 pub struct TaskManagerConfig {
@@ -89,6 +94,9 @@ pub fn run(
     runtime: tokio::runtime::Handle,
     stop: Arc<AtomicBool>,
 ) -> Result<(), EngineError> {
+    // A malformed address never starts to work: say so now rather than retry for ever. (A
+    // name that does not resolve yet, or a job manager that is not up yet, is retried.)
+    check_address(&config.job_manager)?;
     let data = DataServer::start(config.data_listen, config.token.clone())?;
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let mut tm = TaskManager {
@@ -109,9 +117,19 @@ pub fn run(
     while !stop.load(Ordering::SeqCst) {
         match connect(&tm.config.job_manager) {
             Ok(stream) => {
-                announced_outage = false;
                 match tm.session(stream, &stop) {
-                    Ok(()) => {}
+                    Ok(()) => announced_outage = false,
+                    Err(SessionEnd::NotJobManager(reason)) => {
+                        if !announced_outage {
+                            eprintln!(
+                                "task manager {}: {} is not answering as a Rivulet job manager \
+                                 ({reason}); check --jobmanager: it takes the job manager's \
+                                 --listen address (host:port); retrying every second",
+                                tm.id, tm.config.job_manager
+                            );
+                            announced_outage = true;
+                        }
+                    }
                     Err(SessionEnd::Refused(reason)) => {
                         return Err(EngineError::Task {
                             task: format!("task manager {}", tm.id),
@@ -119,6 +137,7 @@ pub fn run(
                         });
                     }
                     Err(SessionEnd::Lost(e)) => {
+                        announced_outage = false;
                         eprintln!(
                             "task manager {}: lost the job manager ({e}); stopping its subtasks and reconnecting",
                             tm.id
@@ -156,6 +175,24 @@ pub fn run(
     Ok(())
 }
 
+/// Checks that `address` is `host:port` with a port from 1 to 65535.
+fn check_address(address: &str) -> Result<(), EngineError> {
+    let port = address
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .map(|(_, port)| port.parse::<u16>());
+    match port {
+        Some(Ok(port)) if port != 0 => Ok(()),
+        _ => Err(EngineError::Task {
+            task: "task manager".into(),
+            message: format!(
+                "the job manager address `{address}` is not host:port with a port from 1 to \
+                 65535; give --jobmanager the job manager's --listen address, like 127.0.0.1:8081"
+            ),
+        }),
+    }
+}
+
 /// Connects to `host:port`, trying each address it resolves to.
 fn connect(address: &str) -> std::io::Result<TcpStream> {
     use std::net::ToSocketAddrs;
@@ -175,6 +212,45 @@ fn connect(address: &str) -> std::io::Result<TcpStream> {
 enum SessionEnd {
     Refused(String),
     Lost(String),
+    /// What answered at the address is not a job manager (or did not answer at all).
+    NotJobManager(String),
+}
+
+/// Waits up to [`REGISTRATION_TIMEOUT`] for the first byte of the answer to the registration,
+/// returning early (`Ok(false)`) when the task manager is stopped.
+fn await_answer(stream: &TcpStream, stop: &AtomicBool) -> std::io::Result<bool> {
+    let deadline = Instant::now() + REGISTRATION_TIMEOUT;
+    let mut byte = [0u8; 1];
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no answer to the registration within {}s",
+                    REGISTRATION_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        stream.set_read_timeout(Some(left.min(Duration::from_millis(200))))?;
+        match stream.peek(&mut byte) {
+            // Data, or the end of the stream, which the read reports.
+            Ok(_) => {
+                stream.set_read_timeout(Some(left))?;
+                return Ok(true);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl TaskManager {
@@ -230,7 +306,26 @@ impl TaskManager {
             )
             .map_err(lost)?;
         }
-        let (executor, silence) = match read_message::<ToTaskManager>(&mut reader).map_err(lost)? {
+        let not_job_manager = |e: std::io::Error| match e.kind() {
+            // Not our framing (an HTTP answer, say), or nothing within the limit.
+            std::io::ErrorKind::InvalidData
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::UnexpectedEof => SessionEnd::NotJobManager(e.to_string()),
+            _ => SessionEnd::Lost(e.to_string()),
+        };
+        if !await_answer(reader.get_ref(), stop).map_err(not_job_manager)? {
+            return Ok(());
+        }
+        let mut head = [0u8; 5];
+        if matches!(reader.get_ref().peek(&mut head), Ok(5)) && &head == b"HTTP/" {
+            return Err(SessionEnd::NotJobManager(
+                "it answered in HTTP, as a web server or a proxy does".into(),
+            ));
+        }
+        let answer = read_message::<ToTaskManager>(&mut reader).map_err(not_job_manager)?;
+        reader.get_ref().set_read_timeout(None).map_err(lost)?;
+        let (executor, silence) = match answer {
             Some(ToTaskManager::Registered {
                 store,
                 heartbeat_timeout_ms,
@@ -240,7 +335,16 @@ impl TaskManager {
                 heartbeat_timeout_ms.map(|ms| silence_limit(Duration::from_millis(ms))),
             ),
             Some(ToTaskManager::Refused { reason }) => return Err(SessionEnd::Refused(reason)),
-            _ => return Err(SessionEnd::Lost("no answer to the registration".into())),
+            Some(_) => {
+                return Err(SessionEnd::NotJobManager(
+                    "it answered the registration with something else".into(),
+                ));
+            }
+            None => {
+                return Err(SessionEnd::NotJobManager(
+                    "it closed the connection without answering the registration".into(),
+                ));
+            }
         };
         eprintln!(
             "task manager {}: registered{}",

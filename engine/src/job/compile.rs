@@ -117,6 +117,14 @@ fn checkpoint_config(spec: &JobSpec) -> Result<CheckpointConfig, EngineError> {
     }
     if let Some(text) = &c.timeout {
         config.timeout = parse_duration("checkpoint.timeout", text)?;
+        if config.timeout.is_zero() {
+            // Every checkpoint would be declined the moment it is triggered, the final one
+            // too: the job would restart until it fails, and publish nothing.
+            return Err(EngineError::job(
+                "checkpoint.timeout",
+                format!("`{text}` is no time for a checkpoint to complete; give one like 60s"),
+            ));
+        }
     }
     if let Some(n) = c.retained {
         if n == 0 {
@@ -185,7 +193,8 @@ fn add_source(job: &JobBuilder, i: usize, spec: &SourceSpec) -> Result<DataStrea
                 ..NexmarkConfig::default()
             };
             // Built once here so that a bad configuration fails at compile time.
-            NexmarkSource::new(config.clone())?;
+            NexmarkSource::new(config.clone())
+                .map_err(|e| for_stage(&format!("source {id}"), e))?;
             let delay =
                 optional_duration(&format!("source {id}.watermark_delay"), watermark_delay)?;
             job.source_with(
@@ -231,6 +240,18 @@ fn add_source(job: &JobBuilder, i: usize, spec: &SourceSpec) -> Result<DataStrea
                     ));
                 }
             };
+            if prefix.starts_with('/')
+                || prefix.contains("//")
+                || prefix.split('/').any(|s| s == "." || s == "..")
+            {
+                return Err(EngineError::job(
+                    format!("source {id}.prefix"),
+                    format!(
+                        "`{prefix}` is not a key prefix like input/clicks/ (no leading `/`, no \
+                         empty, `.` or `..` segments): no key of the store could match it"
+                    ),
+                ));
+            }
             let mut config = FilesConfig::new(prefix.clone(), *format, schema.clone());
             config.timestamp_field = timestamp.clone();
             config.bounded = bounded.unwrap_or(true);
@@ -239,7 +260,7 @@ fn add_source(job: &JobBuilder, i: usize, spec: &SourceSpec) -> Result<DataStrea
                 config.discover_interval =
                     parse_duration(&format!("source {id}.discover_interval"), t)?;
             }
-            FilesSource::new(config.clone())?;
+            FilesSource::new(config.clone()).map_err(|e| for_stage(&format!("source {id}"), e))?;
             let delay =
                 optional_duration(&format!("source {id}.watermark_delay"), watermark_delay)?;
             job.source_with(
@@ -501,7 +522,7 @@ fn add_operator(
                 }
             };
             let keys = keyed.key_fields().unwrap_or_default();
-            let size_ms = parse_duration(&format!("{at}.size"), size)?.as_millis() as i64;
+            let size_ms = window_millis(&format!("{at}.size"), size)?;
             let assigner = match window.as_str() {
                 "tumbling" => WindowAssigner::Tumbling { size_ms },
                 "sliding" => {
@@ -510,7 +531,7 @@ fn add_operator(
                     })?;
                     WindowAssigner::Sliding {
                         size_ms,
-                        slide_ms: parse_duration(&format!("{at}.slide"), slide)?.as_millis() as i64,
+                        slide_ms: window_millis(&format!("{at}.slide"), slide)?,
                     }
                 }
                 other => {
@@ -552,6 +573,32 @@ fn add_operator(
                 }),
             )
         }
+    }
+}
+
+/// A window's size or slide in milliseconds, the windows' resolution.
+fn window_millis(at: &str, text: &str) -> Result<i64, EngineError> {
+    let d = parse_duration(at, text)?;
+    if d < Duration::from_millis(1) {
+        return Err(EngineError::job(
+            at,
+            format!(
+                "`{text}` is shorter than a millisecond, the windows' resolution; give one like 10s"
+            ),
+        ));
+    }
+    Ok(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Names the stage in an error of a source's or sink's own checks, which know only their kind
+/// and key (`sink.rolling.max_part_size`): `sink out.max_part_size`, the key of the job file.
+fn for_stage(at: &str, e: EngineError) -> EngineError {
+    match e {
+        EngineError::Job { at: inner, message } => {
+            let key = inner.rsplit('.').next().unwrap_or(&inner);
+            EngineError::job(format!("{at}.{key}"), message)
+        }
+        other => other,
     }
 }
 
@@ -624,16 +671,7 @@ fn add_sink(
             let input = input_of(stages, &at, input, previous)?;
             let schema = input.schema();
             let path = path.trim_matches('/').to_string();
-            if path.is_empty()
-                || path
-                    .split('/')
-                    .any(|s| s == ".." || s == "." || s.is_empty())
-            {
-                return Err(EngineError::job(
-                    format!("{at}.path"),
-                    format!("`{path}` is not a key prefix like out/bids"),
-                ));
-            }
+            check_output_path(&format!("{at}.path"), &path)?;
             let mut config = FileSinkConfig::new(path.clone(), *format);
             config.bucket = match (bucket, bucket_field) {
                 (Some(_), Some(_)) => {
@@ -695,7 +733,7 @@ fn add_sink(
             rolling.roll_on_checkpoint = roll_on_checkpoint.unwrap_or(format.is_bulk());
             config.rolling = rolling;
             config.part_prefix = format!("part-{}", run_suffix(job_id));
-            FileSink::new(config.clone(), schema.clone())?;
+            FileSink::new(config.clone(), schema.clone()).map_err(|e| for_stage(&at, e))?;
             let metrics = Arc::new(SinkMetrics::default());
             let shared = metrics.clone();
             input.sink(
@@ -717,6 +755,47 @@ fn add_sink(
             }))
         }
     }
+}
+
+/// Checks a file sink's `path` (a store key prefix, `/` already trimmed off its ends): every
+/// segment a plain name, so that the output stays under the path and out of the names the
+/// store and the engine keep for themselves.
+fn check_output_path(at: &str, path: &str) -> Result<(), EngineError> {
+    let bad = |why: String| {
+        EngineError::job(
+            at,
+            format!("`{path}` is not a key prefix like out/bids: {why}"),
+        )
+    };
+    if path.is_empty() {
+        return Err(bad("it is empty".into()));
+    }
+    if let Some(c) = path.chars().find(|c| *c == '\\' || c.is_control()) {
+        return Err(bad(format!(
+            "it contains {}; use `/` between plain names",
+            if c == '\\' {
+                "a backslash".to_string()
+            } else {
+                format!("the control character {:?}", c)
+            }
+        )));
+    }
+    for segment in path.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(bad(format!(
+                "`{segment}` is not a name (no empty, `.` or `..` segments: the output stays under the store's root)"
+            )));
+        }
+        if segment.starts_with('.') || segment.starts_with('_') {
+            return Err(bad(format!(
+                "`{segment}` starts with `{}`: such names are the store's and the engine's own \
+                 (`.rivulet-store/`, `_jobs/`, `_checkpoints/`) or hidden (the files source and \
+                 the run summary skip them); use a name that starts with a letter or digit",
+                &segment[..1]
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The random part of a job id (what makes a run's file names its own).

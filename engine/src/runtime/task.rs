@@ -150,16 +150,33 @@ impl Subtask {
     }
 
     fn publish_metrics(&mut self) {
-        for op in &mut self.chain.operators {
-            self.metrics.vertex(op.vertex).add_in(op.records_in);
+        // An operator followed by another in the chain hands it every record it emits (and
+        // the same records to any exchange it also feeds): what the next one took in is what
+        // it wrote out.
+        let operators = &mut self.chain.operators;
+        for i in 0..operators.len() {
+            if i > 0 {
+                let previous = operators[i - 1].vertex;
+                self.metrics
+                    .vertex(previous)
+                    .add_out(operators[i].records_in);
+            }
+            self.metrics
+                .vertex(operators[i].vertex)
+                .add_in(operators[i].records_in);
+        }
+        for op in operators.iter_mut() {
             op.records_in = 0;
         }
+        let chained = operators.split_last().map_or(&[][..], |(_, before)| before);
         self.metrics
             .add_blocked(std::mem::take(&mut self.output.blocked));
-        // What each operator handed to the network (the last one: everything it emitted). A
-        // source counts its records as it polls them.
+        // What the last operator handed to the network (everything it emitted; counted
+        // above for the others). A source counts its records as it polls them.
         for (vertex, out) in std::mem::take(&mut self.output.records_out) {
-            if self.chain.source_vertex != Some(vertex) {
+            if self.chain.source_vertex != Some(vertex)
+                && !chained.iter().any(|op| op.vertex == vertex)
+            {
                 self.metrics.vertex(vertex).add_out(out);
             }
         }
