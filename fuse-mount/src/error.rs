@@ -21,6 +21,10 @@ pub enum FsError {
     ReadOnly,
     /// EINVAL: a name the store cannot hold, or an unsupported flag.
     Invalid,
+    /// ENAMETOOLONG: a name longer than 255 bytes, or a path longer than a key may be.
+    NameTooLong,
+    /// EPERM: a kind of file the store cannot hold (FIFOs, sockets, devices).
+    NotPermitted,
     /// EBADF: the handle is unknown or not open for this operation.
     BadHandle,
     /// EIO: the store or the writer failed (logged with the key).
@@ -37,6 +41,8 @@ impl FsError {
             FsError::NotDir => libc::ENOTDIR,
             FsError::ReadOnly => libc::EROFS,
             FsError::Invalid => libc::EINVAL,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::NotPermitted => libc::EPERM,
             FsError::BadHandle => libc::EBADF,
             FsError::Io => libc::EIO,
         }

@@ -107,6 +107,18 @@ enum Base {
     Object(u64),
 }
 
+/// The longest name of a file or directory, in bytes (the `namelen` that `statfs` reports).
+pub const NAME_MAX: usize = 255;
+
+/// How much of an unlinked file's content is copied to its [`Orphan`] at a time.
+const ORPHAN_CHUNK: u64 = 8 << 20;
+
+/// The largest open file whose content is copied to an [`Orphan`] when its name goes. The copy
+/// runs inside the `unlink` (or `rename`) that removes the name, so a larger one would stall
+/// that call for seconds per GiB; its handles lose the content instead (reads fail with
+/// ENOENT, writes are dropped), as they did before orphans existed.
+const ORPHAN_MAX: u64 = 256 << 20;
+
 /// The most names remembered as absent before the stale ones are dropped.
 const ABSENT_MAX: usize = 4096;
 
@@ -169,11 +181,66 @@ struct OpenFile {
     busy: bool,
     /// Unlinked while open: nothing is committed any more.
     unlinked: bool,
+    /// The content of an unlinked file, for its handles still open (see [`Orphan`]).
+    orphan: Option<Orphan>,
     mtime: SystemTime,
+}
+
+/// The content of a file whose name went away while handles had it open (`unlink`, or a
+/// `rename` over it). As on a local disk, those handles keep reading and writing it until the
+/// last one is closed, but nothing of it reaches the store any more: it lives in a local file
+/// under `--cache-dir`, deleted from its directory at once and closed with the last handle.
+struct Orphan {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl Orphan {
+    /// A new, empty one under `dir`.
+    fn create(dir: &std::path::Path) -> std::io::Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        std::fs::create_dir_all(dir)?;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("unlinked-{}-{n}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        std::fs::remove_file(&path)?;
+        Ok(Self { file, len: 0 })
+    }
+
+    fn read(&self, offset: u64, size: u32) -> std::io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
+        let end = offset.saturating_add(u64::from(size)).min(self.len);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(data, offset)?;
+        self.len = self.len.max(offset + data.len() as u64);
+        Ok(())
+    }
+
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)?;
+        self.len = len;
+        Ok(())
+    }
 }
 
 impl OpenFile {
     fn len(&self) -> u64 {
+        if let Some(orphan) = &self.orphan {
+            return orphan.len;
+        }
         if let Some(shadow) = &self.shadow {
             return shadow.end();
         }
@@ -381,6 +448,11 @@ impl Filesystem {
         if name.is_empty() || name == "." || name == ".." || name.contains('/') {
             return Err(FsError::Invalid);
         }
+        // NAME_MAX, as `statfs` says: no local file system could hold a longer name, and a
+        // local store cannot store it (an S3 key could, but the mount keeps to one rule).
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
         if parent.is_empty() && self.is_hidden(name) {
             return Err(FsError::Invalid);
         }
@@ -408,7 +480,12 @@ impl Filesystem {
     fn child(&self, parent: Ino, name: &str) -> FsResult<String> {
         let parent_path = self.dir_path(parent)?;
         self.check_name(&parent_path, name)?;
-        Ok(join(&parent_path, name))
+        let path = join(&parent_path, name);
+        // A directory's marker is its path and a `/`: that key must fit too.
+        if path.len() >= fs_core::store::limits::MAX_KEY_LEN {
+            return Err(FsError::NameTooLong);
+        }
+        Ok(path)
     }
 
     fn open_file(&self, ino: Ino) -> Option<Arc<AsyncMutex<OpenFile>>> {
@@ -421,10 +498,13 @@ impl Filesystem {
     }
 
     async fn head(&self, key: &str) -> FsResult<Option<ObjectMeta>> {
-        self.store
-            .head_opt(key)
-            .await
-            .map_err(|e| io_error("head", key, e))
+        match self.store.head_opt(key).await {
+            Ok(meta) => Ok(meta),
+            // A name the store cannot hold (a local store's reserved names): not a failure
+            // of the store.
+            Err(e) if e.kind() == StoreErrorKind::InvalidKey => Err(FsError::Invalid),
+            Err(e) => Err(io_error("head", key, e)),
+        }
     }
 
     /// Whether anything (a marker or any key) lives under `path/`.
@@ -706,7 +786,8 @@ impl Filesystem {
         self.check_writable()?;
         let path = self.child(parent, name)?;
         let open = self.open_file_at(&path);
-        let exists = self.head(&path).await?.is_some();
+        let meta = self.head(&path).await?;
+        let exists = meta.is_some();
         if !exists && open.is_none() {
             return Err(if self.has_children(&path, true).await? {
                 FsError::IsDir
@@ -714,16 +795,8 @@ impl Filesystem {
                 FsError::NotFound
             });
         }
-        if let Some((_, file)) = open {
-            let mut file = file.lock().await;
-            file.unlinked = true;
-            file.shadow = None;
-            if let Some(writer) = file.writer.take()
-                && let Err(e) = writer.abort().await
-            {
-                tracing::warn!(key = %path, "aborting the upload of an unlinked file: {e}");
-            }
-        }
+        // Handles still open keep the content (before the object goes).
+        self.orphan_at(&path, meta.map(|m| m.size)).await?;
         if exists {
             self.store
                 .delete(&path)
@@ -766,6 +839,7 @@ impl Filesystem {
                 dirty,
                 busy: false,
                 unlinked: false,
+                orphan: None,
                 mtime: SystemTime::now(),
             }))
         });
@@ -804,6 +878,23 @@ impl Filesystem {
             return Err(e);
         }
         Ok((self.attr(ino, Kind::File, 0, now), fh))
+    }
+
+    /// `mknod`: a regular file is created empty (committed at once, like `create` + `close`);
+    /// FIFOs, sockets and devices cannot be stored (EPERM, as for links).
+    pub async fn mknod(&self, parent: Ino, name: &str, mode: u32) -> FsResult<Attr> {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            self.child(parent, name)?;
+            return Err(FsError::NotPermitted);
+        }
+        let exclusive = OpenMode {
+            write: true,
+            exclusive: true,
+            ..OpenMode::default()
+        };
+        let (attr, fh) = self.create(parent, name, exclusive).await?;
+        self.release(fh).await?;
+        Ok(attr)
     }
 
     pub async fn open(&self, ino: Ino, mode: OpenMode) -> FsResult<u64> {
@@ -876,6 +967,11 @@ impl Filesystem {
     }
 
     async fn set_len_inner(&self, file: &mut OpenFile, len: u64) -> FsResult<()> {
+        if let Some(orphan) = &mut file.orphan {
+            return orphan
+                .set_len(len)
+                .map_err(|e| io_error("truncate", &file.key, e));
+        }
         if len > 0 && file.is_small_new() {
             if len <= self.small_limit() {
                 file.shadow
@@ -963,20 +1059,7 @@ impl Filesystem {
         let handle = self.handle(fh)?;
         if let Some(file) = self.open_file(handle.ino) {
             let file = file.lock().await;
-            let end = offset.saturating_add(u64::from(size)).min(file.len());
-            let Some(shadow) = &file.shadow else {
-                return self.read_base(&file, offset, end).await;
-            };
-            // Below the shadow from the writer or object, the rest from the shadow.
-            let mut out = self
-                .read_base(&file, offset, end.min(shadow.start))
-                .await?
-                .to_vec();
-            if end > shadow.start {
-                let from = (offset.max(shadow.start) - shadow.start) as usize;
-                out.extend_from_slice(&shadow.bytes[from..(end - shadow.start) as usize]);
-            }
-            return Ok(Bytes::from(out));
+            return self.read_open(&file, offset, size).await;
         }
         let (path, len, etag) = lock(&self.inodes)
             .get(handle.ino)
@@ -996,11 +1079,40 @@ impl Filesystem {
             reader.clone()
         };
         let mut reader = reader.lock().await;
-        if reader.key() != path {
-            // Renamed while open: read the new name from now on.
+        if reader.key() != path || reader.size() != len || reader.etag() != etag.as_deref() {
+            // Renamed while open (read the new name from now on), or the file changed since
+            // this handle started reading (a commit through the mount, or a change in the
+            // store seen by a lookup): read the version known now, to its new end.
             *reader = ReadAhead::new(source(), len);
         }
         reader.read(offset, size).await
+    }
+
+    /// Up to `size` bytes at `offset` of a file open for writing (or unlinked while open).
+    async fn read_open(&self, file: &OpenFile, offset: u64, size: u32) -> FsResult<Bytes> {
+        if let Some(orphan) = &file.orphan {
+            return orphan
+                .read(offset, size)
+                .map_err(|e| io_error("read", &file.key, e));
+        }
+        let end = offset.saturating_add(u64::from(size)).min(file.len());
+        if offset >= end {
+            // At or past the end.
+            return Ok(Bytes::new());
+        }
+        let Some(shadow) = &file.shadow else {
+            return self.read_base(file, offset, end).await;
+        };
+        // Below the shadow from the writer or object, the rest from the shadow.
+        let mut out = self
+            .read_base(file, offset, end.min(shadow.start))
+            .await?
+            .to_vec();
+        if end > shadow.start {
+            let from = (offset.max(shadow.start) - shadow.start) as usize;
+            out.extend_from_slice(&shadow.bytes[from..(end - shadow.start) as usize]);
+        }
+        Ok(Bytes::from(out))
     }
 
     /// Bytes `offset..end` of an open file without its shadow: from the writer (what was
@@ -1053,6 +1165,11 @@ impl Filesystem {
     ) -> FsResult<()> {
         let offset = if append { file.len() } else { offset };
         let end = offset + data.len() as u64;
+        if let Some(orphan) = &mut file.orphan {
+            return orphan
+                .write(offset, data)
+                .map_err(|e| io_error("write", &file.key, e));
+        }
         if file.is_small_new() {
             if end.max(file.len()) <= self.small_limit() {
                 file.shadow
@@ -1344,6 +1461,7 @@ impl Filesystem {
         let handle = lock(&self.handles).remove(&fh).ok_or(FsError::BadHandle)?;
         lock(&self.readers).remove(&fh);
         if !handle.write {
+            self.forget_orphan(handle.ino).await;
             return Ok(());
         }
         let Some(file) = self.open_file(handle.ino) else {
@@ -1355,42 +1473,145 @@ impl Filesystem {
             return Ok(());
         }
         let result = self.commit(handle.ino, &mut guard).await;
+        let unlinked = guard.unlinked;
         drop(guard);
-        lock(&self.open).remove(&handle.ino);
+        if unlinked {
+            // Read-only handles may still read it.
+            self.forget_orphan(handle.ino).await;
+        } else {
+            lock(&self.open).remove(&handle.ino);
+        }
         result
+    }
+
+    /// Whether any handle (reading or writing) is open on `ino`.
+    fn has_handles(&self, ino: Ino) -> bool {
+        lock(&self.handles).values().any(|h| h.ino == ino)
+    }
+
+    /// Drops the open file of `ino` if it was unlinked and no handle is left on it.
+    async fn forget_orphan(&self, ino: Ino) {
+        let Some(file) = self.open_file(ino) else {
+            return;
+        };
+        let unlinked = file.lock().await.unlinked;
+        if unlinked && !self.has_handles(ino) {
+            lock(&self.open).remove(&ino);
+        }
+    }
+
+    /// The name `path` is about to go (unlink, or replaced by a rename): if handles have it
+    /// open, its content moves to a local [`Orphan`] that they go on reading and writing, and
+    /// nothing of it is committed any more. `size` is the object's, when known (for a file
+    /// open for reading only). Runs before the object is deleted or replaced.
+    async fn orphan_at(&self, path: &str, size: Option<u64>) -> FsResult<()> {
+        let Some(ino) = lock(&self.inodes).ino_of(path) else {
+            return Ok(());
+        };
+        let (file, attached) = match self.open_file(ino) {
+            Some(file) => (file, false),
+            None if self.has_handles(ino) => {
+                // Open for reading only: the committed object is the content.
+                let size = match size {
+                    Some(size) => size,
+                    None => match self.head(path).await? {
+                        Some(meta) => meta.size,
+                        None => return Ok(()),
+                    },
+                };
+                (self.attach(ino, path, Base::Object(size), false), true)
+            }
+            None => return Ok(()),
+        };
+        let mut guard = file.lock().await;
+        if guard.unlinked {
+            return Ok(());
+        }
+        let orphan = if guard.len() > ORPHAN_MAX {
+            tracing::warn!(
+                key = %path,
+                len = guard.len(),
+                "a file larger than {} MiB went away while open: its open handles lose it",
+                ORPHAN_MAX >> 20
+            );
+            None
+        } else {
+            match self.copy_to_orphan(path, &guard).await {
+                Ok(orphan) => Some(orphan),
+                Err(e) => {
+                    drop(guard);
+                    if attached {
+                        lock(&self.open).remove(&ino);
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        let lost = orphan.is_none();
+        guard.unlinked = true;
+        guard.shadow = None;
+        guard.orphan = orphan;
+        if let Some(writer) = guard.writer.take()
+            && let Err(e) = writer.abort().await
+        {
+            tracing::warn!(key = %path, "aborting the upload of an unlinked file: {e}");
+        }
+        drop(guard);
+        if lost && attached {
+            // Nothing kept for the reading handles: they read the (deleted) object as before.
+            lock(&self.open).remove(&ino);
+        }
+        Ok(())
+    }
+
+    /// A local copy of an open file's content (written or committed), for [`Filesystem::orphan_at`].
+    async fn copy_to_orphan(&self, path: &str, file: &OpenFile) -> FsResult<Orphan> {
+        let fail = |e| io_error("unlink", path, e);
+        let mut orphan = Orphan::create(&self.writer.config().cache_dir).map_err(fail)?;
+        let len = file.len();
+        let mut at = 0u64;
+        while at < len {
+            let chunk = (len - at).min(ORPHAN_CHUNK);
+            let data = self.read_open(file, at, chunk as u32).await?;
+            if data.is_empty() {
+                break;
+            }
+            orphan.write(at, &data).map_err(fail)?;
+            at += data.len() as u64;
+        }
+        orphan.set_len(len).map_err(fail)?;
+        Ok(orphan)
     }
 
     /// Changes the size (truncate, ftruncate); other attributes are accepted and ignored.
     pub async fn setattr(&self, ino: Ino, size: Option<u64>) -> FsResult<Attr> {
         if let Some(size) = size {
             self.check_writable()?;
-            let node = lock(&self.inodes)
-                .get(ino)
-                .cloned()
-                .ok_or(FsError::NotFound)?;
-            if node.kind == Kind::Dir {
-                return Err(FsError::IsDir);
-            }
-            match self.open_file(ino) {
-                Some(file) => {
-                    let mut file = file.lock().await;
-                    self.set_len(&mut file, size).await?;
+            if let Some(file) = self.open_file(ino) {
+                // Before the inode table: a file unlinked while open is no longer there.
+                let mut file = file.lock().await;
+                self.set_len(&mut file, size).await?;
+            } else {
+                let node = lock(&self.inodes)
+                    .get(ino)
+                    .cloned()
+                    .ok_or(FsError::NotFound)?;
+                if node.kind == Kind::Dir {
+                    return Err(FsError::IsDir);
                 }
-                None => {
-                    let outcome = self
-                        .writer
-                        .truncate_object(&node.path, size)
-                        .await
-                        .map_err(|e| writer_error("truncate", &node.path, e))?;
-                    self.invalidate(&node.path).await;
-                    lock(&self.inodes).intern(
-                        &node.path,
-                        Kind::File,
-                        outcome.size,
-                        SystemTime::now(),
-                        Some(outcome.etag),
-                    );
-                }
+                let outcome = self
+                    .writer
+                    .truncate_object(&node.path, size)
+                    .await
+                    .map_err(|e| writer_error("truncate", &node.path, e))?;
+                self.invalidate(&node.path).await;
+                lock(&self.inodes).intern(
+                    &node.path,
+                    Kind::File,
+                    outcome.size,
+                    SystemTime::now(),
+                    Some(outcome.etag),
+                );
             }
         }
         self.getattr(ino).await
@@ -1422,6 +1643,8 @@ impl Filesystem {
             Ok(_) | Err(FsError::NotFound) => {}
             Err(e) => return Err(e),
         }
+        // The replaced file's open handles keep its content (before the copy replaces it).
+        self.orphan_at(&to, None).await?;
         let open = self.open_file(source.ino);
         let mut guard = match &open {
             Some(file) => Some(file.lock().await),
@@ -1442,14 +1665,6 @@ impl Filesystem {
             file.key = to.clone();
         }
         drop(guard);
-        if let Some((ino, _)) = self.open_file_at(&to)
-            && ino != source.ino
-        {
-            // The replaced file's open handles keep writing to a name that is gone.
-            if let Some(file) = self.open_file(ino) {
-                file.lock().await.unlinked = true;
-            }
-        }
         lock(&self.inodes).rename(&from, &to);
         self.keep_dir(parent_of(&from)).await
     }

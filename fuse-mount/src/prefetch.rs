@@ -164,6 +164,16 @@ impl ReadAhead {
         &self.source.key
     }
 
+    /// The object's size this reader was made for.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The ETag of the version this reader was made for, if known.
+    pub fn etag(&self) -> Option<&str> {
+        self.source.etag.as_deref()
+    }
+
     fn reset(&mut self) {
         for chunk in self.chunks.drain(..) {
             if let Data::Pending(task) = chunk.data {
