@@ -27,11 +27,11 @@ pub struct RunArgs {
     pub store: String,
 
     /// Task managers of the embedded cluster
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one)]
     pub task_managers: usize,
 
     /// Slots per task manager (default: enough for the job's highest parallelism)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub slots: Option<usize>,
 
     /// Start the job anew even if an unfinished run of it is in the store (by default that
@@ -97,14 +97,14 @@ pub async fn run(env: &Env, args: RunArgs) -> Result<()> {
     let needed = compiled.graph.slots_needed();
     let slots = args
         .slots
-        .unwrap_or_else(|| needed.div_ceil(args.task_managers.max(1)));
+        .unwrap_or_else(|| needed.div_ceil(args.task_managers));
     let cluster = MiniCluster::new(
         JobEnvironment {
             store: store.clone(),
             writer,
             runtime: tokio::runtime::Handle::current(),
         },
-        args.task_managers.max(1),
+        args.task_managers,
         slots.max(1),
     );
     let outputs = compiled.outputs.clone();
@@ -316,6 +316,8 @@ async fn summarize(job: &JobHandle, store: &DynStore, outputs: &[OutputInfo]) ->
     let mut output_summaries = Vec::new();
     for output in outputs {
         let prefix = format!("{}/", output.path.trim_end_matches('/'));
+        // This run's files only: earlier runs of the job may have written under the same path.
+        let run_files = format!("{}-", engine::job::compile::part_prefix(job.job_id()));
         let files: Vec<_> = store
             .list_all(&prefix)
             .await?
@@ -324,6 +326,10 @@ async fn summarize(job: &JobHandle, store: &DynStore, outputs: &[OutputInfo]) ->
                 !o.key
                     .split('/')
                     .any(|s| s.starts_with('.') || s.starts_with('_'))
+                    && o.key
+                        .rsplit('/')
+                        .next()
+                        .is_some_and(|name| name.starts_with(&run_files))
             })
             .collect();
         output_summaries.push(OutputSummary {
@@ -437,5 +443,14 @@ async fn run_on_cluster(
             ),
             _ => {}
         }
+    }
+}
+
+/// A count of task managers or slots: 1 or more.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a count: {e}")),
     }
 }

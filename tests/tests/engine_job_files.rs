@@ -252,3 +252,46 @@ fn the_quickstart_job_runs_on_the_default_store_and_reports_its_progress() {
     // Well under a minute in a release build; this debug build needs about 10 s.
     assert!(started.elapsed() < std::time::Duration::from_secs(120));
 }
+
+/// A second run of a job writes beside the first run's files; its summary counts its own.
+#[test]
+fn a_runs_summary_counts_its_own_files_only() {
+    let dir = TempDir::new().unwrap();
+    put_input(&dir.path().join("store"));
+    let mut counts = Vec::new();
+    for _ in 0..2 {
+        let out = run(dir.path(), &files_job("skip"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        counts.push(summary["outputs"][0]["finished_files"].clone());
+    }
+    // One bucket, and so one file, a word: one, three, four, five, seven.
+    assert_eq!(counts, [serde_json::json!(5), serde_json::json!(5)]);
+    let lines = output_lines(&dir.path().join("store"));
+    assert_eq!(lines.values().sum::<usize>(), 10, "{lines:?}");
+}
+
+#[test]
+fn zero_slots_or_task_managers_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("job.toml");
+    fs::write(&file, GOOD).unwrap();
+    for flag in ["--slots", "--task-managers"] {
+        let out = Command::new(rivulet_bin())
+            .args(["run", flag, "0", "--store"])
+            .arg(dir.path().join("store"))
+            .arg(&file)
+            .output()
+            .expect("running rivulet");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains("at least 1"),
+            "{stderr}"
+        );
+    }
+}

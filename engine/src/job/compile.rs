@@ -732,7 +732,7 @@ fn add_sink(
             }
             rolling.roll_on_checkpoint = roll_on_checkpoint.unwrap_or(format.is_bulk());
             config.rolling = rolling;
-            config.part_prefix = format!("part-{}", run_suffix(job_id));
+            config.part_prefix = part_prefix(job_id);
             FileSink::new(config.clone(), schema.clone()).map_err(|e| for_stage(&at, e))?;
             let metrics = Arc::new(SinkMetrics::default());
             let shared = metrics.clone();
@@ -801,4 +801,10 @@ fn check_output_path(at: &str, path: &str) -> Result<(), EngineError> {
 /// The random part of a job id (what makes a run's file names its own).
 fn run_suffix(job_id: &str) -> &str {
     job_id.rsplit('-').next().unwrap_or(job_id)
+}
+
+/// How the file names of a run's file sinks begin (`part-<run>`, then `-<subtask>-<counter>`):
+/// what tells one run's files from another's under the same path.
+pub fn part_prefix(job_id: &str) -> String {
+    format!("part-{}", run_suffix(job_id))
 }
