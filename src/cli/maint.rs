@@ -77,8 +77,25 @@ fn describe(entry: &IndexEntry) -> (&'static str, String) {
     }
 }
 
-/// `rivulet recover STORE_URL [--commit] [--rebuild-index]`.
-pub async fn recover(env: &Env, url: &str, commit: bool, rebuild_index: bool) -> Result<()> {
+/// What `rivulet recover` does with the open uploads it lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Only list them.
+    List,
+    /// Commit each at its last token.
+    Commit,
+    /// Abort each: nothing is published (a cancelled job's files in progress, a copy not wanted).
+    Abort,
+}
+
+/// `rivulet recover STORE_URL [--commit | --abort] [--prefix P] [--rebuild-index]`.
+pub async fn recover(
+    env: &Env,
+    url: &str,
+    action: Finish,
+    prefix: Option<&str>,
+    rebuild_index: bool,
+) -> Result<()> {
     let store_url = location::store(url)?;
     let store = env.open_store(&store_url).await?;
     let store_name = store.describe();
@@ -108,10 +125,12 @@ pub async fn recover(env: &Env, url: &str, commit: bool, rebuild_index: bool) ->
         }
     }
     let mut entries = entries(&index, &store_name).await?;
+    entries.retain(|e| prefix.is_none_or(|p| e.key.starts_with(p)));
     entries.sort_by(|a, b| (&a.key, a.opened_at).cmp(&(&b.key, b.opened_at)));
     if entries.is_empty() {
+        let under = prefix.map(|p| format!(" under '{p}'")).unwrap_or_default();
         out.line(format_args!(
-            "no open uploads for {store_url} in the index {}",
+            "no open uploads{under} for {store_url} in the index {}",
             index.path()
         ))?;
         return out.flush();
@@ -133,15 +152,27 @@ pub async fn recover(env: &Env, url: &str, commit: bool, rebuild_index: bool) ->
             entry.key, entry.upload_id
         ))?;
     }
-    if !commit {
+    if action == Finish::List {
         return out.flush();
     }
     out.flush()?;
     let mut failed = false;
     for entry in &entries {
-        match finish(&writer, entry).await {
-            Ok(Some(size)) => out.line(format_args!("committed {} ({size} bytes)", entry.key))?,
-            Ok(None) => out.line(format_args!(
+        let done = if action == Finish::Abort {
+            writer
+                .abort_upload(&entry.key, &entry.upload_id)
+                .await
+                .map(|()| None)
+                .map_err(anyhow::Error::from)
+        } else {
+            finish(&writer, entry).await.map(|size| size.map(Some))
+        };
+        match done {
+            Ok(None) => out.line(format_args!("aborted {}", entry.key))?,
+            Ok(Some(Some(size))) => {
+                out.line(format_args!("committed {} ({size} bytes)", entry.key))?
+            }
+            Ok(Some(None)) => out.line(format_args!(
                 "skipped {}: never persisted, nothing to resume (gc aborts it)",
                 entry.key
             ))?,

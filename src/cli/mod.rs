@@ -242,8 +242,14 @@ pub enum Command {
         /// The store (s3://bucket, /path/to/store, ...)
         url: String,
         /// Commit every open upload at its last persisted length
-        #[arg(long)]
+        #[arg(long, conflicts_with = "abort")]
         commit: bool,
+        /// Abort every open upload instead (publishes nothing; deletes their staged tails)
+        #[arg(long)]
+        abort: bool,
+        /// Only the open uploads whose key starts with this prefix (e.g. a cancelled job's path)
+        #[arg(long, value_name = "KEY_PREFIX")]
+        prefix: Option<String>,
         /// First rebuild the index from the tails staged in the store (after the index was lost)
         #[arg(long)]
         rebuild_index: bool,
@@ -476,12 +482,15 @@ const RECOVER_HELP: &str = "\
 After a crash, the index still lists the uploads that were open, with their last token: a
 resume token (the file was persisted at some length) or a commit token (it was closed, the
 commit did not finish). Without options this lists them; --commit finishes each one at its
-persisted length; --rebuild-index first restores the index from the store (when it was lost).
-Uploads never persisted cannot be resumed: gc aborts them.
+persisted length; --abort abandons each one instead (nothing is published, its staged tails
+are deleted): the files a cancelled job left in progress, say; --prefix keeps to the keys under
+a prefix; --rebuild-index first restores the index from the store (when it was lost). Uploads
+never persisted cannot be resumed: gc aborts them.
 
 Examples:
   rivulet recover s3://bkt
   rivulet recover --commit s3://bkt
+  rivulet recover --abort --prefix out/nexmark-q10/ ./rivulet-data
   rivulet recover --rebuild-index --commit /srv/store";
 
 impl Command {
@@ -549,8 +558,17 @@ pub async fn run(env: &Env, command: Command) -> anyhow::Result<()> {
         Command::Recover {
             url,
             commit,
+            abort,
+            prefix,
             rebuild_index,
-        } => maint::recover(env, &url, commit, rebuild_index).await,
+        } => {
+            let action = match (commit, abort) {
+                (true, _) => maint::Finish::Commit,
+                (_, true) => maint::Finish::Abort,
+                _ => maint::Finish::List,
+            };
+            maint::recover(env, &url, action, prefix.as_deref(), rebuild_index).await
+        }
         Command::Gateway(args) => gateway::gateway(env, args).await,
         Command::Mount(args) => mount::mount(env, &args).await,
         Command::Bench {

@@ -620,6 +620,49 @@ fn recover_line<'a>(listing: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{key} is not listed: {listing}"))
 }
 
+/// `recover --abort --prefix`: a cancelled job's files in progress are abandoned, nothing is
+/// published, their tails go, and open uploads under other prefixes stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn recover_aborts_the_open_uploads_under_a_prefix() {
+    let fx = Fixture::new();
+    {
+        let store: DynStore = Arc::new(LocalStore::open(fx.path("store")).unwrap());
+        let index = Index::open(fx.path("index")).unwrap();
+        let config = WriterConfig {
+            cache_dir: fx.path("cache"),
+            ..WriterConfig::default()
+        };
+        let writer = RecoverableWriter::new(store, index, config).unwrap();
+        for key in ["out/job/a.csv", "out/job/b.csv", "keep/c.csv"] {
+            let mut file = writer.open(key).await.unwrap();
+            file.write(key.as_bytes()).await.unwrap();
+            file.persist().await.unwrap();
+            drop(file);
+        }
+    }
+    let store = fx.obj("");
+    let out = fx
+        .run(&["recover", "--abort", "--prefix", "out/job/", &store])
+        .ok()
+        .stdout_text();
+    assert!(
+        out.contains("aborted out/job/a.csv") && out.contains("aborted out/job/b.csv"),
+        "{out}"
+    );
+    assert!(!out.contains("aborted keep/c.csv"), "{out}");
+    let listing = fx.run(&["recover", &store]).ok().stdout_text();
+    recover_line(&listing, "keep/c.csv");
+    assert!(!listing.contains("out/job/"), "{listing}");
+    // Nothing published, and only keep/c.csv's tail is left.
+    let objects = fx.run(&["ls", "-r", &store]).ok().stdout_text();
+    let lines: Vec<&str> = objects.lines().collect();
+    assert_eq!(lines.len(), 1, "{objects}");
+    assert!(lines[0].starts_with(".rivulet/tails/"), "{objects}");
+    // --commit and --abort together are a usage error.
+    fx.run(&["recover", "--abort", "--commit", &store])
+        .fails_with(2, &["--abort", "--commit"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn recover_commits_what_a_crashed_writer_persisted() {
     let fx = Fixture::new();
