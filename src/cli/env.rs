@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use fs_core::error::StoreErrorKind;
 use fs_core::retry::RetryPolicy;
-use fs_core::store::{DynStore, StoreUrl, open_store};
+use fs_core::store::{DynStore, ListRequest, StoreUrl, open_store};
 use fs_core::{Index, RecoverableWriter, WriterConfig};
 
 use super::Global;
@@ -80,6 +81,32 @@ impl Env {
             }
             _ => anyhow::anyhow!("no such object '{key}' in {url}"),
         }
+    }
+
+    /// [`no_such_object`](Self::no_such_object) for a key whose HEAD found nothing. S3 answers
+    /// a HEAD with a bare 404 whether the key or the whole bucket is missing, so for S3 a
+    /// listing of the key (one entry) tells which: a missing bucket is named with the server's
+    /// own error. Other listing failures leave the plain message.
+    pub async fn missing_object(
+        &self,
+        store: &DynStore,
+        url: &StoreUrl,
+        key: &str,
+    ) -> anyhow::Error {
+        if let StoreUrl::S3(_) = url {
+            let request = ListRequest {
+                prefix: key.to_string(),
+                delimiter: None,
+                continuation: None,
+                max_keys: Some(1),
+            };
+            if let Err(e) = store.list(request).await
+                && e.kind() == StoreErrorKind::NotFound
+            {
+                return anyhow::anyhow!("no such object '{key}' in {url}: {e}");
+            }
+        }
+        Self::no_such_object(url, key)
     }
 
     fn index_path(&self) -> PathBuf {

@@ -165,7 +165,8 @@ pub async fn recover(
                 .map(|()| None)
                 .map_err(anyhow::Error::from)
         } else {
-            finish(&writer, entry).await.map(|size| size.map(Some))
+            // `Some(None)`: never persisted, skipped (`None` means aborted).
+            finish(&writer, entry).await.map(Some)
         };
         match done {
             Ok(None) => out.line(format_args!("aborted {}", entry.key))?,

@@ -85,11 +85,13 @@ pub async fn stat(env: &Env, url: &str) -> Result<()> {
         .open_existing_store(&store_url)
         .await?
         .ok_or_else(missing)?;
-    let meta = env
+    let Some(meta) = env
         .retry_for(&store_url)
         .run(|| store.head_opt(&key))
         .await?
-        .ok_or_else(missing)?;
+    else {
+        return Err(env.missing_object(&store, &store_url, &key).await);
+    };
     let mut out = Out::new();
     out.line(format_args!("Key:           {}", meta.key))?;
     out.line(format_args!("Store:         {store_url}"))?;
@@ -149,7 +151,7 @@ async fn rm_one(env: &Env, url: &str, force: bool) -> Result<()> {
         if force {
             return Ok(());
         }
-        return Err(Env::no_such_object(&store_url, &key));
+        return Err(env.missing_object(&store, &store_url, &key).await);
     }
     env.retry_for(&store_url).run(|| store.delete(&key)).await?;
     env.say(format_args!("removed {key}"));

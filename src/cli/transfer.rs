@@ -116,10 +116,9 @@ async fn open_source(env: &Env, url: &StoreUrl, key: &str) -> Result<Source> {
     let missing = || Env::no_such_object(url, key);
     let store = env.open_existing_store(url).await?.ok_or_else(missing)?;
     let retry = env.retry_for(url);
-    let meta = retry
-        .run(|| store.head_opt(key))
-        .await?
-        .ok_or_else(missing)?;
+    let Some(meta) = retry.run(|| store.head_opt(key)).await? else {
+        return Err(env.missing_object(&store, url, key).await);
+    };
     Ok(Source {
         store,
         retry,

@@ -125,7 +125,10 @@ impl Session {
             Err(e @ WriterError::Commit { .. }) => {
                 let token = committer.token();
                 self.forget(&token.key, &token.upload_id).await;
-                Err(e.into())
+                Err(anyhow!(
+                    "{}; nothing was written (the upload was aborted): run the command again",
+                    chain(&e.into())
+                ))
             }
             Err(e) => Err(anyhow!(
                 "{}; the closed upload is kept: `rivulet recover {} --commit` retries the commit",

@@ -263,6 +263,72 @@ fn cp_needs_a_store_url_on_one_side() {
     );
 }
 
+/// Two appends to one object that overlap (two processes with their own index, as on two
+/// machines): the one that commits second fails, in one line that names the object, the
+/// cause and what to do, and the first one's bytes stay.
+#[test]
+fn overlapping_appends_fail_the_second_to_commit() {
+    let fx = Fixture::new();
+    fx.run_with_stdin(&["append", &fx.obj("shared.log")], b"base\n")
+        .ok();
+    let mut slow = fx
+        .command(&["append", &fx.obj("shared.log"), "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rivulet");
+    let mut stdin = slow.stdin.take().unwrap();
+    stdin.write_all(b"slow\n").unwrap();
+    // The slow append has read the object and opened its upload: it appends to "base\n".
+    wait_for_upload(&fx, false, "the slow append never opened its upload");
+    let mut fast = Command::new(&fx.bin)
+        .arg("--index")
+        .arg(fx.path("other-index"))
+        .arg("--cache-dir")
+        .arg(fx.path("other-cache"))
+        .args(["append", &fx.obj("shared.log"), "-"])
+        .env_remove("RIVULET_INDEX")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rivulet");
+    fast.stdin.take().unwrap().write_all(b"fast\n").unwrap();
+    let fast: Run = fast.wait_with_output().expect("wait for rivulet").into();
+    fast.ok();
+    drop(stdin);
+    let slow: Run = slow.wait_with_output().expect("wait for rivulet").into();
+    let slow = slow.fails_with(1, &["shared.log", "changed since", "run the command again"]);
+    assert_eq!(slow.stderr.trim_end().lines().count(), 1, "{}", slow.stderr);
+    assert_eq!(read(&fx.path("store/shared.log")), b"base\nfast\n");
+}
+
+/// A length no file of this part size can have fails at once, creating nothing (it used to
+/// write zeros until the 10,000th part, or until the disk was full).
+#[test]
+fn truncate_past_the_part_limit_fails_at_once() {
+    let fx = Fixture::new();
+    let started = Instant::now();
+    let run = fx
+        .run(&["truncate", &fx.obj("huge.img"), "80GiB"])
+        .fails_with(1, &["huge.img", "10,000 parts", "larger part size"]);
+    assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!fx.path("store/huge.img").exists());
+    let uploads = fx.path("store/.rivulet-store/uploads");
+    assert_eq!(
+        std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(0),
+        0,
+        "the upload was aborted"
+    );
+}
+
 #[test]
 fn append_twice_then_cat() {
     let fx = Fixture::new();

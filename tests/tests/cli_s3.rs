@@ -204,3 +204,59 @@ fn missing_credentials_and_a_dead_endpoint_say_what_to_fix() {
     );
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
+
+/// A server's error answer is one line with its code, message and request id, and no Debug dump
+/// of the SDK's error (errors the SDK does not model, like NoSuchBucket on
+/// CreateMultipartUpload, used to end in `unhandled error (…): Error { code: … }`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_one_line_without_a_debug_dump() {
+    let server = TestServer::moto().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli {
+        server: &server,
+        dir: dir.path(),
+    };
+    let file = dir.path().join("f.bin");
+    std::fs::write(&file, b"bytes").unwrap();
+    let missing = "s3://rivulet-no-such-bucket/dir/f.bin";
+    for args in [
+        vec!["cp", file.to_str().unwrap(), missing],
+        vec!["append", missing, file.to_str().unwrap()],
+        vec!["truncate", missing, "3"],
+        vec!["ls", "s3://rivulet-no-such-bucket/dir/"],
+    ] {
+        let out = cli.run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains("NoSuchBucket"), "{args:?}: {stderr}");
+        assert!(stderr.contains("request id"), "{args:?}: {stderr}");
+        for dump in ["Error {", "unhandled error", "service error"] {
+            assert!(!stderr.contains(dump), "{args:?}: no {dump:?} in {stderr}");
+        }
+    }
+    // A HEAD's 404 has no body to tell a missing bucket from a missing key: reads say which.
+    for args in [
+        vec!["cat", missing],
+        vec!["stat", missing],
+        vec!["rm", missing],
+        vec!["cp", missing, dir.path().join("down").to_str().unwrap()],
+    ] {
+        let out = cli.run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("dir/f.bin") && stderr.contains("NoSuchBucket"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A missing key of a bucket that exists is just that.
+    let out = cli.run(&["cat", &format!("s3://{}/no/such/key", server.bucket())]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no such object 'no/such/key'") && !stderr.contains("NoSuchBucket"),
+        "{stderr}"
+    );
+}

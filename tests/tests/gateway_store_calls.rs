@@ -153,6 +153,9 @@ impl ObjectStore for LargestBody {
     fn reads_parts(&self) -> bool {
         self.inner.reads_parts()
     }
+    fn enforces_complete_conditions(&self) -> bool {
+        self.inner.enforces_complete_conditions()
+    }
     async fn get(
         &self,
         key: &str,

@@ -218,6 +218,10 @@ impl ObjectStore for FaultStore {
         self.inner.requires_contiguous_parts()
     }
 
+    fn enforces_complete_conditions(&self) -> bool {
+        self.inner.enforces_complete_conditions()
+    }
+
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, StoreError> {
         self.run(Op::Get, key, self.inner.get(key, range)).await
     }

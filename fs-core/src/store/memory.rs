@@ -199,6 +199,10 @@ impl ObjectStore for MemoryStore {
         self.contiguous_parts
     }
 
+    fn enforces_complete_conditions(&self) -> bool {
+        true
+    }
+
     fn reads_parts(&self) -> bool {
         self.part_reads
     }

@@ -329,6 +329,14 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
         false
     }
 
+    /// Whether CompleteMultipartUpload applies its `If-Match` / `If-None-Match` atomically, so
+    /// that a writer need not check the condition itself first (one HEAD per conditional
+    /// commit). Not assumed of S3 APIs (moto and s3s-fs ignore them on complete); the local and
+    /// memory stores enforce them.
+    fn enforces_complete_conditions(&self) -> bool {
+        false
+    }
+
     /// Reads the whole object, or `range` of it (end exclusive, clamped to the object's size).
     /// A range that starts at or past the end is `InvalidRange` (except `0..` of an empty object).
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, StoreError>;

@@ -615,7 +615,14 @@ where
         ),
         _ => (StoreErrorKind::Other, cause_chain(&err)),
     };
-    StoreError::new(kind, op, key, detail).with_source(err)
+    let error = StoreError::new(kind, op, key, detail);
+    if matches!(err, SdkError::ServiceError(_)) {
+        // The detail has the status, code, message and request id. The SDK error's own causes
+        // add only "service error" and, for errors it does not model, a Debug dump of the
+        // answer's metadata, which error chains would print.
+        return error;
+    }
+    error.with_source(err)
 }
 
 /// An error and its causes, outermost first, as one line. The SDK's wrappers often repeat their

@@ -175,7 +175,46 @@ impl Committer {
             == Some(meta.etag.as_str())
     }
 
+    /// Checks a conditional commit's condition (`If-Match` of appends and truncates,
+    /// `If-None-Match` of new files that must not replace one, as the engine's part files) against
+    /// the object before completing. CompleteMultipartUpload carries the condition too, but
+    /// S3-compatible servers that ignore it there exist (moto and s3s-fs do): without this check,
+    /// an append that overlapped another append of the same key would replace it silently. It
+    /// narrows the window to the time between the HEAD and the completion; only a server that
+    /// enforces the condition closes it. Where the object no longer fits the condition, it may
+    /// be this commit's own (a retry after a lost answer), which `verify_committed` tells. It
+    /// costs one HEAD per conditional commit; stores that enforce conditions skip it.
+    async fn condition_holds(&self) -> Result<Option<CommitOutcome>, WriterError> {
+        let t = &self.token;
+        let store = &self.shared.store;
+        if matches!(t.condition, PutCondition::None) || store.enforces_complete_conditions() {
+            return Ok(None);
+        }
+        let current = self
+            .shared
+            .config
+            .retry
+            .run(|| store.head_opt(&t.key))
+            .await?;
+        let why = match (&t.condition, &current) {
+            (PutCondition::IfMatch(etag), Some(meta)) if &meta.etag == etag => return Ok(None),
+            (PutCondition::IfNoneMatch, None) => return Ok(None),
+            (PutCondition::IfMatch(etag), Some(meta)) => format!(
+                "checked before completing: the object's ETag is {}, not {etag}",
+                meta.etag
+            ),
+            (PutCondition::IfMatch(_), None) => {
+                "checked before completing: the object was deleted".to_string()
+            }
+            _ => "checked before completing: the object was created meanwhile".to_string(),
+        };
+        self.verify_committed(&why).await.map(Some)
+    }
+
     async fn complete(&self) -> Result<CommitOutcome, WriterError> {
+        if let Some(done) = self.condition_holds().await? {
+            return Ok(done);
+        }
         let t = &self.token;
         let parts: Vec<CompletedPart> = t
             .parts

@@ -484,7 +484,7 @@ impl FileWriter {
     /// `max_in_flight` uploads are running this waits for one to finish.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), WriterError> {
         self.check_open("write")?;
-        self.check_part_limit(data.len())?;
+        self.check_part_limit(data.len() as u64)?;
         let part_size = self.shared.config.part_size as usize;
         let mut rest = data;
         while !rest.is_empty() {
@@ -507,7 +507,7 @@ impl FileWriter {
     /// their parts are uploaded; the rest is copied as by `write`.
     pub async fn write_bytes(&mut self, mut data: Bytes) -> Result<(), WriterError> {
         self.check_open("write")?;
-        self.check_part_limit(data.len())?;
+        self.check_part_limit(data.len() as u64)?;
         let part_size = self.shared.config.part_size as usize;
         while self.tail.is_empty() && data.len() >= part_size {
             let part = data.split_to(part_size);
@@ -518,14 +518,15 @@ impl FileWriter {
 
     /// Fails before anything is written if `len` more bytes would take the file past the last
     /// part number. One part number stays reserved for the final tail.
-    fn check_part_limit(&self, len: usize) -> Result<(), WriterError> {
-        let part_size = self.shared.config.part_size as usize;
-        let new_parts = (self.tail.len() + len) / part_size;
-        if u64::from(self.next_part) + new_parts as u64 > u64::from(limits::MAX_PART_NUMBER) {
+    fn check_part_limit(&self, len: u64) -> Result<(), WriterError> {
+        let part_size = self.shared.config.part_size;
+        let new_parts = (self.tail.len() as u64).saturating_add(len) / part_size;
+        if u64::from(self.next_part).saturating_add(new_parts) > u64::from(limits::MAX_PART_NUMBER)
+        {
             return Err(WriterError::TooManyParts {
                 key: self.key.clone(),
-                part_size: part_size as u64,
-                max_len: max_file_len(part_size as u64),
+                part_size,
+                max_len: max_file_len(part_size),
             });
         }
         Ok(())
@@ -837,6 +838,9 @@ impl FileWriter {
         self.check_open("truncate")?;
         let current = self.len();
         if len >= current {
+            // All at once, before any zeros are written: growing past the last part number
+            // would otherwise upload up to the limit's worth of zeros, then fail.
+            self.check_part_limit(len - current)?;
             return self.write_zeros(len - current).await;
         }
         self.wait_all().await?;

@@ -209,6 +209,11 @@ impl ObjectStore for LocalStore {
         format!("file://{}", self.inner.root.display())
     }
 
+    /// Complete checks its condition under the store's write lock.
+    fn enforces_complete_conditions(&self) -> bool {
+        true
+    }
+
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, StoreError> {
         let k = key.to_string();
         self.run("get", key, move |s| s.get(&k, range)).await
