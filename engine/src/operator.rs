@@ -7,7 +7,7 @@
 //! runtime handle.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fs_core::RecoverableWriter;
 
@@ -107,6 +107,17 @@ pub trait Operator: Send {
     fn finish(&mut self, _out: &mut dyn Output) -> Result<(), EngineError> {
         Ok(())
     }
+
+    /// The user cancelled the job: its subtasks have stopped and nothing will ever resume
+    /// this run (a failed attempt that restarts is not abandoned: its next attempt restores
+    /// the operators from a checkpoint). Called once, on the task's thread, before the
+    /// operator is dropped. `completed` is the latest checkpoint the job master completed:
+    /// a sink publishes what checkpoints up to it made pending (their completion's notice may
+    /// not have reached it) and abandons the rest of its output (files in progress, files no
+    /// completed checkpoint covers). Store calls not started by `deadline` are given up.
+    /// Nothing is returned: the cancel completes whatever fails here, so failures are logged,
+    /// naming what is left behind.
+    fn abandon(&mut self, _ctx: &TaskContext, _completed: Option<u64>, _deadline: Instant) {}
 }
 
 /// How often the runtime calls [`Operator::tick`].

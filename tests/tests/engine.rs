@@ -19,8 +19,9 @@ use tempfile::TempDir;
 mod engine_support;
 
 use engine_support::{
-    Process, TOKEN, assert_same_output, job_file, open_uploads, output_lines, put_object,
-    reference_output, rest, rest_text, start_jobmanager, tails_after_gc,
+    Process, TOKEN, assert_same_output, job_file, leftover_tails, many_buckets_job, open_uploads,
+    output_lines, published_files, put_object, reference_output, rest, rest_text, start_jobmanager,
+    tails_after_gc,
 };
 
 struct Cluster {
@@ -587,6 +588,63 @@ fn a_cancelled_job_stops_and_says_so_and_unknown_jobs_are_404() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-job"), "{err}");
+}
+
+/// A user's cancel (REST) of a job with files in progress in thousands of buckets, on two
+/// task managers: once the job is CANCELED, every file its checkpoints did not publish is
+/// abandoned (no open upload, no tail), and what they published stays as it was.
+#[test]
+fn a_cancelled_job_abandons_its_files_in_progress_on_every_task_manager() {
+    let cluster = Cluster::new();
+    let job = cluster.submit(&many_buckets_job(1_000));
+    cluster.wait_until_running(&job);
+    let path = format!("/jobs/{job}/checkpoints");
+    cluster.wait_for("checkpoints and files in progress", 60, || {
+        let completed = cluster.rest("GET", &path).1["counts"]["completed"].as_u64();
+        (completed >= Some(2)
+            && open_uploads(&cluster.store) >= 200
+            && !published_files(&cluster.store).is_empty())
+        .then_some(())
+    });
+    let published = published_files(&cluster.store);
+    assert!(
+        !published.is_empty(),
+        "no file was published before the cancel"
+    );
+    let in_progress = open_uploads(&cluster.store);
+
+    let started = Instant::now();
+    let (code, body) = cluster.rest("POST", &format!("/jobs/{job}/cancel"));
+    assert_eq!(code, 202, "{body}");
+    cluster.wait_for("the job to be cancelled", 90, || {
+        (cluster.state(&job).as_deref() == Some("CANCELED")).then_some(())
+    });
+    eprintln!(
+        "cancelled with {in_progress} open uploads in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        open_uploads(&cluster.store),
+        0,
+        "uploads left open{}",
+        cluster.logs()
+    );
+    let tails = leftover_tails(&cluster.store);
+    assert!(
+        tails.is_empty(),
+        "{} tails left: {:?}",
+        tails.len(),
+        &tails[..tails.len().min(3)]
+    );
+    let after = published_files(&cluster.store);
+    for (file, size) in &published {
+        assert_eq!(
+            after.get(file),
+            Some(size),
+            "{} changed or went",
+            file.display()
+        );
+    }
 }
 
 #[test]

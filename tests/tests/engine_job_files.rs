@@ -12,7 +12,9 @@ use tempfile::TempDir;
 
 mod engine_support;
 
-use engine_support::output_lines;
+use engine_support::{
+    leftover_tails, many_buckets_job, open_uploads, output_lines, published_files,
+};
 
 fn run(dir: &Path, job: &str) -> Output {
     let file = dir.join("job.toml");
@@ -294,4 +296,75 @@ fn zero_slots_or_task_managers_are_refused() {
             "{stderr}"
         );
     }
+}
+
+/// Ctrl-C on `rivulet run` (the embedded cluster) of a job with files in progress in thousands
+/// of buckets: the run is cancelled, what its checkpoints published stays, and every other
+/// file is abandoned: no open upload, no tail, nothing for `rivulet recover` to list.
+#[test]
+fn an_interrupted_run_abandons_its_files_in_progress() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("job.toml");
+    fs::write(&file, many_buckets_job(5_000)).unwrap();
+    let store = dir.path().join("store");
+    let index = dir.path().join("index");
+    let child = Command::new(rivulet_bin())
+        .args(["run", "--store"])
+        .arg(&store)
+        .arg(&file)
+        .env("RIVULET_INDEX", &index)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running rivulet");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while open_uploads(&store) < 300 || published_files(&store).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not get going in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // A checkpoint or two more, so that files in progress have tails.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let published = published_files(&store);
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("the run ended {:?} after SIGINT", started.elapsed());
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("the job was cancelled"), "{stderr}");
+    assert_eq!(open_uploads(&store), 0, "{stderr}");
+    assert!(leftover_tails(&store).is_empty(), "{stderr}");
+    let after = published_files(&store);
+    for (file, size) in &published {
+        assert_eq!(
+            after.get(file),
+            Some(size),
+            "{} changed or went",
+            file.display()
+        );
+    }
+    // The index lists nothing either: `rivulet recover` has nothing to resume or abort.
+    let out = Command::new(rivulet_bin())
+        .args(["recover", "--index"])
+        .arg(&index)
+        .arg(&store)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("out/bids/"),
+        "rivulet recover lists files: {text}"
+    );
 }

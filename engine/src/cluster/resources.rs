@@ -20,12 +20,15 @@ use crate::graph::JobGraph;
 use crate::runtime::executor::{DeployRequest, Placement};
 use crate::runtime::master::TaskManagers;
 use crate::runtime::metrics::JobMetrics;
-use crate::runtime::task::{SubtaskId, TaskControl, TaskEvent};
+use crate::runtime::task::{StopMode, SubtaskId, TaskControl, TaskEvent};
 
 /// How long a deploy may take on a task manager (it builds operators and opens connections).
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a cancel may take (subtasks finish their current store call).
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long a cancel may take (subtasks finish their current store call, 30 s at most on the
+/// task manager's side; after a user's cancel they abandon their files too, for at most
+/// `ABANDON_TIME` more).
+const CANCEL_TIMEOUT: Duration =
+    Duration::from_secs(40).saturating_add(crate::runtime::executor::ABANDON_TIME);
 
 /// A request waiting for its answer: ("deploy" | "cancel", job id, attempt).
 type RequestKey = (&'static str, String, u32);
@@ -471,11 +474,12 @@ impl TaskManagers for ResourceManager {
         }
     }
 
-    fn cancel(&self, task_manager: &str, job_id: &str, attempt: u32) {
+    fn cancel(&self, task_manager: &str, job_id: &str, attempt: u32, mode: StopMode) {
         if let Some(tm) = self.find(task_manager) {
             let message = ToTaskManager::Cancel {
                 job_id: job_id.to_string(),
                 attempt,
+                mode,
             };
             if let Err(e) = tm.request("cancel", job_id, attempt, &message, CANCEL_TIMEOUT) {
                 tracing::warn!("cancelling {job_id} on {task_manager}: {e}");

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::runtime::executor::DeployRequest;
 use crate::runtime::network::{read_frame, write_frame};
-use crate::runtime::task::{SubtaskId, TaskControl, TaskEvent};
+use crate::runtime::task::{StopMode, SubtaskId, TaskControl, TaskEvent};
 
 /// What a task manager writes first on its connection.
 pub const MAGIC: &[u8; 4] = b"RVRP";
@@ -81,6 +81,10 @@ pub enum ToTaskManager {
     Cancel {
         job_id: String,
         attempt: u32,
+        /// Whether the sinks keep their files for the next attempt (a failed attempt) or
+        /// abandon them (the user cancelled the job). Absent from an older job manager: keep.
+        #[serde(default)]
+        mode: StopMode,
     },
 }
 

@@ -431,8 +431,12 @@ impl TaskManager {
                     subtask,
                     control,
                 } => executor.control(&job_id, attempt, subtask, control),
-                ToTaskManager::Cancel { job_id, attempt } => {
-                    executor.cancel(&job_id, attempt);
+                ToTaskManager::Cancel {
+                    job_id,
+                    attempt,
+                    mode,
+                } => {
+                    executor.cancel(&job_id, attempt, mode);
                     if let Err(e) = send(&writer, &ToJobManager::Cancelled { job_id, attempt }) {
                         break Err(lost(e));
                     }

@@ -1,7 +1,7 @@
 //! A chain of operators run by one task: each operator's output is a direct call into the
 //! next one (no serialization, no thread hand-off), and the last one's goes to the network.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::exchange::NetworkOutput;
 use crate::data::{Record, Timestamp};
@@ -210,5 +210,13 @@ impl Chain {
                 .map_err(|e| in_operator(&op.ctx, e))?;
         }
         Ok(())
+    }
+
+    /// The user cancelled the job and the subtask has stopped: every operator abandons the
+    /// run (see `Operator::abandon`).
+    pub fn abandon(&mut self, completed: Option<u64>, deadline: Instant) {
+        for op in &mut self.operators {
+            op.operator.abandon(&op.ctx, completed, deadline);
+        }
     }
 }

@@ -13,7 +13,7 @@ use crossbeam_channel::Sender;
 use super::executor::{DeployRequest, Placement, TaskExecutor};
 use super::master::{JobEnvironment, JobMaster, JobShared, JobState, TaskManagers};
 use super::metrics::JobMetrics;
-use super::task::{SubtaskId, TaskControl, TaskEvent};
+use super::task::{StopMode, SubtaskId, TaskControl, TaskEvent};
 use crate::error::EngineError;
 use crate::graph::JobGraph;
 
@@ -75,8 +75,8 @@ impl TaskManagers for LocalTaskManagers {
         self.executor.control(job_id, attempt, subtask, message);
     }
 
-    fn cancel(&self, _task_manager: &str, job_id: &str, attempt: u32) {
-        self.executor.cancel(job_id, attempt);
+    fn cancel(&self, _task_manager: &str, job_id: &str, attempt: u32, mode: StopMode) {
+        self.executor.cancel(job_id, attempt, mode);
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use super::master::JobEnvironment;
 use super::metrics::JobMetrics;
 use super::network::{self, ChannelKey, InboundChannels};
 use super::plan::ExecutionPlan;
-use super::task::{SourceRunner, Subtask, SubtaskId, TaskControl, TaskEvent};
+use super::task::{Abandon, SourceRunner, StopMode, Subtask, SubtaskId, TaskControl, TaskEvent};
 use crate::error::EngineError;
 use crate::graph::{JobGraph, Partitioning, VertexKind};
 use crate::operator::TaskContext;
@@ -67,7 +67,19 @@ struct Running {
     threads: Vec<JoinHandle<()>>,
     controls: HashMap<SubtaskId, Sender<TaskControl>>,
     cancelled: Arc<AtomicBool>,
+    abandon: Arc<OnceLock<Abandon>>,
 }
+
+/// How long the subtasks of a cancelled job may spend abandoning their files (aborting
+/// uploads, a few store calls each, 32 at a time per sink subtask) once they have stopped,
+/// before they give up on the rest. A cancel waits this much longer for a subtask's thread
+/// (see [`TaskExecutor::cancel`]); a job manager waits for a task manager's answer longer
+/// still.
+pub const ABANDON_TIME: Duration = Duration::from_secs(20);
+
+/// How long a cancel waits for a subtask to stop (one stuck in a store call against a dead
+/// backend is left behind).
+const STOP_TIME: Duration = Duration::from_secs(30);
 
 /// Runs subtasks for job masters.
 pub struct TaskExecutor {
@@ -143,6 +155,7 @@ impl TaskExecutor {
         }
 
         let cancelled = Arc::new(AtomicBool::new(false));
+        let abandon = Arc::new(OnceLock::new());
         let (outputs, inputs) = self.wire(&plan, request)?;
         let (mut outputs, mut inputs) = (outputs, inputs);
         let mut controls = HashMap::new();
@@ -229,6 +242,7 @@ impl TaskExecutor {
                     control: control_rx,
                     events: events.clone(),
                     cancelled: cancelled.clone(),
+                    abandon: abandon.clone(),
                     storage: storage.clone(),
                     metrics: metrics.clone(),
                 });
@@ -255,6 +269,7 @@ impl TaskExecutor {
                     threads,
                     controls,
                     cancelled,
+                    abandon,
                 },
             );
         }
@@ -365,7 +380,11 @@ impl TaskExecutor {
     /// Stops an attempt's subtasks here and waits for their threads (for up to 30 s: a
     /// subtask stuck in a store call against a dead backend is left behind). Waiting matters:
     /// the next attempt resumes the same uploads, which an old subtask must no longer touch.
-    pub fn cancel(&self, job_id: &str, attempt: u32) {
+    /// With [`StopMode::Abandon`] (the user cancelled the job) each subtask abandons its
+    /// operators' output once it has stopped, before its thread ends: when this returns, the
+    /// sinks have published what completed checkpoints made pending and aborted the rest
+    /// (within [`ABANDON_TIME`] of stopping; the wait is that much longer).
+    pub fn cancel(&self, job_id: &str, attempt: u32, mode: StopMode) {
         let removed = self
             .running
             .lock()
@@ -375,12 +394,23 @@ impl TaskExecutor {
             inbound.forget(job_id, attempt);
         }
         let Some(running) = removed else { return };
+        if let StopMode::Abandon { completed } = mode {
+            // Before the flag: a subtask that sees it stopped must find this set.
+            let _ = running.abandon.set(Abandon {
+                completed,
+                budget: ABANDON_TIME,
+            });
+        }
         running.cancelled.store(true, Ordering::SeqCst);
         for control in running.controls.values() {
             let _ = control.send(TaskControl::Cancel);
         }
         drop(running.controls);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let wait = match mode {
+            StopMode::Keep => STOP_TIME,
+            StopMode::Abandon { .. } => STOP_TIME + ABANDON_TIME,
+        };
+        let deadline = Instant::now() + wait;
         for thread in running.threads {
             while !thread.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
@@ -388,7 +418,7 @@ impl TaskExecutor {
             if thread.is_finished() {
                 let _ = thread.join();
             } else {
-                tracing::warn!(job = %job_id, "a subtask did not stop within 30 s of its cancellation");
+                tracing::warn!(job = %job_id, "a subtask did not stop within {wait:?} of its cancellation");
             }
         }
     }
@@ -398,13 +428,15 @@ impl TaskExecutor {
     pub fn cancel_all(&self) -> usize {
         let running = self.running();
         for (job, attempt) in &running {
-            self.cancel(job, *attempt);
+            // Cut off from its job manager, which will restart the job elsewhere: the files
+            // stay for the next attempt to resume.
+            self.cancel(job, *attempt, StopMode::Keep);
         }
         running.len()
     }
 
     /// Forgets an attempt that ended by itself (its subtasks finished).
     pub fn finished(&self, job_id: &str, attempt: u32) {
-        self.cancel(job_id, attempt);
+        self.cancel(job_id, attempt, StopMode::Keep);
     }
 }

@@ -16,7 +16,7 @@ use super::element::Barrier;
 use super::executor::{DeployRequest, Placement};
 use super::metrics::{CheckpointRecord, JobMetrics, millis_rounded_up};
 use super::plan::ExecutionPlan;
-use super::task::{SubtaskId, TaskControl, TaskEvent};
+use super::task::{StopMode, SubtaskId, TaskControl, TaskEvent};
 use crate::error::EngineError;
 use crate::graph::{JobGraph, RestartStrategy};
 
@@ -44,8 +44,9 @@ pub trait TaskManagers: Send + Sync {
         subtask: SubtaskId,
         message: TaskControl,
     );
-    /// Stops the attempt's subtasks on `task_manager` and waits for them.
-    fn cancel(&self, task_manager: &str, job_id: &str, attempt: u32);
+    /// Stops the attempt's subtasks on `task_manager` and waits for them; with
+    /// [`StopMode::Abandon`] (a user's cancel) until they have abandoned their output too.
+    fn cancel(&self, task_manager: &str, job_id: &str, attempt: u32, mode: StopMode);
 }
 
 /// Where a job runs: its store, the writer service over it, and the runtime for store calls.
@@ -183,6 +184,9 @@ pub struct JobMaster {
     /// whatever ended the one before (too many declines, a failed snapshot, a lost task
     /// manager): as in Flink, every attempt gets the full allowance.
     declined_in_a_row: u32,
+    /// The latest checkpoint completed in this run (restored from, or completed by an
+    /// attempt): a user's cancel has the sinks publish what it made pending.
+    latest_completed: Option<u64>,
 }
 
 impl JobMaster {
@@ -201,6 +205,7 @@ impl JobMaster {
             storage,
             next_checkpoint_id: 1,
             declined_in_a_row: 0,
+            latest_completed: None,
         }
     }
 
@@ -223,6 +228,7 @@ impl JobMaster {
             let restore = self.storage.latest()?;
             if let Some(m) = &restore {
                 self.next_checkpoint_id = self.next_checkpoint_id.max(m.checkpoint_id + 1);
+                self.latest_completed = self.latest_completed.max(Some(m.checkpoint_id));
                 tracing::info!(
                     job = %self.shared.job_id,
                     checkpoint = m.checkpoint_id,
@@ -242,7 +248,23 @@ impl JobMaster {
                         self.shared.metrics.add_restore(id);
                     }
                     let outcome = self.coordinate(&deployment);
-                    self.tear_down(&deployment);
+                    // Only the user's cancel abandons the run's files: after a failure (a
+                    // lost task manager included) the next attempt resumes them.
+                    let mode = match outcome {
+                        Outcome::Canceled => {
+                            tracing::info!(
+                                job = %self.shared.job_id,
+                                checkpoint = self.latest_completed,
+                                "cancelled: stopping the subtasks and abandoning the files \
+                                 no completed checkpoint published"
+                            );
+                            StopMode::Abandon {
+                                completed: self.latest_completed,
+                            }
+                        }
+                        Outcome::Finished | Outcome::Failed(_) => StopMode::Keep,
+                    };
+                    self.tear_down(&deployment, mode);
                     outcome
                 }
                 Err(e) => Outcome::Failed(format!("deploying the job: {e}")),
@@ -352,7 +374,7 @@ impl JobMaster {
                 events_tx.clone(),
                 self.shared.metrics.clone(),
             ) {
-                self.tear_down(&deployment);
+                self.tear_down(&deployment, StopMode::Keep);
                 return Err(e);
             }
         }
@@ -371,11 +393,17 @@ impl JobMaster {
         }
     }
 
-    fn tear_down(&self, deployment: &Deployment) {
-        for tm in &deployment.task_managers {
-            self.task_managers
-                .cancel(tm, &self.shared.job_id, deployment.attempt);
-        }
+    /// Stops the attempt's subtasks on every task manager and waits for them. Every task
+    /// manager is told at once and the waits overlap: after a user's cancel
+    /// (`StopMode::Abandon`) each abandons its sinks' files, which takes store calls.
+    fn tear_down(&self, deployment: &Deployment, mode: StopMode) {
+        let (task_managers, job, attempt) =
+            (&self.task_managers, &self.shared.job_id, deployment.attempt);
+        std::thread::scope(|scope| {
+            for tm in &deployment.task_managers {
+                scope.spawn(move || task_managers.cancel(tm, job, attempt, mode));
+            }
+        });
     }
 
     fn trigger(&mut self, deployment: &Deployment, is_final: bool) -> PendingCheckpoint {
@@ -549,6 +577,7 @@ impl JobMaster {
             return Ok(false);
         }
         self.declined_in_a_row = 0;
+        self.latest_completed = self.latest_completed.max(Some(p.id));
         self.shared.metrics.record_checkpoint(CheckpointRecord {
             id: p.id,
             completed: true,

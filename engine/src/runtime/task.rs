@@ -2,8 +2,8 @@
 //! into its chain; any other subtask reads its input gate into its chain. Both take part in
 //! checkpoints (barriers) and answer the job master's control messages.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError};
@@ -31,6 +31,33 @@ pub enum TaskControl {
     TriggerCheckpoint(Barrier),
     CheckpointComplete(u64),
     Cancel,
+}
+
+/// How an attempt's subtasks are stopped, as the job master decides when it tears the attempt
+/// down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum StopMode {
+    /// The attempt failed (a subtask failed, a task manager was lost) and the job restarts
+    /// from its latest completed checkpoint, or the attempt ended by itself: whatever the
+    /// sinks have in progress stays as it is, for the next attempt to resume.
+    #[default]
+    Keep,
+    /// The user cancelled the job: nothing will ever resume this run. Once stopped, each
+    /// subtask's operators abandon it ([`crate::operator::Operator::abandon`]): sinks publish
+    /// what checkpoints up to `completed` (the latest one the job master completed) made
+    /// pending, and abort every other file of theirs.
+    Abandon { completed: Option<u64> },
+}
+
+/// A user's cancel as a stopped subtask sees it: see [`StopMode::Abandon`].
+#[derive(Debug, Clone, Copy)]
+pub struct Abandon {
+    pub completed: Option<u64>,
+    /// How long the operators may take, from when the subtask has stopped: store calls not
+    /// started by then are given up (and logged), so that a dead store cannot hold the cancel
+    /// for long. Counted from the stop, not from the cancel: a subtask busy with a checkpoint
+    /// of thousands of files when the cancel comes must not find its time used up.
+    pub budget: Duration,
 }
 
 /// What a subtask tells the job master.
@@ -79,6 +106,9 @@ pub struct Subtask {
     pub control: Receiver<TaskControl>,
     pub events: Sender<TaskEvent>,
     pub cancelled: Arc<AtomicBool>,
+    /// Set (before `cancelled`) when the attempt is stopped because the user cancelled the
+    /// job: the subtask's operators then abandon the run once it has stopped.
+    pub abandon: Arc<OnceLock<Abandon>>,
     pub storage: Arc<CheckpointStorage>,
     pub metrics: Arc<JobMetrics>,
 }
@@ -124,6 +154,14 @@ impl Subtask {
             self.run_inputs()
         };
         self.publish_metrics();
+        if result.is_err()
+            && let Some(abandon) = self.abandon.get()
+        {
+            // Stopped by the user's cancel (whichever way the subtask noticed it first: the
+            // flag, the control message, or a channel of an upstream subtask that stopped).
+            self.chain
+                .abandon(abandon.completed, Instant::now() + abandon.budget);
+        }
         let event = match result {
             Ok(()) => TaskEvent::Finished(id),
             Err(EngineError::Cancelled) => return,

@@ -75,6 +75,20 @@
 //! upload's parts and a read of the tail). Its bytes are all in the store by then: the token
 //! was persisted, and nothing was written after it.
 //!
+//! ## Cancelled runs
+//!
+//! A run the user cancels is never resumed (running the job again starts a new run), so its
+//! files in progress would be garbage: open uploads with their tails and index entries. Once
+//! the subtask has stopped, the runtime calls [`Operator::abandon`] with the latest
+//! checkpoint the job master completed (only for a user's cancel: an attempt that fails, or
+//! a task manager that is lost, keeps everything for the next attempt to resume). The sink
+//! then publishes the files pending for checkpoints up to that one (its notice may not have
+//! arrived; publishing is idempotent) and aborts every other file it holds: those in progress
+//! (parked ones from their token), those pending for a checkpoint that did not complete, and
+//! those rolled since the last one. fs-core's abort deletes the upload's tails and its index
+//! entry. The calls run together, 32 at a time, until a deadline; what fails or is out of
+//! time is logged with its key and left for `rivulet recover --abort`.
+//!
 //! ## Tails
 //!
 //! Each persist stages a small tail object. Flink deletes a checkpoint's tails one checkpoint
@@ -87,6 +101,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use fs_core::store::{ObjectStoreExt, StoreErrorKind, UploadsMarker};
 use fs_core::{Committer, FileWriter, RecoverableWriter, ResumeToken};
@@ -629,6 +644,71 @@ impl Operator for FileSink {
         self.finished = true;
         Ok(())
     }
+
+    /// See "Cancelled runs" in the module documentation.
+    fn abandon(&mut self, _ctx: &TaskContext, completed: Option<u64>, deadline: Instant) {
+        publish_metrics(&mut self.unpublished, &self.metrics);
+        let Some(files) = &self.files else { return };
+        let mut work = Vec::new();
+        for (id, group) in std::mem::take(&mut self.pending) {
+            let covered = completed.is_some_and(|c| id <= c);
+            work.extend(group.into_iter().map(|committer| {
+                if covered {
+                    Abandoned::Publish(committer)
+                } else {
+                    Abandoned::Abort(committer)
+                }
+            }));
+        }
+        work.extend(self.rolled.drain(..).map(Abandoned::Abort));
+        for bucket in self.buckets.values_mut() {
+            bucket.buffer.clear();
+            bucket.parquet = None;
+            let Some(part) = bucket.writer.take() else {
+                continue;
+            };
+            match (part.writer, part.last_token) {
+                (Some(writer), _) => work.push(Abandoned::AbortWriter(writer)),
+                (None, Some(token)) => work.push(Abandoned::AbortParked(token)),
+                (None, None) => {}
+            }
+        }
+        self.buckets.clear();
+        self.snapshots.clear();
+        files.abandon_all(&self.base, work, deadline);
+    }
+}
+
+/// A file of a cancelled run, and what becomes of it.
+enum Abandoned {
+    /// Pending for a completed checkpoint whose notice the sink did not get: published.
+    Publish(Committer),
+    /// Pending for a checkpoint that did not complete, or closed since the last one: aborted.
+    Abort(Committer),
+    /// In progress: aborted.
+    AbortWriter(FileWriter),
+    /// In progress and parked: aborted from its token.
+    AbortParked(ResumeToken),
+}
+
+impl Abandoned {
+    fn key(&self) -> String {
+        match self {
+            Abandoned::Publish(c) | Abandoned::Abort(c) => c.token().key.clone(),
+            Abandoned::AbortWriter(w) => w.key().to_string(),
+            Abandoned::AbortParked(t) => t.key.clone(),
+        }
+    }
+
+    /// `Ok(true)` if the file was published, `Ok(false)` if it was aborted.
+    async fn run(self, service: &RecoverableWriter) -> Result<bool, fs_core::WriterError> {
+        match self {
+            Abandoned::Publish(c) => c.commit().await.map(|_| true),
+            Abandoned::Abort(c) => c.abort().await.map(|()| false),
+            Abandoned::AbortWriter(w) => w.abort().await.map(|()| false),
+            Abandoned::AbortParked(t) => service.abort(&t).await.map(|()| false),
+        }
+    }
 }
 
 impl Drop for FileSink {
@@ -951,6 +1031,70 @@ impl PartFiles {
                 _ => return Ok(()),
             }
         }
+    }
+
+    /// Publishes or aborts the files of a cancelled run, all at once (at most
+    /// [`MAX_FILE_CALLS_IN_FLIGHT`] at a time), and waits for them until `deadline`. A call not
+    /// started by then is skipped; a failure, a skip or a call still running at the deadline
+    /// is logged with the file's key and the subtask goes on stopping: the cancel must end
+    /// even against a dead store (`rivulet recover --abort --prefix PATH/ STORE` aborts what is
+    /// left).
+    fn abandon_all(&self, base: &str, work: Vec<Abandoned>, deadline: Instant) {
+        let total = work.len();
+        if total == 0 {
+            return;
+        }
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        for item in work {
+            let (service, in_flight, done) =
+                (self.writer.clone(), self.in_flight.clone(), done_tx.clone());
+            let key = item.key();
+            self.runtime.spawn(async move {
+                let _permit = in_flight.acquire_owned().await.ok();
+                let outcome = if Instant::now() < deadline {
+                    Some(item.run(&service).await)
+                } else {
+                    None // dropped here, in the runtime: a writer's drop needs it
+                };
+                let _ = done.send((key, outcome));
+            });
+        }
+        drop(done_tx);
+        let (mut published, mut aborted, mut failed, mut skipped) = (0u64, 0, 0, Vec::new());
+        let mut answered = 0;
+        while answered < total {
+            let Ok((key, outcome)) = done_rx.recv_deadline(deadline) else {
+                break;
+            };
+            answered += 1;
+            match outcome {
+                Some(Ok(true)) => published += 1,
+                Some(Ok(false)) => aborted += 1,
+                Some(Err(e)) => {
+                    failed += 1;
+                    tracing::warn!(task = %self.task, key = %key, error = %e, "could not abandon a part file of the cancelled run: its upload stays open");
+                }
+                None => skipped.push(key),
+            }
+        }
+        self.metrics
+            .files_finished
+            .fetch_add(published, Ordering::Relaxed);
+        let unfinished = total - answered;
+        for key in &skipped {
+            tracing::debug!(task = %self.task, key = %key, "not abandoned: out of time");
+        }
+        if !skipped.is_empty() || unfinished > 0 {
+            tracing::warn!(
+                task = %self.task,
+                "gave up abandoning the cancelled run's part files after the deadline: {} not \
+                 tried (e.g. {:?}) and {unfinished} still running may stay open; \
+                 `rivulet recover --abort --prefix {base} STORE` aborts them",
+                skipped.len(),
+                &skipped[..skipped.len().min(5)],
+            );
+        }
+        tracing::info!(task = %self.task, published, aborted, failed, "abandoned the cancelled run's part files");
     }
 
     /// Whether `key` names a part file of this subtask: `…/<prefix><digits>.<ext>`.

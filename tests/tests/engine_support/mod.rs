@@ -316,17 +316,79 @@ pub fn put_object(store: &Path, key: &str, body: &[u8]) {
     })
 }
 
+/// A job that runs until it is cancelled and has files in progress in thousands of buckets:
+/// rate-limited bids bucketed by channel (a high-cardinality field), checkpoints every
+/// 300 ms, small part files so that some roll and are published while the job runs.
+pub fn many_buckets_job(rate: u64) -> String {
+    format!(
+        r#"
+name = "many-buckets"
+parallelism = 2
+
+[checkpoint]
+interval = "300ms"
+
+[[source]]
+id = "bids"
+kind = "nexmark"
+events = "bid"
+rate = {rate}
+
+[[sink]]
+id = "out"
+input = "bids"
+kind = "file"
+path = "out/bids"
+format = "csv"
+bucket_field = "channel"
+max_part_size = "16KiB"
+"#
+    )
+}
+
+/// The published files under `out/` of a local store, with their sizes.
+pub fn published_files(store: &Path) -> BTreeMap<PathBuf, u64> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![store.join("out")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') || name.starts_with('_') {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(meta) = entry.metadata() {
+                files.insert(path, meta.len());
+            }
+        }
+    }
+    files
+}
+
 /// Multipart uploads still open in a local store (in-progress or pending files).
 pub fn open_uploads(store: &Path) -> usize {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         use fs_core::store::ObjectStore;
         let store = fs_core::store::local::LocalStore::open(store).unwrap();
-        store
-            .list_multipart_uploads("", None)
-            .await
-            .map(|page| page.uploads.len())
-            .unwrap()
+        // Every page: a cancelled job may leave thousands.
+        let (mut count, mut marker) = (0, None);
+        loop {
+            let page = store
+                .list_multipart_uploads("", marker.clone())
+                .await
+                .unwrap();
+            count += page.uploads.len();
+            match page.next {
+                Some(next) if Some(&next) != marker.as_ref() => marker = Some(next),
+                _ => return count,
+            }
+        }
     })
 }
 

@@ -1,0 +1,310 @@
+//! What a job leaves in the store when it ends early. A user's cancel abandons the run: the
+//! files its checkpoints published stay, and every file still in progress or pending is
+//! aborted (no open upload, no tail, no index entry). An attempt that fails and restarts is
+//! not a cancel: the next attempt resumes its files in progress, exactly once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine::job::{compile, parse};
+use engine::runtime::{JobEnvironment, JobState, MiniCluster};
+use fs_core::retry::RetryPolicy;
+use fs_core::store::fault::{FaultConfig, FaultStore, Op};
+use fs_core::store::memory::MemoryStore;
+use fs_core::store::{DynStore, ObjectStoreExt};
+use fs_core::{Index, RecoverableWriter, WriterConfig};
+
+/// Bids bucketed by channel (thousands of buckets: a high-cardinality field), two sink
+/// subtasks, small part files so that some roll (and are published) while most stay in
+/// progress across checkpoints.
+fn job(count: Option<u64>, rate: Option<u64>) -> String {
+    let count = count.map(|c| format!("count = {c}\n")).unwrap_or_default();
+    let rate = rate.map(|r| format!("rate = {r}\n")).unwrap_or_default();
+    format!(
+        r#"
+name = "many-buckets"
+parallelism = 2
+
+[checkpoint]
+interval = "300ms"
+
+[restart]
+attempts = 5
+delay = "100ms"
+
+[[source]]
+id = "bids"
+kind = "nexmark"
+events = "bid"
+{count}{rate}
+[[operator]]
+id = "project"
+kind = "map"
+fields = ["auction", "bidder", "price", "channel"]
+
+[[sink]]
+id = "out"
+kind = "file"
+path = "out/bids"
+format = "csv"
+bucket_field = "channel"
+max_part_size = "16KiB"
+"#
+    )
+}
+
+struct Env {
+    runtime: tokio::runtime::Runtime,
+    env: JobEnvironment,
+}
+
+impl Env {
+    fn over(store: DynStore, retry: RetryPolicy) -> Env {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = WriterConfig {
+            cache_parts: false,
+            retry,
+            ..WriterConfig::default()
+        };
+        let writer =
+            RecoverableWriter::new(store.clone(), Index::temporary().unwrap(), config).unwrap();
+        let env = JobEnvironment {
+            store,
+            writer: Arc::new(writer),
+            runtime: runtime.handle().clone(),
+        };
+        Env { runtime, env }
+    }
+
+    fn in_memory() -> Env {
+        Env::over(Arc::new(MemoryStore::new()), RetryPolicy::default())
+    }
+
+    /// Open multipart uploads (files in progress or pending).
+    fn open_uploads(&self) -> Vec<String> {
+        let store = &self.env.store;
+        self.runtime.block_on(async {
+            let mut keys = Vec::new();
+            let mut marker = None;
+            loop {
+                let page = store
+                    .list_multipart_uploads("", marker.clone())
+                    .await
+                    .unwrap();
+                keys.extend(page.uploads.into_iter().map(|u| u.key));
+                match page.next {
+                    Some(next) if Some(&next) != marker.as_ref() => marker = Some(next),
+                    _ => return keys,
+                }
+            }
+        })
+    }
+
+    /// Objects under `prefix`, with their ETags.
+    fn objects(&self, prefix: &str) -> BTreeMap<String, String> {
+        let store = &self.env.store;
+        self.runtime.block_on(async {
+            store
+                .list_all(prefix)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|o| (o.key, o.etag))
+                .collect()
+        })
+    }
+
+    /// Every line of every published part file, counted.
+    fn output_lines(&self) -> HashMap<String, usize> {
+        let store = &self.env.store;
+        let mut lines = HashMap::new();
+        for key in self.objects("out/").into_keys() {
+            let body = self
+                .runtime
+                .block_on(async { store.get(&key, None).await.unwrap().body })
+                .to_vec();
+            let text = String::from_utf8(body).unwrap();
+            assert!(text.ends_with('\n'), "{key} is cut off");
+            for line in text.lines() {
+                *lines.entry(line.to_string()).or_default() += 1;
+            }
+        }
+        lines
+    }
+
+    /// Uploads the writer's index still lists (tokens a resume or `rivulet recover` would find).
+    fn index_entries(&self) -> usize {
+        self.runtime
+            .block_on(self.env.writer.recover_all())
+            .unwrap()
+            .len()
+    }
+}
+
+fn completed_checkpoints(job: &engine::runtime::JobHandle) -> usize {
+    job.metrics()
+        .checkpoints()
+        .iter()
+        .filter(|c| c.completed)
+        .count()
+}
+
+#[test]
+fn a_cancelled_job_with_many_buckets_leaves_no_upload_and_keeps_what_checkpoints_published() {
+    let env = Env::in_memory();
+    let compiled = compile(&parse(&job(None, Some(20_000))).unwrap(), "cancel-1").unwrap();
+    let job = MiniCluster::new(env.env.clone(), 1, 2)
+        .submit(compiled.graph, "cancel-1")
+        .unwrap();
+    // Mid-run: checkpoints have completed (and published files that rolled), and thousands
+    // of buckets have files in progress.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while completed_checkpoints(&job) < 3 || env.open_uploads().len() < 500 {
+        let state = job.state();
+        assert!(
+            matches!(state, JobState::Created | JobState::Running),
+            "{state:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the job did not get going in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let published = env.objects("out/");
+    assert!(
+        !published.is_empty(),
+        "no file was published before the cancel"
+    );
+    let in_progress = env.open_uploads().len();
+
+    let started = Instant::now();
+    job.cancel();
+    assert_eq!(job.wait(), JobState::Canceled);
+    let took = started.elapsed();
+    eprintln!("cancelled with {in_progress} files in progress in {took:?}");
+    assert!(took < Duration::from_secs(30), "the cancel took {took:?}");
+
+    // Nothing of the run is left open: no upload, no tail, no token in the index.
+    let open = env.open_uploads();
+    assert!(
+        open.is_empty(),
+        "{} uploads left open, e.g. {:?}",
+        open.len(),
+        &open[..open.len().min(3)]
+    );
+    let tails = env.objects(".rivulet/tails/");
+    assert!(tails.is_empty(), "{} tails left", tails.len());
+    assert_eq!(env.index_entries(), 0);
+    // What the checkpoints published stays, unchanged; every published file is whole CSV.
+    let after = env.objects("out/");
+    for (key, etag) in &published {
+        assert_eq!(after.get(key), Some(etag), "{key} changed or went");
+    }
+    let lines = env.output_lines();
+    assert!(
+        lines.keys().all(|l| l.split(',').count() == 4),
+        "a broken line"
+    );
+    drop(env.runtime);
+}
+
+/// The published lines of a run of `job` over `env`, which must finish.
+fn finished_run(env: &Env, text: &str, id: &str) -> (HashMap<String, usize>, u64) {
+    let compiled = compile(&parse(text).unwrap(), id).unwrap();
+    let job = MiniCluster::new(env.env.clone(), 1, 2)
+        .submit(compiled.graph, id)
+        .unwrap();
+    assert_eq!(job.wait(), JobState::Finished);
+    (env.output_lines(), job.metrics().restarts())
+}
+
+#[test]
+fn a_failed_attempt_is_not_a_cancel_its_files_in_progress_are_resumed_exactly_once() {
+    // Rate-limited so that periodic checkpoints (which persist the files in progress) happen.
+    let text = job(Some(100_000), Some(50_000));
+    let reference = Env::in_memory();
+    let (expected, restarts) = finished_run(&reference, &text, "reference-1");
+    assert_eq!(restarts, 0);
+
+    // The 300th PUT fails, without retries: a tail a checkpoint stages for a file in progress
+    // (nearly every PUT is one), so the sink's snapshot fails and the attempt restarts from the
+    // last completed checkpoint, resuming the files it had in progress.
+    let store = Arc::new(FaultStore::new(
+        Arc::new(MemoryStore::new()),
+        FaultConfig {
+            fail_nth: [(Op::Put, 300)].into(),
+            ..FaultConfig::default()
+        },
+    ));
+    let no_retries = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::default()
+    };
+    let env = Env::over(store.clone(), no_retries);
+    let (got, restarts) = finished_run(&env, &text, "faulty-1");
+    let puts = store.calls(Op::Put);
+    assert!(puts >= 300, "the faulty PUT was never made ({puts} PUTs)");
+    assert!(restarts >= 1, "the injected fault did not fail an attempt");
+    assert_eq!(
+        got.values().sum::<usize>(),
+        expected.values().sum::<usize>()
+    );
+    assert!(
+        got == expected,
+        "the output differs from the failure-free run's"
+    );
+    assert!(env.open_uploads().is_empty());
+    assert!(env.objects(".rivulet/tails/").is_empty());
+    drop(env.runtime);
+    drop(reference.runtime);
+}
+
+#[test]
+fn a_cancel_completes_when_an_abort_fails_and_leaves_just_that_upload() {
+    // The first abort of an upload fails, without retries (a store that refuses it): the
+    // cancel must still complete, abandoning every other file; that one stays open, listed
+    // by the index for `rivulet recover --abort`.
+    let store = Arc::new(FaultStore::new(
+        Arc::new(MemoryStore::new()),
+        FaultConfig {
+            fail_nth: [(Op::AbortMultipart, 1)].into(),
+            ..FaultConfig::default()
+        },
+    ));
+    let no_retries = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::default()
+    };
+    let env = Env::over(store.clone(), no_retries);
+    let compiled = compile(&parse(&job(None, Some(5_000))).unwrap(), "cancel-2").unwrap();
+    let job = MiniCluster::new(env.env.clone(), 1, 2)
+        .submit(compiled.graph, "cancel-2")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while completed_checkpoints(&job) < 2 || env.open_uploads().len() < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "the job did not get going in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        store.calls(Op::AbortMultipart),
+        0,
+        "an abort before the cancel"
+    );
+    let started = Instant::now();
+    job.cancel();
+    assert_eq!(job.wait(), JobState::Canceled);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(store.calls(Op::AbortMultipart) >= 100);
+    assert_eq!(env.open_uploads().len(), 1);
+    assert_eq!(env.index_entries(), 1);
+    drop(env.runtime);
+}
