@@ -19,9 +19,9 @@ use tempfile::TempDir;
 mod engine_support;
 
 use engine_support::{
-    Process, TOKEN, assert_same_output, job_file, leftover_tails, many_buckets_job, open_uploads,
-    output_lines, published_files, put_object, reference_output, rest, rest_text, start_jobmanager,
-    tails_after_gc,
+    Process, TOKEN, assert_same_output, assert_still_published, job_file, leftover_tails,
+    many_buckets_job, open_uploads, output_lines, published_files, put_object, reference_output,
+    rest, rest_text, start_jobmanager, tails_after_gc,
 };
 
 struct Cluster {
@@ -636,15 +636,7 @@ fn a_cancelled_job_abandons_its_files_in_progress_on_every_task_manager() {
         tails.len(),
         &tails[..tails.len().min(3)]
     );
-    let after = published_files(&cluster.store);
-    for (file, size) in &published {
-        assert_eq!(
-            after.get(file),
-            Some(size),
-            "{} changed or went",
-            file.display()
-        );
-    }
+    assert_still_published(&cluster.store, &published);
 }
 
 #[test]

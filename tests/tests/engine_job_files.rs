@@ -13,7 +13,8 @@ use tempfile::TempDir;
 mod engine_support;
 
 use engine_support::{
-    leftover_tails, many_buckets_job, open_uploads, output_lines, published_files,
+    assert_still_published, leftover_tails, many_buckets_job, open_uploads, output_lines,
+    published_files,
 };
 
 fn run(dir: &Path, job: &str) -> Output {
@@ -341,15 +342,7 @@ fn an_interrupted_run_abandons_its_files_in_progress() {
     assert!(stderr.contains("the job was cancelled"), "{stderr}");
     assert_eq!(open_uploads(&store), 0, "{stderr}");
     assert!(leftover_tails(&store).is_empty(), "{stderr}");
-    let after = published_files(&store);
-    for (file, size) in &published {
-        assert_eq!(
-            after.get(file),
-            Some(size),
-            "{} changed or went",
-            file.display()
-        );
-    }
+    assert_still_published(&store, &published);
     // The index lists nothing either: `rivulet recover` has nothing to resume or abort.
     let out = Command::new(rivulet_bin())
         .args(["recover", "--index"])

@@ -246,32 +246,17 @@ pub fn rest_text(address: &str, method: &str, path: &str, token: Option<&str>) -
 /// Every line of every finished file under `out/`, counted.
 pub fn output_lines(store: &Path) -> BTreeMap<String, usize> {
     let mut lines = BTreeMap::new();
-    let mut stack = vec![store.join("out")];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') || name.starts_with('_') {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let prefix = path
-                    .strip_prefix(store)
-                    .unwrap()
-                    .components()
-                    .take(2)
-                    .map(|c| c.as_os_str().to_string_lossy().to_string())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                for line in fs::read_to_string(&path).unwrap().lines() {
-                    *lines.entry(format!("{prefix}: {line}")).or_default() += 1;
-                }
-            }
+    for path in published_files(store).into_keys() {
+        let prefix = path
+            .strip_prefix(store)
+            .unwrap()
+            .components()
+            .take(2)
+            .map(|c| c.as_os_str().to_string_lossy().to_string())
+            .collect::<Vec<_>>()
+            .join("/");
+        for line in fs::read_to_string(&path).unwrap().lines() {
+            *lines.entry(format!("{prefix}: {line}")).or_default() += 1;
         }
     }
     lines
@@ -368,6 +353,21 @@ pub fn published_files(store: &Path) -> BTreeMap<PathBuf, u64> {
         }
     }
     files
+}
+
+/// Asserts that every file `before` listed (from [`published_files`]) is still published, at
+/// the same size: what completed checkpoints published survives whatever came after.
+#[track_caller]
+pub fn assert_still_published(store: &Path, before: &BTreeMap<PathBuf, u64>) {
+    let after = published_files(store);
+    for (file, size) in before {
+        assert_eq!(
+            after.get(file),
+            Some(size),
+            "{} changed or went",
+            file.display()
+        );
+    }
 }
 
 /// Multipart uploads still open in a local store (in-progress or pending files).
