@@ -30,7 +30,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::cache::{AdoptFile, BLOCK, BlockCache};
 use crate::error::{FsError, FsResult, io_error};
-use crate::inode::{Ino, Inodes, Kind, ROOT};
+use crate::inode::{Ino, Inodes, Kind, Node, ROOT};
 use crate::prefetch::{ReadAhead, Source};
 
 /// How the mount presents itself.
@@ -897,7 +897,8 @@ impl Filesystem {
         Ok(attr)
     }
 
-    pub async fn open(&self, ino: Ino, mode: OpenMode) -> FsResult<u64> {
+    /// The inode `ino`, which must be a file: `ENOENT` if unknown, `EISDIR` for a directory.
+    fn file_node(&self, ino: Ino) -> FsResult<Node> {
         let node = lock(&self.inodes)
             .get(ino)
             .cloned()
@@ -905,6 +906,11 @@ impl Filesystem {
         if node.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
+        Ok(node)
+    }
+
+    pub async fn open(&self, ino: Ino, mode: OpenMode) -> FsResult<u64> {
+        let node = self.file_node(ino)?;
         if !mode.write {
             return Ok(self.add_handle(ino, mode));
         }
@@ -1592,13 +1598,7 @@ impl Filesystem {
                 let mut file = file.lock().await;
                 self.set_len(&mut file, size).await?;
             } else {
-                let node = lock(&self.inodes)
-                    .get(ino)
-                    .cloned()
-                    .ok_or(FsError::NotFound)?;
-                if node.kind == Kind::Dir {
-                    return Err(FsError::IsDir);
-                }
+                let node = self.file_node(ino)?;
                 let outcome = self
                     .writer
                     .truncate_object(&node.path, size)

@@ -11,8 +11,9 @@ use fuse_mount::cache::{BLOCK, BlockCache};
 use fuse_mount::{Filesystem, FsConfig, FsError, Kind, OpenMode, ROOT, recover_open_files};
 use tempfile::TempDir;
 
-/// Small parts, so a few hundred KiB span several parts (copies, cuts into uploaded parts).
-const PART: u64 = 64 * 1024;
+mod support;
+
+use support::{PART, READ, WRITE, pattern};
 
 struct Fixture {
     store: DynStore,
@@ -69,38 +70,13 @@ impl Fixture {
     }
 
     async fn put(&self, key: &str, body: &[u8]) {
-        self.store
-            .put(key, body.to_vec().into(), Default::default())
-            .await
-            .expect("put");
+        support::put(&self.store, key, body).await;
     }
 
     async fn object(&self, key: &str) -> Option<Vec<u8>> {
-        match self.store.head_opt(key).await.expect("head") {
-            Some(_) => Some(self.store.get(key, None).await.expect("get").body.to_vec()),
-            None => None,
-        }
+        support::object(&self.store, key).await
     }
 }
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
-const WRITE: OpenMode = OpenMode {
-    write: true,
-    append: false,
-    truncate: false,
-    exclusive: false,
-};
-const READ: OpenMode = OpenMode {
-    write: false,
-    append: false,
-    truncate: false,
-    exclusive: false,
-};
 
 async fn names(fs: &Filesystem, ino: u64) -> Vec<String> {
     fs.list_dir(ino)

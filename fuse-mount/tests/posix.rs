@@ -12,27 +12,9 @@ use fuse_mount::cache::BlockCache;
 use fuse_mount::{Filesystem, FsConfig, FsError, OpenMode, ROOT};
 use tempfile::TempDir;
 
-/// Small parts, so a few hundred KiB span several parts.
-const PART: u64 = 64 * 1024;
+mod support;
 
-const WRITE: OpenMode = OpenMode {
-    write: true,
-    append: false,
-    truncate: false,
-    exclusive: false,
-};
-const APPEND: OpenMode = OpenMode {
-    write: true,
-    append: true,
-    truncate: false,
-    exclusive: false,
-};
-const READ: OpenMode = OpenMode {
-    write: false,
-    append: false,
-    truncate: false,
-    exclusive: false,
-};
+use support::{APPEND, PART, READ, WRITE, pattern};
 
 struct Fixture {
     store: DynStore,
@@ -71,17 +53,11 @@ impl Fixture {
     }
 
     async fn put(&self, key: &str, body: &[u8]) {
-        self.store
-            .put(key, body.to_vec().into(), Default::default())
-            .await
-            .expect("put");
+        support::put(&self.store, key, body).await;
     }
 
     async fn object(&self, key: &str) -> Option<Vec<u8>> {
-        match self.store.head_opt(key).await.expect("head") {
-            Some(_) => Some(self.store.get(key, None).await.expect("get").body.to_vec()),
-            None => None,
-        }
+        support::object(&self.store, key).await
     }
 
     async fn open(&self, name: &str, mode: OpenMode) -> u64 {
@@ -103,12 +79,6 @@ impl Fixture {
             out.extend_from_slice(&chunk);
         }
     }
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
 }
 
 /// `open`, `unlink`, then go on using the descriptor (the classic private scratch file): the
