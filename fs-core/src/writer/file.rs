@@ -27,8 +27,9 @@ use crate::token::{CommitToken, PartRecord, ResumeToken, Token};
 /// Where the bytes of an uploaded part can be read back from while the upload is open.
 #[derive(Debug, Clone)]
 enum PartSource {
-    /// Being uploaded or written to the cache: the bytes are still in memory.
-    InFlight(Bytes),
+    /// Being uploaded or written to the cache: the bytes are in memory until both have ended
+    /// (until the upload has, for a writer without part cache), then read as `Remote`.
+    InFlight(Arc<PartBytes>),
     /// In the local part cache.
     Cached(PathBuf),
     /// Copied server-side from `key` (at ETag `etag`) starting at `offset`: read from there.
@@ -39,6 +40,64 @@ enum PartSource {
     },
     /// Uploaded before this writer was recovered, and not in the cache: unreadable until commit.
     Remote,
+}
+
+impl PartSource {
+    /// Whether the part can only be read from the store, as an uploaded part.
+    fn is_uploaded_only(&self) -> bool {
+        match self {
+            PartSource::Remote => true,
+            PartSource::InFlight(bytes) => bytes.get().is_err(),
+            PartSource::Cached(_) | PartSource::Copied { .. } => false,
+        }
+    }
+}
+
+/// The bytes of a part in flight, shared by the writer (for reads of the open file) and the
+/// part's upload task. A writer without part cache keeps no use for them once the part is
+/// uploaded, so its upload task lets go of them at once and hands the buffer back for the next
+/// part: a writer left idle (an engine sink's bucket of a past hour) does not keep its last
+/// parts in memory until it is next written, persisted or closed.
+#[derive(Debug)]
+struct PartBytes(std::sync::Mutex<PartMemory>);
+
+#[derive(Debug)]
+enum PartMemory {
+    Held(Bytes),
+    /// Let go of after the upload, which gave this ETag (reads go to the store with it).
+    Uploaded {
+        etag: String,
+    },
+}
+
+impl PartBytes {
+    fn new(bytes: Bytes) -> Arc<Self> {
+        Arc::new(Self(std::sync::Mutex::new(PartMemory::Held(bytes))))
+    }
+
+    /// The bytes, or the ETag of the upload they were let go of after.
+    fn get(&self) -> Result<Bytes, String> {
+        match &*self.lock() {
+            PartMemory::Held(bytes) => Ok(bytes.clone()),
+            PartMemory::Uploaded { etag } => Err(etag.clone()),
+        }
+    }
+
+    /// Lets go of the bytes once the part is uploaded as `etag`; returns them if still held.
+    fn release(&self, etag: &str) -> Option<Bytes> {
+        let uploaded = PartMemory::Uploaded { etag: etag.into() };
+        match std::mem::replace(&mut *self.lock(), uploaded) {
+            PartMemory::Held(bytes) => Some(bytes),
+            PartMemory::Uploaded { .. } => None,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PartMemory> {
+        // Nothing panics while holding the lock; a poisoned one still holds a whole value.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -489,7 +548,7 @@ impl FileWriter {
         let mut rest = data;
         while !rest.is_empty() {
             if self.tail.capacity() == 0 {
-                self.tail.reserve(part_size);
+                self.tail = self.shared.buffers.take();
             }
             let take = (part_size - self.tail.len()).min(rest.len());
             self.tail.extend_from_slice(&rest[..take]);
@@ -580,11 +639,12 @@ impl FileWriter {
         self.make_room().await?;
         let number = self.take_part_number()?;
         let size = body.len() as u64;
+        let in_memory = PartBytes::new(body.clone());
         self.parts.push(Part {
             number,
             size,
             etag: None,
-            source: PartSource::InFlight(body.clone()),
+            source: PartSource::InFlight(in_memory.clone()),
         });
         self.parts_len += size;
         let caching = self.cache.is_enabled();
@@ -634,6 +694,13 @@ impl FileWriter {
                 .await;
             board.record(number, &result);
             drop(running);
+            drop(body);
+            if let Ok(etag) = &result
+                && !caching
+                && let Some(bytes) = in_memory.release(etag)
+            {
+                shared.buffers.give_back(bytes);
+            }
             TaskDone::Upload { number, result }
         });
         Ok(())
@@ -751,7 +818,13 @@ impl FileWriter {
         if let Some(part) = self.parts.iter_mut().find(|p| p.number == number)
             && matches!(part.source, PartSource::InFlight(_))
         {
-            part.source = cached.map_or(PartSource::Remote, PartSource::Cached);
+            let source = cached.map_or(PartSource::Remote, PartSource::Cached);
+            let etag = part.etag.as_deref().unwrap_or_default();
+            if let PartSource::InFlight(in_memory) = std::mem::replace(&mut part.source, source)
+                && let Some(bytes) = in_memory.release(etag)
+            {
+                self.shared.buffers.give_back(bytes);
+            }
         }
     }
 
@@ -861,8 +934,7 @@ impl FileWriter {
         let cut = self.parts[index].clone();
         let kept = len - start;
         let min_part = self.shared.store.min_part_size();
-        if kept > 0 && matches!(cut.source, PartSource::Remote) && !self.shared.store.reads_parts()
-        {
+        if kept > 0 && cut.source.is_uploaded_only() && !self.shared.store.reads_parts() {
             let why = if self.cache.is_enabled() {
                 "was uploaded before this writer was recovered and is not in the local cache"
             } else {
@@ -929,9 +1001,10 @@ impl FileWriter {
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, WriterError> {
         match &part.source {
-            PartSource::InFlight(bytes) => {
-                Ok(bytes.slice(range.start as usize..range.end as usize))
-            }
+            PartSource::InFlight(in_memory) => match in_memory.get() {
+                Ok(bytes) => Ok(bytes.slice(range.start as usize..range.end as usize)),
+                Err(etag) => self.read_uploaded(part.number, &etag, range).await,
+            },
             PartSource::Cached(path) => cache::read_range(path.clone(), range).await,
             PartSource::Copied { key, etag, offset } => {
                 let abs = offset + range.start..offset + range.end;
@@ -945,32 +1018,40 @@ impl FileWriter {
                 check_source_etag(&self.key, key, etag, &got.meta.etag)?;
                 Ok(got.body)
             }
-            PartSource::Remote if self.shared.store.reads_parts() => {
+            PartSource::Remote => {
                 let etag = part.etag.as_deref().unwrap_or_default();
-                let store = &self.shared.store;
-                let (key, upload) = (&self.key, &self.upload_id);
-                Ok(self
-                    .shared
-                    .config
-                    .retry
-                    .run(|| store.read_part(key, upload, part.number, etag, range.clone()))
-                    .await?)
+                self.read_uploaded(part.number, etag, range).await
             }
-            PartSource::Remote if !self.cache.is_enabled() => Err(WriterError::Read {
-                key: self.key.clone(),
-                detail: format!(
-                    "part {} is uploaded and this writer runs without a part cache (cache_parts = false); it is readable once the file is committed",
-                    part.number
-                ),
-            }),
-            PartSource::Remote => Err(WriterError::Read {
-                key: self.key.clone(),
-                detail: format!(
-                    "part {} was uploaded before this writer was recovered and is not in the local cache; it is readable once the file is committed",
-                    part.number
-                ),
-            }),
         }
+    }
+
+    /// Reads a part that is only in the store: from its upload where the store reads parts of
+    /// open uploads, else not until the file is committed.
+    async fn read_uploaded(
+        &self,
+        number: u32,
+        etag: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, WriterError> {
+        if self.shared.store.reads_parts() {
+            let store = &self.shared.store;
+            let (key, upload) = (&self.key, &self.upload_id);
+            return Ok(self
+                .shared
+                .config
+                .retry
+                .run(|| store.read_part(key, upload, number, etag, range.clone()))
+                .await?);
+        }
+        let why = if self.cache.is_enabled() {
+            "was uploaded before this writer was recovered and is not in the local cache"
+        } else {
+            "is uploaded and this writer runs without a part cache (cache_parts = false)"
+        };
+        Err(WriterError::Read {
+            key: self.key.clone(),
+            detail: format!("part {number} {why}; it is readable once the file is committed"),
+        })
     }
 
     /// Reads up to `len` bytes at `offset` of the open file (what was written so far).
@@ -1208,4 +1289,51 @@ impl Drop for FileWriter {
 /// can, and a copy there would write every byte twice to the same disk).
 fn needs_part_cache(shared: &Shared) -> bool {
     shared.config.cache_parts && !shared.store.reads_parts()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::store::local::LocalStore;
+    use crate::{Index, RecoverableWriter, WriterConfig};
+
+    /// A writer without part cache gives its part's buffer back when the upload ends, while
+    /// the writer itself is left alone (an engine sink's bucket nobody writes to any more).
+    /// On the local store: the memory store keeps the uploaded bytes themselves.
+    #[tokio::test]
+    async fn an_idle_writer_lets_go_of_its_uploaded_parts() {
+        const PART: usize = 5 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(LocalStore::open(dir.path()).unwrap());
+        let config = WriterConfig {
+            part_size: PART as u64,
+            cache_parts: false,
+            ..Default::default()
+        };
+        let service = RecoverableWriter::new(store, Index::temporary().unwrap(), config).unwrap();
+        let mut file = service.open("idle").await.unwrap();
+        file.write(&vec![1; PART + 10]).await.unwrap();
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while service.shared.buffers.spare() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the uploaded part's buffer never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The part now reads from the store, and the next part fills the buffer again.
+        assert_eq!(
+            &file.read_at(PART as u64 - 6, 12).await.unwrap()[..],
+            &[1; 12]
+        );
+        file.write(&vec![2; PART]).await.unwrap();
+        let committer = file.close_for_commit().await.unwrap();
+        committer.commit().await.unwrap();
+        let got = service.store().get("idle", None).await.unwrap().body;
+        assert_eq!(got.len(), 2 * PART + 10);
+        assert!(got[..PART + 10].iter().all(|&b| b == 1));
+        assert!(got[PART + 10..].iter().all(|&b| b == 2));
+    }
 }

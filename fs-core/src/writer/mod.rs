@@ -7,6 +7,7 @@
 //! - [`Committer`] completes a closed file's upload, idempotently.
 
 mod activity;
+mod buffers;
 mod cache;
 mod commit;
 mod file;
@@ -155,6 +156,8 @@ pub(crate) struct Shared {
     pub(crate) config: WriterConfig,
     /// Part numbers used and uploads running per upload, across this service's writers.
     pub(crate) activity: Arc<activity::Activity>,
+    /// Buffers of uploaded parts, filled again by the next part of any of its writers.
+    pub(crate) buffers: buffers::PartBuffers,
 }
 
 impl Shared {
@@ -216,6 +219,7 @@ impl RecoverableWriter {
             )));
         }
         let store_name = store.describe();
+        let buffers = buffers::PartBuffers::new(config.part_size as usize);
         Ok(Self {
             shared: Arc::new(Shared {
                 store,
@@ -223,6 +227,7 @@ impl RecoverableWriter {
                 index,
                 config,
                 activity: Arc::default(),
+                buffers,
             }),
         })
     }
