@@ -9,7 +9,7 @@ use fs_core::store::{DynStore, ObjectStoreExt, StoreUrl};
 use fs_core::{CommitOutcome, FileWriter, RecoverableWriter, WriterError};
 use futures::{Stream, StreamExt};
 use indicatif::ProgressBar;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
 use super::output::{Interrupted, chain, progress};
 use super::{Env, location};
@@ -162,15 +162,38 @@ pub async fn open_input(path: &str) -> Result<(Box<dyn AsyncRead + Unpin + Send>
 pub async fn append(env: &Env, url: &str, input_path: &str) -> Result<()> {
     let (store_url, key) = location::object(url)?;
     let (input, len) = open_input(input_path).await?;
-    let session = Session::open(env, store_url).await?;
-    let mut file = session.writer.open_append(&key).await?;
-    let start = file.len();
-    let bar = progress(env.progress(), len, &format!("append {key}"));
     let what = if input_path == "-" {
         "stdin"
     } else {
         input_path
     };
+    // Nothing to append leaves an existing object as it is: a new upload would copy all of it
+    // server-side to give back the same bytes under a new ETag.
+    let mut input = BufReader::new(input);
+    let empty = match len {
+        Some(len) => len == 0,
+        None => {
+            interruptible(async {
+                let ahead = input.fill_buf().await;
+                Ok(ahead.with_context(|| format!("read {what}"))?.is_empty())
+            })
+            .await?
+        }
+    };
+    let session = Session::open(env, store_url).await?;
+    if empty {
+        let retry = env.retry_for(&session.url);
+        if let Some(meta) = retry.run(|| session.store.head_opt(&key)).await? {
+            env.say(format_args!(
+                "nothing to append: {key} is unchanged ({} bytes, ETag {})",
+                meta.size, meta.etag
+            ));
+            return Ok(());
+        }
+    }
+    let mut file = session.writer.open_append(&key).await?;
+    let start = file.len();
+    let bar = progress(env.progress(), len, &format!("append {key}"));
     let pumped = interruptible(session.pump(&mut file, input, what, &bar)).await;
     bar.finish_and_clear();
     let appended = match pumped {
@@ -213,6 +236,13 @@ pub async fn truncate(env: &Env, url: &str, len: u64, no_create: bool) -> Result
         .run(|| session.store.head_opt(&key))
         .await?;
     let file = match existing {
+        Some(meta) if meta.size == len => {
+            env.say(format_args!(
+                "{key} is already {len} bytes; unchanged (ETag {})",
+                meta.etag
+            ));
+            return Ok(());
+        }
         // Keeps the first `len` bytes (server-side copies) or pads with zeros; commits only over
         // the version it copied.
         Some(_) => session.writer.open_truncate(&key, len).await?,

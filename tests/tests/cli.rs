@@ -329,6 +329,43 @@ fn truncate_past_the_part_limit_fails_at_once() {
     );
 }
 
+/// Appending nothing, or truncating to the current length, leaves the object as it is: a new
+/// upload would copy all of it server-side to give back the same bytes under a new ETag.
+#[test]
+fn appending_nothing_or_truncating_to_the_same_length_changes_nothing() {
+    let fx = Fixture::new();
+    let input = fx.write_file("data.bin", &pseudo_random(3000, 9));
+    fx.run(&["append", &fx.obj("log.bin"), &input]).ok();
+    let stat = |fx: &Fixture| fx.run(&["stat", &fx.obj("log.bin")]).ok().stdout_text();
+    let before = stat(&fx);
+
+    let empty = fx.write_file("empty.bin", b"");
+    let run = fx.run(&["-v", "append", &fx.obj("log.bin"), &empty]).ok();
+    assert!(
+        run.stderr
+            .contains("nothing to append: log.bin is unchanged (3000 bytes"),
+        "{}",
+        run.stderr
+    );
+    let run = fx
+        .run_with_stdin(&["-v", "append", &fx.obj("log.bin"), "-"], b"")
+        .ok();
+    assert!(run.stderr.contains("nothing to append"), "{}", run.stderr);
+    let run = fx.run(&["-v", "truncate", &fx.obj("log.bin"), "3000"]).ok();
+    assert!(
+        run.stderr
+            .contains("log.bin is already 3000 bytes; unchanged"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(stat(&fx), before, "same ETag, same modification time");
+
+    // Appending nothing to a missing key still creates it, empty.
+    fx.run_with_stdin(&["append", &fx.obj("new.bin"), "-"], b"")
+        .ok();
+    assert_eq!(read(&fx.path("store/new.bin")), b"");
+}
+
 #[test]
 fn append_twice_then_cat() {
     let fx = Fixture::new();
