@@ -205,6 +205,71 @@ fn missing_credentials_and_a_dead_endpoint_say_what_to_fix() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
 
+/// A loopback endpoint that accepts connections and never answers (a hung server): each
+/// connection is held open, its requests read and dropped. The listener lives as long as the
+/// test process.
+fn hung_endpoint() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 64 * 1024];
+                while matches!(std::io::Read::read(&mut conn, &mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    port
+}
+
+/// An endpoint that takes the connection but never answers fails within the read timeout of
+/// each attempt (`read_timeout=` in the URL), in one line that says so and what to change,
+/// instead of waiting out minutes of the defaults.
+#[test]
+fn a_hung_endpoint_fails_within_the_read_timeout_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "s3://bkt/key?endpoint=http://127.0.0.1:{}&region=us-east-1&read_timeout=1s&max_attempts=2",
+        hung_endpoint()
+    );
+    let creds = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ];
+    let start = std::time::Instant::now();
+    let out = run_unconfigured(dir.path(), &["stat", &url], &creds);
+    let took = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Two attempts of 1 s and the SDK's backoff between them: seconds, not minutes.
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "took {took:?}: {stderr}"
+    );
+    assert!(
+        took >= std::time::Duration::from_secs(2),
+        "took {took:?}: {stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("rivulet: stat "), "{stderr}");
+    assert!(stderr.contains("'key'"), "{stderr}");
+    assert!(
+        stderr.contains("accepted the connection but did not answer within the read timeout"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 attempts"), "{stderr}");
+    assert!(
+        stderr.contains("after 1s"),
+        "the timeout's length: {stderr}"
+    );
+    assert!(stderr.contains("raise read_timeout="), "{stderr}");
+    assert!(
+        !stderr.contains("DispatchFailure {"),
+        "no Debug dump: {stderr}"
+    );
+}
+
 /// A server's error answer is one line with its code, message and request id, and no Debug dump
 /// of the SDK's error (errors the SDK does not model, like NoSuchBucket on
 /// CreateMultipartUpload, used to end in `unhandled error (…): Error { code: … }`).

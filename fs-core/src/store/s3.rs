@@ -38,9 +38,14 @@ use super::{
 };
 use crate::error::{StoreError, StoreErrorKind};
 
-/// The slowest rate (bytes a second) a streamed upload is given time for, on top of the read
-/// timeout: a client sending slower than this fails its upload.
+/// The slowest rate (bytes a second) an upload's body is given time for, on top of the read
+/// timeout: a body sent slower than this (a gateway client's stream, or a slow link) fails its
+/// upload.
 const STREAM_FLOOR_RATE: u64 = 64 * 1024;
+
+/// How many read timeouts a request that makes the server copy or join parts may wait for its
+/// answer (see `S3Store::server_work_timeouts`).
+const SERVER_WORK_FACTOR: u32 = 4;
 
 /// The region used when none is configured anywhere (S3-compatible servers mostly ignore it, but
 /// requests must be signed for some region).
@@ -54,7 +59,9 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub struct S3Timeouts {
     /// Establishing a TCP (and TLS) connection.
     pub connect: Option<Duration>,
-    /// From the start of a request (its body included) to the first byte of the response.
+    /// From the start of an attempt to the first byte of the response (`read_timeout=` in a
+    /// URL). Requests with a body get the body's transfer time at [`STREAM_FLOOR_RATE`] on top:
+    /// the server answers only once the body has arrived.
     pub read: Option<Duration>,
     /// One attempt of an operation; a timed-out attempt is retried.
     pub attempt: Option<Duration>,
@@ -66,7 +73,10 @@ impl Default for S3Timeouts {
     fn default() -> Self {
         Self {
             connect: Some(Duration::from_secs(5)),
-            read: Some(Duration::from_secs(120)),
+            // Without a body, a server answers in well under a second; 30 s leaves room for a
+            // loaded one, while a hung endpoint (connection accepted, no answer) fails within
+            // about 2.5 minutes with the default 5 attempts, not 10 as with 120 s.
+            read: Some(Duration::from_secs(30)),
             attempt: None,
             operation: None,
         }
@@ -334,13 +344,13 @@ impl S3Store {
             .retry_config(RetryConfig::standard().with_max_attempts((self.max_attempts - 1).max(1)))
     }
 
-    /// A per-request override for a streamed body of `size` bytes (0 for a download): one
-    /// attempt (the body cannot be sent twice), and no stalled-stream protection, because the
-    /// body moves at the pace of whoever is at its other end (a gateway client sending or
-    /// reading slowly), not of the store's. The read timeout runs from the request's start to
-    /// the answer, the upload included: it is extended by the time the body takes at
-    /// [`STREAM_FLOOR_RATE`], so that only a stuck transfer times out.
-    fn streamed(&self, size: u64) -> aws_sdk_s3::config::Builder {
+    /// The timeouts of a request that uploads a body of `size` bytes. The read timeout runs
+    /// from the request's start to the answer, the upload included, and the default one is
+    /// sized for requests without a body: it is extended by the time the body takes at
+    /// [`STREAM_FLOOR_RATE`], so that only a stuck transfer times out, not a large part on a
+    /// slow link. Every field is set from the store's timeouts, so that the override does not
+    /// depend on how the SDK merges it with the client's own timeout config.
+    fn body_timeouts(&self, size: u64) -> TimeoutConfig {
         let t = &self.timeouts;
         let transfer = Duration::from_secs(size / STREAM_FLOOR_RATE);
         let mut timeouts = TimeoutConfig::builder();
@@ -349,9 +359,32 @@ impl S3Store {
             .set_read_timeout(t.read.map(|read| read.saturating_add(transfer)))
             .set_operation_attempt_timeout(t.attempt.map(|a| a.saturating_add(transfer)))
             .set_operation_timeout(t.operation.map(|o| o.saturating_add(transfer)));
-        let timeouts = timeouts.build();
+        timeouts.build()
+    }
+
+    /// The timeouts of a request whose answer waits for the server to move data itself
+    /// (UploadPartCopy, CompleteMultipartUpload): S3 answers these at once and keeps the
+    /// connection alive while it works, but S3-compatible servers may answer only when done,
+    /// so they get [`SERVER_WORK_FACTOR`] times the read timeout (120 s by default, the read
+    /// timeout of every request before it was lowered to 30 s).
+    fn server_work_timeouts(&self) -> TimeoutConfig {
+        let t = &self.timeouts;
+        let mut timeouts = TimeoutConfig::builder();
+        timeouts
+            .set_connect_timeout(t.connect)
+            .set_read_timeout(t.read.map(|read| read.saturating_mul(SERVER_WORK_FACTOR)))
+            .set_operation_attempt_timeout(t.attempt.map(|a| a.saturating_mul(SERVER_WORK_FACTOR)))
+            .set_operation_timeout(t.operation.map(|o| o.saturating_mul(SERVER_WORK_FACTOR)));
+        timeouts.build()
+    }
+
+    /// A per-request override for a streamed body of `size` bytes (0 for a download): one
+    /// attempt (the body cannot be sent twice), no stalled-stream protection, because the
+    /// body moves at the pace of whoever is at its other end (a gateway client sending or
+    /// reading slowly), not of the store's, and the [`body_timeouts`](Self::body_timeouts).
+    fn streamed(&self, size: u64) -> aws_sdk_s3::config::Builder {
         Self::single_attempt()
-            .timeout_config(timeouts)
+            .timeout_config(self.body_timeouts(size))
             .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
     }
 
@@ -540,8 +573,15 @@ fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
     }
 }
 
-/// Maps an SDK error to a [`StoreError`] naming the operation and the store key.
-fn map_err<E>(op: &'static str, key: &str, err: SdkError<E, HttpResponse>) -> StoreError
+/// Maps an SDK error to a [`StoreError`] naming the operation and the store key. `attempts` is
+/// how many attempts the request was given (the SDK's retries included), which the error of a
+/// request that timed out on every attempt reports.
+fn map_err<E>(
+    op: &'static str,
+    key: &str,
+    attempts: u32,
+    err: SdkError<E, HttpResponse>,
+) -> StoreError
 where
     E: ProvideErrorMetadata + RequestId + std::error::Error + Send + Sync + 'static,
 {
@@ -582,6 +622,25 @@ where
                     StoreErrorKind::AccessDenied,
                     format!(
                         "no AWS credentials could be loaded ({}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with a profile in ~/.aws",
+                        cause_chain(&err)
+                    ),
+                )
+            } else if failure.is_timeout() && !is_connect_timeout(&err) {
+                // The connection is open and the request sent (or being sent), but no answer
+                // came: a hung or overloaded server, or a proxy that swallows requests. Each
+                // attempt waited the whole read timeout, so say which knob shortens or
+                // lengthens that wait instead of leaving a bare "timeout".
+                let attempts = match attempts {
+                    1 => "1 attempt".to_string(),
+                    n => format!("{n} attempts"),
+                };
+                (
+                    StoreErrorKind::Transient,
+                    format!(
+                        "the endpoint accepted the connection but did not answer within the read \
+                         timeout ({attempts}; {}): check that the server at the endpoint \
+                         (?endpoint= or AWS_ENDPOINT_URL) works, or raise read_timeout= in the URL \
+                         (e.g. read_timeout=2m)",
                         cause_chain(&err)
                     ),
                 )
@@ -645,6 +704,16 @@ fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// Whether any error in the chain is an `E`.
 fn has_cause<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(err), |e| e.source()).any(|e| e.is::<E>())
+}
+
+/// Whether a timed-out dispatch failed while connecting (the connect timeout, whose error the
+/// HTTP client only tells from a read timeout by its text) rather than waiting for the answer.
+fn is_connect_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+        e.to_string()
+            .to_ascii_lowercase()
+            .contains("connect timeout")
+    })
 }
 
 /// The kind of the first I/O error in the chain.
@@ -765,7 +834,7 @@ impl ObjectStore for S3Store {
         let out = match req.send().await {
             Ok(out) => out,
             Err(e) => {
-                let err = map_err(OP_GET, key, e);
+                let err = map_err(OP_GET, key, self.max_attempts, e);
                 // `0..n` of an empty object reads nothing (416 from the server): check with a
                 // plain GET that the object is indeed empty.
                 if err.kind() == StoreErrorKind::InvalidRange
@@ -889,7 +958,7 @@ impl ObjectStore for S3Store {
         {
             Ok(out) => out,
             Err(e) => {
-                let err = map_err(OP_GET, key, e);
+                let err = map_err(OP_GET, key, 1, e);
                 // `0..n` of an empty object (416): `get` tells it from a bad range.
                 if err.kind() == StoreErrorKind::InvalidRange
                     && range.as_ref().is_some_and(|r| r.start == 0)
@@ -987,7 +1056,7 @@ impl ObjectStore for S3Store {
             .config_override(self.streamed(size))
             .send()
             .await
-            .map_err(|e| map_err(OP_PUT, key, e))?;
+            .map_err(|e| map_err(OP_PUT, key, 1, e))?;
         Ok(PutResult {
             etag: unquote(out.e_tag().ok_or_else(|| missing(OP_PUT, key, "ETag"))?),
         })
@@ -1019,7 +1088,7 @@ impl ObjectStore for S3Store {
             .config_override(self.streamed(size))
             .send()
             .await
-            .map_err(|e| map_err(OP_PART, key, e))?;
+            .map_err(|e| map_err(OP_PART, key, 1, e))?;
         out.e_tag()
             .map(unquote)
             .ok_or_else(|| missing(OP_PART, key, "ETag"))
@@ -1034,7 +1103,7 @@ impl ObjectStore for S3Store {
             .key(self.full_key(key))
             .send()
             .await
-            .map_err(|e| map_err(OP_HEAD, key, e))?;
+            .map_err(|e| map_err(OP_HEAD, key, self.max_attempts, e))?;
         Ok(ObjectMeta {
             key: key.to_string(),
             size: out
@@ -1050,6 +1119,7 @@ impl ObjectStore for S3Store {
 
     async fn put(&self, key: &str, body: Bytes, opts: PutOptions) -> Result<PutResult, StoreError> {
         rules::validate_key(OP_PUT, key)?;
+        let size = body.len() as u64;
         let mut req = self
             .client
             .put_object()
@@ -1064,11 +1134,16 @@ impl ObjectStore for S3Store {
         if let Some((if_match, if_none_match)) = Self::condition_headers(&opts.condition) {
             req = req.set_if_match(if_match).set_if_none_match(if_none_match);
         }
-        let mut req = req.customize();
+        let mut req = req.customize().config_override(
+            aws_sdk_s3::config::Builder::default().timeout_config(self.body_timeouts(size)),
+        );
         if self.unsigned_payload {
             req = req.disable_payload_signing();
         }
-        let out = req.send().await.map_err(|e| map_err(OP_PUT, key, e))?;
+        let out = req
+            .send()
+            .await
+            .map_err(|e| map_err(OP_PUT, key, self.max_attempts, e))?;
         Ok(PutResult {
             etag: unquote(out.e_tag().ok_or_else(|| missing(OP_PUT, key, "ETag"))?),
         })
@@ -1086,7 +1161,7 @@ impl ObjectStore for S3Store {
         {
             Ok(_) => Ok(()),
             Err(e) => {
-                let err = map_err(OP_DELETE, key, e);
+                let err = map_err(OP_DELETE, key, self.max_attempts, e);
                 // S3 answers 204 for a missing key; some servers answer 404 NoSuchKey.
                 if err.kind() == StoreErrorKind::NotFound && !err.detail().contains("NoSuchBucket")
                 {
@@ -1140,7 +1215,7 @@ impl ObjectStore for S3Store {
                     }
                 }
                 Err(e) => {
-                    let err = map_err(OP, first, e);
+                    let err = map_err(OP, first, self.max_attempts, e);
                     if err.is_transient() {
                         return Err(err);
                     }
@@ -1172,7 +1247,7 @@ impl ObjectStore for S3Store {
             .max_keys(max_keys as i32)
             .send()
             .await
-            .map_err(|e| map_err(OP_LIST, &req.prefix, e))?;
+            .map_err(|e| map_err(OP_LIST, &req.prefix, self.max_attempts, e))?;
         let mut page = ListPage::default();
         for obj in out.contents() {
             let Some(key) = obj.key().and_then(|k| self.strip(k)) else {
@@ -1215,7 +1290,10 @@ impl ObjectStore for S3Store {
         for (name, value) in &opts.metadata {
             req = req.metadata(name, value);
         }
-        let out = req.send().await.map_err(|e| map_err(OP_CREATE, key, e))?;
+        let out = req
+            .send()
+            .await
+            .map_err(|e| map_err(OP_CREATE, key, self.max_attempts, e))?;
         out.upload_id()
             .map(str::to_string)
             .ok_or_else(|| missing(OP_CREATE, key, "upload id"))
@@ -1249,15 +1327,16 @@ impl ObjectStore for S3Store {
                 request
             }
         };
+        let timeouts = self.body_timeouts(body.len() as u64);
         let out = match request()
-            .config_override(Self::single_attempt())
+            .config_override(Self::single_attempt().timeout_config(timeouts.clone()))
             .send()
             .await
         {
             Ok(out) => out,
             Err(e) => {
                 let status = status_of(&e);
-                let err = map_err(OP_PART, key, e);
+                let err = map_err(OP_PART, key, 1, e);
                 if let Some(err) = self
                     .check_first_failure(OP_PART, key, upload_id, status, err)
                     .await
@@ -1265,10 +1344,10 @@ impl ObjectStore for S3Store {
                     return Err(err);
                 }
                 request()
-                    .config_override(self.remaining_attempts())
+                    .config_override(self.remaining_attempts().timeout_config(timeouts))
                     .send()
                     .await
-                    .map_err(|e| map_err(OP_PART, key, e))?
+                    .map_err(|e| map_err(OP_PART, key, self.max_attempts, e))?
             }
         };
         out.e_tag()
@@ -1306,15 +1385,16 @@ impl ObjectStore for S3Store {
                 .set_copy_source_if_match(source_if_match.map(quote_etag))
                 .customize()
         };
+        let timeouts = self.server_work_timeouts();
         let out = match request()
-            .config_override(Self::single_attempt())
+            .config_override(Self::single_attempt().timeout_config(timeouts.clone()))
             .send()
             .await
         {
             Ok(out) => out,
             Err(e) => {
                 let status = status_of(&e);
-                let err = map_err(OP_PART_COPY, key, e);
+                let err = map_err(OP_PART_COPY, key, 1, e);
                 if let Some(err) = self
                     .check_first_failure(OP_PART_COPY, key, upload_id, status, err)
                     .await
@@ -1322,10 +1402,10 @@ impl ObjectStore for S3Store {
                     return Err(err);
                 }
                 request()
-                    .config_override(self.remaining_attempts())
+                    .config_override(self.remaining_attempts().timeout_config(timeouts))
                     .send()
                     .await
-                    .map_err(|e| map_err(OP_PART_COPY, key, e))?
+                    .map_err(|e| map_err(OP_PART_COPY, key, self.max_attempts, e))?
             }
         };
         out.copy_part_result()
@@ -1393,15 +1473,16 @@ impl ObjectStore for S3Store {
                 .customize()
         };
         // As for UploadPart: moto answers 500 to an unknown upload id.
+        let timeouts = self.server_work_timeouts();
         let out = match request()
-            .config_override(Self::single_attempt())
+            .config_override(Self::single_attempt().timeout_config(timeouts.clone()))
             .send()
             .await
         {
             Ok(out) => out,
             Err(e) => {
                 let status = status_of(&e);
-                let err = map_err(OP_COMPLETE, key, e);
+                let err = map_err(OP_COMPLETE, key, 1, e);
                 if let Some(err) = self
                     .check_first_failure(OP_COMPLETE, key, upload_id, status, err)
                     .await
@@ -1409,10 +1490,10 @@ impl ObjectStore for S3Store {
                     return Err(err);
                 }
                 request()
-                    .config_override(self.remaining_attempts())
+                    .config_override(self.remaining_attempts().timeout_config(timeouts))
                     .send()
                     .await
-                    .map_err(|e| map_err(OP_COMPLETE, key, e))?
+                    .map_err(|e| map_err(OP_COMPLETE, key, self.max_attempts, e))?
             }
         };
         Ok(PutResult {
@@ -1432,7 +1513,7 @@ impl ObjectStore for S3Store {
             .upload_id(upload_id)
             .send()
             .await
-            .map_err(|e| map_err(OP_ABORT, key, e))?;
+            .map_err(|e| map_err(OP_ABORT, key, self.max_attempts, e))?;
         Ok(())
     }
 
@@ -1475,7 +1556,7 @@ impl ObjectStore for S3Store {
             }
             Err(e) => match moto_list_parts(&e) {
                 Some(page) => page,
-                None => return Err(map_err(OP_LIST_PARTS, key, e)),
+                None => return Err(map_err(OP_LIST_PARTS, key, self.max_attempts, e)),
             },
         };
         // S3 lists parts in ascending order after the marker; s3s-fs lists them in directory
@@ -1503,7 +1584,7 @@ impl ObjectStore for S3Store {
             .set_upload_id_marker(upload_id_marker)
             .send()
             .await
-            .map_err(|e| map_err(OP_LIST_UPLOADS, prefix, e))?;
+            .map_err(|e| map_err(OP_LIST_UPLOADS, prefix, self.max_attempts, e))?;
         let mut page = UploadsPage::default();
         for upload in out.uploads() {
             let (Some(key), Some(upload_id)) =
@@ -1632,6 +1713,91 @@ mod tests {
         let root = S3Store::new(config).await.unwrap();
         assert_eq!(root.describe(), "s3://bucket");
         assert_eq!(root.full_key("k"), "k");
+    }
+
+    #[tokio::test]
+    async fn uploads_get_their_body_s_transfer_time_on_top_of_the_read_timeout() {
+        let mut config = S3Config::new("bucket");
+        config.region = Some("us-east-1".into());
+        config.endpoint = Some("http://127.0.0.1:1".into());
+        config.credentials = Some(("ak".into(), "sk".into()));
+        let read = S3Timeouts::default().read.unwrap();
+        assert_eq!(read, Duration::from_secs(30), "requests without a body");
+        let store = S3Store::new(config.clone()).await.unwrap();
+        let t = store.body_timeouts(0);
+        assert_eq!(t.read_timeout(), Some(read));
+        assert_eq!(t.connect_timeout(), Some(Duration::from_secs(5)));
+        // A 5 MiB part is given 80 s more at 64 KiB/s, whatever the base.
+        let part = 5 * 1024 * 1024;
+        assert_eq!(
+            store.body_timeouts(part).read_timeout(),
+            Some(read + Duration::from_secs(80))
+        );
+        // Copies and completions, which servers may answer only once done, get 4 times as long.
+        assert_eq!(
+            store.server_work_timeouts().read_timeout(),
+            Some(Duration::from_secs(120))
+        );
+        config.timeouts.read = Some(Duration::from_secs(1));
+        let store = S3Store::new(config).await.unwrap();
+        assert_eq!(
+            store.body_timeouts(part).read_timeout(),
+            Some(Duration::from_secs(81))
+        );
+        assert_eq!(
+            store.server_work_timeouts().read_timeout(),
+            Some(Duration::from_secs(4))
+        );
+    }
+
+    /// An endpoint that accepts connections and never answers.
+    fn hung_endpoint() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                std::thread::spawn(move || {
+                    let mut sink = [0u8; 64 * 1024];
+                    while matches!(std::io::Read::read(&mut conn, &mut sink), Ok(n) if n > 0) {}
+                });
+            }
+        });
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// The extended read timeout reaches the requests of `put` and `upload_part` (their error
+    /// names the timeout that fired), and a hung endpoint's error says what to do.
+    #[tokio::test]
+    async fn in_memory_uploads_wait_for_their_body_and_say_what_timed_out() {
+        let mut config = S3Config::new("bucket");
+        config.region = Some("us-east-1".into());
+        config.endpoint = Some(hung_endpoint());
+        config.credentials = Some(("ak".into(), "sk".into()));
+        config.max_attempts = 1;
+        config.timeouts.read = Some(Duration::from_secs(1));
+        let store = S3Store::new(config).await.unwrap();
+        // 64 KiB: one second more than the read timeout.
+        let body = Bytes::from(vec![7u8; STREAM_FLOOR_RATE as usize]);
+        let (put, part, head) = tokio::join!(
+            store.put("k", body.clone(), PutOptions::default()),
+            store.upload_part("k", "upload", 1, body),
+            store.head("k"),
+        );
+        for (err, after) in [
+            (put.unwrap_err(), "after 2s"),
+            (part.unwrap_err(), "after 2s"),
+            (head.unwrap_err(), "after 1s"),
+        ] {
+            assert_eq!(err.kind(), StoreErrorKind::Transient, "{err}");
+            let text = err.to_string();
+            assert!(text.contains(after), "{after}: {text}");
+            assert!(
+                text.contains("did not answer within the read timeout (1 attempt;")
+                    && text.contains("raise read_timeout="),
+                "{text}"
+            );
+        }
     }
 
     #[tokio::test]

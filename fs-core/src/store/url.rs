@@ -3,14 +3,15 @@
 //! | URL | store |
 //! |-----|-------|
 //! | `file:///abs/dir`, `/abs/dir`, `rel/dir` | [`LocalStore`] rooted at the directory (relative paths are made absolute against the current directory) |
-//! | `s3://bucket[/prefix][?endpoint=URL&region=R&path_style=BOOL&max_attempts=N&contiguous_parts=BOOL]` | [`S3Store`] |
+//! | `s3://bucket[/prefix][?endpoint=URL&region=R&path_style=BOOL&max_attempts=N&read_timeout=DURATION&contiguous_parts=BOOL]` | [`S3Store`] |
 //! | `memory://name` | [`MemoryStore::named`]: shared by name within the process |
 //!
 //! In `s3://` URLs the path (prefix or key) is percent-decoded, so a `?` or `#` in a key is
 //! written `%3F` / `%23`. `path_style` defaults to `true` when an `endpoint` is given (what
 //! S3-compatible servers need) and to `false` otherwise. Credentials are never taken from a URL:
 //! they come from the AWS chain (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, profiles, ...), as do
-//! the region and `AWS_ENDPOINT_URL` when the URL does not set them.
+//! the region and `AWS_ENDPOINT_URL` when the URL does not set them. `read_timeout` (`500ms`,
+//! `10s`, `2m`) is how long each attempt waits for the server's answer; see [`S3Timeouts`].
 //!
 //! Object URLs ([`StoreUrl::parse_object`]) name one object: `s3://bucket/dir/file.txt` is the key
 //! `dir/file.txt` of the store `s3://bucket` (the whole path is the key, the store has no prefix);
@@ -22,12 +23,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::DynStore;
 use super::local::LocalStore;
 use super::memory::MemoryStore;
 use super::rules;
-use super::s3::{S3Config, S3Store};
+use super::s3::{S3Config, S3Store, S3Timeouts};
 use crate::error::{StoreError, StoreErrorKind};
 
 const OP_PARSE: &str = "parse store URL";
@@ -136,8 +138,8 @@ impl FromStr for StoreUrl {
 }
 
 impl fmt::Display for StoreUrl {
-    /// The canonical URL, which parses back to the same value (credentials and timeouts, which
-    /// URLs do not carry, excepted).
+    /// The canonical URL, which parses back to the same value (credentials, and the timeouts
+    /// other than the read timeout, which URLs do not carry, excepted).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreUrl::Local(path) => match url::Url::from_file_path(path) {
@@ -163,6 +165,12 @@ impl fmt::Display for StoreUrl {
                 }
                 if c.max_attempts != super::s3::DEFAULT_MAX_ATTEMPTS {
                     params.push(format!("max_attempts={}", c.max_attempts));
+                }
+                // A disabled read timeout (`None`, only through the API) has no URL form.
+                if c.timeouts.read != S3Timeouts::default().read
+                    && let Some(read) = c.timeouts.read
+                {
+                    params.push(format!("read_timeout={}", url_duration(read)));
                 }
                 if c.contiguous_parts {
                     params.push("contiguous_parts=true".to_string());
@@ -285,7 +293,8 @@ fn parse_memory(op: &'static str, url: &str, rest: &str) -> Result<(StoreUrl, St
     Ok((StoreUrl::Memory(name.to_string()), path))
 }
 
-const S3_PARAMS: &str = "endpoint, region, path_style, max_attempts, contiguous_parts";
+const S3_PARAMS: &str =
+    "endpoint, region, path_style, max_attempts, read_timeout, contiguous_parts";
 
 fn parse_s3(op: &'static str, url: &str, rest: &str) -> Result<S3Config, StoreError> {
     let fail = |why: String| url_err(op, url, why);
@@ -368,6 +377,21 @@ fn parse_s3(op: &'static str, url: &str, rest: &str) -> Result<S3Config, StoreEr
                     ))
                 })?;
             }
+            "read_timeout" => {
+                let read = humantime::parse_duration(&value).map_err(|e| {
+                    fail(format!(
+                        "read_timeout must be a duration such as 500ms, 10s or 2m, not '{value}' \
+                         ({e})"
+                    ))
+                })?;
+                // 0 would not mean "no timeout" but fail every request at once.
+                if read.is_zero() {
+                    return Err(fail(format!(
+                        "read_timeout must be more than 0, not '{value}'"
+                    )));
+                }
+                config.timeouts.read = Some(read);
+            }
             _ => {
                 return Err(fail(format!(
                     "unknown parameter '{name}' (accepted: {S3_PARAMS})"
@@ -378,6 +402,18 @@ fn parse_s3(op: &'static str, url: &str, rest: &str) -> Result<S3Config, StoreEr
     }
     config.path_style = path_style.unwrap_or(config.endpoint.is_some());
     Ok(config)
+}
+
+/// A duration as `read_timeout=` reads it back, in its largest exact unit among s, ms and ns
+/// (humantime's own format, `1m 30s`, has a space that a URL would have to escape).
+fn url_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}ns", d.as_nanos())
+    }
 }
 
 fn parse_bool(value: &str) -> Option<bool> {
@@ -488,6 +524,7 @@ mod tests {
         assert!(s3("s3://bkt?endpoint=https://s3.example.com").path_style);
         assert!(!s3("s3://bkt?endpoint=https://s3.example.com&path_style=false").path_style);
         assert_eq!(s3("s3://bkt?max_attempts=2").max_attempts, 2);
+        assert_eq!(s3("s3://bkt").timeouts, S3Timeouts::default());
         // The path is percent-decoded.
         assert_eq!(s3("s3://bkt/a%20b/c%3Fd").prefix, "a b/c?d");
         // An endpoint may be percent-encoded too.
@@ -510,6 +547,28 @@ mod tests {
         bad("s3://bucket?endpoint=", "has no value");
         bad("s3://bucket?path_style=maybe", "path_style must be");
         bad("s3://bucket?max_attempts=0", "positive integer");
+        bad(
+            "s3://bucket?read_timeout=0",
+            "read_timeout must be more than 0",
+        );
+        bad(
+            "s3://bucket?read_timeout=0s",
+            "read_timeout must be more than 0",
+        );
+        bad(
+            "s3://bucket?read_timeout=soon",
+            "read_timeout must be a duration",
+        );
+        bad(
+            "s3://bucket?read_timeout=10",
+            "read_timeout must be a duration",
+        );
+        bad(
+            "s3://bucket?read_timeout=-1s",
+            "read_timeout must be a duration",
+        );
+        bad("s3://bucket?read_timeout=", "has no value");
+        bad("s3://bucket?read_timeout=1s&read_timeout=2s", "given twice");
         bad("s3://bucket?colour=blue", "unknown parameter 'colour'");
         bad("s3://bucket?region=a&region=b", "given twice");
         bad("s3://key:secret@bucket", "credentials do not belong");
@@ -602,6 +661,10 @@ mod tests {
             "s3://bucket/a%20b/c?endpoint=http://127.0.0.1:9000&region=us-east-1",
             "s3://bucket?endpoint=http://127.0.0.1:9000&path_style=false",
             "s3://bucket/p?path_style=true&max_attempts=3",
+            "s3://bucket?max_attempts=2&read_timeout=1s",
+            "s3://bucket?read_timeout=500ms",
+            "s3://bucket?read_timeout=1500ms",
+            "s3://bucket?read_timeout=1ns",
             "memory://name",
             "file:///tmp/some%20dir",
         ] {
@@ -609,6 +672,58 @@ mod tests {
             assert_eq!(parsed.to_string(), url);
             assert_eq!(StoreUrl::parse(&parsed.to_string()).unwrap(), parsed);
         }
+    }
+
+    #[test]
+    fn read_timeout_takes_a_duration() {
+        let read = |url: &str| s3(url).timeouts.read;
+        for (value, want) in [
+            ("500ms", Duration::from_millis(500)),
+            ("10s", Duration::from_secs(10)),
+            ("2m", Duration::from_secs(120)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1m%2030s", Duration::from_secs(90)),
+            ("1h", Duration::from_secs(3600)),
+        ] {
+            assert_eq!(
+                read(&format!("s3://bkt?read_timeout={value}")),
+                Some(want),
+                "{value}"
+            );
+        }
+        // Only the read timeout changes.
+        let c = s3("s3://bkt?read_timeout=7s&max_attempts=2");
+        assert_eq!(c.max_attempts, 2);
+        assert_eq!(
+            c.timeouts,
+            S3Timeouts {
+                read: Some(Duration::from_secs(7)),
+                ..S3Timeouts::default()
+            }
+        );
+        // The canonical form: the largest exact unit, no space; the default is left out.
+        let canonical = |url: &str| StoreUrl::parse(url).unwrap().to_string();
+        assert_eq!(
+            canonical("s3://bkt?read_timeout=1m%2030s"),
+            "s3://bkt?read_timeout=90s"
+        );
+        assert_eq!(
+            canonical("s3://bkt?read_timeout=1.5s"),
+            "s3://bkt?read_timeout=1500ms"
+        );
+        let default = S3Timeouts::default().read.unwrap();
+        assert_eq!(
+            canonical(&format!("s3://bkt?read_timeout={}s", default.as_secs())),
+            "s3://bkt"
+        );
+        // The error names the parameter and the URL, and lists it among the accepted ones.
+        let err = StoreUrl::parse("s3://bkt?read_timeout=forever").unwrap_err();
+        assert!(
+            err.to_string().contains("read_timeout must be a duration")
+                && err.to_string().contains("'forever'"),
+            "{err}"
+        );
+        bad("s3://bkt?readtimeout=1s", "read_timeout");
     }
 
     #[tokio::test]
