@@ -344,22 +344,28 @@ impl S3Store {
             .retry_config(RetryConfig::standard().with_max_attempts((self.max_attempts - 1).max(1)))
     }
 
+    /// The store's timeouts with every waiting one (read, attempt, operation) lengthened by
+    /// `longer`. Every field is set, so that a per-request override does not depend on how the
+    /// SDK merges it with the client's own timeout config.
+    fn lengthened_timeouts(&self, longer: impl Fn(Duration) -> Duration) -> TimeoutConfig {
+        let t = &self.timeouts;
+        let mut timeouts = TimeoutConfig::builder();
+        timeouts
+            .set_connect_timeout(t.connect)
+            .set_read_timeout(t.read.map(&longer))
+            .set_operation_attempt_timeout(t.attempt.map(&longer))
+            .set_operation_timeout(t.operation.map(&longer));
+        timeouts.build()
+    }
+
     /// The timeouts of a request that uploads a body of `size` bytes. The read timeout runs
     /// from the request's start to the answer, the upload included, and the default one is
     /// sized for requests without a body: it is extended by the time the body takes at
     /// [`STREAM_FLOOR_RATE`], so that only a stuck transfer times out, not a large part on a
-    /// slow link. Every field is set from the store's timeouts, so that the override does not
-    /// depend on how the SDK merges it with the client's own timeout config.
+    /// slow link.
     fn body_timeouts(&self, size: u64) -> TimeoutConfig {
-        let t = &self.timeouts;
         let transfer = Duration::from_secs(size / STREAM_FLOOR_RATE);
-        let mut timeouts = TimeoutConfig::builder();
-        timeouts
-            .set_connect_timeout(t.connect)
-            .set_read_timeout(t.read.map(|read| read.saturating_add(transfer)))
-            .set_operation_attempt_timeout(t.attempt.map(|a| a.saturating_add(transfer)))
-            .set_operation_timeout(t.operation.map(|o| o.saturating_add(transfer)));
-        timeouts.build()
+        self.lengthened_timeouts(|timeout| timeout.saturating_add(transfer))
     }
 
     /// The timeouts of a request whose answer waits for the server to move data itself
@@ -368,14 +374,7 @@ impl S3Store {
     /// so they get [`SERVER_WORK_FACTOR`] times the read timeout (120 s by default, the read
     /// timeout of every request before it was lowered to 30 s).
     fn server_work_timeouts(&self) -> TimeoutConfig {
-        let t = &self.timeouts;
-        let mut timeouts = TimeoutConfig::builder();
-        timeouts
-            .set_connect_timeout(t.connect)
-            .set_read_timeout(t.read.map(|read| read.saturating_mul(SERVER_WORK_FACTOR)))
-            .set_operation_attempt_timeout(t.attempt.map(|a| a.saturating_mul(SERVER_WORK_FACTOR)))
-            .set_operation_timeout(t.operation.map(|o| o.saturating_mul(SERVER_WORK_FACTOR)));
-        timeouts.build()
+        self.lengthened_timeouts(|timeout| timeout.saturating_mul(SERVER_WORK_FACTOR))
     }
 
     /// A per-request override for a streamed body of `size` bytes (0 for a download): one
