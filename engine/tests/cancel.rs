@@ -308,3 +308,65 @@ fn a_cancel_completes_when_an_abort_fails_and_leaves_just_that_upload() {
     assert_eq!(env.index_entries(), 1);
     drop(env.runtime);
 }
+
+#[test]
+fn a_cancel_while_restarting_abandons_what_the_failed_attempt_left_open() {
+    // The 300th PUT fails, without retries (a tail a checkpoint stages for a file in
+    // progress): the attempt fails and keeps its files for the next one, which the job waits a
+    // minute to start. A cancel meanwhile must abandon them as if the attempt were running.
+    let store = Arc::new(FaultStore::new(
+        Arc::new(MemoryStore::new()),
+        FaultConfig {
+            fail_nth: [(Op::Put, 300)].into(),
+            ..FaultConfig::default()
+        },
+    ));
+    let no_retries = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::default()
+    };
+    let env = Env::over(store.clone(), no_retries);
+    let text = job(None, Some(20_000)).replace("delay = \"100ms\"", "delay = \"60s\"");
+    let compiled = compile(&parse(&text).unwrap(), "cancel-3").unwrap();
+    let job = MiniCluster::new(env.env.clone(), 1, 2)
+        .submit(compiled.graph, "cancel-3")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while job.state() != JobState::Restarting {
+        assert!(
+            Instant::now() < deadline,
+            "the injected fault did not fail an attempt: {:?}",
+            job.state()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left_open = env.open_uploads().len();
+    assert!(left_open > 0, "the failed attempt left no file in progress");
+    let published = env.objects("out/");
+
+    let started = Instant::now();
+    job.cancel();
+    assert_eq!(job.wait(), JobState::Canceled);
+    let took = started.elapsed();
+    eprintln!("cancelled while restarting with {left_open} files left open in {took:?}");
+    assert!(took < Duration::from_secs(30), "the cancel took {took:?}");
+    let open = env.open_uploads();
+    assert!(
+        open.is_empty(),
+        "{} uploads left open, e.g. {:?}",
+        open.len(),
+        &open[..open.len().min(3)]
+    );
+    let tails = env.objects(".rivulet/tails/");
+    assert!(tails.is_empty(), "{} tails left", tails.len());
+    assert_eq!(env.index_entries(), 0);
+    let after = env.objects("out/");
+    for (key, etag) in &published {
+        assert_eq!(after.get(key), Some(etag), "{key} changed or went");
+    }
+    assert!(
+        env.output_lines().keys().all(|l| l.split(',').count() == 4),
+        "a broken line"
+    );
+    drop(env.runtime);
+}

@@ -236,6 +236,14 @@ impl JobMaster {
                 );
             }
             let Some(placement) = self.wait_for_slots() else {
+                if attempt > 0 {
+                    tracing::warn!(
+                        job = %self.shared.job_id,
+                        "cancelled while waiting for slots to restart: the failed attempt's \
+                         files in progress stay open (`rivulet recover STORE` lists them, \
+                         `rivulet recover --abort --prefix SINK_PATH/ STORE` aborts them)"
+                    );
+                }
                 return Ok(JobState::Canceled);
             };
             // A new attempt: the declines of the last one are not held against it.
@@ -291,12 +299,54 @@ impl JobMaster {
                     let until = Instant::now() + delay;
                     while Instant::now() < until {
                         if self.shared.cancel_requested.load(Ordering::SeqCst) {
+                            self.abandon_between_attempts(attempt);
                             return Ok(JobState::Canceled);
                         }
                         std::thread::sleep(Duration::from_millis(20));
                     }
                 }
             }
+        }
+    }
+
+    /// A user's cancel while the job waits to restart: no subtask runs to abandon what the
+    /// failed attempt left open, so one more attempt is deployed only to abandon it. Its
+    /// subtasks restore the latest completed checkpoint as any restart does (sinks publish
+    /// what that checkpoint made pending, abort the uploads of the failed attempt that no
+    /// checkpoint references, and take back the files in progress) and are stopped at once
+    /// with [`StopMode::Abandon`], which aborts the files they took back. Without free slots
+    /// (the failed attempt lost its task manager) nothing can run, and the files stay open for
+    /// `rivulet recover --abort`, as the warning says.
+    fn abandon_between_attempts(&mut self, attempt: u32) {
+        let job = self.shared.job_id.clone();
+        let leave = |why: String| {
+            tracing::warn!(
+                job = %job,
+                "cancelled while restarting; the failed attempt's files in progress stay open \
+                 ({why}): `rivulet recover --abort --prefix SINK_PATH/ STORE` aborts them"
+            );
+        };
+        let restore = match self.storage.latest() {
+            Ok(restore) => restore,
+            Err(e) => return leave(format!("reading the latest checkpoint: {e}")),
+        };
+        let completed = self
+            .latest_completed
+            .max(restore.as_ref().map(|m| m.checkpoint_id));
+        let needed = self.shared.graph.slots_needed();
+        let placement = match self.task_managers.allocate(&self.shared.job_id, needed) {
+            Ok(placement) => placement,
+            Err(why) => return leave(why),
+        };
+        tracing::info!(
+            job = %self.shared.job_id,
+            checkpoint = completed,
+            "cancelled while restarting: restoring the latest checkpoint only to abandon the \
+             files in progress"
+        );
+        match self.deploy(attempt, placement, restore) {
+            Ok(deployment) => self.tear_down(&deployment, StopMode::Abandon { completed }),
+            Err(e) => leave(format!("deploying the subtasks that abandon them: {e}")),
         }
     }
 
