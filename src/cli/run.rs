@@ -92,21 +92,26 @@ pub async fn run(env: &Env, args: RunArgs) -> Result<()> {
     }
     let writer = Arc::new(RecoverableWriter::new(store.clone(), index, config)?);
 
-    let (job_id, resumed) = job_identity(&store, &spec.name, &text, args.fresh).await?;
+    let job_env = JobEnvironment {
+        store: store.clone(),
+        writer,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    // A job file that does not compile is refused before it is recorded as a run, so that it
+    // neither supersedes the job's unfinished run nor is left for the next run to supersede.
+    engine::job::compile(&spec, &registry::new_job_id(&spec.name))?
+        .graph
+        .validate()?;
+    let (job_id, resumed, superseded) = job_identity(&store, &spec.name, &text, args.fresh).await?;
+    for run in superseded {
+        abandon_superseded(&job_env, run, args.json).await;
+    }
     let compiled = engine::job::compile(&spec, &job_id)?;
     let needed = compiled.graph.slots_needed();
     let slots = args
         .slots
         .unwrap_or_else(|| needed.div_ceil(args.task_managers));
-    let cluster = MiniCluster::new(
-        JobEnvironment {
-            store: store.clone(),
-            writer,
-            runtime: tokio::runtime::Handle::current(),
-        },
-        args.task_managers,
-        slots.max(1),
-    );
+    let cluster = MiniCluster::new(job_env, args.task_managers, slots.max(1));
     let outputs = compiled.outputs.clone();
     if !args.json {
         eprintln!(
@@ -177,14 +182,16 @@ async fn engine_index(env: &Env) -> Result<Index> {
     }
 }
 
-/// The job id to run under: an unfinished run of the same job file is resumed unless
-/// `fresh`; otherwise a new id is recorded.
+/// The job id to run under, whether it resumes, and the unfinished runs it supersedes: an
+/// unfinished run of the same job file is resumed unless `fresh`; otherwise a new id is
+/// recorded, and the unfinished runs of the job are marked cancelled (their files are for
+/// [`abandon_superseded`]).
 async fn job_identity(
     store: &DynStore,
     name: &str,
     text: &str,
     fresh: bool,
-) -> Result<(String, bool)> {
+) -> Result<(String, bool, Vec<JobRecord>)> {
     let now = chrono::Utc::now().timestamp_millis();
     let unfinished: Vec<JobRecord> = registry::list(store)
         .await?
@@ -193,7 +200,7 @@ async fn job_identity(
         .collect();
     if let Some(last) = unfinished.last() {
         if !fresh && last.spec == text {
-            return Ok((last.job_id.clone(), true));
+            return Ok((last.job_id.clone(), true, Vec::new()));
         }
         // Superseded: a fresh run, or the job file changed (its checkpoints may not fit).
         for r in &unfinished {
@@ -213,7 +220,44 @@ async fn job_identity(
         },
     )
     .await?;
-    Ok((job_id, false))
+    Ok((job_id, false, unfinished))
+}
+
+/// Abandons the files a superseded run left open (it was killed, and will never resume), as
+/// a user's cancel would have: what its latest checkpoint made pending is published, the rest
+/// aborted (`MiniCluster::abandon`). Its own job file (kept in its record) says what it ran. A
+/// failure is a warning, not an error: the new run does not depend on it, and `rivulet recover
+/// --abort` can still abandon the files.
+async fn abandon_superseded(env: &JobEnvironment, run: JobRecord, quiet: bool) {
+    let warn = |why: String| {
+        tracing::warn!(
+            job = %run.job_id,
+            "could not abandon the files of the superseded run: {why}; `rivulet recover --abort \
+             --prefix SINK_PATH/ STORE` aborts them"
+        );
+    };
+    let compiled = match engine::job::parse(&run.spec)
+        .and_then(|spec| engine::job::compile(&spec, &run.job_id))
+    {
+        Ok(compiled) => compiled,
+        Err(e) => return warn(format!("its job file no longer compiles: {e}")),
+    };
+    if !quiet {
+        eprintln!(
+            "abandoning the files of the superseded run {} (never to resume)",
+            run.job_id
+        );
+    }
+    let slots = compiled.graph.slots_needed().max(1);
+    let cluster = MiniCluster::new(env.clone(), 1, slots);
+    let job = match cluster.abandon(compiled.graph, &run.job_id) {
+        Ok(job) => job,
+        Err(e) => return warn(e.to_string()),
+    };
+    // The job's threads block on the store through this runtime: wait off it.
+    if let Err(e) = tokio::task::spawn_blocking(move || job.wait()).await {
+        warn(e.to_string());
+    }
 }
 
 /// Prints a progress line every second until the job ends.

@@ -91,6 +91,12 @@ fn a_bad_job_file_exits_non_zero_with_one_line_naming_the_mistake() {
             vec!["big.slide"],
         ),
     ];
+    let records = || {
+        fs::read_dir(dir.path().join("store/_jobs"))
+            .unwrap()
+            .count()
+    };
+    let recorded = records();
     for (job, needles) in cases {
         let out = run(dir.path(), &job);
         assert_eq!(
@@ -111,6 +117,9 @@ fn a_bad_job_file_exits_non_zero_with_one_line_naming_the_mistake() {
         }
         assert!(lines[0].contains("job.toml"), "{}", lines[0]);
     }
+    // Refused before anything was recorded: no run of a bad job file for the next run to
+    // supersede.
+    assert_eq!(records(), recorded);
 }
 
 /// Two input files with a malformed line each: `x` is not an int (a.csv line 2) and a line
@@ -344,6 +353,80 @@ fn an_interrupted_run_abandons_its_files_in_progress() {
     assert!(leftover_tails(&store).is_empty(), "{stderr}");
     assert_still_published(&store, &published);
     // The index lists nothing either: `rivulet recover` has nothing to resume or abort.
+    let out = Command::new(rivulet_bin())
+        .args(["recover", "--index"])
+        .arg(&index)
+        .arg(&store)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("out/bids/"),
+        "rivulet recover lists files: {text}"
+    );
+}
+
+/// A run killed outright (SIGKILL) is resumed by the next `rivulet run` of the same job file;
+/// a run with `--fresh`, or with a changed job file, supersedes it instead, and abandons the
+/// files it left open as a cancel would have: what its checkpoints published stays, and no
+/// upload, tail or index entry of it is left.
+#[test]
+fn a_superseded_run_has_its_files_in_progress_abandoned() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("job.toml");
+    fs::write(&file, many_buckets_job(5_000)).unwrap();
+    let store = dir.path().join("store");
+    let index = dir.path().join("index");
+    let mut child = Command::new(rivulet_bin())
+        .args(["run", "--store"])
+        .arg(&store)
+        .arg(&file)
+        .env("RIVULET_INDEX", &index)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("running rivulet");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while open_uploads(&store) < 300 || published_files(&store).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not get going in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let published = published_files(&store);
+    let left_open = open_uploads(&store);
+    assert!(left_open > 0);
+
+    // The same job, changed to end at once, as a fresh run.
+    let changed = "name = \"many-buckets\"\n\n[[source]]\nid = \"bids\"\nkind = \"nexmark\"\n\
+                   count = 1000\n\n[[sink]]\nid = \"out\"\nkind = \"discard\"\n";
+    fs::write(&file, changed).unwrap();
+    let out = Command::new(rivulet_bin())
+        .args(["run", "--fresh", "--store"])
+        .arg(&store)
+        .arg(&file)
+        .env("RIVULET_INDEX", &index)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("abandoning the files of the superseded run many-buckets-"),
+        "{stderr}"
+    );
+    eprintln!("{left_open} files the killed run left open");
+    assert_eq!(open_uploads(&store), 0, "{stderr}");
+    assert!(leftover_tails(&store).is_empty(), "{stderr}");
+    assert_still_published(&store, &published);
     let out = Command::new(rivulet_bin())
         .args(["recover", "--index"])
         .arg(&index)

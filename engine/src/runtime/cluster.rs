@@ -131,6 +131,18 @@ pub fn start_job(
     env: &JobEnvironment,
     task_managers: Arc<dyn TaskManagers>,
 ) -> Result<JobHandle, EngineError> {
+    start_master(graph, spec, job_id, env, task_managers, JobMaster::run)
+}
+
+/// Starts a job master for `graph` on its own thread, which runs `run` on it.
+fn start_master(
+    graph: JobGraph,
+    spec: Option<String>,
+    job_id: &str,
+    env: &JobEnvironment,
+    task_managers: Arc<dyn TaskManagers>,
+    run: fn(JobMaster) -> JobState,
+) -> Result<JobHandle, EngineError> {
     graph.validate()?;
     let shared = Arc::new(JobShared {
         job_id: job_id.to_string(),
@@ -145,7 +157,7 @@ pub fn start_job(
     let master = JobMaster::new(shared.clone(), env, task_managers);
     let thread = std::thread::Builder::new()
         .name(format!("job-master-{job_id}"))
-        .spawn(move || master.run())
+        .spawn(move || run(master))
         .map_err(|e| EngineError::io("starting the job master", e))?;
     Ok(JobHandle {
         shared,
@@ -190,5 +202,19 @@ impl MiniCluster {
             ));
         }
         start_job(graph, None, job_id, &self.env, self.local.clone())
+    }
+
+    /// Abandons the run `job_id` of `graph` instead of running it, as a user's cancel would
+    /// (see `JobMaster::abandon_run`): for a run that will never resume because a new run of
+    /// its job superseded it. The handle's job ends `Canceled`.
+    pub fn abandon(&self, graph: JobGraph, job_id: &str) -> Result<JobHandle, EngineError> {
+        start_master(
+            graph,
+            None,
+            job_id,
+            &self.env,
+            self.local.clone(),
+            JobMaster::abandon_run,
+        )
     }
 }

@@ -299,7 +299,10 @@ impl JobMaster {
                     let until = Instant::now() + delay;
                     while Instant::now() < until {
                         if self.shared.cancel_requested.load(Ordering::SeqCst) {
-                            self.abandon_between_attempts(attempt);
+                            self.abandon_with_one_more_attempt(
+                                attempt,
+                                "cancelled while restarting",
+                            );
                             return Ok(JobState::Canceled);
                         }
                         std::thread::sleep(Duration::from_millis(20));
@@ -309,21 +312,33 @@ impl JobMaster {
         }
     }
 
-    /// A user's cancel while the job waits to restart: no subtask runs to abandon what the
-    /// failed attempt left open, so one more attempt is deployed only to abandon it. Its
-    /// subtasks restore the latest completed checkpoint as any restart does (sinks publish
-    /// what that checkpoint made pending, abort the uploads of the failed attempt that no
-    /// checkpoint references, and take back the files in progress) and are stopped at once
-    /// with [`StopMode::Abandon`], which aborts the files they took back. Without free slots
-    /// (the failed attempt lost its task manager) nothing can run, and the files stay open for
-    /// `rivulet recover --abort`, as the warning says.
-    fn abandon_between_attempts(&mut self, attempt: u32) {
+    /// Abandons a run that will never resume (a new run of its job superseded it) instead of
+    /// running it: see [`abandon_with_one_more_attempt`](Self::abandon_with_one_more_attempt).
+    pub fn abandon_run(mut self) -> JobState {
+        self.shared.set_state(JobState::Running);
+        self.abandon_with_one_more_attempt(0, "superseded by a new run");
+        self.task_managers.release(&self.shared.job_id);
+        self.shared.set_state(JobState::Canceled);
+        JobState::Canceled
+    }
+
+    /// Abandons what a run left open when no subtask of it is running: a user's cancel while
+    /// the job waits to restart, or a run superseded by a new one ([`abandon_run`]). One more
+    /// attempt is deployed only to abandon it. Its subtasks restore the latest completed
+    /// checkpoint as any restart does (sinks publish what that checkpoint made pending, abort
+    /// the run's uploads that no checkpoint references, and take back the files in progress)
+    /// and are stopped at once with [`StopMode::Abandon`], which aborts the files they took
+    /// back. Without free slots nothing can run, and the files stay open for `rivulet recover
+    /// --abort`, as the warning says.
+    ///
+    /// [`abandon_run`]: Self::abandon_run
+    fn abandon_with_one_more_attempt(&mut self, attempt: u32, why: &str) {
         let job = self.shared.job_id.clone();
-        let leave = |why: String| {
+        let leave = |cause: String| {
             tracing::warn!(
                 job = %job,
-                "cancelled while restarting; the failed attempt's files in progress stay open \
-                 ({why}): `rivulet recover --abort --prefix SINK_PATH/ STORE` aborts them"
+                "{why}; the run's files in progress stay open ({cause}): \
+                 `rivulet recover --abort --prefix SINK_PATH/ STORE` aborts them"
             );
         };
         let restore = match self.storage.latest() {
@@ -336,13 +351,12 @@ impl JobMaster {
         let needed = self.shared.graph.slots_needed();
         let placement = match self.task_managers.allocate(&self.shared.job_id, needed) {
             Ok(placement) => placement,
-            Err(why) => return leave(why),
+            Err(cause) => return leave(cause),
         };
         tracing::info!(
             job = %self.shared.job_id,
             checkpoint = completed,
-            "cancelled while restarting: restoring the latest checkpoint only to abandon the \
-             files in progress"
+            "{why}: restoring the latest checkpoint only to abandon the files in progress"
         );
         match self.deploy(attempt, placement, restore) {
             Ok(deployment) => self.tear_down(&deployment, StopMode::Abandon { completed }),
