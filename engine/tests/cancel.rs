@@ -81,6 +81,23 @@ impl Env {
         Env { runtime, env }
     }
 
+    /// A memory store whose `nth` call of `op` fails, under a writer that does not retry.
+    fn failing_once(op: Op, nth: u64) -> (Arc<FaultStore>, Env) {
+        let store = Arc::new(FaultStore::new(
+            Arc::new(MemoryStore::new()),
+            FaultConfig {
+                fail_nth: [(op, nth)].into(),
+                ..FaultConfig::default()
+            },
+        ));
+        let no_retries = RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        };
+        let env = Env::over(store.clone(), no_retries);
+        (store, env)
+    }
+
     fn in_memory() -> Env {
         Env::over(Arc::new(MemoryStore::new()), RetryPolicy::default())
     }
@@ -144,6 +161,30 @@ impl Env {
             .unwrap()
             .len()
     }
+    /// Nothing of the run is left open: no upload, no tail, no token in the index. What was
+    /// `published` stays, unchanged, and every published file is whole CSV.
+    fn assert_run_abandoned(&self, published: &BTreeMap<String, String>) {
+        let open = self.open_uploads();
+        assert!(
+            open.is_empty(),
+            "{} uploads left open, e.g. {:?}",
+            open.len(),
+            &open[..open.len().min(3)]
+        );
+        let tails = self.objects(".rivulet/tails/");
+        assert!(tails.is_empty(), "{} tails left", tails.len());
+        assert_eq!(self.index_entries(), 0);
+        let after = self.objects("out/");
+        for (key, etag) in published {
+            assert_eq!(after.get(key), Some(etag), "{key} changed or went");
+        }
+        assert!(
+            self.output_lines()
+                .keys()
+                .all(|l| l.split(',').count() == 4),
+            "a broken line"
+        );
+    }
 }
 
 fn completed_checkpoints(job: &engine::runtime::JobHandle) -> usize {
@@ -190,27 +231,7 @@ fn a_cancelled_job_with_many_buckets_leaves_no_upload_and_keeps_what_checkpoints
     eprintln!("cancelled with {in_progress} files in progress in {took:?}");
     assert!(took < Duration::from_secs(30), "the cancel took {took:?}");
 
-    // Nothing of the run is left open: no upload, no tail, no token in the index.
-    let open = env.open_uploads();
-    assert!(
-        open.is_empty(),
-        "{} uploads left open, e.g. {:?}",
-        open.len(),
-        &open[..open.len().min(3)]
-    );
-    let tails = env.objects(".rivulet/tails/");
-    assert!(tails.is_empty(), "{} tails left", tails.len());
-    assert_eq!(env.index_entries(), 0);
-    // What the checkpoints published stays, unchanged; every published file is whole CSV.
-    let after = env.objects("out/");
-    for (key, etag) in &published {
-        assert_eq!(after.get(key), Some(etag), "{key} changed or went");
-    }
-    let lines = env.output_lines();
-    assert!(
-        lines.keys().all(|l| l.split(',').count() == 4),
-        "a broken line"
-    );
+    env.assert_run_abandoned(&published);
     drop(env.runtime);
 }
 
@@ -235,18 +256,7 @@ fn a_failed_attempt_is_not_a_cancel_its_files_in_progress_are_resumed_exactly_on
     // The 300th PUT fails, without retries: a tail a checkpoint stages for a file in progress
     // (nearly every PUT is one), so the sink's snapshot fails and the attempt restarts from the
     // last completed checkpoint, resuming the files it had in progress.
-    let store = Arc::new(FaultStore::new(
-        Arc::new(MemoryStore::new()),
-        FaultConfig {
-            fail_nth: [(Op::Put, 300)].into(),
-            ..FaultConfig::default()
-        },
-    ));
-    let no_retries = RetryPolicy {
-        max_attempts: 1,
-        ..RetryPolicy::default()
-    };
-    let env = Env::over(store.clone(), no_retries);
+    let (store, env) = Env::failing_once(Op::Put, 300);
     let (got, restarts) = finished_run(&env, &text, "faulty-1");
     let puts = store.calls(Op::Put);
     assert!(puts >= 300, "the faulty PUT was never made ({puts} PUTs)");
@@ -270,18 +280,7 @@ fn a_cancel_completes_when_an_abort_fails_and_leaves_just_that_upload() {
     // The first abort of an upload fails, without retries (a store that refuses it): the
     // cancel must still complete, abandoning every other file; that one stays open, listed
     // by the index for `rivulet recover --abort`.
-    let store = Arc::new(FaultStore::new(
-        Arc::new(MemoryStore::new()),
-        FaultConfig {
-            fail_nth: [(Op::AbortMultipart, 1)].into(),
-            ..FaultConfig::default()
-        },
-    ));
-    let no_retries = RetryPolicy {
-        max_attempts: 1,
-        ..RetryPolicy::default()
-    };
-    let env = Env::over(store.clone(), no_retries);
+    let (store, env) = Env::failing_once(Op::AbortMultipart, 1);
     let compiled = compile(&parse(&job(None, Some(5_000))).unwrap(), "cancel-2").unwrap();
     let job = MiniCluster::new(env.env.clone(), 1, 2)
         .submit(compiled.graph, "cancel-2")
@@ -314,18 +313,7 @@ fn a_cancel_while_restarting_abandons_what_the_failed_attempt_left_open() {
     // The 300th PUT fails, without retries (a tail a checkpoint stages for a file in
     // progress): the attempt fails and keeps its files for the next one, which the job waits a
     // minute to start. A cancel meanwhile must abandon them as if the attempt were running.
-    let store = Arc::new(FaultStore::new(
-        Arc::new(MemoryStore::new()),
-        FaultConfig {
-            fail_nth: [(Op::Put, 300)].into(),
-            ..FaultConfig::default()
-        },
-    ));
-    let no_retries = RetryPolicy {
-        max_attempts: 1,
-        ..RetryPolicy::default()
-    };
-    let env = Env::over(store.clone(), no_retries);
+    let (store, env) = Env::failing_once(Op::Put, 300);
     let text = job(None, Some(20_000)).replace("delay = \"100ms\"", "delay = \"60s\"");
     let compiled = compile(&parse(&text).unwrap(), "cancel-3").unwrap();
     let job = MiniCluster::new(env.env.clone(), 1, 2)
@@ -340,6 +328,10 @@ fn a_cancel_while_restarting_abandons_what_the_failed_attempt_left_open() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(
+        store.calls(Op::Put) >= 300,
+        "restarting before the faulty PUT"
+    );
     let left_open = env.open_uploads().len();
     assert!(left_open > 0, "the failed attempt left no file in progress");
     let published = env.objects("out/");
@@ -350,23 +342,6 @@ fn a_cancel_while_restarting_abandons_what_the_failed_attempt_left_open() {
     let took = started.elapsed();
     eprintln!("cancelled while restarting with {left_open} files left open in {took:?}");
     assert!(took < Duration::from_secs(30), "the cancel took {took:?}");
-    let open = env.open_uploads();
-    assert!(
-        open.is_empty(),
-        "{} uploads left open, e.g. {:?}",
-        open.len(),
-        &open[..open.len().min(3)]
-    );
-    let tails = env.objects(".rivulet/tails/");
-    assert!(tails.is_empty(), "{} tails left", tails.len());
-    assert_eq!(env.index_entries(), 0);
-    let after = env.objects("out/");
-    for (key, etag) in &published {
-        assert_eq!(after.get(key), Some(etag), "{key} changed or went");
-    }
-    assert!(
-        env.output_lines().keys().all(|l| l.split(',').count() == 4),
-        "a broken line"
-    );
+    env.assert_run_abandoned(&published);
     drop(env.runtime);
 }

@@ -3,9 +3,10 @@
 //! `files` source over a local store skips malformed lines with `on_error = "skip"` and fails
 //! the job naming `key:line` with `on_error = "fail"`.
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 use harness::rivulet_bin;
 use tempfile::TempDir;
@@ -308,23 +309,24 @@ fn zero_slots_or_task_managers_are_refused() {
     }
 }
 
-/// Ctrl-C on `rivulet run` (the embedded cluster) of a job with files in progress in thousands
-/// of buckets: the run is cancelled, what its checkpoints published stays, and every other
-/// file is abandoned: no open upload, no tail, nothing for `rivulet recover` to list.
-#[test]
-fn an_interrupted_run_abandons_its_files_in_progress() {
-    let dir = TempDir::new().unwrap();
-    let file = dir.path().join("job.toml");
+/// A `rivulet run` of a job with files in progress in thousands of buckets, over the local
+/// store `store` and the index `index`, let run until checkpoints have published files and
+/// hundreds are in progress (with tails).
+fn a_run_with_files_in_progress(
+    dir: &Path,
+    stderr: std::process::Stdio,
+) -> (std::process::Child, PathBuf, PathBuf) {
+    let file = dir.join("job.toml");
     fs::write(&file, many_buckets_job(5_000)).unwrap();
-    let store = dir.path().join("store");
-    let index = dir.path().join("index");
+    let store = dir.join("store");
+    let index = dir.join("index");
     let child = Command::new(rivulet_bin())
         .args(["run", "--store"])
         .arg(&store)
         .arg(&file)
         .env("RIVULET_INDEX", &index)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .expect("running rivulet");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -337,26 +339,24 @@ fn an_interrupted_run_abandons_its_files_in_progress() {
     }
     // A checkpoint or two more, so that files in progress have tails.
     std::thread::sleep(std::time::Duration::from_millis(800));
-    let published = published_files(&store);
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let started = std::time::Instant::now();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("the run ended {:?} after SIGINT", started.elapsed());
-    assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("the job was cancelled"), "{stderr}");
-    assert_eq!(open_uploads(&store), 0, "{stderr}");
-    assert!(leftover_tails(&store).is_empty(), "{stderr}");
-    assert_still_published(&store, &published);
-    // The index lists nothing either: `rivulet recover` has nothing to resume or abort.
+    (child, store, index)
+}
+
+/// Nothing of the run's files in progress is left: no open upload, no tail, nothing the index
+/// lists for `rivulet recover` to resume or abort; what was `published` stays.
+fn assert_nothing_left_but(
+    store: &Path,
+    index: &Path,
+    published: &BTreeMap<PathBuf, u64>,
+    log: &str,
+) {
+    assert_eq!(open_uploads(store), 0, "{log}");
+    assert!(leftover_tails(store).is_empty(), "{log}");
+    assert_still_published(store, published);
     let out = Command::new(rivulet_bin())
         .args(["recover", "--index"])
-        .arg(&index)
-        .arg(&store)
+        .arg(index)
+        .arg(store)
         .output()
         .unwrap();
     let text = format!(
@@ -371,6 +371,28 @@ fn an_interrupted_run_abandons_its_files_in_progress() {
     );
 }
 
+/// Ctrl-C on `rivulet run` (the embedded cluster) of a job with files in progress in thousands
+/// of buckets: the run is cancelled, what its checkpoints published stays, and every other
+/// file is abandoned: no open upload, no tail, nothing for `rivulet recover` to list.
+#[test]
+fn an_interrupted_run_abandons_its_files_in_progress() {
+    let dir = TempDir::new().unwrap();
+    let (child, store, index) = a_run_with_files_in_progress(dir.path(), Stdio::piped());
+    let published = published_files(&store);
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("the run ended {:?} after SIGINT", started.elapsed());
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("the job was cancelled"), "{stderr}");
+    assert_nothing_left_but(&store, &index, &published, &stderr);
+}
+
 /// A run killed outright (SIGKILL) is resumed by the next `rivulet run` of the same job file;
 /// a run with `--fresh`, or with a changed job file, supersedes it instead, and abandons the
 /// files it left open as a cancel would have: what its checkpoints published stays, and no
@@ -378,28 +400,7 @@ fn an_interrupted_run_abandons_its_files_in_progress() {
 #[test]
 fn a_superseded_run_has_its_files_in_progress_abandoned() {
     let dir = TempDir::new().unwrap();
-    let file = dir.path().join("job.toml");
-    fs::write(&file, many_buckets_job(5_000)).unwrap();
-    let store = dir.path().join("store");
-    let index = dir.path().join("index");
-    let mut child = Command::new(rivulet_bin())
-        .args(["run", "--store"])
-        .arg(&store)
-        .arg(&file)
-        .env("RIVULET_INDEX", &index)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("running rivulet");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while open_uploads(&store) < 300 || published_files(&store).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the run did not get going in 60 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    let (mut child, store, index) = a_run_with_files_in_progress(dir.path(), Stdio::null());
     child.kill().unwrap();
     child.wait().unwrap();
     let published = published_files(&store);
@@ -407,6 +408,7 @@ fn a_superseded_run_has_its_files_in_progress_abandoned() {
     assert!(left_open > 0);
 
     // The same job, changed to end at once, as a fresh run.
+    let file = dir.path().join("job.toml");
     let changed = "name = \"many-buckets\"\n\n[[source]]\nid = \"bids\"\nkind = \"nexmark\"\n\
                    count = 1000\n\n[[sink]]\nid = \"out\"\nkind = \"discard\"\n";
     fs::write(&file, changed).unwrap();
@@ -424,23 +426,5 @@ fn a_superseded_run_has_its_files_in_progress_abandoned() {
         "{stderr}"
     );
     eprintln!("{left_open} files the killed run left open");
-    assert_eq!(open_uploads(&store), 0, "{stderr}");
-    assert!(leftover_tails(&store).is_empty(), "{stderr}");
-    assert_still_published(&store, &published);
-    let out = Command::new(rivulet_bin())
-        .args(["recover", "--index"])
-        .arg(&index)
-        .arg(&store)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    assert!(
-        !text.contains("out/bids/"),
-        "rivulet recover lists files: {text}"
-    );
+    assert_nothing_left_but(&store, &index, &published, &stderr);
 }
