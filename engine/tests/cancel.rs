@@ -104,22 +104,11 @@ impl Env {
 
     /// Open multipart uploads (files in progress or pending).
     fn open_uploads(&self) -> Vec<String> {
-        let store = &self.env.store;
-        self.runtime.block_on(async {
-            let mut keys = Vec::new();
-            let mut marker = None;
-            loop {
-                let page = store
-                    .list_multipart_uploads("", marker.clone())
-                    .await
-                    .unwrap();
-                keys.extend(page.uploads.into_iter().map(|u| u.key));
-                match page.next {
-                    Some(next) if Some(&next) != marker.as_ref() => marker = Some(next),
-                    _ => return keys,
-                }
-            }
-        })
+        let uploads = self
+            .runtime
+            .block_on(self.env.store.list_all_uploads(""))
+            .unwrap();
+        uploads.into_iter().map(|u| u.key).collect()
     }
 
     /// Objects under `prefix`, with their ETags.

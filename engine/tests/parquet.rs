@@ -154,22 +154,10 @@ impl Harness {
     }
 
     fn open_uploads(&self) -> usize {
-        self.rt.block_on(async {
-            let mut count = 0;
-            let mut marker = None;
-            loop {
-                let page = self
-                    .store
-                    .list_multipart_uploads("", marker.clone())
-                    .await
-                    .unwrap();
-                count += page.uploads.len();
-                match page.next {
-                    Some(next) if Some(&next) != marker.as_ref() => marker = Some(next),
-                    _ => return count,
-                }
-            }
-        })
+        self.rt
+            .block_on(self.store.list_all_uploads(""))
+            .unwrap()
+            .len()
     }
 
     fn tails(&self) -> usize {

@@ -148,22 +148,8 @@ impl Harness {
     }
 
     fn open_uploads(&self) -> Vec<String> {
-        self.rt.block_on(async {
-            let mut keys = Vec::new();
-            let mut marker = None;
-            loop {
-                let page = self
-                    .store
-                    .list_multipart_uploads("", marker.clone())
-                    .await
-                    .unwrap();
-                keys.extend(page.uploads.into_iter().map(|u| u.key));
-                match page.next {
-                    Some(next) if Some(&next) != marker.as_ref() => marker = Some(next),
-                    _ => return keys,
-                }
-            }
-        })
+        let uploads = self.rt.block_on(self.store.list_all_uploads("")).unwrap();
+        uploads.into_iter().map(|u| u.key).collect()
     }
 
     fn tails(&self) -> usize {

@@ -103,7 +103,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use fs_core::store::{ObjectStoreExt, StoreErrorKind, UploadsMarker};
+use fs_core::store::{ObjectStoreExt, StoreErrorKind};
 use fs_core::{Committer, FileWriter, RecoverableWriter, ResumeToken};
 
 use super::SinkMetrics;
@@ -1008,29 +1008,21 @@ impl PartFiles {
     fn abort_stale_uploads(&self, base: &str, keep: &HashSet<String>) -> Result<(), EngineError> {
         let store = self.writer.store();
         let retry = &self.writer.config().retry;
-        let mut marker: Option<UploadsMarker> = None;
-        loop {
-            let page = match self
-                .block_on(retry.run(|| store.list_multipart_uploads(base, marker.clone())))
-            {
-                Ok(page) => page,
-                Err(e) if e.kind() == StoreErrorKind::NotSupported => {
-                    tracing::warn!(task = %self.task, "the store cannot list uploads; uploads of earlier attempts stay until `rivulet gc`");
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
-            };
-            for upload in &page.uploads {
-                if self.is_own_part(&upload.key) && !keep.contains(&upload.upload_id) {
-                    tracing::info!(task = %self.task, key = %upload.key, "aborting a part file of an earlier attempt");
-                    self.block_on(self.writer.abort_upload(&upload.key, &upload.upload_id))?;
-                }
+        let uploads = match self.block_on(retry.run(|| store.list_all_uploads(base))) {
+            Ok(uploads) => uploads,
+            Err(e) if e.kind() == StoreErrorKind::NotSupported => {
+                tracing::warn!(task = %self.task, "the store cannot list uploads; uploads of earlier attempts stay until `rivulet gc`");
+                return Ok(());
             }
-            match page.next {
-                Some(next) if Some(&next) != marker.as_ref() => marker = Some(next),
-                _ => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for upload in &uploads {
+            if self.is_own_part(&upload.key) && !keep.contains(&upload.upload_id) {
+                tracing::info!(task = %self.task, key = %upload.key, "aborting a part file of an earlier attempt");
+                self.block_on(self.writer.abort_upload(&upload.key, &upload.upload_id))?;
             }
         }
+        Ok(())
     }
 
     /// Publishes or aborts the files of a cancelled run, all at once (at most

@@ -520,6 +520,20 @@ pub trait ObjectStoreExt: ObjectStore {
         }
     }
 
+    /// Every open multipart upload under `prefix`, following ListMultipartUploads' pages.
+    async fn list_all_uploads(&self, prefix: &str) -> Result<Vec<UploadInfo>, StoreError> {
+        let mut uploads = Vec::new();
+        let mut marker = None;
+        loop {
+            let page = self.list_multipart_uploads(prefix, marker.clone()).await?;
+            uploads.extend(page.uploads);
+            match page.next {
+                Some(next) if Some(&next) != marker.as_ref() => marker = Some(next),
+                _ => return Ok(uploads),
+            }
+        }
+    }
+
     /// Every object under `prefix` (no delimiter), following the listing's pages.
     async fn list_all(&self, prefix: &str) -> Result<Vec<ObjectSummary>, StoreError> {
         let mut objects = Vec::new();

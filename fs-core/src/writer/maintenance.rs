@@ -116,20 +116,8 @@ pub(crate) async fn abort_upload(
 }
 
 async fn all_uploads(shared: &Shared) -> Result<Vec<UploadInfo>, crate::error::StoreError> {
-    let mut uploads = Vec::new();
-    let mut marker = None;
-    loop {
-        let page = shared
-            .config
-            .retry
-            .run(|| shared.store.list_multipart_uploads("", marker.clone()))
-            .await?;
-        uploads.extend(page.uploads);
-        match page.next {
-            Some(next) if Some(&next) != marker.as_ref() => marker = Some(next),
-            _ => return Ok(uploads),
-        }
-    }
+    let store = &shared.store;
+    shared.config.retry.run(|| store.list_all_uploads("")).await
 }
 
 /// Tails grouped by their upload folder.

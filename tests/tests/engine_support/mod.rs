@@ -373,23 +373,10 @@ pub fn assert_still_published(store: &Path, before: &BTreeMap<PathBuf, u64>) {
 /// Multipart uploads still open in a local store (in-progress or pending files).
 pub fn open_uploads(store: &Path) -> usize {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        use fs_core::store::ObjectStore;
-        let store = fs_core::store::local::LocalStore::open(store).unwrap();
-        // Every page: a cancelled job may leave thousands.
-        let (mut count, mut marker) = (0, None);
-        loop {
-            let page = store
-                .list_multipart_uploads("", marker.clone())
-                .await
-                .unwrap();
-            count += page.uploads.len();
-            match page.next {
-                Some(next) if Some(&next) != marker.as_ref() => marker = Some(next),
-                _ => return count,
-            }
-        }
-    })
+    use fs_core::store::ObjectStoreExt;
+    let store = fs_core::store::local::LocalStore::open(store).unwrap();
+    // Every page: a cancelled job may leave thousands.
+    runtime.block_on(store.list_all_uploads("")).unwrap().len()
 }
 
 /// Tail objects still in a local store (fs-core stages them at persists and deletes them when
