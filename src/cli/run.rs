@@ -97,16 +97,18 @@ pub async fn run(env: &Env, args: RunArgs) -> Result<()> {
         writer,
         runtime: tokio::runtime::Handle::current(),
     };
+    let identity = job_identity(&store, &spec.name, &text, args.fresh).await?;
+    let job_id = identity.job_id.clone();
+    let resumed = identity.superseded.is_none();
     // A job file that does not compile is refused before it is recorded as a run, so that it
     // neither supersedes the job's unfinished run nor is left for the next run to supersede.
-    engine::job::compile(&spec, &registry::new_job_id(&spec.name))?
-        .graph
-        .validate()?;
-    let (job_id, resumed, superseded) = job_identity(&store, &spec.name, &text, args.fresh).await?;
-    for run in superseded {
-        abandon_superseded(&job_env, run, args.json).await;
-    }
     let compiled = engine::job::compile(&spec, &job_id)?;
+    compiled.graph.validate()?;
+    if let Some(superseded) = record_run(&store, identity, &spec.name, &text).await? {
+        for run in superseded {
+            abandon_superseded(&job_env, run, args.json).await;
+        }
+    }
     let needed = compiled.graph.slots_needed();
     let slots = args
         .slots
@@ -182,36 +184,63 @@ async fn engine_index(env: &Env) -> Result<Index> {
     }
 }
 
-/// The job id to run under, whether it resumes, and the unfinished runs it supersedes: an
-/// unfinished run of the same job file is resumed unless `fresh`; otherwise a new id is
-/// recorded, and the unfinished runs of the job are marked cancelled (their files are for
-/// [`abandon_superseded`]).
+/// The run a `rivulet run` is to be, before anything is recorded.
+struct JobIdentity {
+    job_id: String,
+    /// `None` when the run resumes an unfinished one; else the unfinished runs of the job that
+    /// the new run supersedes (perhaps none).
+    superseded: Option<Vec<JobRecord>>,
+}
+
+/// The job id to run under: an unfinished run of the same job file is resumed unless `fresh`;
+/// otherwise a new run supersedes the job's unfinished ones. Only reads the registry:
+/// [`record_run`] writes what was decided.
 async fn job_identity(
     store: &DynStore,
     name: &str,
     text: &str,
     fresh: bool,
-) -> Result<(String, bool, Vec<JobRecord>)> {
-    let now = chrono::Utc::now().timestamp_millis();
+) -> Result<JobIdentity> {
     let unfinished: Vec<JobRecord> = registry::list(store)
         .await?
         .into_iter()
         .filter(|r| r.name == name && r.state == RecordedState::Running)
         .collect();
-    if let Some(last) = unfinished.last() {
-        if !fresh && last.spec == text {
-            return Ok((last.job_id.clone(), true, Vec::new()));
-        }
-        // Superseded: a fresh run, or the job file changed (its checkpoints may not fit).
-        for r in &unfinished {
-            registry::set_state(store, &r.job_id, RecordedState::Canceled).await?;
-        }
+    if let Some(last) = unfinished.last()
+        && !fresh
+        && last.spec == text
+    {
+        return Ok(JobIdentity {
+            job_id: last.job_id.clone(),
+            superseded: None,
+        });
     }
-    let job_id = registry::new_job_id(name);
+    // Superseded: a fresh run, or the job file changed (its checkpoints may not fit).
+    Ok(JobIdentity {
+        job_id: registry::new_job_id(name),
+        superseded: Some(unfinished),
+    })
+}
+
+/// Records a new run (nothing for a resumed one): the runs it supersedes are marked cancelled
+/// (their files are for [`abandon_superseded`], and returned for it) and the new one running.
+async fn record_run(
+    store: &DynStore,
+    identity: JobIdentity,
+    name: &str,
+    text: &str,
+) -> Result<Option<Vec<JobRecord>>> {
+    let Some(superseded) = identity.superseded else {
+        return Ok(None);
+    };
+    for r in &superseded {
+        registry::set_state(store, &r.job_id, RecordedState::Canceled).await?;
+    }
+    let now = chrono::Utc::now().timestamp_millis();
     registry::save(
         store,
         &JobRecord {
-            job_id: job_id.clone(),
+            job_id: identity.job_id,
             name: name.to_string(),
             spec: text.to_string(),
             state: RecordedState::Running,
@@ -220,7 +249,7 @@ async fn job_identity(
         },
     )
     .await?;
-    Ok((job_id, false, unfinished))
+    Ok(Some(superseded))
 }
 
 /// Abandons the files a superseded run left open (it was killed, and will never resume), as
