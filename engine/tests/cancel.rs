@@ -54,6 +54,10 @@ max_part_size = "16KiB"
     )
 }
 
+/// How long a cancel may take: a liveness bound, not a speed target. Aborting 14,000 files
+/// in progress took about 25 s of a debug build on a machine three times oversubscribed.
+const CANCEL_BOUND: Duration = Duration::from_secs(90);
+
 struct Env {
     runtime: tokio::runtime::Runtime,
     env: JobEnvironment,
@@ -191,10 +195,14 @@ fn a_cancelled_job_with_many_buckets_leaves_no_upload_and_keeps_what_checkpoints
     let job = MiniCluster::new(env.env.clone(), 1, 2)
         .submit(compiled.graph, "cancel-1")
         .unwrap();
-    // Mid-run: checkpoints have completed (and published files that rolled), and thousands
-    // of buckets have files in progress.
+    // Mid-run: checkpoints have completed and published files that rolled, and thousands
+    // of buckets have files in progress. On a loaded machine the buckets can fill up before
+    // any file has rolled and been published, so each of the three is waited for.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while completed_checkpoints(&job) < 3 || env.open_uploads().len() < 500 {
+    while completed_checkpoints(&job) < 3
+        || env.open_uploads().len() < 500
+        || env.objects("out/").is_empty()
+    {
         let state = job.state();
         assert!(
             matches!(state, JobState::Created | JobState::Running),
@@ -202,15 +210,14 @@ fn a_cancelled_job_with_many_buckets_leaves_no_upload_and_keeps_what_checkpoints
         );
         assert!(
             Instant::now() < deadline,
-            "the job did not get going in 60 s"
+            "the job did not get going in 60 s: {} checkpoints, {} files in progress, {} published",
+            completed_checkpoints(&job),
+            env.open_uploads().len(),
+            env.objects("out/").len()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     let published = env.objects("out/");
-    assert!(
-        !published.is_empty(),
-        "no file was published before the cancel"
-    );
     let in_progress = env.open_uploads().len();
 
     let started = Instant::now();
@@ -218,7 +225,7 @@ fn a_cancelled_job_with_many_buckets_leaves_no_upload_and_keeps_what_checkpoints
     assert_eq!(job.wait(), JobState::Canceled);
     let took = started.elapsed();
     eprintln!("cancelled with {in_progress} files in progress in {took:?}");
-    assert!(took < Duration::from_secs(30), "the cancel took {took:?}");
+    assert!(took < CANCEL_BOUND, "the cancel took {took:?}");
 
     env.assert_run_abandoned(&published);
     drop(env.runtime);
@@ -290,7 +297,8 @@ fn a_cancel_completes_when_an_abort_fails_and_leaves_just_that_upload() {
     let started = Instant::now();
     job.cancel();
     assert_eq!(job.wait(), JobState::Canceled);
-    assert!(started.elapsed() < Duration::from_secs(30));
+    let took = started.elapsed();
+    assert!(took < CANCEL_BOUND, "the cancel took {took:?}");
     assert!(store.calls(Op::AbortMultipart) >= 100);
     assert_eq!(env.open_uploads().len(), 1);
     assert_eq!(env.index_entries(), 1);
@@ -330,7 +338,7 @@ fn a_cancel_while_restarting_abandons_what_the_failed_attempt_left_open() {
     assert_eq!(job.wait(), JobState::Canceled);
     let took = started.elapsed();
     eprintln!("cancelled while restarting with {left_open} files left open in {took:?}");
-    assert!(took < Duration::from_secs(30), "the cancel took {took:?}");
+    assert!(took < CANCEL_BOUND, "the cancel took {took:?}");
     env.assert_run_abandoned(&published);
     drop(env.runtime);
 }
