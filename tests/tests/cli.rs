@@ -981,7 +981,13 @@ fn wait_for_upload(fx: &Fixture, with_part: bool, what: &str) {
                         .into_iter()
                         .flatten()
                         .flatten()
-                        .any(|f| f.file_name().to_string_lossy().starts_with("part-"))
+                        .any(|f| {
+                            // A part file, or the record of a part written into its slot.
+                            let name = f.file_name().to_string_lossy().into_owned();
+                            name.starts_with("part-")
+                                || (name.starts_with("slot-0")
+                                    && f.metadata().is_ok_and(|md| md.len() > 0))
+                        })
             })
     };
     let deadline = Instant::now() + Duration::from_secs(30);

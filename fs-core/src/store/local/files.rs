@@ -35,11 +35,17 @@ pub(super) fn create_dir_durable(dir: &Path) -> io::Result<bool> {
 /// Bodies from this size on are hashed on a second thread while the disk syncs them.
 pub(super) const PARALLEL_HASH_MIN: usize = 1 << 20;
 
-/// Writes `body` to `file`, fsyncs it and returns the body's MD5 hex (its ETag). For a large
-/// body the hash runs during the fsync on a second thread, so acknowledging a part costs the
-/// disk's time rather than the disk's time plus the hash's: that is most of a `persist()`.
+/// Writes `body` to `file`, fsyncs it and returns the body's MD5 hex (its ETag).
 pub(super) fn write_synced_md5(file: &mut File, body: &[u8]) -> io::Result<String> {
     file.write_all(body)?;
+    synced_md5(file, body)
+}
+
+/// Fsyncs `file`, which has just been given `body`, and returns the body's MD5 hex (its ETag).
+/// For a large body the hash runs during the fsync on a second thread, so acknowledging a part
+/// costs the disk's time rather than the disk's time plus the hash's: that is most of a
+/// `persist()`.
+pub(super) fn synced_md5(file: &File, body: &[u8]) -> io::Result<String> {
     if body.len() < PARALLEL_HASH_MIN {
         let etag = rules::md5_hex(body);
         file.sync_all()?;

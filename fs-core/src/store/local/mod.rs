@@ -15,8 +15,11 @@
 //!     tmp/                                  temporary files, renamed into place when complete
 //!     meta/<hh>/<md5(key)>.json             metadata sidecar of an object
 //!     uploads/<upload-id>/manifest.json     a multipart upload: key, content type, metadata, time
-//!     uploads/<upload-id>/part-00001        a part's bytes
-//!     uploads/<upload-id>/part-00001.etag   cached ETag of the part (checked against the file)
+//!     uploads/<upload-id>/data              the parts' slots: part n at (n - 1) x slot size
+//!     uploads/<upload-id>/slot-size         the slot size, fixed by the upload's first part
+//!     uploads/<upload-id>/slot-00001        the record of a part in its slot (offset, size, ETag)
+//!     uploads/<upload-id>/part-00001        a part's own file (one that does not fit a slot)
+//!     uploads/<upload-id>/part-00001.etag   cached ETag of the part file (checked against it)
 //!     trash/                                finished uploads being removed
 //! ```
 //!
@@ -33,7 +36,9 @@
 //! The sidecar is written durably *before* the data is renamed, with a record for the new file
 //! and one for the file it replaces, so a crash at any point leaves the object that is on disk
 //! described by its own record. Deleting removes the file and its sidecar and then the parent
-//! directories that became empty (S3 has no empty directories), never the root.
+//! directories that became empty (S3 has no empty directories), never the root. A part written
+//! into its upload's data file is fsynced there before its record is written and fsynced (see
+//! `slots.rs`), and completing an upload links that file into place when it holds the object.
 //!
 //! Object writes (put, complete, delete) and upload aborts hold an exclusive lock: an in-process
 //! mutex plus `File::lock` on `.rivulet-store/lock`, which also excludes other processes using
@@ -192,6 +197,7 @@ mod keys;
 mod multipart;
 mod objects;
 mod records;
+mod slots;
 mod walk;
 
 use files::*;

@@ -1,7 +1,26 @@
-//! The blocking implementation of the multipart operations: uploads are directories of part
-//! files with a manifest; completing concatenates the parts into a temporary and renames it.
+//! The blocking implementation of the multipart operations: an upload is a directory with a
+//! manifest, its parts written into slots of one data file (`slots.rs`) or, where they do not
+//! fit one, into files of their own. Completing links the data file when it holds the object
+//! whole, and otherwise concatenates the parts into a temporary; either is renamed into place.
 
 use super::*;
+
+/// Where an uploaded part's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PartAt {
+    /// Its own file `part-NNNNN`, with this identity.
+    File(FileId),
+    /// The upload's data file, from this offset.
+    Slot(u64),
+}
+
+/// An uploaded part: its ETag, size and where its bytes are.
+#[derive(Debug, Clone)]
+pub(super) struct UploadedPart {
+    pub(super) etag: String,
+    pub(super) size: u64,
+    pub(super) at: PartAt,
+}
 
 impl Inner {
     pub(super) fn load_upload(
@@ -119,8 +138,33 @@ impl Inner {
         Ok(())
     }
 
-    /// The ETag and identity of an uploaded part; `None` if it was not uploaded.
-    pub(super) fn part_etag(
+    /// An uploaded part: its own file if it has one (a re-upload or copy wins over the slot
+    /// of the same number), else its slot; `None` if it was not uploaded.
+    pub(super) fn uploaded_part(
+        &self,
+        op: &'static str,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+    ) -> Result<Option<UploadedPart>, StoreError> {
+        if let Some((etag, id)) = self.part_file_etag(op, key, upload_id, number)? {
+            return Ok(Some(UploadedPart {
+                etag,
+                size: id.size,
+                at: PartAt::File(id),
+            }));
+        }
+        Ok(self
+            .slot_record(upload_id, number)
+            .map(|slot| UploadedPart {
+                etag: slot.etag,
+                size: slot.size,
+                at: PartAt::Slot(slot.offset),
+            }))
+    }
+
+    /// The ETag and identity of part `number`'s own file; `None` if it has none.
+    fn part_file_etag(
         &self,
         op: &'static str,
         key: &str,
@@ -149,7 +193,8 @@ impl Inner {
     }
 
     /// Reads back a byte range of an uploaded part, checked against the ETag its upload
-    /// returned. The file is opened once, so the bytes read are those of the part checked.
+    /// returned. A part file is opened once, so the bytes read are those of the part checked; a
+    /// slot's bytes never change once recorded.
     pub(super) fn read_part(
         &self,
         key: &str,
@@ -164,25 +209,37 @@ impl Inner {
         rules::validate_part_number(OP, key, number)?;
         self.load_upload(OP, key, upload_id)?;
         let io = |e| StoreError::io(OP, key, e);
-        let file = match File::open(self.part_path(upload_id, number)) {
-            Ok(file) => file,
+        let (file, actual, offset, size) = match File::open(self.part_path(upload_id, number)) {
+            Ok(file) => {
+                let md = file.metadata().map_err(io)?;
+                let id = file_id(&md);
+                let actual = match read_json::<PartCache>(&self.part_cache_path(upload_id, number))
+                    .filter(|c| c.file == id)
+                {
+                    Some(cache) => cache.etag,
+                    None => md5_file(&file).map_err(io)?,
+                };
+                (file, actual, 0, md.len())
+            }
             Err(e) if is_missing(&e) => {
-                return Err(StoreError::new(
-                    StoreErrorKind::InvalidPart,
-                    OP,
-                    key,
-                    format!("upload {upload_id} has no part {number}"),
-                ));
+                let Some(slot) = self.slot_record(upload_id, number) else {
+                    return Err(StoreError::new(
+                        StoreErrorKind::InvalidPart,
+                        OP,
+                        key,
+                        format!("upload {upload_id} has no part {number}"),
+                    ));
+                };
+                let file = File::open(self.slots_path(upload_id)).map_err(|e| {
+                    if is_missing(&e) {
+                        no_such_upload(OP, key, upload_id, "completed or aborted meanwhile")
+                    } else {
+                        io(e)
+                    }
+                })?;
+                (file, slot.etag, slot.offset, slot.size)
             }
             Err(e) => return Err(io(e)),
-        };
-        let md = file.metadata().map_err(io)?;
-        let id = file_id(&md);
-        let actual = match read_json::<PartCache>(&self.part_cache_path(upload_id, number))
-            .filter(|c| c.file == id)
-        {
-            Some(cache) => cache.etag,
-            None => md5_file(&file).map_err(io)?,
         };
         if actual.trim_matches('"') != etag.trim_matches('"') {
             return Err(StoreError::new(
@@ -194,22 +251,21 @@ impl Inner {
                 ),
             ));
         }
-        let end = range.end.min(md.len());
+        let end = range.end.min(size);
         if range.start > end {
             return Err(StoreError::new(
                 StoreErrorKind::InvalidRange,
                 OP,
                 key,
                 format!(
-                    "range {}..{} starts past part {number}'s {} bytes",
-                    range.start,
-                    range.end,
-                    md.len()
+                    "range {}..{} starts past part {number}'s {size} bytes",
+                    range.start, range.end
                 ),
             ));
         }
         let mut buf = vec![0u8; (end - range.start) as usize];
-        file.read_exact_at(&mut buf, range.start).map_err(io)?;
+        file.read_exact_at(&mut buf, offset + range.start)
+            .map_err(io)?;
         Ok(Bytes::from(buf))
     }
 
@@ -231,7 +287,11 @@ impl Inner {
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io(op, key, e))?;
             let name = entry.file_name();
-            let Some(digits) = name.to_str().and_then(|n| n.strip_prefix("part-")) else {
+            // A part file or a slot claim (`list_parts` skips claims without a record).
+            let Some(digits) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("part-").or_else(|| n.strip_prefix("slot-")))
+            else {
                 continue;
             };
             if digits.len() == 5
@@ -243,6 +303,7 @@ impl Inner {
             }
         }
         numbers.sort_unstable();
+        numbers.dedup();
         Ok(numbers)
     }
 
@@ -258,6 +319,9 @@ impl Inner {
         rules::validate_part_number(OP, key, number)?;
         rules::validate_part_size(OP, key, body.len() as u64)?;
         self.load_upload(OP, key, upload_id)?;
+        if let Some(etag) = self.write_slot(OP, key, upload_id, number, body)? {
+            return Ok(etag);
+        }
         let io = |e| StoreError::io(OP, key, e);
         let (tmp, mut file) = self.new_temp(OP, key)?;
         let etag = write_synced_md5(&mut file, body).map_err(io)?;
@@ -382,49 +446,71 @@ impl Inner {
         check_key(OP, key)?;
         let manifest = self.load_upload(OP, key, upload_id)?;
         // Gather the requested parts that exist (the rules check presence, ETags and sizes).
-        let mut uploaded: BTreeMap<u32, (String, u64)> = BTreeMap::new();
-        let mut ids: BTreeMap<u32, FileId> = BTreeMap::new();
+        let mut found: BTreeMap<u32, UploadedPart> = BTreeMap::new();
         for part in parts {
-            if uploaded.contains_key(&part.number)
+            if found.contains_key(&part.number)
                 || !(1..=limits::MAX_PART_NUMBER).contains(&part.number)
             {
                 continue;
             }
-            if let Some((etag, id)) = self.part_etag(OP, key, upload_id, part.number)? {
-                uploaded.insert(part.number, (etag, id.size));
-                ids.insert(part.number, id);
+            if let Some(uploaded) = self.uploaded_part(OP, key, upload_id, part.number)? {
+                found.insert(part.number, uploaded);
             }
         }
-        if uploaded.len() < parts.len() {
+        if found.len() < parts.len() {
             // A missing part may mean the whole upload went away meanwhile.
             self.load_upload(OP, key, upload_id)?;
         }
-        rules::validate_completion(key, min_part_size, parts, &uploaded)?;
-        let etags: Vec<&str> = parts
+        let uploaded: BTreeMap<u32, (String, u64)> = found
             .iter()
-            .filter_map(|p| uploaded.get(&p.number).map(|(etag, _)| etag.as_str()))
+            .map(|(&n, p)| (n, (p.etag.clone(), p.size)))
             .collect();
-        let etag = rules::multipart_etag(etags).ok_or_else(|| {
-            StoreError::new(
-                StoreErrorKind::Other,
-                OP,
-                key,
-                "a part's ETag is not an MD5",
-            )
-        })?;
+        rules::validate_completion(key, min_part_size, parts, &uploaded)?;
+        // Every requested part is found from here on.
+        let chosen: Vec<&UploadedPart> =
+            parts.iter().filter_map(|p| found.get(&p.number)).collect();
+        let etag =
+            rules::multipart_etag(chosen.iter().map(|p| p.etag.as_str())).ok_or_else(|| {
+                StoreError::new(
+                    StoreErrorKind::Other,
+                    OP,
+                    key,
+                    "a part's ETag is not an MD5",
+                )
+            })?;
 
-        let (tmp, id, total) = match parts {
-            // One part: the object is that part's file, linked under a temporary name. Its
-            // bytes have been durable since the part was acknowledged, so completing costs no
-            // copy and no data fsync, whatever its size: the common case of small files (a
-            // sink's buckets, small uploads).
-            [only] => match self.link_part(OP, key, upload_id, only.number, &ids)? {
-                Some(linked) => linked,
-                None => self.concatenate(OP, key, upload_id, parts, &ids)?,
+        // The object's file without a copy where possible: the upload's data file when its
+        // slots hold exactly these parts, or a one-part upload's own part file. Their bytes
+        // have been durable since each part was acknowledged, so neither costs a data fsync,
+        // whatever the size.
+        let slots: Option<Vec<(u64, u64)>> = chosen
+            .iter()
+            .map(|p| match p.at {
+                PartAt::Slot(offset) => Some((offset, p.size)),
+                PartAt::File(_) => None,
+            })
+            .collect();
+        let linked = match (slots, chosen.as_slice()) {
+            (Some(slots), _) => self
+                .link_slots(OP, key, upload_id, &slots)?
+                .map(|(tmp, id, total, lock)| (tmp, id, total, Some(lock))),
+            (None, [only]) => match only.at {
+                PartAt::File(id) => self
+                    .link_part(OP, key, upload_id, parts[0].number, id)?
+                    .map(|(tmp, id, total)| (tmp, id, total, None)),
+                PartAt::Slot(_) => None,
             },
-            _ => self.concatenate(OP, key, upload_id, parts, &ids)?,
+            (None, _) => None,
         };
-        let expected: u64 = ids.values().map(|id| id.size).sum();
+        // Held until the upload is retired: no writer may touch the linked data file.
+        let (tmp, id, total, _slots_lock) = match linked {
+            Some(linked) => linked,
+            None => {
+                let (tmp, id, total) = self.concatenate(OP, key, upload_id, parts, &found)?;
+                (tmp, id, total, None)
+            }
+        };
+        let expected: u64 = chosen.iter().map(|p| p.size).sum();
         if total != expected || id.size != expected {
             return Err(StoreError::new(
                 StoreErrorKind::Conflict,
@@ -456,47 +542,81 @@ impl Inner {
         Ok(PutResult { etag })
     }
 
-    /// Copies `parts` into one new temporary file (copy_file_range where available) and
-    /// fsyncs it: the file, its identity and its length.
+    /// Copies `parts` (each found in `found`) into one new temporary file (copy_file_range
+    /// where available) and fsyncs it: the file, its identity and its length.
     fn concatenate(
         &self,
         op: &'static str,
         key: &str,
         upload_id: &str,
         parts: &[CompletedPart],
-        ids: &BTreeMap<u32, FileId>,
+        found: &BTreeMap<u32, UploadedPart>,
     ) -> Result<(TempPath, FileId, u64), StoreError> {
         let io = |e| StoreError::io(op, key, e);
         let (tmp, mut out) = self.new_temp(op, key)?;
+        let mut slots: Option<File> = None;
         let mut total = 0u64;
         for part in parts {
-            let mut file = match File::open(self.part_path(upload_id, part.number)) {
-                Ok(file) => file,
-                Err(e) if is_missing(&e) => return Err(part_changed(op, key, part.number)),
-                Err(e) => return Err(io(e)),
+            let Some(uploaded) = found.get(&part.number) else {
+                return Err(part_changed(op, key, part.number));
             };
-            let id = file_id(&file.metadata().map_err(io)?);
-            if ids.get(&part.number) != Some(&id) {
+            let copied = match uploaded.at {
+                PartAt::File(expected) => {
+                    let mut file = match File::open(self.part_path(upload_id, part.number)) {
+                        Ok(file) => file,
+                        Err(e) if is_missing(&e) => {
+                            return Err(part_changed(op, key, part.number));
+                        }
+                        Err(e) => return Err(io(e)),
+                    };
+                    if file_id(&file.metadata().map_err(io)?) != expected {
+                        return Err(part_changed(op, key, part.number));
+                    }
+                    io::copy(&mut file, &mut out).map_err(io)?
+                }
+                PartAt::Slot(offset) => {
+                    let data = match &slots {
+                        Some(data) => data,
+                        None => match File::open(self.slots_path(upload_id)) {
+                            Ok(data) => slots.insert(data),
+                            Err(e) if is_missing(&e) => {
+                                return Err(no_such_upload(
+                                    op,
+                                    key,
+                                    upload_id,
+                                    "completed or aborted meanwhile",
+                                ));
+                            }
+                            Err(e) => return Err(io(e)),
+                        },
+                    };
+                    let mut reader = data;
+                    reader.seek(SeekFrom::Start(offset)).map_err(io)?;
+                    io::copy(&mut reader.take(uploaded.size), &mut out).map_err(io)?
+                }
+            };
+            if copied != uploaded.size {
                 return Err(part_changed(op, key, part.number));
             }
-            total += io::copy(&mut file, &mut out).map_err(io)?;
+            total += copied;
         }
         out.sync_all().map_err(io)?;
         let id = file_id(&out.metadata().map_err(io)?);
         Ok((tmp, id, total))
     }
 
-    /// Links part `number`'s file under a new temporary name, checked to be the version in
-    /// `ids`: the file, its identity and its length. `None` where the file system cannot link
-    /// (the caller copies instead). The part's name stays until the upload is retired; parts are
-    /// replaced by rename, never written in place, so the object's bytes cannot change.
+    /// Links part `number`'s own file under a new temporary name, checked to be the version
+    /// `expected`: the file, its identity and its length. `None` where the file system cannot
+    /// link (the caller copies instead). The part's name stays until the upload is retired;
+    /// part files are replaced by rename, never written in place, so the object's bytes cannot
+    /// change.
     fn link_part(
         &self,
         op: &'static str,
         key: &str,
         upload_id: &str,
         number: u32,
-        ids: &BTreeMap<u32, FileId>,
+        expected: FileId,
     ) -> Result<Option<(TempPath, FileId, u64)>, StoreError> {
         let tmp = TempPath {
             path: self.temp_name(),
@@ -512,7 +632,7 @@ impl Inner {
         }
         let md = fs::metadata(&tmp.path).map_err(|e| StoreError::io(op, key, e))?;
         let id = file_id(&md);
-        if ids.get(&number) != Some(&id) {
+        if id != expected {
             return Err(part_changed(op, key, number));
         }
         Ok(Some((tmp, id, md.len())))
@@ -572,11 +692,11 @@ impl Inner {
         };
         let mut parts = Vec::with_capacity(numbers.len());
         for number in numbers {
-            if let Some((etag, id)) = self.part_etag(OP, key, upload_id, number)? {
+            if let Some(part) = self.uploaded_part(OP, key, upload_id, number)? {
                 parts.push(PartInfo {
                     number,
-                    etag: Some(etag),
-                    size: id.size,
+                    etag: Some(part.etag),
+                    size: part.size,
                 });
             }
         }
