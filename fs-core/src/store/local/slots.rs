@@ -31,6 +31,12 @@ const SLOT_SIZE_FILE: &str = "slot-size";
 /// Slots end below this offset: parts past it take their own file. Far above what the writer
 /// produces (10,000 parts of 8 MiB is 80 GiB), and below the largest file ext4 can hold.
 const MAX_SLOTS_LEN: u64 = 1 << 42;
+/// A part goes into its slot only if the slot starts at most this many slots past the data
+/// file's end. Parts arrive about in order (a writer keeps a few in flight), so this only turns
+/// away uploads that start far in, such as an append whose first parts are copies of the old
+/// object: a slot there would leave a hole of that size, which file systems without sparse
+/// files fill with zeros, and such an upload is concatenated at completion anyway.
+const MAX_SLOTS_AHEAD: u64 = 64;
 
 /// The record of a part written into a slot, kept in its claim file.
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,6 +88,10 @@ impl Inner {
             return Ok(None);
         }
         if fs::symlink_metadata(self.part_path(upload_id, number)).is_ok() {
+            return Ok(None);
+        }
+        let written = fs::metadata(self.slots_path(upload_id)).map_or(0, |md| md.len());
+        if offset > written + MAX_SLOTS_AHEAD * slot_size {
             return Ok(None);
         }
         let gone = |e: io::Error| {

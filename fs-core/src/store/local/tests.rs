@@ -1660,6 +1660,35 @@ async fn a_claimed_slot_without_a_record_is_no_part_and_its_number_takes_a_file(
 
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_part_far_past_the_data_files_end_takes_its_own_file() {
+    // An append's first parts are copies (files of their own); its first new part would land
+    // far into an empty data file. It takes a file instead of leaving a hole that large.
+    let (_dir, store) = open();
+    let (id, _, _) = upload_parts(&store, "k", &[b"a"]).await;
+    for number in [3, 100] {
+        store
+            .upload_part("k", &id, number, Bytes::from_static(b"b"))
+            .await
+            .unwrap();
+    }
+    assert!(
+        !store.inner.part_path(&id, 3).exists(),
+        "part 3 fits its slot"
+    );
+    assert!(store.inner.part_path(&id, 100).exists());
+    assert_eq!(fs::metadata(store.inner.slots_path(&id)).unwrap().len(), 3);
+    let listed = store.list_all_parts("k", &id).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|p| (p.number, p.size))
+            .collect::<Vec<_>>(),
+        [(1, 1), (3, 1), (100, 1)]
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_data_file_that_became_an_object_is_never_written_again() {
     // A crash between placing the object and retiring the upload leaves the upload's `data` as
     // a second name of the object's file. A part uploaded to it then (a writer resuming an older
