@@ -319,10 +319,17 @@ impl Inner {
         rules::validate_part_number(OP, key, number)?;
         rules::validate_part_size(OP, key, body.len() as u64)?;
         self.load_upload(OP, key, upload_id)?;
-        if let Some(etag) = self.write_slot(OP, key, upload_id, number, body)? {
+        let io = |e| StoreError::io(OP, key, e);
+        let into_slot = |data: &File, offset: u64| {
+            use std::os::unix::fs::FileExt;
+            data.write_all_at(body, offset).map_err(io)?;
+            synced_md5(data, body).map_err(io)
+        };
+        if let Some(etag) =
+            self.write_slot(OP, key, upload_id, number, body.len() as u64, into_slot)?
+        {
             return Ok(etag);
         }
-        let io = |e| StoreError::io(OP, key, e);
         let (tmp, mut file) = self.new_temp(OP, key)?;
         let etag = write_synced_md5(&mut file, body).map_err(io)?;
         let id = file_id(&file.metadata().map_err(io)?);
@@ -389,37 +396,26 @@ impl Inner {
         }
         let len = range.end - range.start;
         let io = |e| StoreError::io(OP, key, e);
+        // Into the part's slot where it has one, so that an append's upload, whose first parts
+        // are copies of the old object, can still complete by a link; else into a file.
+        let into_slot = |data: &File, offset: u64| {
+            use std::os::unix::fs::FileExt;
+            let etag = copy_hashed(OP, key, source_key, &source, range.clone(), |chunk, at| {
+                data.write_all_at(chunk, offset + at)
+            })?;
+            data.sync_all().map_err(io)?;
+            Ok(etag)
+        };
+        if let Some(etag) = self.write_slot(OP, key, upload_id, number, len, into_slot)? {
+            return Ok(etag);
+        }
         let (tmp, mut out) = self.new_temp(OP, key)?;
-        let mut reader = &source;
-        reader.seek(SeekFrom::Start(range.start)).map_err(io)?;
-        let mut reader = reader.take(len);
-        let mut hasher = Md5::new();
-        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(COPY_BUF).min(COPY_BUF)];
-        let mut copied = 0u64;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(StoreError::io(OP, source_key, e)),
-            };
-            let chunk = buf.get(..n).unwrap_or_default();
-            hasher.update(chunk);
-            out.write_all(chunk).map_err(io)?;
-            copied += n as u64;
-        }
-        if copied != len {
-            return Err(StoreError::new(
-                StoreErrorKind::Other,
-                OP,
-                source_key,
-                "the copy source shrank while it was read (edited in place?)",
-            ));
-        }
+        let etag = copy_hashed(OP, key, source_key, &source, range, |chunk, _| {
+            out.write_all(chunk)
+        })?;
         out.sync_all().map_err(io)?;
         let id = file_id(&out.metadata().map_err(io)?);
         drop(out);
-        let etag = hex::encode(hasher.finalize());
         self.install_part(
             OP,
             key,
@@ -755,4 +751,46 @@ fn part_changed(op: &'static str, key: &str, number: u32) -> StoreError {
         key,
         format!("part {number} changed during completion; retry"),
     )
+}
+
+/// Copies `range` of `source` (the object `source_key`) through `write`, which gets each chunk
+/// and its offset within the range, and returns the bytes' MD5 hex.
+fn copy_hashed(
+    op: &'static str,
+    key: &str,
+    source_key: &str,
+    source: &File,
+    range: Range<u64>,
+    mut write: impl FnMut(&[u8], u64) -> io::Result<()>,
+) -> Result<String, StoreError> {
+    let len = range.end - range.start;
+    let mut reader = source;
+    reader
+        .seek(SeekFrom::Start(range.start))
+        .map_err(|e| StoreError::io(op, source_key, e))?;
+    let mut reader = reader.take(len);
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(COPY_BUF).min(COPY_BUF)];
+    let mut copied = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StoreError::io(op, source_key, e)),
+        };
+        let chunk = buf.get(..n).unwrap_or_default();
+        hasher.update(chunk);
+        write(chunk, copied).map_err(|e| StoreError::io(op, key, e))?;
+        copied += n as u64;
+    }
+    if copied != len {
+        return Err(StoreError::new(
+            StoreErrorKind::Other,
+            op,
+            source_key,
+            "the copy source shrank while it was read (edited in place?)",
+        ));
+    }
+    Ok(hex::encode(hasher.finalize()))
 }

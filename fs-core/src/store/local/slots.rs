@@ -4,8 +4,9 @@
 //! The first part an upload receives fixes its slot size (`slot-size`). A part no larger than
 //! that goes into the upload's `data` file at `(number - 1) x slot size`, once: an upload whose
 //! parts 1..k each arrived once, all but the last of the slot size, holds its object's bytes in
-//! `data` already, in order, and completing links that file under a new name. Re-uploads of a
-//! number, copies (UploadPartCopy) and parts larger than a slot keep a file of their own
+//! `data` already, in order, and completing links that file under a new name. Copies
+//! (UploadPartCopy: an append's first parts) go into slots the same way. Re-uploads of a
+//! number and parts larger than a slot keep a file of their own
 //! (`part-NNNNN`, see `multipart.rs`), which wins over a slot of the same number; an upload
 //! with any of those completes by concatenation as before.
 //!
@@ -33,9 +34,9 @@ const SLOT_SIZE_FILE: &str = "slot-size";
 const MAX_SLOTS_LEN: u64 = 1 << 42;
 /// A part goes into its slot only if the slot starts at most this many slots past the data
 /// file's end. Parts arrive about in order (a writer keeps a few in flight), so this only turns
-/// away uploads that start far in, such as an append whose first parts are copies of the old
-/// object: a slot there would leave a hole of that size, which file systems without sparse
-/// files fill with zeros, and such an upload is concatenated at completion anyway.
+/// away parts numbered far past the others (a client that skips numbers): a slot there would
+/// leave a hole of that size, which file systems without sparse files fill with zeros, and an
+/// upload with gaps is concatenated at completion anyway.
 const MAX_SLOTS_AHEAD: u64 = 64;
 
 /// The record of a part written into a slot, kept in its claim file.
@@ -65,18 +66,20 @@ impl Inner {
         read_json(&self.slot_path(upload_id, number))
     }
 
-    /// Writes part `number` into its slot and returns its ETag, or `None` when the part must
-    /// take a file of its own: it does not fit a slot, or the number was claimed before.
+    /// Writes part `number` (`len` bytes) into its slot and returns its ETag, or `None` when
+    /// the part must take a file of its own: it does not fit a slot, or the number was claimed
+    /// before. `write` puts the bytes into the data file at the offset it is given, fsyncs the
+    /// file and returns their MD5 hex; it runs only when the slot is the part's.
     pub(super) fn write_slot(
         &self,
         op: &'static str,
         key: &str,
         upload_id: &str,
         number: u32,
-        body: &[u8],
+        len: u64,
+        write: impl FnOnce(&File, u64) -> Result<String, StoreError>,
     ) -> Result<Option<String>, StoreError> {
-        use std::os::unix::fs::{FileExt, MetadataExt};
-        let len = body.len() as u64;
+        use std::os::unix::fs::MetadataExt;
         if len == 0 {
             return Ok(None);
         }
@@ -133,8 +136,7 @@ impl Inner {
         if ours.nlink() != 1 {
             return Ok(None);
         }
-        data.write_all_at(body, offset).map_err(gone)?;
-        let etag = synced_md5(&data, body).map_err(|e| StoreError::io(op, key, e))?;
+        let etag = write(&data, offset)?;
         drop(data);
         // 3. The record.
         let record = to_json(

@@ -1660,9 +1660,60 @@ async fn a_claimed_slot_without_a_record_is_no_part_and_its_number_takes_a_file(
 
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_append_of_copied_and_new_parts_completes_by_linking() {
+    // What an append uploads: the old object copied server-side in part-size ranges, then the
+    // new bytes. The copies land in slots too, so the result is linked, not concatenated.
+    const PART: u64 = 5 << 20;
+    let (_dir, store) = open();
+    let old: Vec<u8> = (0..2 * PART).map(|i| (i % 251) as u8).collect();
+    store
+        .put("log", Bytes::from(old.clone()), PutOptions::default())
+        .await
+        .unwrap();
+    let source_etag = store.head("log").await.unwrap().etag;
+    let id = store
+        .create_multipart("log", PutOptions::default())
+        .await
+        .unwrap();
+    let mut parts = Vec::new();
+    for (number, range) in [(1, 0..PART), (2, PART..2 * PART)] {
+        let etag = store
+            .upload_part_copy("log", &id, number, "log", range.clone(), Some(&source_etag))
+            .await
+            .unwrap();
+        let start = usize::try_from(range.start).unwrap();
+        let end = usize::try_from(range.end).unwrap();
+        assert_eq!(etag, rules::md5_hex(&old[start..end]));
+        parts.push(CompletedPart { number, etag });
+    }
+    let etag = store
+        .upload_part("log", &id, 3, Bytes::from_static(b"appended"))
+        .await
+        .unwrap();
+    parts.push(CompletedPart { number: 3, etag });
+    assert!(
+        !store.inner.part_path(&id, 1).exists(),
+        "the copy took its slot"
+    );
+    let data_ino = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(store.inner.slots_path(&id)).unwrap().ino()
+    };
+    store
+        .complete_multipart("log", &id, &parts, PutCondition::IfMatch(source_etag))
+        .await
+        .unwrap();
+    assert_eq!(inode_of(&store, "log"), (data_ino, 1));
+    let mut want = old;
+    want.extend_from_slice(b"appended");
+    assert_eq!(store.get("log", None).await.unwrap().body, want);
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_part_far_past_the_data_files_end_takes_its_own_file() {
-    // An append's first parts are copies (files of their own); its first new part would land
-    // far into an empty data file. It takes a file instead of leaving a hole that large.
+    // A client that skips part numbers: a part far past the data file's end takes a file
+    // instead of leaving a hole that large.
     let (_dir, store) = open();
     let (id, _, _) = upload_parts(&store, "k", &[b"a"]).await;
     for number in [3, 100] {
