@@ -20,12 +20,26 @@ use crate::graph::JobGraph;
 /// The task manager id of the embedded cluster's (shared) executor.
 const LOCAL: &str = "local";
 
-/// Slots in this process.
-struct LocalTaskManagers {
+/// Slots in this process: the embedded cluster's task managers, and where a job master
+/// abandons a cancelled run's files when no task manager has free slots.
+pub struct LocalTaskManagers {
+    name: String,
     executor: TaskExecutor,
     slots: usize,
     /// Slots held by each job.
     allocated: Mutex<HashMap<String, usize>>,
+}
+
+impl LocalTaskManagers {
+    /// `slots` slots in this process, running subtasks as task manager `name` over `env`.
+    pub fn new(name: &str, env: JobEnvironment, slots: usize) -> Self {
+        Self {
+            name: name.to_string(),
+            executor: TaskExecutor::new(name, env, None, None),
+            slots,
+            allocated: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 impl TaskManagers for LocalTaskManagers {
@@ -44,7 +58,7 @@ impl TaskManagers for LocalTaskManagers {
             ));
         }
         allocated.insert(job_id.to_string(), slots);
-        Ok(Placement::local(LOCAL, slots))
+        Ok(Placement::local(&self.name, slots))
     }
 
     fn release(&self, job_id: &str) {
@@ -167,11 +181,11 @@ fn start_master(
 
 impl MiniCluster {
     pub fn new(env: JobEnvironment, task_managers: usize, slots_per_task_manager: usize) -> Self {
-        let local = Arc::new(LocalTaskManagers {
-            executor: TaskExecutor::new(LOCAL, env.clone(), None, None),
-            slots: task_managers * slots_per_task_manager,
-            allocated: Mutex::new(HashMap::new()),
-        });
+        let local = Arc::new(LocalTaskManagers::new(
+            LOCAL,
+            env.clone(),
+            task_managers * slots_per_task_manager,
+        ));
         Self {
             env,
             task_managers,

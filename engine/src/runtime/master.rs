@@ -12,6 +12,7 @@ use fs_core::store::DynStore;
 use serde::Serialize;
 
 use super::checkpoint::{CheckpointMetadata, CheckpointStorage, OperatorState};
+use super::cluster::LocalTaskManagers;
 use super::element::Barrier;
 use super::executor::{DeployRequest, Placement};
 use super::metrics::{CheckpointRecord, JobMetrics, millis_rounded_up};
@@ -175,6 +176,9 @@ struct PendingCheckpoint {
 /// Runs one job to its end.
 pub struct JobMaster {
     shared: Arc<JobShared>,
+    /// The job manager's own store and writer: where a cancelled run's files are abandoned
+    /// when no task manager has slots for it.
+    env: JobEnvironment,
     plan: ExecutionPlan,
     task_managers: Arc<dyn TaskManagers>,
     storage: Arc<CheckpointStorage>,
@@ -200,6 +204,7 @@ impl JobMaster {
             CheckpointStorage::new(env.store.clone(), &shared.job_id, env.runtime.clone());
         Self {
             shared,
+            env: env.clone(),
             plan,
             task_managers,
             storage,
@@ -237,11 +242,10 @@ impl JobMaster {
             }
             let Some(placement) = self.wait_for_slots() else {
                 if attempt > 0 {
-                    tracing::warn!(
-                        job = %self.shared.job_id,
-                        "cancelled while waiting for slots to restart: the failed attempt's \
-                         files in progress stay open (`rivulet recover STORE` lists them, \
-                         `rivulet recover --abort --prefix SINK_PATH/ STORE` aborts them)"
+                    // A failed attempt left its files for the next one, which will not come.
+                    self.abandon_with_one_more_attempt(
+                        attempt,
+                        "cancelled while waiting for slots to restart",
                     );
                 }
                 return Ok(JobState::Canceled);
@@ -328,8 +332,8 @@ impl JobMaster {
     /// checkpoint as any restart does (sinks publish what that checkpoint made pending, abort
     /// the run's uploads that no checkpoint references, and take back the files in progress)
     /// and are stopped at once with [`StopMode::Abandon`], which aborts the files they took
-    /// back. Without free slots nothing can run, and the files stay open for `rivulet recover
-    /// --abort`, as the warning says.
+    /// back. Without free slots on the task managers (a lost one is why the job waits), the
+    /// attempt runs in this process, on the job manager's own store and writer.
     ///
     /// [`abandon_run`]: Self::abandon_run
     fn abandon_with_one_more_attempt(&mut self, attempt: u32, why: &str) {
@@ -349,9 +353,29 @@ impl JobMaster {
             .latest_completed
             .max(restore.as_ref().map(|m| m.checkpoint_id));
         let needed = self.shared.graph.slots_needed();
-        let placement = match self.task_managers.allocate(&self.shared.job_id, needed) {
-            Ok(placement) => placement,
-            Err(cause) => return leave(cause),
+        let (placement, elsewhere) = match self.task_managers.allocate(&self.shared.job_id, needed)
+        {
+            Ok(placement) => (placement, None),
+            Err(cause) => {
+                tracing::info!(
+                    job = %self.shared.job_id,
+                    "{why}: no slots on the task managers ({cause}); abandoning the run's files \
+                     in the job manager"
+                );
+                let here: Arc<dyn TaskManagers> = Arc::new(LocalTaskManagers::new(
+                    "job-manager",
+                    self.env.clone(),
+                    needed,
+                ));
+                let placement = match here.allocate(&self.shared.job_id, needed) {
+                    Ok(placement) => placement,
+                    Err(cause) => return leave(cause),
+                };
+                (
+                    placement,
+                    Some(std::mem::replace(&mut self.task_managers, here)),
+                )
+            }
         };
         tracing::info!(
             job = %self.shared.job_id,
@@ -361,6 +385,9 @@ impl JobMaster {
         match self.deploy(attempt, placement, restore) {
             Ok(deployment) => self.tear_down(&deployment, StopMode::Abandon { completed }),
             Err(e) => leave(format!("deploying the subtasks that abandon them: {e}")),
+        }
+        if let Some(task_managers) = elsewhere {
+            self.task_managers = task_managers;
         }
     }
 
