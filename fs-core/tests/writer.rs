@@ -1640,3 +1640,50 @@ async fn appends_and_truncates_keep_the_objects_content_type_and_metadata() {
     assert_eq!(object(&f, "cut").await.unwrap(), b"a,");
     assert_eq!(object(&f, "emptied").await.unwrap(), b"");
 }
+
+/// A writer service in another process: its own index over the same store.
+fn other_process(f: &Fixture) -> RecoverableWriter {
+    let config = WriterConfig {
+        part_size: PART,
+        cache_parts: false,
+        ..Default::default()
+    };
+    RecoverableWriter::new(f.faults.clone(), Index::temporary().unwrap(), config).unwrap()
+}
+
+#[tokio::test]
+async fn a_process_that_takes_a_file_over_from_a_token_deletes_tails_staged_after_it() {
+    // A process (a task manager since lost) persisted twice; another resumes from the first
+    // token, as a restart from an older checkpoint does. Its index knows the first tail only,
+    // yet aborting or committing the file must leave none of the upload's tails behind.
+    let f = fixture();
+    for finish in ["abort", "commit"] {
+        let key = format!("taken-over-{finish}");
+        let mut first = f.writer.open(&key).await.unwrap();
+        first.write(&data(PART as usize + 10, 1)).await.unwrap();
+        let older = first.persist().await.unwrap();
+        first.write(b"later").await.unwrap();
+        let newer = first.persist().await.unwrap();
+        assert_ne!(older.tail_key, newer.tail_key);
+        drop(first);
+
+        let other = other_process(&f);
+        let mut resumed = other.recover(&older).await.unwrap();
+        if finish == "abort" {
+            resumed.abort().await.unwrap();
+        } else {
+            resumed.write(b"!").await.unwrap();
+            let committer = resumed.close_for_commit().await.unwrap();
+            committer.commit().await.unwrap();
+            let mut want = data(PART as usize + 10, 1);
+            want.push(b'!');
+            assert_eq!(object(&f, &key).await.unwrap(), want);
+        }
+        for tail in [&older.tail_key, &newer.tail_key] {
+            assert!(
+                f.mem.head(tail).await.is_err(),
+                "{finish}: tail {tail} left behind"
+            );
+        }
+    }
+}

@@ -640,6 +640,59 @@ fn a_cancelled_job_abandons_its_files_in_progress_on_every_task_manager() {
 }
 
 #[test]
+fn a_job_cancelled_while_its_task_managers_are_gone_abandons_their_files_in_the_job_manager() {
+    // Both task managers are killed: the job waits for slots to restart, and none come. A
+    // cancel then has nowhere to run the attempt that abandons the files the killed attempt
+    // left open but the job manager itself, which must do it from the latest checkpoint.
+    let cluster = Cluster::new();
+    let text = format!(
+        "{}\n[restart]\nattempts = 100\ndelay = \"100ms\"\n",
+        many_buckets_job(1_000)
+    );
+    let job = cluster.submit(&text);
+    cluster.wait_until_running(&job);
+    let path = format!("/jobs/{job}/checkpoints");
+    cluster.wait_for("checkpoints and files in progress", 60, || {
+        let completed = cluster.rest("GET", &path).1["counts"]["completed"].as_u64();
+        (completed >= Some(2)
+            && open_uploads(&cluster.store) >= 200
+            && !published_files(&cluster.store).is_empty())
+        .then_some(())
+    });
+    for tm in &cluster.taskmanagers {
+        signal(tm, "KILL");
+    }
+    cluster.wait_for("the job to wait for slots", 60, || {
+        let (_, body) = cluster.rest("GET", &format!("/jobs/{job}"));
+        let waiting = body["reason"].as_str().is_some_and(|r| r.contains("slots"));
+        (waiting && body["restarts"].as_u64() >= Some(1)).then_some(())
+    });
+    let published = published_files(&cluster.store);
+    let left_open = open_uploads(&cluster.store);
+    assert!(left_open > 0, "the killed attempt left no file in progress");
+
+    let (code, body) = cluster.rest("POST", &format!("/jobs/{job}/cancel"));
+    assert_eq!(code, 202, "{body}");
+    cluster.wait_for("the job to be cancelled", 90, || {
+        (cluster.state(&job).as_deref() == Some("CANCELED")).then_some(())
+    });
+    assert_eq!(
+        open_uploads(&cluster.store),
+        0,
+        "uploads left open of {left_open}{}",
+        cluster.logs()
+    );
+    let tails = leftover_tails(&cluster.store);
+    assert!(
+        tails.is_empty(),
+        "{} tails left: {:?}",
+        tails.len(),
+        &tails[..tails.len().min(3)]
+    );
+    assert_still_published(&cluster.store, &published);
+}
+
+#[test]
 fn malformed_records_a_files_source_skips_are_counted_in_the_api_and_metrics() {
     let cluster = Cluster::new();
     // Four records and three malformed lines: not JSON, a string where an int goes, a cut-off

@@ -39,6 +39,10 @@ pub struct Committer {
     /// shared by the clones, taken by the first successful commit, deleted with the last clone
     /// otherwise.
     kept: Option<Arc<Mutex<Option<CachedParts>>>>,
+    /// Made from a token (`recover_for_commit`), or by closing a file this process resumed
+    /// from one: a process that wrote the file before may have staged tails this index does
+    /// not know.
+    from_token: bool,
 }
 
 impl std::fmt::Debug for Committer {
@@ -55,14 +59,30 @@ impl Committer {
             shared,
             token,
             kept: None,
+            from_token: false,
+        }
+    }
+
+    /// A committer for a file some process closed, made from its token.
+    pub(crate) fn from_token(shared: Arc<Shared>, token: CommitToken) -> Self {
+        Self {
+            from_token: true,
+            ..Self::new(shared, token)
         }
     }
 
     pub(crate) fn with_cache(shared: Arc<Shared>, token: CommitToken, kept: CachedParts) -> Self {
         Self {
-            shared,
-            token,
             kept: Some(Arc::new(Mutex::new(Some(kept)))),
+            ..Self::new(shared, token)
+        }
+    }
+
+    /// Marks the committer of a file that was resumed from a token before it was closed.
+    pub(crate) fn resumed(self, resumed: bool) -> Self {
+        Self {
+            from_token: self.from_token || resumed,
+            ..self
         }
     }
 
@@ -149,7 +169,12 @@ impl Committer {
             // with its cache kept may have left the upload's cache directory behind.
             cache::remove_upload_dir(&self.shared.config.cache_dir, &self.token.upload_id);
         }
-        maintenance::delete_upload_tails(&self.shared, &self.token.upload_id).await;
+        let tails = if self.from_token {
+            maintenance::TailsToDelete::All
+        } else {
+            maintenance::TailsToDelete::Known
+        };
+        maintenance::delete_upload_tails(&self.shared, &self.token.upload_id, tails).await;
         let upload = self.token.upload_id.clone();
         self.shared
             .index_update(move |i, s| i.remove(s, &upload))

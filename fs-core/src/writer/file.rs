@@ -171,6 +171,9 @@ pub struct FileWriter {
     cache: PartCache,
     /// The store needs part numbers without gaps, so numbers are reused (see `reuse_numbers_from`).
     contiguous: bool,
+    /// Resumed from a token (`recover`): its committer must look for tails another process
+    /// staged after that token.
+    resumed: bool,
     /// Tail keys of the tokens this writer handed out or resumed from, with the highest part
     /// number each references: on a contiguous store, reusing a number invalidates them.
     issued: Vec<(String, u32)>,
@@ -245,6 +248,7 @@ impl FileWriter {
             persisted: false,
             cache,
             contiguous: shared_contiguous,
+            resumed: false,
             issued: Vec::new(),
             board: Arc::default(),
         })
@@ -489,6 +493,7 @@ impl FileWriter {
             persisted: true,
             cache,
             contiguous,
+            resumed: true,
             issued: vec![(token.tail_key.clone(), token_highest)],
             board: Arc::default(),
         })
@@ -1169,10 +1174,12 @@ impl FileWriter {
             let kept = CachedParts::new(dir.to_path_buf(), self.cached_parts());
             // The committer owns the directory now: the writer's drop must leave it.
             self.cache = PartCache::none();
-            return Ok(Committer::with_cache(self.shared.clone(), token, kept));
+            return Ok(
+                Committer::with_cache(self.shared.clone(), token, kept).resumed(self.resumed)
+            );
         }
         self.cache.remove_all();
-        Ok(Committer::new(self.shared.clone(), token))
+        Ok(Committer::new(self.shared.clone(), token).resumed(self.resumed))
     }
 
     /// The parts whose cache file is complete, with their offsets in the file.

@@ -1,7 +1,7 @@
 //! Keeping the store and the index tidy: deleting the tails of finished uploads, garbage
 //! collection of what nothing references, and rebuilding a lost index from the store.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, SystemTime};
 
 use super::{Shared, WriterError, tail};
@@ -62,9 +62,22 @@ fn older_than(time: Option<SystemTime>, age: Duration) -> bool {
         .is_some_and(|elapsed| elapsed >= age)
 }
 
-/// Deletes every tail of an upload; failures are logged, since gc catches leftovers. The index
-/// knows the tails this process staged; another process's are found by listing.
-pub(crate) async fn delete_upload_tails(shared: &Shared, upload_id: &str) {
+/// Which tails of a finished upload to look for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TailsToDelete {
+    /// The tails the index knows when it knows any (this process staged them all), else the
+    /// listed ones: a commit of the file this process wrote, where a listing would be one more
+    /// request per file.
+    Known,
+    /// The known tails and the listed ones. For an upload this process took over from a token
+    /// or aborts (a cancel, gc, `rivulet recover --abort`): the process that wrote it, a task
+    /// manager since lost for instance, may have staged tails after that token.
+    All,
+}
+
+/// Deletes the tails of an upload that is gone; failures are logged, since gc catches
+/// leftovers.
+pub(crate) async fn delete_upload_tails(shared: &Shared, upload_id: &str, which: TailsToDelete) {
     let store = &shared.store;
     let (index, name, upload) = (
         shared.index.clone(),
@@ -72,19 +85,18 @@ pub(crate) async fn delete_upload_tails(shared: &Shared, upload_id: &str) {
         upload_id.to_string(),
     );
     let known = tokio::task::spawn_blocking(move || index.get(&name, &upload)).await;
-    let tails = match known {
-        Ok(Ok(Some(entry))) if !entry.live_tails.is_empty() => entry.live_tails,
-        _ => {
-            let dir = tail::tail_dir(&shared.config.tail_prefix, upload_id);
-            match shared.config.retry.run(|| store.list_all(&dir)).await {
-                Ok(found) => found.into_iter().map(|t| t.key).collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not list tails to delete; gc will");
-                    return;
-                }
-            }
-        }
+    let mut tails: BTreeSet<String> = match known {
+        Ok(Ok(Some(entry))) => entry.live_tails.into_iter().collect(),
+        _ => BTreeSet::new(),
     };
+    if tails.is_empty() || which == TailsToDelete::All {
+        let dir = tail::tail_dir(&shared.config.tail_prefix, upload_id);
+        match shared.config.retry.run(|| store.list_all(&dir)).await {
+            Ok(found) => tails.extend(found.into_iter().map(|t| t.key)),
+            Err(e) => tracing::warn!(error = %e, "could not list tails to delete; gc will"),
+        }
+    }
+    let tails: Vec<String> = tails.into_iter().collect();
     for batch in tails.chunks(1000) {
         if let Err(e) = shared.config.retry.run(|| store.delete_many(batch)).await {
             tracing::warn!(error = %e, "could not delete tails; gc will");
@@ -108,7 +120,7 @@ pub(crate) async fn abort_upload(
         Err(e) if e.kind() == StoreErrorKind::NoSuchUpload => {}
         Err(e) => return Err(e.into()),
     }
-    delete_upload_tails(shared, upload_id).await;
+    delete_upload_tails(shared, upload_id, TailsToDelete::All).await;
     // Parts a crashed process cached for this upload are worthless now.
     super::cache::remove_upload_dir(&shared.config.cache_dir, upload_id);
     let upload = upload_id.to_string();
