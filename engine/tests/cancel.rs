@@ -161,6 +161,22 @@ impl Env {
             .unwrap()
             .len()
     }
+    /// Cancels `job`, whose failed attempt left files open (`when` it is cancelled, for the
+    /// log), and checks that the cancel abandons them all, in time, keeping what was published.
+    fn cancel_after_a_failure(self, job: &engine::runtime::JobHandle, when: &str) {
+        let left_open = self.open_uploads().len();
+        assert!(left_open > 0, "the failed attempt left no file in progress");
+        let published = self.objects("out/");
+        let started = Instant::now();
+        job.cancel();
+        assert_eq!(job.wait(), JobState::Canceled);
+        let took = started.elapsed();
+        eprintln!("cancelled {when} with {left_open} files left open in {took:?}");
+        assert!(took < CANCEL_BOUND, "the cancel took {took:?}");
+        self.assert_run_abandoned(&published);
+        drop(self.runtime);
+    }
+
     /// Nothing of the run is left open: no upload, no tail, no token in the index. What was
     /// `published` stays, unchanged, and every published file is whole CSV.
     fn assert_run_abandoned(&self, published: &BTreeMap<String, String>) {
@@ -336,18 +352,7 @@ fn a_cancel_while_restarting_abandons_what_the_failed_attempt_left_open() {
         store.calls(Op::Put) >= 300,
         "restarting before the faulty PUT"
     );
-    let left_open = env.open_uploads().len();
-    assert!(left_open > 0, "the failed attempt left no file in progress");
-    let published = env.objects("out/");
-
-    let started = Instant::now();
-    job.cancel();
-    assert_eq!(job.wait(), JobState::Canceled);
-    let took = started.elapsed();
-    eprintln!("cancelled while restarting with {left_open} files left open in {took:?}");
-    assert!(took < CANCEL_BOUND, "the cancel took {took:?}");
-    env.assert_run_abandoned(&published);
-    drop(env.runtime);
+    env.cancel_after_a_failure(&job, "while restarting");
 }
 
 /// Task managers whose slots are there for a job's first attempt only, as when the task
@@ -424,16 +429,5 @@ fn a_cancel_while_waiting_for_slots_abandons_what_the_failed_attempt_left_open()
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(store.calls(Op::Put) >= 300, "waiting before the faulty PUT");
-    let left_open = env.open_uploads().len();
-    assert!(left_open > 0, "the failed attempt left no file in progress");
-    let published = env.objects("out/");
-
-    let started = Instant::now();
-    job.cancel();
-    assert_eq!(job.wait(), JobState::Canceled);
-    let took = started.elapsed();
-    eprintln!("cancelled while waiting for slots with {left_open} files left open in {took:?}");
-    assert!(took < CANCEL_BOUND, "the cancel took {took:?}");
-    env.assert_run_abandoned(&published);
-    drop(env.runtime);
+    env.cancel_after_a_failure(&job, "while waiting for slots");
 }
