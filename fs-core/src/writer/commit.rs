@@ -63,14 +63,6 @@ impl Committer {
         }
     }
 
-    /// A committer for a file some process closed, made from its token.
-    pub(crate) fn from_token(shared: Arc<Shared>, token: CommitToken) -> Self {
-        Self {
-            from_token: true,
-            ..Self::new(shared, token)
-        }
-    }
-
     pub(crate) fn with_cache(shared: Arc<Shared>, token: CommitToken, kept: CachedParts) -> Self {
         Self {
             kept: Some(Arc::new(Mutex::new(Some(kept)))),
@@ -78,7 +70,8 @@ impl Committer {
         }
     }
 
-    /// Marks the committer of a file that was resumed from a token before it was closed.
+    /// Marks a committer made from a token (`recover_for_commit`), or for a file that was
+    /// resumed from one before it was closed.
     pub(crate) fn resumed(self, resumed: bool) -> Self {
         Self {
             from_token: self.from_token || resumed,

@@ -278,7 +278,7 @@ impl RecoverableWriter {
 
     /// A committer for a file closed (possibly in another process) with this token.
     pub fn recover_for_commit(&self, token: &CommitToken) -> Committer {
-        Committer::from_token(self.shared.clone(), token.clone())
+        Committer::new(self.shared.clone(), token.clone()).resumed(true)
     }
 
     /// Deletes the tail that `token` staged, once no one needs to resume from it. Succeeds if

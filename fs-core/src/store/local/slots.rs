@@ -164,15 +164,14 @@ impl Inner {
         proposed: u64,
     ) -> Result<Option<u64>, StoreError> {
         let path = self.upload_dir(upload_id).join(SLOT_SIZE_FILE);
-        let read = |path: &Path| -> Result<Option<u64>, StoreError> {
-            match fs::read_to_string(path) {
-                Ok(text) => Ok(text.trim().parse().ok().filter(|&s| s > 0)),
-                Err(e) if is_missing(&e) => Err(no_such_upload(op, key, upload_id, "not found")),
-                Err(e) => Err(StoreError::io(op, key, e)),
-            }
+        // Every part but the upload's first finds the size here: one read, no extra stat.
+        let read = |path: &Path| match fs::read_to_string(path) {
+            Ok(text) => Ok(Some(text.trim().parse().ok().filter(|&s: &u64| s > 0))),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(StoreError::io(op, key, e)),
         };
-        if path.exists() {
-            return read(&path);
+        if let Some(size) = read(&path)? {
+            return Ok(size);
         }
         // Written whole aside and linked in, so that it is never seen half-written, and two
         // first parts agree on one size: the second link fails and reads the first's.
@@ -189,7 +188,9 @@ impl Inner {
                 sync_dir(&self.upload_dir(upload_id)).map_err(io)?;
                 Ok(Some(proposed))
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read(&path),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                read(&path)?.ok_or_else(|| no_such_upload(op, key, upload_id, "not found"))
+            }
             Err(e) if is_missing(&e) => Err(no_such_upload(op, key, upload_id, "not found")),
             Err(e) => Err(io(e)),
         }
