@@ -446,6 +446,38 @@ fn rolls_on_checkpoint_and_on_inactivity() {
     assert_clean(&h);
 }
 
+#[test]
+fn idle_buckets_let_go_of_their_buffers_between_checkpoints_and_keep_every_row() {
+    for h in [Harness::memory(), Harness::local()] {
+        let mut sink = h.start(&config(Format::Json), None, 0);
+        let metrics = sink.metrics();
+        let released = || metrics.buffers_released.load(Ordering::Relaxed);
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        // Enough rows for every bucket to hand some to its file (256 KiB of JSON lines each).
+        write(&mut sink, 0..15_000);
+        sink.tick(before, &mut NoOutput).unwrap();
+        assert_eq!(released(), 0, "nothing is idle yet");
+        // Well before the minute of inactivity that rolls a file.
+        sink.tick(before + 10_000, &mut NoOutput).unwrap();
+        let first = released();
+        assert!(first >= 1, "an idle file keeps its part buffer");
+        sink.tick(before + 10_200, &mut NoOutput).unwrap();
+        assert_eq!(released(), first, "a buffer is let go once");
+        // Their next rows go on where the files were, then a checkpoint publishes them.
+        write(&mut sink, 15_000..16_000);
+        finish_and_commit(&mut sink, 1);
+        assert_eq!(
+            published_ids(&h, Format::Json),
+            (0..16_000).collect::<Vec<_>>()
+        );
+        assert_eq!(h.objects("out/").len(), 3, "one file per bucket");
+        assert_clean(&h);
+    }
+}
+
 /// The scenario of the brief: checkpoint 1 completes, checkpoint 2 is taken but its completion
 /// is never seen, the task crashes with more written; the restored task commits 2's pending
 /// files, cuts the in-progress ones back, and the input is replayed from checkpoint 2.

@@ -122,6 +122,52 @@ async fn full_parts_upload_concurrently_with_bounded_memory() {
 }
 
 #[tokio::test]
+async fn an_idle_file_lets_go_of_its_part_buffer_and_takes_one_again_on_its_next_write() {
+    let f = fixture();
+    let mut w = f.writer.open("idle.bin").await.unwrap();
+    let mut body = data(PART as usize * 2 + 700, 3);
+    w.write(&body).await.unwrap();
+    // 700 bytes in a buffer of a part: all but them are let go, once.
+    assert_eq!(w.shrink_idle_buffer(), PART as usize - 700);
+    assert_eq!(w.shrink_idle_buffer(), 0, "nothing more to let go");
+    assert_eq!(w.len(), body.len() as u64);
+    assert_eq!(
+        w.read_at(2 * PART, 700).await.unwrap(),
+        body[2 * PART as usize..]
+    );
+    let token = w.persist().await.unwrap();
+    // The next write takes a part buffer again, the tail's bytes first.
+    let more = data(PART as usize + 10, 4);
+    w.write(&more).await.unwrap();
+    // Half a part or more stays where it is.
+    let half = data(PART as usize / 2 - 10, 5);
+    w.write(&half).await.unwrap();
+    assert_eq!(w.shrink_idle_buffer(), 0, "the tail fills half its buffer");
+    let mut whole = body.clone();
+    whole.extend_from_slice(&more);
+    whole.extend_from_slice(&half);
+    assert_eq!(w.len(), whole.len() as u64);
+    assert_eq!(w.read_at(0, whole.len() as u64).await.unwrap(), whole);
+    drop(w);
+
+    // The persisted shrunk tail recovers as any other, into a part buffer again.
+    let mut again = f.writer.recover(&token).await.unwrap();
+    assert_eq!(again.len(), body.len() as u64);
+    assert_eq!(again.shrink_idle_buffer(), PART as usize - 700);
+    let last = data(PART as usize * 2, 6);
+    again.write(&last).await.unwrap();
+    body.extend_from_slice(&last);
+    again
+        .close_for_commit()
+        .await
+        .unwrap()
+        .commit()
+        .await
+        .unwrap();
+    assert_eq!(object(&f, "idle.bin").await.unwrap(), body);
+}
+
+#[tokio::test]
 async fn one_large_write_does_not_buffer_beyond_the_bound() {
     let f = fixture_with(2, Some(Duration::from_millis(5)));
     let mut w = f.writer.open("one.bin").await.unwrap();

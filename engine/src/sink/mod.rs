@@ -28,4 +28,7 @@ pub struct SinkMetrics {
     /// Times an idle in-progress file was parked at a checkpoint, its memory given back until
     /// its next write or roll (see the file sink's "Idle files").
     pub files_parked: AtomicU64,
+    /// Times an idle in-progress file let go of its part buffer between checkpoints, keeping
+    /// only its tail (see the file sink's "Idle files").
+    pub buffers_released: AtomicU64,
 }

@@ -7,27 +7,33 @@
 //! CSV lines to the local store). A buffer whose upload has ended is therefore handed back
 //! here, when nothing else still holds a slice of it, and the next part fills it again.
 //!
-//! At most [`MAX_SPARE`] buffers wait here: one part ending makes room for the next, so a
-//! writer in steady state finds one; more would only be idle memory.
+//! The same goes for the buffer behind the tail of a file that went idle
+//! (`FileWriter::shrink_idle_buffer`): a sink with a bucket per minute holds a file open per
+//! past minute, and the next minute's file fills the buffers they gave back.
+//!
+//! At most `max_in_flight + 2` buffers wait here, the most that one writer holds at once: a
+//! burst of parts after an idle spell finds them all, and the service's idle memory stays
+//! within one writer's bound.
 
 use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
 
-/// How many part buffers wait for reuse, per writer service.
-pub(crate) const MAX_SPARE: usize = 2;
-
 /// Part-sized buffers whose parts are uploaded, ready to be filled again.
 #[derive(Debug)]
 pub(crate) struct PartBuffers {
     part_size: usize,
+    /// How many buffers may wait for reuse.
+    max_spare: usize,
     spare: Mutex<Vec<BytesMut>>,
 }
 
 impl PartBuffers {
-    pub(crate) fn new(part_size: usize) -> Self {
+    /// The spare buffers of a service whose writers upload up to `max_in_flight` parts each.
+    pub(crate) fn new(part_size: usize, max_in_flight: usize) -> Self {
         Self {
             part_size,
+            max_spare: max_in_flight + 2,
             spare: Mutex::new(Vec::new()),
         }
     }
@@ -51,7 +57,7 @@ impl PartBuffers {
         }
         buffer.clear();
         if let Ok(mut spare) = self.spare.lock()
-            && spare.len() < MAX_SPARE
+            && spare.len() < self.max_spare
         {
             spare.push(buffer);
         }
@@ -77,7 +83,7 @@ mod tests {
 
     #[test]
     fn an_uploaded_part_is_filled_again_without_a_new_allocation() {
-        let buffers = PartBuffers::new(1024);
+        let buffers = PartBuffers::new(1024, 4);
         let part = full_part(&buffers);
         let address = part.as_ptr();
         buffers.give_back(part);
@@ -90,8 +96,23 @@ mod tests {
     }
 
     #[test]
+    fn the_buffer_of_a_shrunk_tail_is_kept_whole() {
+        // A tail never cut into a part, given back by `FileWriter::shrink_idle_buffer`.
+        let buffers = PartBuffers::new(1024, 4);
+        let mut tail = buffers.take();
+        tail.extend_from_slice(&[5; 100]);
+        let address = tail.as_ptr();
+        buffers.give_back(tail.freeze());
+        assert_eq!(buffers.spare(), 1);
+        let again = buffers.take();
+        assert!(again.is_empty());
+        assert!(again.capacity() >= 1024);
+        assert_eq!(again.as_ptr(), address);
+    }
+
+    #[test]
     fn a_part_still_read_elsewhere_or_too_small_is_not_kept() {
-        let buffers = PartBuffers::new(1024);
+        let buffers = PartBuffers::new(1024, 4);
         let part = full_part(&buffers);
         let reader_slice = part.slice(10..20);
         buffers.give_back(part);
@@ -110,11 +131,11 @@ mod tests {
 
     #[test]
     fn at_most_a_few_buffers_wait() {
-        let buffers = PartBuffers::new(64);
-        let parts: Vec<Bytes> = (0..MAX_SPARE + 3).map(|_| full_part(&buffers)).collect();
+        let buffers = PartBuffers::new(64, 2);
+        let parts: Vec<Bytes> = (0..4 + 3).map(|_| full_part(&buffers)).collect();
         for part in parts {
             buffers.give_back(part);
         }
-        assert_eq!(buffers.spare(), MAX_SPARE);
+        assert_eq!(buffers.spare(), 4, "two in flight, and two more");
     }
 }

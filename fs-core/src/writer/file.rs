@@ -461,7 +461,7 @@ impl FileWriter {
                 .max(shared.activity.highest_allocated(&token.upload_id))
                 + 1
         };
-        let mut tail = BytesMut::with_capacity(shared.config.part_size as usize);
+        let mut tail = shared.buffers.take();
         tail.extend_from_slice(&tail_bytes);
         let (key, upload) = (token.key.clone(), token.upload_id.clone());
         let recorded = Token::Resume(token.clone());
@@ -539,6 +539,24 @@ impl FileWriter {
         }
     }
 
+    /// Lets go of the part-sized buffer behind the tail when the tail fills less than half of
+    /// it, keeping the tail's bytes in a buffer of their own size; returns the bytes of memory
+    /// let go. For a file that may get nothing for a while (a sink's bucket of a past minute):
+    /// its buffer goes back to the writers of this service, so the next file to fill a part
+    /// reuses it instead of faulting in a fresh one, and an idle file holds only its tail. The
+    /// next write moves the tail into a part buffer again (a copy of the tail).
+    pub fn shrink_idle_buffer(&mut self) -> usize {
+        let capacity = self.tail.capacity();
+        let part_size = self.shared.config.part_size as usize;
+        if capacity < part_size || self.tail.len() > capacity / 2 {
+            return 0;
+        }
+        let own_size = BytesMut::from(&self.tail[..]);
+        let buffer = std::mem::replace(&mut self.tail, own_size);
+        self.shared.buffers.give_back(buffer.freeze());
+        capacity - self.tail.len()
+    }
+
     fn note_buffered(&mut self) {
         let now = self.tail.len() as u64 + self.held.values().map(|h| h.size).sum::<u64>();
         self.peak_buffered = self.peak_buffered.max(now);
@@ -552,8 +570,13 @@ impl FileWriter {
         let part_size = self.shared.config.part_size as usize;
         let mut rest = data;
         while !rest.is_empty() {
-            if self.tail.capacity() == 0 {
-                self.tail = self.shared.buffers.take();
+            // No room for a whole part: the last part took the buffer, or the tail is a small
+            // one (recovered, cut by a truncate, or shrunk while the file was idle). A part
+            // buffer takes over, with the tail's bytes.
+            if self.tail.capacity() < part_size {
+                let mut buffer = self.shared.buffers.take();
+                buffer.extend_from_slice(&self.tail);
+                self.tail = buffer;
             }
             let take = (part_size - self.tail.len()).min(rest.len());
             self.tail.extend_from_slice(&rest[..take]);

@@ -219,7 +219,7 @@ impl RecoverableWriter {
             )));
         }
         let store_name = store.describe();
-        let buffers = buffers::PartBuffers::new(config.part_size as usize);
+        let buffers = buffers::PartBuffers::new(config.part_size as usize, config.max_in_flight);
         Ok(Self {
             shared: Arc::new(Shared {
                 store,
