@@ -32,32 +32,42 @@ pub(super) fn create_dir_durable(dir: &Path) -> io::Result<bool> {
     }
 }
 
-/// Bodies from this size on are hashed on a second thread while the disk syncs them.
+/// Bodies from this size on are hashed on a second thread while they are written and synced.
 pub(super) const PARALLEL_HASH_MIN: usize = 1 << 20;
 
 /// Writes `body` to `file`, fsyncs it and returns the body's MD5 hex (its ETag).
 pub(super) fn write_synced_md5(file: &mut File, body: &[u8]) -> io::Result<String> {
-    file.write_all(body)?;
-    synced_md5(file, body)
+    stored_with_md5(body, || {
+        file.write_all(body)?;
+        file.sync_all()
+    })
 }
 
-/// Fsyncs `file`, which has just been given `body`, and returns the body's MD5 hex (its ETag).
-/// For a large body the hash runs during the fsync on a second thread, so acknowledging a part
-/// costs the disk's time rather than the disk's time plus the hash's: that is most of a
-/// `persist()`.
-pub(super) fn synced_md5(file: &File, body: &[u8]) -> io::Result<String> {
+/// Writes `body` into `file` at `offset`, fsyncs it and returns the body's MD5 hex.
+pub(super) fn write_at_synced_md5(file: &File, offset: u64, body: &[u8]) -> io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    stored_with_md5(body, || {
+        file.write_all_at(body, offset)?;
+        file.sync_all()
+    })
+}
+
+/// Runs `store` (which writes `body` and syncs it) and returns the body's MD5 hex. For a large
+/// body the hash runs on a second thread from the start, so acknowledging a part costs the
+/// longer of the two (the write and sync, or the hash) rather than their sum: that is most of
+/// a blocking `persist()`, which waits for its last parts.
+fn stored_with_md5(body: &[u8], store: impl FnOnce() -> io::Result<()>) -> io::Result<String> {
     if body.len() < PARALLEL_HASH_MIN {
-        let etag = rules::md5_hex(body);
-        file.sync_all()?;
-        return Ok(etag);
+        store()?;
+        return Ok(rules::md5_hex(body));
     }
     std::thread::scope(|scope| {
         let hashing = scope.spawn(|| rules::md5_hex(body));
-        let synced = file.sync_all();
+        let stored = store();
         let etag = hashing
             .join()
             .map_err(|_| io::Error::other("the thread hashing the body panicked"))?;
-        synced.map(|()| etag)
+        stored.map(|()| etag)
     })
 }
 

@@ -320,11 +320,8 @@ impl Inner {
         rules::validate_part_size(OP, key, body.len() as u64)?;
         self.load_upload(OP, key, upload_id)?;
         let io = |e| StoreError::io(OP, key, e);
-        let into_slot = |data: &File, offset: u64| {
-            use std::os::unix::fs::FileExt;
-            data.write_all_at(body, offset).map_err(io)?;
-            synced_md5(data, body).map_err(io)
-        };
+        let into_slot =
+            |data: &File, offset: u64| write_at_synced_md5(data, offset, body).map_err(io);
         if let Some(etag) =
             self.write_slot(OP, key, upload_id, number, body.len() as u64, into_slot)?
         {
