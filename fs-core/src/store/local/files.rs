@@ -35,22 +35,60 @@ pub(super) fn create_dir_durable(dir: &Path) -> io::Result<bool> {
 /// Bodies from this size on are hashed on a second thread while they are written and synced.
 pub(super) const PARALLEL_HASH_MIN: usize = 1 << 20;
 
-/// Writes `body` to `file`, fsyncs it and returns the body's MD5 hex (its ETag).
+/// Writes `body` to `file` (from its current position), fsyncs it and returns the body's MD5
+/// hex (its ETag).
 pub(super) fn write_synced_md5(file: &mut File, body: &[u8]) -> io::Result<String> {
     stored_with_md5(body, || {
-        file.write_all(body)?;
+        let offset = file.stream_position()?;
+        write_at_with_writeback(file, offset, body)?;
+        file.seek(SeekFrom::Start(offset + body.len() as u64))?;
         file.sync_all()
     })
 }
 
 /// Writes `body` into `file` at `offset`, fsyncs it and returns the body's MD5 hex.
 pub(super) fn write_at_synced_md5(file: &File, offset: u64, body: &[u8]) -> io::Result<String> {
-    use std::os::unix::fs::FileExt;
     stored_with_md5(body, || {
-        file.write_all_at(body, offset)?;
+        write_at_with_writeback(file, offset, body)?;
         file.sync_all()
     })
 }
+
+/// Bytes written between two starts of writeback of a large body.
+const WRITEBACK_CHUNK: usize = 1 << 20;
+
+/// Writes `body` at `offset` a chunk at a time, asking the kernel to start writing each chunk
+/// to the disk once it is in the page cache. Otherwise the disk stays idle until the fsync that
+/// follows, which then waits for the whole body: a blocking `persist()` waits for its last parts
+/// that way, with the disk idle while they are copied in.
+fn write_at_with_writeback(file: &File, mut offset: u64, body: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    for chunk in body.chunks(WRITEBACK_CHUNK) {
+        file.write_all_at(chunk, offset)?;
+        start_writeback(file, offset, chunk.len());
+        offset += chunk.len() as u64;
+    }
+    Ok(())
+}
+
+/// Starts writing back `len` bytes from `offset` without waiting (`sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE`). A hint only: it makes nothing durable, and a failure loses only the
+/// head start, since the fsync after it still writes everything.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: usize) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a system call on the descriptor `file` keeps open for the call; no memory is
+    // handed to the kernel.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: usize) {}
 
 /// Runs `store` (which writes `body` and syncs it) and returns the body's MD5 hex. For a large
 /// body the hash runs on a second thread from the start, so acknowledging a part costs the

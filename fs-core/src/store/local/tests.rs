@@ -1910,3 +1910,35 @@ async fn a_streamed_put_that_fails_leaves_nothing() {
         b"before"
     );
 }
+
+#[test]
+fn large_bodies_are_written_a_chunk_at_a_time_and_hashed_beside() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Over two writeback chunks, and over the size hashed on a second thread.
+    let body: Vec<u8> = (0..(2 * MIB + MIB / 2)).map(|i| (i % 251) as u8).collect();
+    let head = b"head";
+
+    // From the file's position, which ends after the body.
+    let path = dir.path().join("sequential");
+    let mut file = File::create(&path).expect("create");
+    file.write_all(head).expect("head");
+    let etag = write_synced_md5(&mut file, &body).expect("write");
+    assert_eq!(etag, rules::md5_hex(&body));
+    file.write_all(b"!").expect("after");
+    let mut expected = head.to_vec();
+    expected.extend_from_slice(&body);
+    expected.push(b'!');
+    assert_eq!(fs::read(&path).expect("read"), expected);
+
+    // At an offset, leaving the rest of the file alone.
+    let path = dir.path().join("at");
+    fs::write(&path, vec![9u8; 4 * MIB]).expect("fill");
+    let file = OpenOptions::new().write(true).open(&path).expect("open");
+    let etag = write_at_synced_md5(&file, 100, &body).expect("write at");
+    assert_eq!(etag, rules::md5_hex(&body));
+    let read = fs::read(&path).expect("read");
+    assert_eq!(read.len(), 4 * MIB);
+    assert_eq!(&read[..100], &[9u8; 100][..]);
+    assert_eq!(&read[100..100 + body.len()], &body[..]);
+    assert!(read[100 + body.len()..].iter().all(|&b| b == 9));
+}
