@@ -522,7 +522,8 @@ impl Inner {
         let lock = self.lock(OP, key)?;
         // Completed or aborted by someone else since we looked?
         self.load_upload(OP, key, upload_id)?;
-        self.place(OP, key, tmp, record, condition)?;
+        // A multipart ETag cannot be computed back from the file: its sidecar must be durable.
+        self.place(OP, key, tmp, record, condition, false)?;
         let trash = self.retire_upload(OP, key, upload_id);
         drop(lock);
         match trash {
