@@ -166,12 +166,19 @@ impl Env {
     fn cancel_after_a_failure(self, job: &engine::runtime::JobHandle, when: &str) {
         let left_open = self.open_uploads().len();
         assert!(left_open > 0, "the failed attempt left no file in progress");
+        self.cancel_and_check(job, &format!("{when} with {left_open} files left open"));
+    }
+
+    /// Cancels `job` (`what` describes the moment, for the log) and checks that the cancel
+    /// ends within [`CANCEL_BOUND`] and abandons every file in progress, keeping what was
+    /// published before it.
+    fn cancel_and_check(self, job: &engine::runtime::JobHandle, what: &str) {
         let published = self.objects("out/");
         let started = Instant::now();
         job.cancel();
         assert_eq!(job.wait(), JobState::Canceled);
         let took = started.elapsed();
-        eprintln!("cancelled {when} with {left_open} files left open in {took:?}");
+        eprintln!("cancelled {what} in {took:?}");
         assert!(took < CANCEL_BOUND, "the cancel took {took:?}");
         self.assert_run_abandoned(&published);
         drop(self.runtime);
@@ -240,18 +247,8 @@ fn a_cancelled_job_with_many_buckets_leaves_no_upload_and_keeps_what_checkpoints
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let published = env.objects("out/");
     let in_progress = env.open_uploads().len();
-
-    let started = Instant::now();
-    job.cancel();
-    assert_eq!(job.wait(), JobState::Canceled);
-    let took = started.elapsed();
-    eprintln!("cancelled with {in_progress} files in progress in {took:?}");
-    assert!(took < CANCEL_BOUND, "the cancel took {took:?}");
-
-    env.assert_run_abandoned(&published);
-    drop(env.runtime);
+    env.cancel_and_check(&job, &format!("with {in_progress} files in progress"));
 }
 
 /// The published lines of a run of `job` over `env`, which must finish.
