@@ -8,7 +8,7 @@ use fs_core::store::fault::{FaultConfig, FaultStore, Op};
 use fs_core::store::memory::MemoryStore;
 use fs_core::store::{DynStore, ObjectStore, ObjectStoreExt, PutOptions};
 use fs_core::token::Token;
-use fs_core::writer::{GcOptions, WriterError};
+use fs_core::writer::{FileWriter, GcOptions, WriterError};
 use fs_core::{Index, RecoverableWriter, WriterConfig};
 
 const PART: u64 = 4096;
@@ -74,6 +74,11 @@ async fn object(f: &Fixture, key: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// Closes `w` and commits what it wrote, as a test's last step.
+async fn close_and_commit(mut w: FileWriter) {
+    w.close_for_commit().await.unwrap().commit().await.unwrap();
+}
+
 fn cache_files(f: &Fixture) -> usize {
     walk(f.cache.path())
 }
@@ -117,7 +122,7 @@ async fn full_parts_upload_concurrently_with_bounded_memory() {
         "peak {}",
         w.peak_buffered_bytes()
     );
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     assert_eq!(object(&f, "big.bin").await.unwrap(), body);
 }
 
@@ -157,13 +162,7 @@ async fn an_idle_file_lets_go_of_its_part_buffer_and_takes_one_again_on_its_next
     let last = data(PART as usize * 2, 6);
     again.write(&last).await.unwrap();
     body.extend_from_slice(&last);
-    again
-        .close_for_commit()
-        .await
-        .unwrap()
-        .commit()
-        .await
-        .unwrap();
+    close_and_commit(again).await;
     assert_eq!(object(&f, "idle.bin").await.unwrap(), body);
 }
 
@@ -174,7 +173,7 @@ async fn one_large_write_does_not_buffer_beyond_the_bound() {
     let body = data(PART as usize * 30, 2);
     w.write(&body).await.unwrap();
     assert!(w.peak_buffered_bytes() <= (2 + 2) * PART);
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     assert_eq!(object(&f, "one.bin").await.unwrap(), body);
 }
 
@@ -230,7 +229,7 @@ async fn write_bytes_uploads_whole_parts_from_a_part_boundary_without_a_copy() {
     );
     assert_ne!(stored(3).await.as_ptr(), first[part * 2..].as_ptr());
 
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     let got = mem.get("bytes.bin", None).await.unwrap().body;
     assert_eq!(got.as_ref(), body.as_slice());
 }
@@ -307,7 +306,7 @@ async fn recover_resumes_exactly_at_the_token() {
     assert_eq!(w.len(), first.len() as u64);
     let second = data(PART as usize + 5, 5);
     w.write(&second).await.unwrap();
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     let mut expected = first.clone();
     expected.extend_from_slice(&second);
     assert_eq!(object(&f, "r.txt").await.unwrap(), expected);
@@ -441,7 +440,7 @@ async fn a_failure_at_any_one_call_is_retried() {
         want.extend_from_slice(&chunk);
         w.persist().await.unwrap();
     }
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     assert_eq!(object(&f, "retried.txt").await.unwrap(), want);
     // Each failed call was made once more.
     assert_eq!(f.faults.calls(Op::CreateMultipart), 2);
@@ -488,13 +487,7 @@ async fn a_failed_part_upload_without_retries_loses_nothing_persisted() {
     let mut resumed = writer.recover(&token).await.unwrap();
     let more = data(PART as usize * 2 + 3, 3);
     resumed.write(&more).await.unwrap();
-    resumed
-        .close_for_commit()
-        .await
-        .unwrap()
-        .commit()
-        .await
-        .unwrap();
+    close_and_commit(resumed).await;
     let mut want = persisted;
     want.extend_from_slice(&more);
     assert_eq!(object(&f, "failing.txt").await.unwrap(), want);
@@ -523,7 +516,7 @@ async fn without_a_part_cache_uploaded_parts_are_refused_with_the_reason() {
     let cut = w.truncate(PART + 1).await.unwrap_err();
     assert!(cut.to_string().contains("without a part cache"), "{cut}");
     // Nothing was lost by the refusals: the file commits whole.
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     assert_eq!(
         object(&f, "uncached.txt").await.unwrap(),
         data(2 * PART as usize + 10, 6)
@@ -558,7 +551,7 @@ async fn by_default_a_writer_reads_and_cuts_its_uploaded_parts() {
     // A cut inside an uploaded part keeps its prefix.
     w.truncate(PART + 7).await.unwrap();
     assert_eq!(w.len(), PART + 7);
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     assert_eq!(
         object(&f, "default.txt").await.unwrap(),
         &bytes[..PART as usize + 7]
@@ -580,9 +573,9 @@ async fn older_tokens_stay_recoverable_after_newer_persists() {
     w.persist().await.unwrap();
     drop(w);
     // The newer token is still good: its parts were not overwritten.
-    let mut w = f.writer.recover(&t2).await.unwrap();
+    let w = f.writer.recover(&t2).await.unwrap();
     assert_eq!(w.len(), t2.len());
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     let mut expected = data(PART as usize + 1, 1);
     expected.extend(data(PART as usize * 2, 2));
     assert_eq!(object(&f, "ckpt.txt").await.unwrap(), expected);
@@ -773,8 +766,8 @@ async fn dropping_after_persist_keeps_the_upload_for_the_token() {
     let token = w.persist().await.unwrap();
     drop(w);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut w = f.writer.recover(&token).await.unwrap();
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    let w = f.writer.recover(&token).await.unwrap();
+    close_and_commit(w).await;
     assert_eq!(object(&f, "keep.txt").await.unwrap(), b"abc");
 }
 
@@ -803,7 +796,7 @@ async fn the_part_limit_is_a_clean_error_before_10000_parts() {
     assert!(err.to_string().contains("larger part size"), "{err}");
     assert_eq!(w.len(), written, "a refused write accepts nothing");
     // What was accepted still commits as a valid upload.
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     assert_eq!(mem.head("huge.bin").await.unwrap().size, written);
 }
 
@@ -898,12 +891,7 @@ async fn gc_removes_only_unreferenced_old_leftovers() {
     );
     assert!(f.mem.head(&orphan_token.tail_key).await.is_err());
     assert!(f.mem.head(&live_token.tail_key).await.is_ok());
-    live.close_for_commit()
-        .await
-        .unwrap()
-        .commit()
-        .await
-        .unwrap();
+    close_and_commit(live).await;
     assert_eq!(object(&f, "live.txt").await.unwrap(), b"keep me");
 }
 
@@ -956,12 +944,12 @@ async fn append_to_a_small_or_missing_object() {
         .unwrap();
     let mut w = f.writer.open_append("small.txt").await.unwrap();
     w.write(b"+more").await.unwrap();
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     assert_eq!(object(&f, "small.txt").await.unwrap(), b"tiny+more");
 
     let mut w = f.writer.open_append("new.txt").await.unwrap();
     w.write(b"fresh").await.unwrap();
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     assert_eq!(object(&f, "new.txt").await.unwrap(), b"fresh");
 }
 
@@ -1011,7 +999,7 @@ async fn truncate_an_open_writer_anywhere() {
     );
     w.truncate(PART * 2 + 200).await.unwrap(); // grow with zeros
     w.write(b"end").await.unwrap();
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     let mut expected = body[..PART as usize * 2 + 100].to_vec();
     expected.extend(std::iter::repeat_n(0u8, 100));
     expected.extend_from_slice(b"end");
@@ -1075,7 +1063,7 @@ async fn truncate_into_a_copied_prefix_recopies_server_side() {
         w.read_at(PART * 2, 1500).await.unwrap(),
         &original[PART as usize * 2..PART as usize * 2 + 1500]
     );
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     assert_eq!(
         object(&f, "cp.bin").await.unwrap(),
         &original[..PART as usize * 2 + 1500]
@@ -1164,8 +1152,8 @@ async fn recover_all_and_rebuilding_a_lost_index() {
     );
     for t in rebuilt {
         let Token::Resume(t) = t else { unreachable!() };
-        let mut w = writer.recover(&t).await.unwrap();
-        w.close_for_commit().await.unwrap().commit().await.unwrap();
+        let w = writer.recover(&t).await.unwrap();
+        close_and_commit(w).await;
     }
     assert_eq!(object(&f, "b.txt").await.unwrap(), b"beeee");
 }
@@ -1222,9 +1210,9 @@ async fn write_rounds_under_faults(
     f.faults.set_config(FaultConfig::default());
     // The last token holds exactly what was persisted: its length, then its bytes once
     // committed (parts uploaded before a recovery are not readable until then).
-    let mut w = writer.recover(&last_token).await.unwrap();
+    let w = writer.recover(&last_token).await.unwrap();
     assert_eq!(w.len(), expected.len() as u64);
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     assert_eq!(object(f, key).await.unwrap(), expected);
     (expected, failures)
 }
@@ -1314,7 +1302,7 @@ async fn without_a_part_cache_nothing_is_written_locally_and_reads_say_why() {
     );
     let err = w.read_at(0, 10).await.unwrap_err();
     assert!(err.to_string().contains("without a part cache"), "{err}");
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     assert_eq!(
         mem.get("nocache.bin", None).await.unwrap().body.to_vec(),
         body
@@ -1347,8 +1335,8 @@ async fn a_pipelined_persist_lets_writing_go_on_and_resumes_exactly() {
     let w1 = f.writer.recover(&t1).await.unwrap();
     assert_eq!(w1.len(), t1.len());
     drop(w1);
-    let mut w2 = f.writer.recover(&t2).await.unwrap();
-    w2.close_for_commit().await.unwrap().commit().await.unwrap();
+    let w2 = f.writer.recover(&t2).await.unwrap();
+    close_and_commit(w2).await;
     assert_eq!(
         object(&f, "pipe.bin").await.unwrap(),
         [first, second].concat()
@@ -1446,7 +1434,7 @@ async fn a_voided_persist_stops_waiting_for_parts_that_will_not_come() {
     w.write(&data(PART as usize * 3, 1)).await.unwrap();
     let pending = w.begin_persist().unwrap();
     w.truncate(10).await.unwrap();
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     let result = tokio::time::timeout(Duration::from_secs(10), pending.wait()).await;
     assert!(result.expect("a voided persist must not hang").is_err());
 }
@@ -1492,7 +1480,7 @@ async fn on_a_store_that_reads_parts_the_writer_keeps_no_copy_and_reads_after_re
     // Cutting into a part uploaded before the recovery re-makes it from the store's copy.
     w.truncate(5 << 20 | 77).await.unwrap();
     w.write(b"end").await.unwrap();
-    w.close_for_commit().await.unwrap().commit().await.unwrap();
+    close_and_commit(w).await;
     let mut expected = body[..(5 << 20 | 77)].to_vec();
     expected.extend_from_slice(b"end");
     assert_eq!(
@@ -1679,7 +1667,7 @@ async fn appends_and_truncates_keep_the_objects_content_type_and_metadata() {
         if keep.is_none() {
             w.write(b"c,d\n").await.unwrap();
         }
-        w.close_for_commit().await.unwrap().commit().await.unwrap();
+        close_and_commit(w).await;
         check(f.mem.head(name).await.unwrap(), name);
     }
     assert_eq!(object(&f, "appended").await.unwrap(), b"a,b\nc,d\n");
