@@ -37,10 +37,11 @@
 //! and one for the file it replaces, so a crash at any point leaves the object that is on disk
 //! described by its own record. A put's record that holds nothing but the file's MD5 (no content
 //! type, no metadata) is written without fsync: lost or left stale by a crash, it matches no new
-//! file, and the ETag is computed back from the file. Deleting removes the file and its sidecar and then the parent
-//! directories that became empty (S3 has no empty directories), never the root. A part written
-//! into its upload's data file is fsynced there before its record is written and fsynced (see
-//! `slots.rs`), and completing an upload links that file into place when it holds the object.
+//! file, and the ETag is computed back from the file. Deleting removes the file and its
+//! sidecar and then the parent directories that became empty (S3 has no empty directories),
+//! never the root. A part written into its upload's data file is fsynced there before its
+//! record is written and fsynced (see `slots.rs`), and completing an upload links that file
+//! into place when it holds the object.
 //!
 //! Object writes (put, complete, delete) and upload aborts hold an exclusive lock: an in-process
 //! mutex plus `File::lock` on `.rivulet-store/lock`, which also excludes other processes using
