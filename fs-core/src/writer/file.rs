@@ -579,7 +579,7 @@ impl FileWriter {
                 self.tail = buffer;
             }
             let take = (part_size - self.tail.len()).min(rest.len());
-            self.tail.extend_from_slice(&rest[..take]);
+            super::stream_copy::extend(&mut self.tail, &rest[..take]);
             rest = &rest[take..];
             self.note_buffered();
             self.flush_full_parts().await?;

@@ -13,6 +13,7 @@ mod commit;
 mod file;
 mod maintenance;
 mod pipeline;
+mod stream_copy;
 pub mod tail;
 
 use std::path::PathBuf;
