@@ -19,6 +19,8 @@ use thiserror::Error;
 
 use crate::token::{Token, TokenError};
 
+mod temporary;
+
 /// An index failure, naming the index's path.
 #[derive(Debug, Error)]
 pub enum IndexError {
@@ -123,23 +125,28 @@ impl Index {
         })
     }
 
-    /// A throwaway index (deleted when dropped), for tests and one-shot commands.
+    /// A throwaway index, deleted when dropped, for task managers, job masters and tests. The
+    /// ones that killed processes left behind are removed by the next one made (see
+    /// `index/temporary.rs`).
     pub fn temporary() -> Result<Self, IndexError> {
-        let db = sled::Config::new()
-            .temporary(true)
-            .open()
-            .map_err(|source| IndexError::Sled {
-                path: "<temporary>".into(),
-                source,
-            })?;
-        let uploads = db.open_tree("uploads").map_err(|source| IndexError::Sled {
-            path: "<temporary>".into(),
+        let path = temporary::new_path();
+        let shown = path
+            .as_ref()
+            .map_or_else(|| "<temporary>".to_string(), |p| p.display().to_string());
+        let sled_err = |source| IndexError::Sled {
+            path: shown.clone(),
             source,
-        })?;
+        };
+        let mut config = sled::Config::new().temporary(true);
+        if let Some(path) = &path {
+            config = config.path(path);
+        }
+        let db = config.open().map_err(sled_err)?;
+        let uploads = db.open_tree("uploads").map_err(sled_err)?;
         Ok(Self {
             db,
             uploads,
-            path: "<temporary>".into(),
+            path: shown,
             updates: Arc::default(),
         })
     }
@@ -388,6 +395,21 @@ mod tests {
             tail_crc32c: 0,
             seq: 1,
         })
+    }
+
+    #[test]
+    fn a_temporary_index_lives_in_a_folder_of_its_own_until_dropped() {
+        let index = Index::temporary().unwrap();
+        index.record_open("s", "k", "u").unwrap();
+        let folder = std::path::PathBuf::from(index.path());
+        assert!(folder.join("db").is_file(), "{}", index.path());
+        let other = Index::temporary().unwrap();
+        assert_ne!(other.path(), index.path());
+        let clone = index.clone();
+        drop(index);
+        assert!(folder.is_dir(), "a clone still holds it");
+        drop(clone);
+        assert!(!folder.exists(), "removed with its last handle");
     }
 
     #[test]

@@ -203,3 +203,45 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_byte() {
         "the committed object differs at this offset, which this run should have written: {runs:?}"
     );
 }
+
+/// A process killed with SIGKILL leaves its temporary index's folder behind (in `/dev/shm`, so
+/// memory). The next temporary index made removes it, but never one a live process holds.
+#[test]
+fn a_killed_process_temporary_index_is_removed_by_the_next_one() {
+    use std::path::PathBuf;
+    use std::time::SystemTime;
+
+    // Folders younger than a minute are left alone (their index may still be opening).
+    let make_old = |folder: &Path| {
+        std::fs::File::open(folder)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hold_temporary_index"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the hold_temporary_index child process");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let folder = PathBuf::from(line.trim());
+    assert!(folder.join("db").is_file(), "the child's index: {line}");
+
+    make_old(&folder);
+    let while_alive = Index::temporary().unwrap();
+    assert!(folder.exists(), "a live process holds it");
+    drop(while_alive);
+
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        folder.exists(),
+        "a killed process cannot remove its own folder"
+    );
+    make_old(&folder);
+    let next = Index::temporary().unwrap();
+    assert!(!folder.exists(), "the next temporary index removes it");
+    assert_ne!(PathBuf::from(next.path()), folder);
+}
