@@ -23,9 +23,12 @@ const SWEEP_AFTER: Duration = Duration::from_secs(60);
 
 /// The folder of one user's temporary indexes under `root`.
 fn user_folder(root: &Path) -> PathBuf {
+    root.join(format!("rivulet-indexes-{}", current_uid()))
+}
+
+fn current_uid() -> u32 {
     // SAFETY: getuid cannot fail and touches no memory.
-    let uid = unsafe { libc::getuid() };
-    root.join(format!("rivulet-indexes-{uid}"))
+    unsafe { libc::getuid() }
 }
 
 /// Where a new temporary index goes: a fresh path in the user's folder, after the folder is
@@ -68,10 +71,8 @@ fn own_folder(folder: &Path) -> bool {
     {
         return false;
     }
-    // SAFETY: getuid cannot fail and touches no memory.
-    let uid = unsafe { libc::getuid() };
     // Not followed: a link planted in a shared temporary directory is not this user's folder.
-    fs::symlink_metadata(folder).is_ok_and(|md| md.is_dir() && md.uid() == uid)
+    fs::symlink_metadata(folder).is_ok_and(|md| md.is_dir() && md.uid() == current_uid())
 }
 
 /// Removes the indexes in `folder` that no process holds, except those younger than
