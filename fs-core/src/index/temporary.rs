@@ -50,6 +50,8 @@ fn new_path_in(root: &Path) -> Option<PathBuf> {
         return None;
     }
     sweep(&folder, SWEEP_AFTER);
+    // The pid and a counter make the name unique among live processes; the time keeps a new
+    // process from reusing a dead one's name (same pid) while its folder is not swept yet.
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
