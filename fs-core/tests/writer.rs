@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fs_core::store::fault::{FaultConfig, FaultStore, Op};
 use fs_core::store::memory::MemoryStore;
-use fs_core::store::{DynStore, ObjectStore, ObjectStoreExt, PutOptions};
+use fs_core::store::{ContentHeaders, DynStore, ObjectStore, ObjectStoreExt, PutOptions};
 use fs_core::token::Token;
 use fs_core::writer::{FileWriter, GcOptions, WriterError};
 use fs_core::{Index, RecoverableWriter, WriterConfig};
@@ -1636,7 +1636,12 @@ async fn appends_and_truncates_keep_the_objects_content_type_and_metadata() {
     let f = fixture();
     let source = |body: &'static [u8]| {
         let mut opts = PutOptions {
-            content_type: Some("text/csv".into()),
+            headers: ContentHeaders {
+                content_type: Some("text/csv".into()),
+                content_encoding: Some("gzip".into()),
+                cache_control: Some("no-cache".into()),
+                ..ContentHeaders::default()
+            },
             ..Default::default()
         };
         opts.metadata.insert("origin".into(), "sensor-7".into());
@@ -1645,7 +1650,21 @@ async fn appends_and_truncates_keep_the_objects_content_type_and_metadata() {
         (bytes::Bytes::from_static(body), opts)
     };
     let check = |meta: fs_core::store::ObjectMeta, what: &str| {
-        assert_eq!(meta.content_type.as_deref(), Some("text/csv"), "{what}");
+        assert_eq!(
+            meta.headers.content_type.as_deref(),
+            Some("text/csv"),
+            "{what}"
+        );
+        assert_eq!(
+            meta.headers.content_encoding.as_deref(),
+            Some("gzip"),
+            "{what}"
+        );
+        assert_eq!(
+            meta.headers.cache_control.as_deref(),
+            Some("no-cache"),
+            "{what}"
+        );
         assert_eq!(
             meta.metadata.get("origin").map(String::as_str),
             Some("sensor-7"),

@@ -15,12 +15,14 @@
 //! gateway's other writes to the key hold it, which orders them (two appends at the same offset:
 //! the second sees the new length and fails with `InvalidWriteOffset`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use fs_core::store::{DynStore, ObjectMeta, ObjectStoreExt, PutCondition, PutOptions};
+use fs_core::store::{
+    ContentHeaders, DynStore, ObjectMeta, ObjectStoreExt, PutCondition, PutOptions,
+};
 use fs_core::token::{ResumeToken, Token};
 use fs_core::writer::{FileWriter, RecoverableWriter, WriterError};
 use fs_core::{Index, StoreErrorKind};
@@ -43,6 +45,9 @@ pub struct OpenView {
     /// The writer id the sealed object will carry in its metadata: a read that finds the
     /// object sealed under it can go on from the store.
     pub writer_id: String,
+    /// The standard headers and user metadata the object keeps while appended to.
+    pub headers: ContentHeaders,
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl OpenView {
@@ -53,8 +58,8 @@ impl OpenView {
             size: self.size,
             etag: self.etag.clone(),
             last_modified: Some(self.last_modified),
-            content_type: None,
-            metadata: Default::default(),
+            headers: self.headers.clone(),
+            metadata: self.metadata.clone(),
         }
     }
 }
@@ -118,11 +123,11 @@ struct OpenFile {
 /// acknowledged is ever deleted (after a failed first append, and at recovery after a crash).
 pub const PLACEHOLDER_METADATA: &str = "rivulet-append-placeholder";
 
-/// The Content-Type and user metadata of an object an append creates; the stand-in carries
-/// them, and the writer carries them from it to the sealed object.
+/// The standard headers and user metadata of an object an append creates; the stand-in
+/// carries them, and the writer carries them from it to the sealed object.
 #[derive(Debug, Clone, Default)]
 pub struct NewObject {
-    pub content_type: Option<String>,
+    pub headers: ContentHeaders,
     /// Names without the `x-amz-meta-` prefix, lower case.
     pub metadata: std::collections::BTreeMap<String, String>,
 }
@@ -518,12 +523,20 @@ impl KeyGuard {
             .as_ref()
             .filter(|v| v.size == size && v.upload_id == token.upload_id)
             .map_or_else(SystemTime::now, |v| v.last_modified);
+        // Every open file here was opened by this process (`open`), so it has its attributes.
+        let (headers, metadata) = open
+            .file
+            .attributes()
+            .map(|(h, m)| (h.clone(), m.clone()))
+            .unwrap_or_default();
         Some(OpenView {
             size,
             etag: open_etag(&token.upload_id, size),
             last_modified,
             upload_id: token.upload_id.clone(),
             writer_id: token.writer_id.clone(),
+            headers,
+            metadata,
         })
     }
 
@@ -637,7 +650,7 @@ impl KeyGuard {
             let store = &self.inner().store;
             let mut opts = PutOptions {
                 condition: PutCondition::IfNoneMatch,
-                content_type: new_object.content_type,
+                headers: new_object.headers,
                 metadata: new_object.metadata,
             };
             opts.metadata

@@ -10,7 +10,7 @@
 //!
 //! One module per job: [`account`] (one-to-one bucket mode), [`appends`] (appendable objects: `x-amz-write-offset-bytes`), [`config`] (what the server is told), [`auth`] (signature keys),
 //! [`bodies`] (request bodies, streamed PUTs), [`buckets`] (bucket mapping), [`listing`] (listing pages and tokens), [`service`] (the S3
-//! operations), [`errors`] (store errors as S3 errors), [`linger`] (connections that drain before they close) and [`server`] (the HTTP loop).
+//! operations), [`errors`] (store errors as S3 errors), [`headers`] (the standard object headers), [`linger`] (connections that drain before they close) and [`server`] (the HTTP loop).
 
 pub mod account;
 pub mod appends;
@@ -19,6 +19,7 @@ pub mod bodies;
 pub mod buckets;
 pub mod config;
 pub mod errors;
+pub mod headers;
 pub mod host;
 pub mod linger;
 pub mod listing;

@@ -26,6 +26,7 @@ use crate::appends::{Appends, KeyGuard, NewObject, OpenView};
 use crate::bodies::{BodyDigest, BodyReader, MAX_OBJECT_SIZE, Relay, StreamedUpload, Streaming};
 use crate::buckets::{Buckets, bucket_prefix, no_such_bucket};
 use crate::errors::{s3_err, to_s3};
+use crate::headers::{apply_overrides, request_headers, set_object_headers, take_overrides};
 use crate::listing::{self, Cursor, MAX_KEYS, Query, url_encode};
 
 /// How many bytes a GET reads from the store at a time (the default of
@@ -153,7 +154,7 @@ impl GatewayService {
             .await?;
         let opts = PutOptions {
             condition,
-            content_type: input.content_type,
+            headers: request_headers!(input),
             metadata: user_metadata(input.metadata),
         };
         let result = self
@@ -260,7 +261,7 @@ impl GatewayService {
         }
         reader.check_md5(input.content_md5.as_deref())?;
         let new_object = NewObject {
-            content_type: input.content_type,
+            headers: request_headers!(input),
             metadata: user_metadata(input.metadata),
         };
         let view = self
@@ -363,15 +364,89 @@ impl GatewayService {
             whole.clone(),
             self.read_chunk,
         );
-        Ok(S3Response::new(dto::GetObjectOutput {
-            body: Some(body),
-            content_length: Some(to_i64(whole.end - whole.start)),
+        Ok(S3Response::new(get_output(
+            &meta,
+            body,
+            whole.end - whole.start,
             content_range,
-            accept_ranges: Some("bytes".into()),
-            e_tag: strong(meta.etag.clone()),
-            last_modified: timestamp(meta.last_modified),
-            ..Default::default()
-        }))
+        )))
+    }
+
+    /// GetObject but for the `response-*` overrides.
+    async fn read_object(
+        &self,
+        input: dto::GetObjectInput,
+    ) -> S3Result<S3Response<dto::GetObjectOutput>> {
+        let key = self.buckets.store_key(&input.bucket, &input.key)?;
+        unversioned(input.version_id.as_deref())?;
+        let conds = Conditions {
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
+        };
+        // Conditions and suffix ranges need the metadata before the read; evaluating them there
+        // spares reading a body that is not sent.
+        if let Some(view) = self.appends.view(&key).await? {
+            return self.get_open(key, view, &conds, input.range.as_ref());
+        }
+        let needs_head = conds.any() || matches!(input.range, Some(dto::Range::Suffix { .. }));
+        let known_size = if needs_head {
+            let meta = match self.store.head(&key).await {
+                Ok(meta) => meta,
+                Err(e) => return Err(self.object_error(&input.bucket, e).await),
+            };
+            conds.evaluate(&meta)?;
+            Some(meta.size)
+        } else {
+            None
+        };
+        let range = store_range(input.range.as_ref(), known_size)?;
+        if self.store.streams_bodies() {
+            return self
+                .get_relayed(&input.bucket, &key, range, &conds, input.range.is_some())
+                .await;
+        }
+        // The first chunk brings the metadata (and the size an open range ends at).
+        let wanted = range.clone().unwrap_or(0..u64::MAX);
+        let first_end = wanted.start.saturating_add(self.read_chunk).min(wanted.end);
+        let first = match self.store.get(&key, Some(wanted.start..first_end)).await {
+            Ok(got) => got,
+            Err(e) => return Err(self.object_error(&input.bucket, e).await),
+        };
+        // The object may have changed since the HEAD: the answer must hold for what is sent.
+        conds.evaluate(&first.meta)?;
+        if input.range.is_some() && first.meta.size == 0 {
+            return Err(unsatisfiable());
+        }
+        let meta = first.meta;
+        let whole = wanted.start..wanted.end.min(meta.size);
+        let content_range = input.range.map(|_| {
+            format!(
+                "bytes {}-{}/{}",
+                whole.start,
+                whole.end.saturating_sub(1),
+                meta.size
+            )
+        });
+        let body = if first.range.end >= whole.end {
+            StreamingBlob::from(s3s::Body::from(first.body))
+        } else {
+            chunked_body(
+                self.store.clone(),
+                key,
+                meta.etag.clone(),
+                first.body,
+                first.range.end..whole.end,
+                self.read_chunk,
+            )
+        };
+        Ok(S3Response::new(get_output(
+            &meta,
+            body,
+            whole.end - whole.start,
+            content_range,
+        )))
     }
 
     /// The source object of a copy: its store key and current metadata, after the
@@ -682,17 +757,18 @@ fn get_output(
     len: u64,
     content_range: Option<String>,
 ) -> dto::GetObjectOutput {
-    dto::GetObjectOutput {
+    let mut output = dto::GetObjectOutput {
         body: Some(body),
         content_length: Some(to_i64(len)),
         content_range,
         accept_ranges: Some("bytes".into()),
-        content_type: meta.content_type.clone(),
         e_tag: strong(meta.etag.clone()),
         last_modified: timestamp(meta.last_modified),
         metadata: response_metadata(&meta.metadata),
         ..Default::default()
-    }
+    };
+    set_object_headers!(output, &meta.headers);
+    output
 }
 
 /// The store's condition for a write with these headers. S3 supports `If-None-Match: *` only,
@@ -935,6 +1011,26 @@ impl S3 for GatewayService {
         &self,
         req: S3Request<dto::CreateBucketInput>,
     ) -> S3Result<S3Response<dto::CreateBucketOutput>> {
+        // A gateway serves one region: a bucket asked for in another would not be there, and
+        // S3 refuses such a request the same way.
+        let constraint = req
+            .input
+            .create_bucket_configuration
+            .as_ref()
+            .and_then(|c| c.location_constraint.as_ref());
+        if let Some(constraint) = constraint
+            && constraint.as_str() != self.region
+        {
+            return Err(s3_err(
+                S3ErrorCode::IllegalLocationConstraintException,
+                format!(
+                    "The {} location constraint is incompatible with this gateway's region, {} \
+                     (its --region)",
+                    constraint.as_str(),
+                    self.region
+                ),
+            ));
+        }
         self.buckets.create(&req.input.bucket).await?;
         Ok(S3Response::new(dto::CreateBucketOutput {
             location: Some(format!("/{}", req.input.bucket)),
@@ -1005,7 +1101,7 @@ impl S3 for GatewayService {
         };
         let opts = PutOptions {
             condition: PutCondition::None,
-            content_type: input.content_type,
+            headers: request_headers!(input),
             metadata: user_metadata(input.metadata),
         };
         // A body of more than one part is streamed into a multipart upload of the store (see
@@ -1062,84 +1158,19 @@ impl S3 for GatewayService {
         &self,
         req: S3Request<dto::GetObjectInput>,
     ) -> S3Result<S3Response<dto::GetObjectOutput>> {
-        let input = req.input;
-        let key = self.buckets.store_key(&input.bucket, &input.key)?;
-        unversioned(input.version_id.as_deref())?;
-        let conds = Conditions {
-            if_match: input.if_match.as_ref(),
-            if_none_match: input.if_none_match.as_ref(),
-            if_modified_since: input.if_modified_since.as_ref(),
-            if_unmodified_since: input.if_unmodified_since.as_ref(),
-        };
-        // Conditions and suffix ranges need the metadata before the read; evaluating them there
-        // spares reading a body that is not sent.
-        if let Some(view) = self.appends.view(&key).await? {
-            return self.get_open(key, view, &conds, input.range.as_ref());
-        }
-        let needs_head = conds.any() || matches!(input.range, Some(dto::Range::Suffix { .. }));
-        let known_size = if needs_head {
-            let meta = match self.store.head(&key).await {
-                Ok(meta) => meta,
-                Err(e) => return Err(self.object_error(&input.bucket, e).await),
-            };
-            conds.evaluate(&meta)?;
-            Some(meta.size)
-        } else {
-            None
-        };
-        let range = store_range(input.range.as_ref(), known_size)?;
-        if self.store.streams_bodies() {
-            return self
-                .get_relayed(&input.bucket, &key, range, &conds, input.range.is_some())
-                .await;
-        }
-        // The first chunk brings the metadata (and the size an open range ends at).
-        let wanted = range.clone().unwrap_or(0..u64::MAX);
-        let first_end = wanted.start.saturating_add(self.read_chunk).min(wanted.end);
-        let first = match self.store.get(&key, Some(wanted.start..first_end)).await {
-            Ok(got) => got,
-            Err(e) => return Err(self.object_error(&input.bucket, e).await),
-        };
-        // The object may have changed since the HEAD: the answer must hold for what is sent.
-        conds.evaluate(&first.meta)?;
-        if input.range.is_some() && first.meta.size == 0 {
-            return Err(unsatisfiable());
-        }
-        let meta = first.meta;
-        let whole = wanted.start..wanted.end.min(meta.size);
-        let content_range = input.range.map(|_| {
-            format!(
-                "bytes {}-{}/{}",
-                whole.start,
-                whole.end.saturating_sub(1),
-                meta.size
-            )
-        });
-        let body = if first.range.end >= whole.end {
-            StreamingBlob::from(s3s::Body::from(first.body))
-        } else {
-            chunked_body(
-                self.store.clone(),
-                key,
-                meta.etag.clone(),
-                first.body,
-                first.range.end..whole.end,
-                self.read_chunk,
-            )
-        };
-        Ok(S3Response::new(get_output(
-            &meta,
-            body,
-            whole.end - whole.start,
-            content_range,
-        )))
+        let mut input = req.input;
+        let overrides = take_overrides!(input);
+        let mut response = self.read_object(input).await?;
+        apply_overrides!(response.output, overrides);
+        Ok(response)
     }
 
     async fn head_object(
         &self,
         req: S3Request<dto::HeadObjectInput>,
     ) -> S3Result<S3Response<dto::HeadObjectOutput>> {
-        let input = req.input;
+        let mut input = req.input;
+        let overrides = take_overrides!(input);
         let key = self.buckets.store_key(&input.bucket, &input.key)?;
         unversioned(input.version_id.as_deref())?;
         let meta = match self.appends.view(&key).await? {
@@ -1156,15 +1187,17 @@ impl S3 for GatewayService {
             if_unmodified_since: input.if_unmodified_since.as_ref(),
         }
         .evaluate(&meta)?;
-        Ok(S3Response::new(dto::HeadObjectOutput {
+        let mut output = dto::HeadObjectOutput {
             content_length: Some(to_i64(meta.size)),
             accept_ranges: Some("bytes".into()),
-            content_type: meta.content_type.clone(),
             e_tag: strong(meta.etag.clone()),
             last_modified: timestamp(meta.last_modified),
             metadata: response_metadata(&meta.metadata),
             ..Default::default()
-        }))
+        };
+        set_object_headers!(output, &meta.headers);
+        apply_overrides!(output, overrides);
+        Ok(S3Response::new(output))
     }
 
     async fn delete_object(
@@ -1372,13 +1405,13 @@ impl S3 for GatewayService {
         let opts = if replace {
             PutOptions {
                 condition: PutCondition::None,
-                content_type: input.content_type,
+                headers: request_headers!(input),
                 metadata: user_metadata(input.metadata),
             }
         } else {
             PutOptions {
                 condition: PutCondition::None,
-                content_type: got.meta.content_type.clone(),
+                headers: got.meta.headers.clone(),
                 metadata: clients_metadata(&got.meta.metadata).collect(),
             }
         };
@@ -1565,7 +1598,7 @@ impl S3 for GatewayService {
         let key = self.existing_key(&input.bucket, &input.key).await?;
         let opts = PutOptions {
             condition: PutCondition::None,
-            content_type: input.content_type,
+            headers: request_headers!(input),
             metadata: user_metadata(input.metadata),
         };
         let upload_id = self
@@ -1967,7 +2000,7 @@ mod tests {
             size: 1,
             etag: "abc".into(),
             last_modified: Some(UNIX_EPOCH + std::time::Duration::from_secs(1000)),
-            content_type: None,
+            headers: Default::default(),
             metadata: BTreeMap::new(),
         };
         let same = ETagCondition::ETag(ETag::Strong("abc".into()));

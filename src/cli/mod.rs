@@ -63,8 +63,8 @@ pub struct Cli {
 /// Options every subcommand accepts.
 #[derive(Debug, Clone, Args)]
 pub struct Global {
-    /// The local index of open uploads (default: $RIVULET_STATE_DIR/index, else
-    /// $XDG_STATE_HOME/rivulet/index, else ~/.local/state/rivulet/index)
+    /// The local index of open uploads (default: `index`, or `gateway-index` for the gateway,
+    /// in $RIVULET_STATE_DIR, else $XDG_STATE_HOME/rivulet, else ~/.local/state/rivulet)
     #[arg(long, global = true, env = "RIVULET_INDEX", value_name = "PATH")]
     pub index: Option<PathBuf>,
 

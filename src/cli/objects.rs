@@ -107,8 +107,20 @@ pub async fn stat(env: &Env, url: &str) -> Result<()> {
     ))?;
     out.line(format_args!(
         "Content-Type:  {}",
-        meta.content_type.as_deref().unwrap_or("-")
+        meta.headers.content_type.as_deref().unwrap_or("-")
     ))?;
+    let h = &meta.headers;
+    for (name, value) in [
+        ("Content-Encoding:", &h.content_encoding),
+        ("Content-Disposition:", &h.content_disposition),
+        ("Content-Language:", &h.content_language),
+        ("Cache-Control:", &h.cache_control),
+        ("Expires:", &h.expires),
+    ] {
+        if let Some(value) = value {
+            out.line(format_args!("{name:<14} {value}"))?;
+        }
+    }
     if meta.metadata.is_empty() {
         out.line(format_args!("Metadata:      -"))?;
     } else {

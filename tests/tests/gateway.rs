@@ -216,6 +216,25 @@ async fn bucket_lifecycle(gw: &Gateway) {
             .unwrap_or_default(),
         ""
     );
+    // A bucket asked for in another region is refused, as S3 refuses it.
+    assert_eq!(
+        failure(
+            c.create_bucket()
+                .bucket("elsewhere")
+                .create_bucket_configuration(
+                    aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                        .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuWest1)
+                        .build()
+                )
+                .send()
+                .await
+        ),
+        ("IllegalLocationConstraintException".into(), 400)
+    );
+    assert_eq!(
+        failure(c.head_bucket().bucket("elsewhere").send().await).1,
+        404
+    );
 
     // An empty bucket lists nothing: its marker is hidden.
     let listed = c
@@ -2331,6 +2350,197 @@ async fn appends(gw: &Gateway) {
     }
 }
 
+/// The standard headers S3 keeps with an object (Content-Encoding, Content-Disposition,
+/// Content-Language, Cache-Control, Expires, besides Content-Type) come back on GET and HEAD,
+/// through every way an object is written, and GET's `response-*` parameters override them.
+async fn standard_headers(gw: &Gateway) {
+    let c = gw.client();
+    create_bucket(&c, "headers").await;
+    let expires = DateTime::from_secs(1_924_992_000); // 2031-01-01
+    macro_rules! with_headers {
+        ($req:expr, $type:expr) => {
+            $req.content_type($type)
+                .content_encoding("gzip")
+                .content_disposition("attachment; filename=\"a b.csv\"")
+                .content_language("en-GB")
+                .cache_control("max-age=60")
+                .expires(expires)
+        };
+    }
+    macro_rules! assert_headers {
+        ($out:expr, $type:expr, $what:expr) => {{
+            let out = &$out;
+            assert_eq!(out.content_type(), Some($type), "{}", $what);
+            assert_eq!(out.content_encoding(), Some("gzip"), "{}", $what);
+            assert_eq!(
+                out.content_disposition(),
+                Some("attachment; filename=\"a b.csv\""),
+                "{}",
+                $what
+            );
+            assert_eq!(out.content_language(), Some("en-GB"), "{}", $what);
+            assert_eq!(out.cache_control(), Some("max-age=60"), "{}", $what);
+            assert_eq!(
+                out.expires_string(),
+                Some("Wed, 01 Jan 2031 00:00:00 GMT"),
+                "{}",
+                $what
+            );
+        }};
+    }
+    let head = |key: &'static str| c.head_object().bucket("headers").key(key).send();
+
+    // A small PUT and a large one (streamed into a multipart upload of the store).
+    for (key, len) in [("small", 100), ("large", 12 * MIB + 3)] {
+        with_headers!(c.put_object().bucket("headers").key(key), "text/csv")
+            .body(ByteStream::from(data(len, 3)))
+            .send()
+            .await
+            .unwrap();
+        assert_headers!(head(key).await.unwrap(), "text/csv", key);
+        let got = c
+            .get_object()
+            .bucket("headers")
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        assert_headers!(got, "text/csv", key);
+    }
+
+    // GET's response-* parameters win over the object's own headers.
+    let got = c
+        .get_object()
+        .bucket("headers")
+        .key("small")
+        .response_content_type("application/octet-stream")
+        .response_content_disposition("inline")
+        .response_cache_control("no-store")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.content_type(), Some("application/octet-stream"));
+    assert_eq!(got.content_disposition(), Some("inline"));
+    assert_eq!(got.cache_control(), Some("no-store"));
+    assert_eq!(got.content_encoding(), Some("gzip"), "not overridden");
+
+    // An object written without a Content-Type (here straight into the store: the SDK always
+    // sends one) has S3's default.
+    gw.store
+        .put(
+            "headers/untyped",
+            bytes::Bytes::from_static(b"x"),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let untyped = head("untyped").await.unwrap();
+    // Over an S3 backend the type is the backend's: aws-sdk-s3 PUTs an untyped body as
+    // application/octet-stream.
+    let default_type = match gw.root {
+        Some(_) => "binary/octet-stream",
+        None => "application/octet-stream",
+    };
+    assert_eq!(untyped.content_type(), Some(default_type));
+    assert_eq!(untyped.content_encoding(), None);
+
+    // CopyObject keeps the source's headers, or takes the request's with REPLACE.
+    c.copy_object()
+        .bucket("headers")
+        .key("copied")
+        .copy_source("headers/small")
+        .send()
+        .await
+        .unwrap();
+    assert_headers!(head("copied").await.unwrap(), "text/csv", "copied");
+    c.copy_object()
+        .bucket("headers")
+        .key("replaced")
+        .copy_source("headers/small")
+        .metadata_directive(MetadataDirective::Replace)
+        .content_type("text/plain")
+        .send()
+        .await
+        .unwrap();
+    let replaced = head("replaced").await.unwrap();
+    assert_eq!(replaced.content_type(), Some("text/plain"));
+    assert_eq!(
+        replaced.content_encoding(),
+        None,
+        "REPLACE drops the source's"
+    );
+
+    // A multipart upload gets them at its creation.
+    let id = with_headers!(
+        c.create_multipart_upload().bucket("headers").key("mpu"),
+        "text/tab-separated-values"
+    )
+    .send()
+    .await
+    .unwrap()
+    .upload_id()
+    .unwrap()
+    .to_string();
+    let etag = part(&c, "headers", "mpu", &id, 1, b"only part").await;
+    c.complete_multipart_upload()
+        .bucket("headers")
+        .key("mpu")
+        .upload_id(&id)
+        .multipart_upload(completed(&[etag]))
+        .send()
+        .await
+        .unwrap();
+    assert_headers!(
+        head("mpu").await.unwrap(),
+        "text/tab-separated-values",
+        "mpu"
+    );
+
+    // An appendable object shows the headers and metadata of the append that created it while
+    // it is open, not only once sealed.
+    with_headers!(
+        c.put_object()
+            .bucket("headers")
+            .key("log")
+            .write_offset_bytes(0),
+        "text/plain"
+    )
+    .metadata("origin", "sensor-7")
+    .body(ByteStream::from_static(b"0"))
+    .send()
+    .await
+    .unwrap();
+    let mut seen_open = false;
+    let mut content = b"0".to_vec();
+    for offset in 1..6u64 {
+        append(&c, "headers", "log", offset, b"1").await.unwrap();
+        content.push(b'1');
+        let h = head("log").await.unwrap();
+        assert_headers!(h, "text/plain", "log");
+        assert_eq!(
+            h.metadata()
+                .and_then(|m| m.get("origin"))
+                .map(String::as_str),
+            Some("sensor-7")
+        );
+        if h.e_tag().is_some_and(|e| e.contains("-open")) {
+            seen_open = true;
+            let got = c
+                .get_object()
+                .bucket("headers")
+                .key("log")
+                .send()
+                .await
+                .unwrap();
+            assert_headers!(got, "text/plain", "log, open");
+            break;
+        }
+    }
+    assert!(seen_open, "the object was never seen open");
+    wait_sealed(gw, "headers/log", &content).await;
+    assert_headers!(head("log").await.unwrap(), "text/plain", "log, sealed");
+}
+
 macro_rules! run_checks {
     ($gw:expr, $($check:ident),* $(,)?) => {{
         let gw = $gw;
@@ -2363,6 +2573,7 @@ async fn gateway_over_a_local_store() {
         aws_chunked_payloads,
         keys_cannot_escape,
         appends,
+        standard_headers,
     );
 }
 
@@ -2386,6 +2597,7 @@ async fn gateway_over_moto() {
         aws_chunked_payloads,
         keys_cannot_escape,
         appends,
+        standard_headers,
     );
 }
 

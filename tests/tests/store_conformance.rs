@@ -15,8 +15,8 @@ use bytes::Bytes;
 use fs_core::store::memory::MemoryStore;
 use fs_core::store::rules::{self, md5_hex};
 use fs_core::store::{
-    CompletedPart, DynStore, ListRequest, ObjectStoreExt, PutCondition, PutOptions, StoreError,
-    StoreErrorKind, StoreUrl, UploadsMarker, open_store,
+    CompletedPart, ContentHeaders, DynStore, ListRequest, ObjectStoreExt, PutCondition, PutOptions,
+    StoreError, StoreErrorKind, StoreUrl, UploadsMarker, open_store,
 };
 use harness::{ServerKind, TestServer};
 use rand::RngCore;
@@ -292,6 +292,18 @@ fn with_condition(condition: PutCondition) -> PutOptions {
     }
 }
 
+/// Every standard header S3 keeps with an object, so that a store dropping one fails.
+fn all_headers(content_type: &str) -> ContentHeaders {
+    ContentHeaders {
+        content_type: Some(content_type.into()),
+        content_encoding: Some("gzip".into()),
+        content_disposition: Some("attachment; filename=\"a b.txt\"".into()),
+        content_language: Some("en-GB".into()),
+        cache_control: Some("max-age=60, public".into()),
+        expires: Some("Wed, 01 Jan 2031 00:00:00 GMT".into()),
+    }
+}
+
 fn part(number: u32, etag: &str) -> CompletedPart {
     CompletedPart {
         number,
@@ -308,7 +320,7 @@ async fn put_get_head_delete(ctx: Ctx) {
     let mut metadata = BTreeMap::new();
     metadata.insert("origin".to_string(), "conformance".to_string());
     let opts = PutOptions {
-        content_type: Some("text/plain".into()),
+        headers: all_headers("text/plain"),
         metadata: metadata.clone(),
         ..PutOptions::default()
     };
@@ -325,14 +337,14 @@ async fn put_get_head_delete(ctx: Ctx) {
     assert_eq!(got.meta.key, "dir/a.txt");
     assert_eq!(got.meta.size, body.len() as u64);
     assert_eq!(got.meta.etag, put.etag);
-    assert_eq!(got.meta.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(got.meta.headers, all_headers("text/plain"));
     assert_eq!(got.meta.metadata, metadata);
 
     let head = s.head("dir/a.txt").await.unwrap();
     assert_eq!(head.key, "dir/a.txt");
     assert_eq!(head.size, body.len() as u64);
     assert_eq!(head.etag, put.etag);
-    assert_eq!(head.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(head.headers, all_headers("text/plain"));
     assert_eq!(head.metadata, metadata);
     assert!(head.last_modified.is_some());
     assert_eq!(
@@ -629,7 +641,7 @@ async fn multipart_round_trip(ctx: Ctx) {
     let mut metadata = BTreeMap::new();
     metadata.insert("writer".to_string(), "rivulet".to_string());
     let opts = PutOptions {
-        content_type: Some("application/x-rivulet".into()),
+        headers: all_headers("application/x-rivulet"),
         metadata: metadata.clone(),
         ..PutOptions::default()
     };
@@ -674,7 +686,7 @@ async fn multipart_round_trip(ctx: Ctx) {
     let head = s.head("mpu/obj").await.unwrap();
     assert_eq!(head.size, (PART + 1234) as u64);
     assert_eq!(head.etag, expected);
-    assert_eq!(head.content_type.as_deref(), Some("application/x-rivulet"));
+    assert_eq!(head.headers, all_headers("application/x-rivulet"));
     assert_eq!(head.metadata, metadata);
     let whole = s.get("mpu/obj", None).await.unwrap();
     assert_eq!(whole.body.len(), PART + 1234);

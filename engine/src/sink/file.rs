@@ -686,7 +686,7 @@ impl Operator for FileSink {
                 continue;
             };
             match (part.writer, part.last_token) {
-                (Some(writer), _) => work.push(Abandoned::AbortWriter(writer)),
+                (Some(writer), _) => work.push(Abandoned::AbortWriter(Box::new(writer))),
                 (None, Some(token)) => work.push(Abandoned::AbortParked(token)),
                 (None, None) => {}
             }
@@ -704,7 +704,7 @@ enum Abandoned {
     /// Pending for a checkpoint that did not complete, or closed since the last one: aborted.
     Abort(Committer),
     /// In progress: aborted.
-    AbortWriter(FileWriter),
+    AbortWriter(Box<FileWriter>),
     /// In progress and parked: aborted from its token.
     AbortParked(ResumeToken),
 }

@@ -166,7 +166,7 @@ fn make_meta(key: &str, size: u64, etag: String, opts: &PutOptions) -> ObjectMet
         size,
         etag,
         last_modified: Some(SystemTime::now()),
-        content_type: opts.content_type.clone(),
+        headers: opts.headers.clone(),
         metadata: opts.metadata.clone(),
     }
 }

@@ -61,11 +61,45 @@ pub enum PutCondition {
     IfMatch(String),
 }
 
+/// The standard HTTP headers S3 keeps with an object and returns on every GET and HEAD. Each is
+/// stored as the client sent it; `None` means the object has no such header.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContentHeaders {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_disposition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_language: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+    /// `Expires`: an HTTP date, as the client wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+impl ContentHeaders {
+    /// Headers with only a content type.
+    pub fn with_type(content_type: impl Into<String>) -> Self {
+        Self {
+            content_type: Some(content_type.into()),
+            ..Self::default()
+        }
+    }
+
+    /// True when the object carries none of these headers.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// Options of a PUT or of a multipart upload's creation.
 #[derive(Debug, Clone, Default)]
 pub struct PutOptions {
     pub condition: PutCondition,
-    pub content_type: Option<String>,
+    pub headers: ContentHeaders,
     /// User metadata (`x-amz-meta-*`), names without the prefix, lower case.
     pub metadata: BTreeMap<String, String>,
 }
@@ -85,7 +119,7 @@ pub struct ObjectMeta {
     /// ETag without quotes.
     pub etag: String,
     pub last_modified: Option<SystemTime>,
-    pub content_type: Option<String>,
+    pub headers: ContentHeaders,
     /// User metadata, names without the `x-amz-meta-` prefix, lower case.
     pub metadata: BTreeMap<String, String>,
 }

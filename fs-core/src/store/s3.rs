@@ -32,9 +32,9 @@ use bytes::Bytes;
 
 use super::rules::{self, MAX_LIST_KEYS};
 use super::{
-    BodyStream, CompletedPart, ExactBody, GetResult, GetStream, ListPage, ListRequest, ObjectMeta,
-    ObjectStore, ObjectSummary, PartInfo, PartsPage, PutCondition, PutOptions, PutResult,
-    UploadInfo, UploadsMarker, UploadsPage, limits,
+    BodyStream, CompletedPart, ContentHeaders, ExactBody, GetResult, GetStream, ListPage,
+    ListRequest, ObjectMeta, ObjectStore, ObjectSummary, PartInfo, PartsPage, PutCondition,
+    PutOptions, PutResult, UploadInfo, UploadsMarker, UploadsPage, limits,
 };
 use crate::error::{StoreError, StoreErrorKind};
 
@@ -466,6 +466,57 @@ fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> Option<SystemTime> 
     t.and_then(|t| SystemTime::try_from(*t).ok())
 }
 
+/// Reads the standard headers off a GetObject or HeadObject answer (two types, same getters).
+macro_rules! content_headers {
+    ($out:expr) => {
+        ContentHeaders {
+            content_type: $out.content_type().map(str::to_string),
+            content_encoding: $out.content_encoding().map(str::to_string),
+            content_disposition: $out.content_disposition().map(str::to_string),
+            content_language: $out.content_language().map(str::to_string),
+            cache_control: $out.cache_control().map(str::to_string),
+            expires: $out.expires_string().map(str::to_string),
+        }
+    };
+}
+
+/// Sets the standard headers and the user metadata on a PutObject or CreateMultipartUpload
+/// request (two builder types, same setters). `Expires` must be an HTTP date: the SDK sends a
+/// parsed time, and S3 would store nothing for a header it cannot read either.
+macro_rules! with_headers {
+    ($req:expr, $op:expr, $key:expr, $opts:expr) => {{
+        let h = &$opts.headers;
+        let expires = match &h.expires {
+            None => None,
+            Some(text) => Some(
+                aws_smithy_types::DateTime::from_str(
+                    text,
+                    aws_smithy_types::date_time::Format::HttpDate,
+                )
+                .map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::InvalidArgument,
+                        $op,
+                        $key,
+                        format!("Expires {text:?} is not an HTTP date: {e}"),
+                    )
+                })?,
+            ),
+        };
+        let mut req = $req
+            .set_content_type(h.content_type.clone())
+            .set_content_encoding(h.content_encoding.clone())
+            .set_content_disposition(h.content_disposition.clone())
+            .set_content_language(h.content_language.clone())
+            .set_cache_control(h.cache_control.clone())
+            .set_expires(expires);
+        for (name, value) in &$opts.metadata {
+            req = req.metadata(name, value);
+        }
+        req
+    }};
+}
+
 fn lower_metadata(
     metadata: Option<&std::collections::HashMap<String, String>>,
 ) -> BTreeMap<String, String> {
@@ -854,7 +905,7 @@ impl ObjectStore for S3Store {
             size: 0,
             etag: unquote(out.e_tag().ok_or_else(|| missing(OP_GET, key, "ETag"))?),
             last_modified: to_system_time(out.last_modified()),
-            content_type: out.content_type().map(str::to_string),
+            headers: content_headers!(out),
             metadata: lower_metadata(out.metadata()),
         };
         let body = out
@@ -976,7 +1027,7 @@ impl ObjectStore for S3Store {
             size: length,
             etag: unquote(out.e_tag().ok_or_else(|| missing(OP_GET, key, "ETag"))?),
             last_modified: to_system_time(out.last_modified()),
-            content_type: out.content_type().map(str::to_string),
+            headers: content_headers!(out),
             metadata: lower_metadata(out.metadata()),
         };
         let sent = match (&range, out.content_range()) {
@@ -1035,17 +1086,14 @@ impl ObjectStore for S3Store {
     ) -> Result<PutResult, StoreError> {
         rules::validate_key(OP_PUT, key)?;
         let length = Self::check_stream_size(OP_PUT, key, size)?;
-        let mut req = self
+        let req = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(self.full_key(key))
             .content_length(length)
-            .set_content_type(opts.content_type.clone())
             .body(Self::stream_body(size, body));
-        for (name, value) in &opts.metadata {
-            req = req.metadata(name, value);
-        }
+        let mut req = with_headers!(req, OP_PUT, key, opts);
         if let Some((if_match, if_none_match)) = Self::condition_headers(&opts.condition) {
             req = req.set_if_match(if_match).set_if_none_match(if_none_match);
         }
@@ -1111,7 +1159,7 @@ impl ObjectStore for S3Store {
                 .max(0) as u64,
             etag: unquote(out.e_tag().ok_or_else(|| missing(OP_HEAD, key, "ETag"))?),
             last_modified: to_system_time(out.last_modified()),
-            content_type: out.content_type().map(str::to_string),
+            headers: content_headers!(out),
             metadata: lower_metadata(out.metadata()),
         })
     }
@@ -1119,17 +1167,14 @@ impl ObjectStore for S3Store {
     async fn put(&self, key: &str, body: Bytes, opts: PutOptions) -> Result<PutResult, StoreError> {
         rules::validate_key(OP_PUT, key)?;
         let size = body.len() as u64;
-        let mut req = self
+        let req = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(self.full_key(key))
             .content_length(body.len() as i64)
-            .set_content_type(opts.content_type.clone())
             .body(ByteStream::from(body));
-        for (name, value) in &opts.metadata {
-            req = req.metadata(name, value);
-        }
+        let mut req = with_headers!(req, OP_PUT, key, opts);
         if let Some((if_match, if_none_match)) = Self::condition_headers(&opts.condition) {
             req = req.set_if_match(if_match).set_if_none_match(if_none_match);
         }
@@ -1280,15 +1325,12 @@ impl ObjectStore for S3Store {
 
     async fn create_multipart(&self, key: &str, opts: PutOptions) -> Result<String, StoreError> {
         rules::validate_key(OP_CREATE, key)?;
-        let mut req = self
+        let req = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .set_content_type(opts.content_type.clone());
-        for (name, value) in &opts.metadata {
-            req = req.metadata(name, value);
-        }
+            .key(self.full_key(key));
+        let req = with_headers!(req, OP_CREATE, key, opts);
         let out = req
             .send()
             .await

@@ -10,7 +10,7 @@
 //!              └── part upload fails for good ──▶ Failed (recover from the last token)
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use super::cache::{self, CachedPart, CachedParts, PartCache};
 use super::pipeline::{PartBoard, PendingPersist};
 use super::{Committer, Shared, WRITER_ID_METADATA, WriterError, listed_parts, max_file_len, tail};
 use crate::error::{StoreError, StoreErrorKind};
-use crate::store::{ObjectStoreExt, PutCondition, PutOptions, limits};
+use crate::store::{ContentHeaders, ObjectStoreExt, PutCondition, PutOptions, limits};
 use crate::token::{CommitToken, PartRecord, ResumeToken, Token};
 
 /// Where the bytes of an uploaded part can be read back from while the upload is open.
@@ -179,6 +179,9 @@ pub struct FileWriter {
     issued: Vec<(String, u32)>,
     /// How part uploads ended, for pending (pipelined) persists.
     board: Arc<PartBoard>,
+    /// The standard headers and user metadata the object gets at commit; `None` when resumed
+    /// from a token (they were given to the upload, and S3 has no call to read them back).
+    attributes: Option<Box<PutOptions>>,
 }
 
 impl std::fmt::Debug for FileWriter {
@@ -196,7 +199,7 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 impl FileWriter {
     /// Starts a new upload for `key` whose commit will be made under `condition`.
-    /// `attributes` are the Content-Type and user metadata the object will have (those of the
+    /// `attributes` are the standard headers and user metadata the object will have (those of the
     /// object an append or truncate starts from).
     pub(super) async fn new_upload(
         shared: Arc<Shared>,
@@ -208,6 +211,7 @@ impl FileWriter {
         let mut opts = attributes;
         opts.metadata
             .insert(WRITER_ID_METADATA.into(), writer_id.clone());
+        let kept_attributes = opts.clone();
         // Retried like everything else. S3 has no idempotency key for this call, so a create
         // whose answer was lost leaves an empty upload behind (no parts, no storage cost) for
         // an abort-incomplete-uploads lifecycle rule or `rivulet gc --all-uploads`.
@@ -251,6 +255,7 @@ impl FileWriter {
             resumed: false,
             issued: Vec::new(),
             board: Arc::default(),
+            attributes: Some(Box::new(kept_attributes)),
         })
     }
 
@@ -496,6 +501,7 @@ impl FileWriter {
             resumed: true,
             issued: vec![(token.tail_key.clone(), token_highest)],
             board: Arc::default(),
+            attributes: None,
         })
     }
 
@@ -518,6 +524,12 @@ impl FileWriter {
 
     pub fn state(&self) -> &WriterState {
         &self.state
+    }
+
+    /// The standard headers and user metadata (Rivulet's own names included) the object will
+    /// have once committed; `None` for a writer resumed from a token.
+    pub fn attributes(&self) -> Option<(&ContentHeaders, &BTreeMap<String, String>)> {
+        self.attributes.as_ref().map(|a| (&a.headers, &a.metadata))
     }
 
     /// The most bytes this writer has held in memory at once (tail plus in-flight parts).

@@ -44,11 +44,11 @@ pub fn is_internal_metadata(name: &str) -> bool {
     name.starts_with(INTERNAL_METADATA_PREFIX)
 }
 
-/// What an append or truncate keeps of the object it starts from: its Content-Type and its
-/// user metadata, but for Rivulet's own names.
+/// What an append or truncate keeps of the object it starts from: its standard headers
+/// (Content-Type, Content-Encoding, ...) and its user metadata, but for Rivulet's own names.
 pub(crate) fn carried_attributes(meta: &crate::store::ObjectMeta) -> PutOptions {
     PutOptions {
-        content_type: meta.content_type.clone(),
+        headers: meta.headers.clone(),
         metadata: meta
             .metadata
             .iter()

@@ -80,9 +80,9 @@ use serde::{Deserialize, Serialize};
 
 use super::rules;
 use super::{
-    BodyStream, CompletedPart, GetResult, ListPage, ListRequest, ObjectMeta, ObjectStore,
-    ObjectSummary, PartInfo, PartsPage, PutCondition, PutOptions, PutResult, UploadInfo,
-    UploadsMarker, UploadsPage, limits,
+    BodyStream, CompletedPart, ContentHeaders, GetResult, ListPage, ListRequest, ObjectMeta,
+    ObjectStore, ObjectSummary, PartInfo, PartsPage, PutCondition, PutOptions, PutResult,
+    UploadInfo, UploadsMarker, UploadsPage, limits,
 };
 use crate::error::{StoreError, StoreErrorKind};
 use crate::md5::Md5;

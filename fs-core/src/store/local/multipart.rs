@@ -71,7 +71,7 @@ impl Inner {
             .unwrap_or_default();
         let manifest = Manifest {
             key: key.to_string(),
-            content_type: opts.content_type,
+            headers: opts.headers,
             metadata: opts.metadata,
             initiated_secs: since.as_secs(),
             initiated_nanos: since.subsec_nanos(),
@@ -515,7 +515,7 @@ impl Inner {
         let record = MetaRecord {
             file: id,
             etag: etag.clone(),
-            content_type: manifest.content_type,
+            headers: manifest.headers,
             metadata: manifest.metadata,
         };
 

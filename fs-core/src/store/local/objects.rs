@@ -190,7 +190,7 @@ impl Inner {
         let record = MetaRecord {
             file: id,
             etag,
-            content_type: None,
+            headers: ContentHeaders::default(),
             metadata: BTreeMap::new(),
         };
         if cache {
@@ -228,7 +228,7 @@ impl Inner {
             size: md.len(),
             etag: record.etag,
             last_modified: md.modified().ok(),
-            content_type: record.content_type,
+            headers: record.headers,
             metadata: record.metadata,
         }
     }
@@ -249,12 +249,12 @@ impl Inner {
             .read_sidecar(key)
             .and_then(|s| s.records.into_iter().find(|r| r.file == id))
         {
-            return Ok(Current::Present(Some(record)));
+            return Ok(Current::Present(Some(Box::new(record))));
         }
         if hash {
             return self
                 .record_for(op, key, &file, &md, false)
-                .map(|r| Current::Present(Some(r)));
+                .map(|r| Current::Present(Some(Box::new(r))));
         }
         Ok(Current::Present(None))
     }
@@ -339,7 +339,7 @@ impl Inner {
             }
             let mut records = vec![record];
             if let Current::Present(Some(old)) = current {
-                records.push(old); // still describes the file on disk until the rename
+                records.push(*old); // still describes the file on disk until the rename
             }
             self.write_sidecar(op, key, records, !recomputable)?;
             fs::rename(&tmp.path, &target).map_err(|e| StoreError::io(op, key, e))?;
@@ -461,11 +461,11 @@ impl Inner {
         let id = file_id(&file.metadata().map_err(|e| StoreError::io(OP, key, e))?);
         drop(file);
         // The ETag of a put is the MD5 of its body, as `record_for` would compute it.
-        let recomputable = opts.content_type.is_none() && opts.metadata.is_empty();
+        let recomputable = opts.headers.is_empty() && opts.metadata.is_empty();
         let record = MetaRecord {
             file: id,
             etag: etag.clone(),
-            content_type: opts.content_type,
+            headers: opts.headers,
             metadata: opts.metadata,
         };
         let _lock = self.lock(OP, key)?;

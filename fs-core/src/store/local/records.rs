@@ -50,7 +50,9 @@ pub(super) fn file_id(md: &fs::Metadata) -> FileId {
 pub(super) struct MetaRecord {
     pub(super) file: FileId,
     pub(super) etag: String,
-    pub(super) content_type: Option<String>,
+    /// Flattened: the sidecars written before these headers existed held `content_type` alone.
+    #[serde(flatten)]
+    pub(super) headers: ContentHeaders,
     pub(super) metadata: BTreeMap<String, String>,
 }
 
@@ -66,7 +68,8 @@ pub(super) struct Sidecar {
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Manifest {
     pub(super) key: String,
-    pub(super) content_type: Option<String>,
+    #[serde(flatten)]
+    pub(super) headers: ContentHeaders,
     pub(super) metadata: BTreeMap<String, String>,
     pub(super) initiated_secs: u64,
     pub(super) initiated_nanos: u32,
@@ -89,5 +92,5 @@ pub(super) struct PartCache {
 pub(super) enum Current {
     Absent,
     /// The object exists; its record when one is known (or was asked to be computed).
-    Present(Option<MetaRecord>),
+    Present(Option<Box<MetaRecord>>),
 }

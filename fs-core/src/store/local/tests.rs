@@ -17,7 +17,10 @@ fn open() -> (tempfile::TempDir, LocalStore) {
 fn opts(content_type: Option<&str>, meta: &[(&str, &str)]) -> PutOptions {
     PutOptions {
         condition: PutCondition::None,
-        content_type: content_type.map(str::to_string),
+        headers: ContentHeaders {
+            content_type: content_type.map(str::to_string),
+            ..ContentHeaders::default()
+        },
         metadata: meta
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -159,7 +162,7 @@ async fn put_get_head_round_trip_as_plain_files() {
     assert_eq!(got.range, 0..11);
     assert_eq!(got.meta.size, 11);
     assert_eq!(got.meta.etag, res.etag);
-    assert_eq!(got.meta.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(got.meta.headers.content_type.as_deref(), Some("text/plain"));
     assert_eq!(
         got.meta.metadata.get("owner").map(String::as_str),
         Some("me")
@@ -172,7 +175,7 @@ async fn put_get_head_round_trip_as_plain_files() {
     let head = store.head("docs/readme.txt").await.unwrap();
     assert_eq!(head.etag, etag2);
     assert_eq!(head.size, 3);
-    assert_eq!(head.content_type, None);
+    assert_eq!(head.headers.content_type, None);
     assert!(head.metadata.is_empty());
     assert_eq!(
         &store.get("docs/readme.txt", None).await.unwrap().body[..],
@@ -674,7 +677,10 @@ async fn multipart_happy_path_gives_s3_etag_and_leaves_nothing_behind() {
     assert_eq!(&got.body[..p1.len()], &p1[..]);
     assert_eq!(&got.body[p1.len()..], &p2[..]);
     assert_eq!(got.meta.etag, expected);
-    assert_eq!(got.meta.content_type.as_deref(), Some("application/x-test"));
+    assert_eq!(
+        got.meta.headers.content_type.as_deref(),
+        Some("application/x-test")
+    );
     assert_eq!(
         got.meta.metadata.get("origin").map(String::as_str),
         Some("mpu")
@@ -1012,7 +1018,7 @@ async fn upload_part_copy_copies_ranges_of_a_matching_source() {
     );
     let got = store.get("dst", None).await.unwrap();
     assert!(got.body[..] == src[..]);
-    assert_eq!(got.meta.content_type.as_deref(), Some("x/y"));
+    assert_eq!(got.meta.headers.content_type.as_deref(), Some("x/y"));
     // A completed multipart object can itself be a copy source, matched on its MPU ETag.
     let id2 = store
         .create_multipart("dst2", PutOptions::default())
@@ -1175,7 +1181,7 @@ async fn files_placed_by_hand_get_md5_etags_and_no_metadata() {
     let head = store.head("manual/notes.txt").await.unwrap();
     assert_eq!(head.etag, rules::md5_hex(b"by hand"));
     assert_eq!(head.size, 7);
-    assert!(head.content_type.is_none() && head.metadata.is_empty());
+    assert!(head.headers.content_type.is_none() && head.metadata.is_empty());
     assert!(head.last_modified.is_some());
     let listed = store.list_all("manual/").await.unwrap();
     assert_eq!(keys(&listed), vec!["manual/notes.txt"]);
@@ -1201,7 +1207,7 @@ async fn files_placed_by_hand_get_md5_etags_and_no_metadata() {
     fs::write(store.root().join("k"), b"edited by hand").unwrap();
     let head = store.head("k").await.unwrap();
     assert_eq!(head.etag, rules::md5_hex(b"edited by hand"));
-    assert!(head.content_type.is_none() && head.metadata.is_empty());
+    assert!(head.headers.content_type.is_none() && head.metadata.is_empty());
 
     // Same size, same inode, different content: the modification time tells.
     store
@@ -1255,18 +1261,18 @@ async fn a_crash_between_sidecar_and_rename_keeps_each_file_described() {
     let new = MetaRecord {
         file: new_id,
         etag: rules::md5_hex(b"new body"),
-        content_type: Some("new/type".into()),
+        headers: ContentHeaders::with_type("new/type"),
         metadata: BTreeMap::new(),
     };
     inner
-        .write_sidecar("put", "k", vec![new, current], true)
+        .write_sidecar("put", "k", vec![new, *current], true)
         .unwrap();
     let head = store.head("k").await.unwrap();
     assert_eq!(
         head.etag, old.etag,
         "the old file is still described by its record"
     );
-    assert_eq!(head.content_type.as_deref(), Some("old/type"));
+    assert_eq!(head.headers.content_type.as_deref(), Some("old/type"));
     assert_eq!(head.metadata.get("v").map(String::as_str), Some("1"));
 
     // Had the rename happened, the new file would be described by its own record.
@@ -1274,7 +1280,7 @@ async fn a_crash_between_sidecar_and_rename_keeps_each_file_described() {
     tmp.keep();
     let head = store.head("k").await.unwrap();
     assert_eq!(head.etag, rules::md5_hex(b"new body"));
-    assert_eq!(head.content_type.as_deref(), Some("new/type"));
+    assert_eq!(head.headers.content_type.as_deref(), Some("new/type"));
     assert!(head.metadata.is_empty());
     assert_eq!(&store.get("k", None).await.unwrap().body[..], b"new body");
 }
@@ -1305,7 +1311,7 @@ async fn state_survives_reopening() {
     };
     let store = LocalStore::open(&root).unwrap();
     let head = store.head("obj").await.unwrap();
-    assert_eq!(head.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(head.headers.content_type.as_deref(), Some("text/plain"));
     assert_eq!(head.metadata.get("x").map(String::as_str), Some("y"));
     let parts = store.list_all_parts("mp", &id).await.unwrap();
     assert_eq!(
@@ -1330,7 +1336,13 @@ async fn state_survives_reopening() {
         .unwrap();
     assert_eq!(done.etag, rules::multipart_etag([e1.as_str()]).unwrap());
     assert_eq!(
-        store.head("mp").await.unwrap().content_type.as_deref(),
+        store
+            .head("mp")
+            .await
+            .unwrap()
+            .headers
+            .content_type
+            .as_deref(),
         Some("a/b")
     );
     // Leftovers of a crash: the trash is emptied when a store is opened.
@@ -1854,7 +1866,10 @@ async fn put_stream_writes_as_the_body_arrives_with_the_md5_etag() {
     let got = store.get("big/obj", None).await.unwrap();
     assert_eq!(got.body.as_ref(), &whole[..]);
     assert_eq!(got.meta.etag, put.etag);
-    assert_eq!(got.meta.content_type.as_deref(), Some("application/x-test"));
+    assert_eq!(
+        got.meta.headers.content_type.as_deref(),
+        Some("application/x-test")
+    );
     assert!(names(&sys(&store, "tmp")).is_empty());
 }
 
@@ -1960,7 +1975,7 @@ async fn a_plain_puts_sidecar_may_be_lost_and_a_described_one_is_not() {
         let head = store.head("k").await.unwrap();
         assert_eq!(head.etag, etag, "the ETag is computed back from the file");
         assert_eq!(head.size, 11);
-        assert_eq!(head.content_type, None);
+        assert_eq!(head.headers.content_type, None);
         assert!(head.metadata.is_empty());
     }
 
@@ -1975,6 +1990,39 @@ async fn a_plain_puts_sidecar_may_be_lost_and_a_described_one_is_not() {
         .await
         .unwrap();
     let head = store.head("d").await.unwrap();
-    assert_eq!(head.content_type.as_deref(), Some("text/x"));
+    assert_eq!(head.headers.content_type.as_deref(), Some("text/x"));
     assert_eq!(head.metadata.get("v").map(String::as_str), Some("1"));
+}
+
+#[test]
+fn records_written_before_the_standard_headers_still_read() {
+    // A sidecar and a manifest as the store wrote them when Content-Type was the only header.
+    let record: MetaRecord = serde_json::from_str(
+        r#"{"file":{"ino":7,"size":3,"mtime_sec":1,"mtime_nsec":2},"etag":"abc","content_type":"text/plain","metadata":{"a":"b"}}"#,
+    )
+    .unwrap();
+    assert_eq!(record.headers, ContentHeaders::with_type("text/plain"));
+    assert_eq!(record.metadata.get("a").map(String::as_str), Some("b"));
+    let manifest: Manifest = serde_json::from_str(
+        r#"{"key":"k","content_type":null,"metadata":{},"initiated_secs":1,"initiated_nanos":0}"#,
+    )
+    .unwrap();
+    assert!(manifest.headers.is_empty());
+    // And a record with every header keeps them all, under the names S3 gives them.
+    let headers = ContentHeaders {
+        content_type: Some("text/csv".into()),
+        content_encoding: Some("gzip".into()),
+        content_disposition: Some("inline".into()),
+        content_language: Some("de".into()),
+        cache_control: Some("no-store".into()),
+        expires: Some("Wed, 01 Jan 2031 00:00:00 GMT".into()),
+    };
+    let json = serde_json::to_string(&MetaRecord {
+        headers: headers.clone(),
+        ..record
+    })
+    .unwrap();
+    assert!(json.contains(r#""content_encoding":"gzip""#), "{json}");
+    let back: MetaRecord = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.headers, headers);
 }
