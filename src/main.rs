@@ -27,6 +27,10 @@ fn main() -> ExitCode {
     };
     let env = Env::new(cli.global);
     let result = runtime.block_on(cli::run(&env, cli.command));
+    drop(env);
+    // Blocking work the command no longer waits for must not keep the process alive: a read of
+    // a stdin that stays open (a cp from a pipe stopped by a signal or an error) never ends.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

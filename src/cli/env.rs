@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use fs_core::error::StoreErrorKind;
 use fs_core::retry::RetryPolicy;
-use fs_core::store::{DynStore, ListRequest, StoreUrl, open_store};
+use fs_core::store::{DynStore, ListRequest, StoreUrl, open_store, open_store_for_reading};
 use fs_core::{Index, RecoverableWriter, WriterConfig};
 
 use super::Global;
@@ -62,8 +62,8 @@ impl Env {
         Ok(open_store(url).await?)
     }
 
-    /// Opens a store for reading: `None` for a local store whose directory does not exist (it
-    /// holds no objects, and reading must not create it).
+    /// Opens a store to change what it holds (`rm`): `None` for a local store whose directory
+    /// does not exist (it holds no objects, and a removal must not create it).
     pub async fn open_existing_store(&self, url: &StoreUrl) -> Result<Option<DynStore>> {
         if let StoreUrl::Local(root) = url
             && !root.is_dir()
@@ -71,6 +71,18 @@ impl Env {
             return Ok(None);
         }
         self.open_store(url).await.map(Some)
+    }
+
+    /// Opens a store to read from it: `None` for a local store whose directory does not exist.
+    /// A local store is opened read-only: reading writes nothing into the directory (which
+    /// would otherwise become a store's root) and needs no write permission there.
+    pub async fn open_store_to_read(&self, url: &StoreUrl) -> Result<Option<DynStore>> {
+        if let StoreUrl::Local(root) = url
+            && !root.is_dir()
+        {
+            return Ok(None);
+        }
+        Ok(Some(open_store_for_reading(url).await?))
     }
 
     /// The error for a missing object (a local store's missing directory is named too).

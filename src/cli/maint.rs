@@ -5,9 +5,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use fs_core::index::IndexEntry;
 use fs_core::writer::GcOptions;
-use fs_core::{Index, RecoverableWriter, Token};
+use fs_core::{Index, RecoverableWriter, StoreErrorKind, Token, WriterError};
 
-use super::output::{Out, Reported, report};
+use super::output::{Out, Reported, chain, report};
 use super::{Env, location};
 
 /// `rivulet gc STORE_URL [--dry-run] [--older-than DUR] [--all-uploads]`.
@@ -179,6 +179,24 @@ pub async fn recover(
             ))?,
             Err(e) => {
                 out.flush()?;
+                // A commit the key can never take fails the same way on every retry.
+                let hopeless = e.downcast_ref::<WriterError>().is_some_and(|w| {
+                    matches!(w, WriterError::Commit { .. })
+                        || matches!(
+                            w.store_kind(),
+                            Some(StoreErrorKind::InvalidKey | StoreErrorKind::InvalidArgument)
+                        )
+                });
+                let e = if hopeless && action == Finish::Commit {
+                    anyhow::anyhow!(
+                        "{}; retrying cannot help: `rivulet recover {url} --abort --prefix '{}'` \
+                         drops the upload",
+                        chain(&e),
+                        entry.key
+                    )
+                } else {
+                    e
+                };
                 report(&format!("recover {url}: {}", entry.key), &e);
                 failed = true;
             }

@@ -37,7 +37,7 @@ fn format_entry(entry: &Entry<'_>, base: &str, long: bool) -> String {
 pub async fn ls(env: &Env, url: &str, long: bool, recursive: bool) -> Result<()> {
     let (store_url, prefix) = location::listing(url)?;
     let store = env
-        .open_existing_store(&store_url)
+        .open_store_to_read(&store_url)
         .await?
         .ok_or_else(|| anyhow!("no such directory {store_url}"))?;
     // Names are shown relative to the listed "directory", full keys when recursive.
@@ -82,7 +82,7 @@ pub async fn stat(env: &Env, url: &str) -> Result<()> {
     let (store_url, key) = location::object(url)?;
     let missing = || Env::no_such_object(&store_url, &key);
     let store = env
-        .open_existing_store(&store_url)
+        .open_store_to_read(&store_url)
         .await?
         .ok_or_else(missing)?;
     let Some(meta) = env

@@ -31,13 +31,31 @@ impl fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
-/// The run was interrupted (Ctrl-C); what it started was cleaned up.
-#[derive(Debug)]
-pub struct Interrupted;
+/// The run was stopped by a signal; what it started was cleaned up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupted {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM (`kill`, `timeout`, systemd, container runtimes stopping the process).
+    Terminate,
+}
+
+impl Interrupted {
+    /// The shell's exit code for a process stopped by this signal: 128 + its number.
+    fn exit_code(self) -> u8 {
+        match self {
+            Self::Interrupt => 130,
+            Self::Terminate => 143,
+        }
+    }
+}
 
 impl fmt::Display for Interrupted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("interrupted")
+        f.write_str(match self {
+            Self::Interrupt => "interrupted",
+            Self::Terminate => "terminated",
+        })
     }
 }
 
@@ -92,8 +110,8 @@ pub fn exit_code_and_message(subject: &str, err: &anyhow::Error) -> (u8, Option<
     }
     let code = if err.downcast_ref::<Usage>().is_some() {
         2
-    } else if err.downcast_ref::<Interrupted>().is_some() {
-        130
+    } else if let Some(signal) = err.downcast_ref::<Interrupted>() {
+        signal.exit_code()
     } else {
         1
     };

@@ -114,7 +114,7 @@ struct Source {
 
 async fn open_source(env: &Env, url: &StoreUrl, key: &str) -> Result<Source> {
     let missing = || Env::no_such_object(url, key);
-    let store = env.open_existing_store(url).await?.ok_or_else(missing)?;
+    let store = env.open_store_to_read(url).await?.ok_or_else(missing)?;
     let retry = env.retry_for(url);
     let Some(meta) = retry.run(|| store.head_opt(key)).await? else {
         return Err(env.missing_object(&store, url, key).await);

@@ -5,6 +5,7 @@ use std::future::Future;
 
 use anyhow::{Context, Result, anyhow};
 use bytes::{BufMut, Bytes, BytesMut};
+use fs_core::StoreErrorKind;
 use fs_core::store::{DynStore, ObjectStoreExt, StoreUrl};
 use fs_core::{CommitOutcome, FileWriter, RecoverableWriter, WriterError};
 use futures::{Stream, StreamExt};
@@ -17,7 +18,8 @@ use super::{Env, location};
 /// The read buffer's size where the part size does not fit in `usize` (32-bit targets).
 const READ_CHUNK: usize = 1 << 20;
 
-/// Runs `fut` unless Ctrl-C comes first (then it is dropped and the result is [`Interrupted`]).
+/// Runs `fut` unless SIGINT (Ctrl-C) or SIGTERM comes first: then it is dropped, which
+/// aborts what it started, and the result is [`Interrupted`].
 pub async fn interruptible<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
     let interrupt = async {
         if tokio::signal::ctrl_c().await.is_err() {
@@ -25,9 +27,21 @@ pub async fn interruptible<T>(fut: impl Future<Output = Result<T>>) -> Result<T>
             std::future::pending::<()>().await;
         }
     };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
     tokio::select! {
         result = fut => result,
-        () = interrupt => Err(Interrupted.into()),
+        () = interrupt => Err(Interrupted::Interrupt.into()),
+        () = terminate => Err(Interrupted::Terminate.into()),
     }
 }
 
@@ -130,6 +144,21 @@ impl Session {
                     chain(&e.into())
                 ))
             }
+            // The key cannot hold the object (a local store's file or folder in the way): a
+            // retry from `recover --commit` would fail the same way, so the upload goes.
+            Err(e)
+                if matches!(
+                    e.store_kind(),
+                    Some(StoreErrorKind::InvalidKey | StoreErrorKind::InvalidArgument)
+                ) =>
+            {
+                let token = committer.token();
+                self.forget(&token.key, &token.upload_id).await;
+                Err(anyhow!(
+                    "{}; nothing was written (the upload was aborted)",
+                    chain(&e.into())
+                ))
+            }
             Err(e) => Err(anyhow!(
                 "{}; the closed upload is kept: `rivulet recover {} --commit` retries the commit",
                 chain(&e.into()),
@@ -215,7 +244,7 @@ pub async fn append(env: &Env, url: &str, input_path: &str) -> Result<()> {
 pub async fn truncate(env: &Env, url: &str, len: u64, no_create: bool) -> Result<()> {
     let (store_url, key) = location::object(url)?;
     if no_create {
-        let exists = match env.open_existing_store(&store_url).await? {
+        let exists = match env.open_store_to_read(&store_url).await? {
             Some(store) => env
                 .retry_for(&store_url)
                 .run(|| store.head_opt(&key))

@@ -511,6 +511,39 @@ fn ls_and_stat_show_objects() {
 }
 
 #[test]
+fn reading_a_plain_directory_leaves_it_untouched() {
+    // A directory that is no store: reading its files must not make it one (a store's state
+    // folder there would change which store every later path below it belongs to).
+    let fx = Fixture::new();
+    let plain = fx.path("plain");
+    std::fs::create_dir_all(plain.join("sub")).unwrap();
+    std::fs::write(plain.join("sub/a.txt"), b"hello\n").unwrap();
+    let file = plain.join("sub/a.txt").display().to_string();
+    let run = fx.run(&["cat", &file]).ok();
+    assert_eq!(run.stdout, b"hello\n");
+    let run = fx.run(&["stat", &file]).ok();
+    assert!(run.stdout_text().contains("Size:"), "{}", run.stdout_text());
+    let dir = format!("{}/", plain.join("sub").display());
+    let run = fx.run(&["ls", "-l", &dir]).ok();
+    assert!(run.stdout_text().contains("a.txt"), "{}", run.stdout_text());
+    let copy = fx.path("copy.txt").display().to_string();
+    fx.run(&["cp", &format!("file://{file}"), &copy]).ok();
+    assert_eq!(read(&fx.path("copy.txt")), b"hello\n");
+    for dir in [plain.clone(), plain.join("sub")] {
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert!(
+            !names.iter().any(|n| n.starts_with(".rivulet")),
+            "{}: {names:?}",
+            dir.display()
+        );
+    }
+}
+
+#[test]
 fn rm_deletes_and_complains_about_missing_objects() {
     let fx = Fixture::new();
     fx.run_with_stdin(&["append", &fx.obj("gone.txt")], b"bye")
@@ -831,6 +864,78 @@ async fn recover_commits_what_a_crashed_writer_persisted() {
         fx.run(&["ls", "-r", &store]).ok().stdout_text(),
         "closed.bin\ncrashed.bin\n"
     );
+}
+
+#[test]
+fn sigterm_and_sigint_abort_an_upload_like_ctrl_c() {
+    // SIGTERM is how `timeout`, systemd and container runtimes stop a process: the upload must
+    // go as it does for Ctrl-C, not stay open until a gc.
+    let fx = Fixture::new();
+    let uploads = fx.path("store/.rivulet-store/uploads");
+    for (signal, code, word) in [("-TERM", 143, "terminated"), ("-INT", 130, "interrupted")] {
+        let mut child = fx
+            .command(&["--part-size", "5MiB", "cp", "-", &fx.url("stopped.bin")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rivulet");
+        let mut stdin = child.stdin.take().unwrap();
+        let (stopped_tx, stopped_rx) = std::sync::mpsc::channel::<()>();
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&pseudo_random(6 * MIB, 4));
+            // Held open until the signal: at end of input the cp would commit.
+            let _ = stopped_rx.recv();
+        });
+        wait_for_upload(&fx, true, "cp never uploaded a part");
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let out = child.wait_with_output().unwrap();
+        drop(stopped_tx);
+        feeder.join().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{signal}: {stderr}");
+        assert!(stderr.contains(word), "{signal}: {stderr}");
+        let left = std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(left, 0, "{signal}: the upload was aborted");
+        let listing = fx.run(&["recover", &fx.obj("")]).ok().stdout_text();
+        assert!(
+            listing.starts_with("no open uploads"),
+            "{signal}: {listing}"
+        );
+        assert!(!fx.path("store/stopped.bin").exists());
+    }
+}
+
+#[test]
+fn a_key_a_local_store_cannot_hold_fails_at_once_and_keeps_nothing() {
+    // In a directory, `sub` cannot be an object once `sub/a.bin` is, nor can `a.bin/x` while
+    // `a.bin` is a file: such a cp must fail before it moves its bytes, and leave no upload
+    // for a `recover --commit` that could only fail again.
+    let fx = Fixture::new();
+    let big = fx.write_file("big.bin", &pseudo_random(6 * MIB, 5));
+    let small = fx.write_file("small.bin", b"small");
+    fx.run(&["cp", &small, &fx.url("sub/a.bin")]).ok();
+    for (src, key, needle) in [
+        (&big, "sub", "is a directory"),
+        (&small, "sub", "is a directory"),
+        (&big, "sub/a.bin/x", "is a file"),
+        (&small, "sub/a.bin/x", "is a file"),
+    ] {
+        fx.run(&["--part-size", "5MiB", "cp", src, &fx.url(key)])
+            .fails_with(1, &[needle]);
+        let listing = fx.run(&["recover", &fx.obj("")]).ok().stdout_text();
+        assert!(listing.starts_with("no open uploads"), "{key}: {listing}");
+    }
+    let uploads = fx.path("store/.rivulet-store/uploads");
+    assert_eq!(
+        std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(0),
+        0
+    );
+    assert_eq!(read(&fx.path("store/sub/a.bin")), b"small");
 }
 
 #[test]

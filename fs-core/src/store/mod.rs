@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 
-pub use self::url::{StoreUrl, open_store};
+pub use self::url::{StoreUrl, open_store, open_store_for_reading};
 pub use crate::error::{StoreError, StoreErrorKind};
 
 /// S3's limits that every backend enforces and the writer plans around.

@@ -208,6 +208,28 @@ pub async fn open_store(url: &StoreUrl) -> Result<DynStore, StoreError> {
     })
 }
 
+/// Opens a store to read from it: a local store in an existing directory is opened with
+/// [`LocalStore::open_for_reading`], so that reading creates and writes nothing there; other
+/// stores as [`open_store`] opens them.
+pub async fn open_store_for_reading(url: &StoreUrl) -> Result<DynStore, StoreError> {
+    let StoreUrl::Local(path) = url else {
+        return open_store(url).await;
+    };
+    let path = path.clone();
+    let shown = path.display().to_string();
+    let opened = tokio::task::spawn_blocking(move || LocalStore::open_for_reading(path))
+        .await
+        .map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Other,
+                "open local store",
+                shown,
+                e.to_string(),
+            )
+        })?;
+    Ok(Arc::new(opened?))
+}
+
 /// Splits a URL into its store and the rest of its path (decoded; without leading slash). For
 /// `s3://` the path is left in the config's prefix; for local paths it is part of the store's
 /// path and the returned path is empty.

@@ -87,6 +87,30 @@ pub(super) fn conflict(op: &'static str, key: &str, detail: String) -> StoreErro
     StoreError::new(StoreErrorKind::InvalidKey, op, key, detail)
 }
 
+/// `key` needs a folder where the object `holder` is a file.
+pub(super) fn file_in_the_way(op: &'static str, key: &str, holder: &str) -> StoreError {
+    conflict(
+        op,
+        key,
+        format!(
+            "the object '{holder}' is a file, so there cannot be keys under '{holder}/' in a \
+             local store (a file and a directory cannot share a name)"
+        ),
+    )
+}
+
+/// `key` names a folder of other keys.
+pub(super) fn directory_in_the_way(op: &'static str, key: &str) -> StoreError {
+    conflict(
+        op,
+        key,
+        format!(
+            "'{key}' is a directory because keys under '{key}/' exist; a local store cannot \
+             hold the object '{key}' next to them (a file and a directory cannot share a name)"
+        ),
+    )
+}
+
 /// Whether an I/O error means "the path does not exist" (including through a file where a
 /// directory was expected).
 pub(super) fn is_missing(e: &io::Error) -> bool {

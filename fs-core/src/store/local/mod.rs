@@ -110,8 +110,9 @@ pub struct LocalStore {
 struct Inner {
     root: PathBuf,
     sys: PathBuf,
-    /// `.rivulet-store/lock`, locked with `File::lock` to exclude other processes.
-    lock_file: File,
+    /// `.rivulet-store/lock`, locked with `File::lock` to exclude other processes; `None` for
+    /// a store opened for reading, which writes nothing (not even cached ETags).
+    lock_file: Option<File>,
     /// Excludes other threads of this process (a file lock is held per open file, not thread).
     mutex: Mutex<()>,
 }
@@ -161,12 +162,44 @@ impl LocalStore {
         let inner = Inner {
             root,
             sys,
-            lock_file,
+            lock_file: Some(lock_file),
             mutex: Mutex::new(()),
         };
         inner.sweep();
         Ok(LocalStore {
             inner: Arc::new(inner),
+        })
+    }
+
+    /// Opens the store in the existing directory `root` for reading only: nothing is created
+    /// or written there (a directory that holds no store does not become one, and a reader
+    /// needs no write permission), no leftovers are swept, and every write fails.
+    pub fn open_for_reading(root: impl AsRef<Path>) -> Result<LocalStore, StoreError> {
+        const OP: &str = "open local store";
+        let given = root.as_ref();
+        let name = given.display().to_string();
+        let root = given
+            .canonicalize()
+            .map_err(|e| StoreError::io(OP, name.clone(), e))?;
+        if !fs::metadata(&root)
+            .map_err(|e| StoreError::io(OP, name.clone(), e))?
+            .is_dir()
+        {
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                OP,
+                name,
+                "not a directory",
+            ));
+        }
+        let sys = root.join(SYS_DIR);
+        Ok(LocalStore {
+            inner: Arc::new(Inner {
+                root,
+                sys,
+                lock_file: None,
+                mutex: Mutex::new(()),
+            }),
         })
     }
 
@@ -176,6 +209,18 @@ impl LocalStore {
     }
 
     /// Runs blocking file work on tokio's blocking pool.
+    /// [`run`](Self::run) for work that changes the store.
+    async fn run_write<T, F>(&self, op: &'static str, key: &str, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        if !self.inner.writable() {
+            return Err(self.inner.read_only(op, key));
+        }
+        self.run(op, key, work).await
+    }
+
     async fn run<T, F>(&self, op: &'static str, key: &str, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -235,7 +280,8 @@ impl ObjectStore for LocalStore {
 
     async fn put(&self, key: &str, body: Bytes, opts: PutOptions) -> Result<PutResult, StoreError> {
         let k = key.to_string();
-        self.run("put", key, move |s| s.put(&k, &body, opts)).await
+        self.run_write("put", key, move |s| s.put(&k, &body, opts))
+            .await
     }
 
     /// Written to a temporary file as the body arrives (hashed on the way), then synced and
@@ -254,7 +300,7 @@ impl ObjectStore for LocalStore {
         /// Bytes gathered before each write of the file (one blocking task each).
         const WRITE_BATCH: usize = 1 << 20;
         let k = key.to_string();
-        let (tmp, mut file) = self.run(OP, key, move |s| s.begin_put(&k)).await?;
+        let (tmp, mut file) = self.run_write(OP, key, move |s| s.begin_put(&k)).await?;
         let mut md5 = Md5::new();
         let mut written = 0u64;
         let mut batch: Vec<Bytes> = Vec::new();
@@ -321,7 +367,7 @@ impl ObjectStore for LocalStore {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let k = key.to_string();
-        self.run("delete", key, move |s| s.delete(&k)).await
+        self.run_write("delete", key, move |s| s.delete(&k)).await
     }
 
     async fn list(&self, req: ListRequest) -> Result<ListPage, StoreError> {
@@ -331,7 +377,7 @@ impl ObjectStore for LocalStore {
 
     async fn create_multipart(&self, key: &str, opts: PutOptions) -> Result<String, StoreError> {
         let k = key.to_string();
-        self.run("create multipart upload", key, move |s| {
+        self.run_write("create multipart upload", key, move |s| {
             s.create_multipart(&k, opts)
         })
         .await
@@ -345,7 +391,7 @@ impl ObjectStore for LocalStore {
         body: Bytes,
     ) -> Result<String, StoreError> {
         let (k, id) = (key.to_string(), upload_id.to_string());
-        self.run("upload part", key, move |s| {
+        self.run_write("upload part", key, move |s| {
             s.upload_part(&k, &id, part_number, &body)
         })
         .await
@@ -366,7 +412,7 @@ impl ObjectStore for LocalStore {
             source_key.to_string(),
         );
         let if_match = source_if_match.map(str::to_string);
-        self.run("upload part copy", key, move |s| {
+        self.run_write("upload part copy", key, move |s| {
             s.upload_part_copy(&k, &id, part_number, &src, range, if_match.as_deref())
         })
         .await
@@ -381,7 +427,7 @@ impl ObjectStore for LocalStore {
     ) -> Result<PutResult, StoreError> {
         let (k, id, parts) = (key.to_string(), upload_id.to_string(), parts.to_vec());
         let min_part_size = self.min_part_size();
-        self.run("complete multipart upload", key, move |s| {
+        self.run_write("complete multipart upload", key, move |s| {
             s.complete_multipart(&k, &id, &parts, &condition, min_part_size)
         })
         .await
@@ -389,7 +435,7 @@ impl ObjectStore for LocalStore {
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
         let (k, id) = (key.to_string(), upload_id.to_string());
-        self.run("abort multipart upload", key, move |s| {
+        self.run_write("abort multipart upload", key, move |s| {
             s.abort_multipart(&k, &id)
         })
         .await

@@ -64,6 +64,7 @@ impl Inner {
     ) -> Result<String, StoreError> {
         const OP: &str = "create multipart upload";
         check_key(OP, key)?;
+        self.check_key_fits(OP, key)?;
         let io = |e| StoreError::io(OP, key, e);
         let upload_id = uuid::Uuid::new_v4().simple().to_string();
         let since = SystemTime::now()
@@ -183,10 +184,13 @@ impl Inner {
             return Ok(Some((cache.etag, id)));
         }
         let etag = md5_file(&file).map_err(io)?;
-        if let Ok(bytes) = serde_json::to_vec(&PartCache {
-            file: id,
-            etag: etag.clone(),
-        }) {
+        if let Some(bytes) = self.writable().then(|| {
+            serde_json::to_vec(&PartCache {
+                file: id,
+                etag: etag.clone(),
+            })
+        }) && let Ok(bytes) = bytes
+        {
             let _ = self.write_small(op, key, &cache_path, &bytes, false);
         }
         Ok(Some((etag, id)))

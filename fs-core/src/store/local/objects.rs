@@ -31,14 +31,34 @@ impl Inner {
 
     pub(super) fn lock(&self, op: &'static str, key: &str) -> Result<StoreLock<'_>, StoreError> {
         // Nothing guarded by the mutex can be left half-updated by a panic: it only orders.
+        let file = self
+            .lock_file
+            .as_ref()
+            .ok_or_else(|| self.read_only(op, key))?;
         let guard = self.mutex.lock().unwrap_or_else(|p| p.into_inner());
-        self.lock_file
-            .lock()
-            .map_err(|e| StoreError::io(op, key, e))?;
+        file.lock().map_err(|e| StoreError::io(op, key, e))?;
         Ok(StoreLock {
-            file: &self.lock_file,
+            file,
             _guard: guard,
         })
+    }
+
+    /// Whether the store was opened for writing (not with [`LocalStore::open_for_reading`]).
+    pub(super) fn writable(&self) -> bool {
+        self.lock_file.is_some()
+    }
+
+    /// The error of a write to a store opened for reading.
+    pub(super) fn read_only(&self, op: &'static str, key: &str) -> StoreError {
+        StoreError::new(
+            StoreErrorKind::Other,
+            op,
+            key,
+            format!(
+                "the local store {} was opened for reading only",
+                self.root.display()
+            ),
+        )
     }
 
     /// Removes what crashed processes left behind: the trash, and temporaries older than a day.
@@ -274,21 +294,40 @@ impl Inner {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     if !dir.is_dir() {
                         let holder = segs.get(..=i).unwrap_or_default().join("/");
-                        return Err(conflict(
-                            op,
-                            key,
-                            format!(
-                                "the object '{holder}' is a file, so there cannot be keys under \
-                                 '{holder}/' in a local store (a file and a directory cannot \
-                                 share a name)"
-                            ),
-                        ));
+                        return Err(file_in_the_way(op, key, &holder));
                     }
                 }
                 Err(e) => return Err(StoreError::io(op, key, e)),
             }
         }
         Ok(created)
+    }
+
+    /// Fails, without changing anything, when the object `key` could not be placed now: a file
+    /// stands where one of its folders would go, or it is a folder of other keys. Checked when
+    /// an upload starts, so that a write that can never complete fails before its bytes move
+    /// (the placing checks again: keys can change in between).
+    pub(super) fn check_key_fits(&self, op: &'static str, key: &str) -> Result<(), StoreError> {
+        let segs = parent_segments(key);
+        let mut dir = self.root.clone();
+        for (i, seg) in segs.iter().enumerate() {
+            dir.push(seg);
+            match fs::symlink_metadata(&dir) {
+                Ok(md) if !md.is_dir() => {
+                    let holder = segs.get(..=i).unwrap_or_default().join("/");
+                    return Err(file_in_the_way(op, key, &holder));
+                }
+                Ok(_) => {}
+                // Nothing further down exists either.
+                Err(_) => return Ok(()),
+            }
+        }
+        if !key.ends_with('/')
+            && fs::symlink_metadata(self.data_path(key)).is_ok_and(|md| md.is_dir())
+        {
+            return Err(directory_in_the_way(op, key));
+        }
+        Ok(())
     }
 
     /// Removes the directories holding a key's file that are now empty, deepest first, never
@@ -327,15 +366,7 @@ impl Inner {
         let created = self.make_parent_dirs(op, key)?;
         let result = (|| {
             if fs::symlink_metadata(&target).is_ok_and(|md| md.is_dir()) {
-                return Err(conflict(
-                    op,
-                    key,
-                    format!(
-                        "'{key}' is a directory because keys under '{key}/' exist; a local store \
-                         cannot hold the object '{key}' next to them (a file and a directory \
-                         cannot share a name)"
-                    ),
-                ));
+                return Err(directory_in_the_way(op, key));
             }
             let mut records = vec![record];
             if let Current::Present(Some(old)) = current {

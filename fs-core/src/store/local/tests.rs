@@ -2026,3 +2026,77 @@ fn records_written_before_the_standard_headers_still_read() {
     let back: MetaRecord = serde_json::from_str(&json).unwrap();
     assert_eq!(back.headers, headers);
 }
+
+#[tokio::test]
+async fn a_store_opened_for_reading_reads_and_writes_nothing() {
+    // A plain directory, never a store: reading it must not make it one.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("sub/a.txt"), b"hello").unwrap();
+    let reader = LocalStore::open_for_reading(dir.path()).unwrap();
+    let got = reader.get("sub/a.txt", None).await.unwrap();
+    assert_eq!(&got.body[..], b"hello");
+    assert_eq!(got.meta.etag, rules::md5_hex(b"hello"));
+    assert_eq!(reader.head("sub/a.txt").await.unwrap().size, 5);
+    let listed = reader.list(ListRequest::default()).await.unwrap();
+    assert_eq!(listed.objects.len(), 1);
+    let failures = [
+        reader
+            .put("b.txt", Bytes::from_static(b"x"), PutOptions::default())
+            .await
+            .map(drop),
+        reader.delete("sub/a.txt").await,
+        reader
+            .create_multipart("c", PutOptions::default())
+            .await
+            .map(drop),
+    ];
+    for failure in failures {
+        let err = failure.unwrap_err();
+        assert!(err.to_string().contains("opened for reading only"), "{err}");
+    }
+    assert_eq!(
+        names(dir.path()),
+        vec!["sub".to_string()],
+        "nothing was created beside the data"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("sub/a.txt")).unwrap(),
+        b"hello"
+    );
+
+    // A real store reads the same, with what its records hold.
+    let (_dir, store) = open();
+    store
+        .put(
+            "k",
+            Bytes::from_static(b"body"),
+            opts(Some("text/x"), &[("a", "b")]),
+        )
+        .await
+        .unwrap();
+    let reader = LocalStore::open_for_reading(store.root()).unwrap();
+    let head = reader.head("k").await.unwrap();
+    assert_eq!(head.headers.content_type.as_deref(), Some("text/x"));
+    assert_eq!(head.metadata.get("a").map(String::as_str), Some("b"));
+    assert!(LocalStore::open_for_reading(store.root().join("missing")).is_err());
+}
+
+#[tokio::test]
+async fn an_upload_the_key_cannot_hold_fails_at_creation() {
+    let (_dir, store) = open();
+    put(&store, "dir/a", b"x").await;
+    for key in ["dir", "dir/a/b"] {
+        let err = store
+            .create_multipart(key, PutOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::InvalidKey, "{key}: {err}");
+    }
+    assert!(
+        store
+            .create_multipart("dir/b", PutOptions::default())
+            .await
+            .is_ok()
+    );
+}
