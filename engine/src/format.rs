@@ -220,7 +220,7 @@ pub fn parse_value(text: &str, data_type: DataType) -> Result<Value, String> {
     if text.is_empty() {
         return Ok(Value::Null);
     }
-    let bad = || format!("`{text}` is not a {data_type}");
+    let bad = || format!("`{text}` is not a valid {data_type}");
     Ok(match data_type {
         DataType::Bool => match text.trim() {
             "true" | "TRUE" | "True" | "1" => Value::Bool(true),
@@ -271,7 +271,7 @@ pub fn decode_json(schema: &Schema, line: &str) -> Result<Row, String> {
 
 fn json_value(value: &serde_json::Value, data_type: DataType) -> Result<Value, String> {
     use serde_json::Value as J;
-    let bad = || format!("{value} is not a {data_type}");
+    let bad = || format!("{value} is not a valid {data_type}");
     Ok(match (value, data_type) {
         (J::Null, _) => Value::Null,
         (J::Bool(b), DataType::Bool) => Value::Bool(*b),

@@ -141,6 +141,9 @@ pub struct JobGraph {
     pub restart: RestartStrategy,
 }
 
+/// The widest a vertex may run (Flink's bound too): beyond it, a job is a typo, not a plan.
+pub const MAX_PARALLELISM: usize = 32_768;
+
 impl JobGraph {
     /// The slots the job needs: with slot sharing, one per subtask of its widest vertex.
     pub fn slots_needed(&self) -> usize {
@@ -172,6 +175,15 @@ impl JobGraph {
                 return Err(EngineError::job(
                     format!("{}.parallelism", v.id),
                     "must be at least 1",
+                ));
+            }
+            if v.parallelism > MAX_PARALLELISM {
+                return Err(EngineError::job(
+                    format!("{}.parallelism", v.id),
+                    format!(
+                        "{} is more than {MAX_PARALLELISM}, the most a stage may run",
+                        v.parallelism
+                    ),
                 ));
             }
             if self.vertices[..i].iter().any(|o| o.id == v.id) {

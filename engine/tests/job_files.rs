@@ -445,3 +445,23 @@ fn errors_of_a_sinks_and_a_sources_own_checks_name_the_stage() {
     let text = GOOD.replace("count = 1000\n", "count = 1000\nrate = 0\n");
     assert_mentions(&text, &["source bids.rate", "at least 1 event per second"]);
 }
+
+#[test]
+fn a_string_where_a_number_or_a_flag_is_due_names_its_line_and_field() {
+    // In a source, a sink and an operator: serde shows string values unlike other values, and
+    // these tables lose their keys' positions (see `job::key_in`).
+    for (from, to, field) in [
+        ("count = 1000", "count = \"1000\"", "count"),
+        (
+            "format = \"json\"",
+            "format = \"json\"\nroll_on_checkpoint = \"yes\"",
+            "roll_on_checkpoint",
+        ),
+        ("count = 1000", "count = 1000\nrate = \"fast\"", "rate"),
+    ] {
+        let text = GOOD.replace(from, to);
+        let wrong = to.lines().last().unwrap();
+        let line = text.lines().position(|l| l == wrong).unwrap() + 1;
+        assert_mentions(&text, &[&format!("line {line}, {field}"), "invalid type"]);
+    }
+}

@@ -100,6 +100,12 @@ pub struct TaskManagerArgs {
 pub async fn jobmanager(env: &Env, args: JobManagerArgs) -> Result<()> {
     let token = match (&args.token, args.anonymous) {
         (Some(_), true) => bail!("give either --token or --anonymous, not both"),
+        // An empty secret would let nobody in, not everybody: a mistake either way.
+        (Some(token), false) if token.trim().is_empty() => bail!(
+            "the cluster token (--token or RIVULET_CLUSTER_TOKEN) is empty: give a shared \
+             secret, or pass --anonymous to accept anyone who can reach {}",
+            args.listen
+        ),
         (None, false) => bail!(
             "the job manager runs any job it is sent: give it a shared secret with --token (or \
              RIVULET_CLUSTER_TOKEN), or pass --anonymous to accept anyone who can reach {}",

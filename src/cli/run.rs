@@ -104,15 +104,16 @@ pub async fn run(env: &Env, args: RunArgs) -> Result<()> {
     // neither supersedes the job's unfinished run nor is left for the next run to supersede.
     let compiled = engine::job::compile(&spec, &job_id)?;
     compiled.graph.validate()?;
+    let needed = compiled.graph.slots_needed();
+    let slots = args
+        .slots
+        .unwrap_or_else(|| needed.div_ceil(args.task_managers));
+    check_embedded_size(slots.saturating_mul(args.task_managers), needed)?;
     if let Some(superseded) = record_run(&store, identity, &spec.name, &text).await? {
         for run in superseded {
             abandon_superseded(&job_env, run, args.json).await;
         }
     }
-    let needed = compiled.graph.slots_needed();
-    let slots = args
-        .slots
-        .unwrap_or_else(|| needed.div_ceil(args.task_managers));
     let cluster = MiniCluster::new(job_env, args.task_managers, slots.max(1));
     let outputs = compiled.outputs.clone();
     if !args.json {
@@ -278,6 +279,9 @@ async fn abandon_superseded(env: &JobEnvironment, run: JobRecord, quiet: bool) {
         );
     }
     let slots = compiled.graph.slots_needed().max(1);
+    if let Err(e) = check_embedded_size(slots, slots) {
+        return warn(e.to_string());
+    }
     let cluster = MiniCluster::new(env.clone(), 1, slots);
     let job = match cluster.abandon(compiled.graph, &run.job_id) {
         Ok(job) => job,
@@ -517,6 +521,23 @@ async fn run_on_cluster(
             _ => {}
         }
     }
+}
+
+/// The most slots the embedded cluster runs: each takes threads of this one process, and far
+/// more than the machine's cores only slows a job down (or, by the thousands, exhausts memory).
+const MAX_EMBEDDED_SLOTS: usize = 256;
+
+/// Refuses an embedded cluster of more than [`MAX_EMBEDDED_SLOTS`] slots.
+fn check_embedded_size(slots: usize, needed: usize) -> Result<()> {
+    if slots > MAX_EMBEDDED_SLOTS {
+        bail!(
+            "the job needs {needed} slots (its widest stage's parallelism) and this run would \
+             start {slots}; the embedded cluster runs at most {MAX_EMBEDDED_SLOTS}: lower \
+             `parallelism`, or run the job on a cluster (rivulet jobmanager and taskmanager, \
+             see docs/engine.md)"
+        );
+    }
+    Ok(())
 }
 
 /// A count of task managers or slots: 1 or more.

@@ -416,6 +416,18 @@ fn a_job_manager_needs_a_token_or_anonymous_and_rejects_bad_job_files() {
         err.contains("--token") && err.contains("--anonymous"),
         "{err}"
     );
+    // An empty token is no secret: refused too, rather than a job manager nobody can use.
+    let out = Command::new(rivulet_bin())
+        .args(["jobmanager", "--listen", "127.0.0.1:0"])
+        .env("RIVULET_CLUSTER_TOKEN", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is empty") && err.contains("--anonymous"),
+        "{err}"
+    );
 
     let cluster = Cluster::new();
     let file = cluster.dir.path().join("bad.toml");

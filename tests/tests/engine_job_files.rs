@@ -91,6 +91,15 @@ fn a_bad_job_file_exits_non_zero_with_one_line_naming_the_mistake() {
             GOOD.replace("kind = \"filter\"\nwhere = \"price > 100\"", "kind = \"window\"\nkey_by = [\"auction\"]\nwindow = \"sliding\"\nsize = \"10s\"\naggregates = [\"count()\"]"),
             vec!["big.slide"],
         ),
+        (
+            GOOD.replace("name = \"cli\"", "name = \"cli\"\nparallelism = 100000"),
+            vec!["parallelism", "100000", "32768"],
+        ),
+        (
+            GOOD.replace("id = \"big\"", "id = \"big\"\nparallelism = 300"),
+            vec!["300 slots", "at most 256", "cluster"],
+        ),
+        (GOOD.replace("name = \"cli\"", "name = \" \""), vec!["name", "empty"]),
     ];
     let records = || {
         fs::read_dir(dir.path().join("store/_jobs"))
@@ -197,6 +206,13 @@ fn malformed_lines_are_skipped_or_fail_the_job() {
     assert!(
         output_lines(&dir.path().join("store")).is_empty(),
         "a failed job published output"
+    );
+    // The rows read before the bad line count as the source's events, as they do for the sink.
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        summary["events"].as_u64() >= summary["records_to_sinks"].as_u64()
+            && summary["events"].as_u64() > Some(0),
+        "{summary}"
     );
 }
 

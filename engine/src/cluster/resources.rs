@@ -172,6 +172,9 @@ pub struct ResourceManager {
     /// The task manager of each slot held by each job.
     allocations: Mutex<HashMap<String, Vec<String>>>,
     routes: Mutex<HashMap<String, Route>>,
+    /// The last counts of lost task managers, per job: what they counted stays in a job's
+    /// totals (counts add up over attempts, and Prometheus counters never go down).
+    departed: Mutex<HashMap<String, Vec<VertexCounts>>>,
     heartbeat_timeout: Duration,
 }
 
@@ -181,6 +184,7 @@ impl ResourceManager {
             task_managers: Mutex::new(Vec::new()),
             allocations: Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
+            departed: Mutex::new(HashMap::new()),
             heartbeat_timeout,
         });
         let watched = Arc::downgrade(&rm);
@@ -214,7 +218,9 @@ impl ResourceManager {
             "task manager registered"
         );
         if let Some(old) = self.find(&tm.id) {
-            self.lost(&old.id, "it registered again");
+            // The same process (ids are random per process): its counts go on from where they
+            // were, so the old registration's are not kept apart.
+            self.remove(&old.id, "it registered again", false);
         }
         if let Ok(mut tms) = self.task_managers.lock() {
             tms.push(tm);
@@ -264,12 +270,24 @@ impl ResourceManager {
 
     /// Removes a task manager and fails the attempts that had subtasks on it.
     pub fn lost(&self, id: &str, reason: &str) {
+        self.remove(id, reason, true);
+    }
+
+    /// [`lost`](Self::lost), keeping the task manager's counts in its jobs' totals or not.
+    fn remove(&self, id: &str, reason: &str, keep_counts: bool) {
         let removed = self.task_managers.lock().ok().and_then(|mut tms| {
             let at = tms.iter().position(|t| t.id == id)?;
             Some(tms.remove(at))
         });
         let Some(tm) = removed else { return };
         tracing::warn!(task_manager = %id, host = %tm.host, "task manager lost: {reason}");
+        if keep_counts
+            && let (Ok(counts), Ok(mut departed)) = (tm.counts.lock(), self.departed.lock())
+        {
+            for (job, vertices) in counts.iter() {
+                add_counts(departed.entry(job.clone()).or_default(), vertices);
+            }
+        }
         tm.disconnect();
         // Waiting requests see a disconnect.
         if let Ok(mut replies) = tm.replies.lock() {
@@ -341,18 +359,32 @@ impl ResourceManager {
     /// A job's record counts per vertex, summed over the task managers.
     pub fn vertex_counts(&self, job_id: &str, vertices: usize) -> Vec<VertexCounts> {
         let mut total = vec![VertexCounts::default(); vertices];
+        if let Ok(departed) = self.departed.lock()
+            && let Some(job) = departed.get(job_id)
+        {
+            add_counts(&mut total, job);
+        }
         for tm in self.list() {
             if let Ok(counts) = tm.counts.lock()
                 && let Some(job) = counts.get(job_id)
             {
-                for (t, c) in total.iter_mut().zip(job) {
-                    t.records_in += c.records_in;
-                    t.records_out += c.records_out;
-                    t.malformed_records += c.malformed_records;
-                }
+                add_counts(&mut total, job);
             }
         }
+        total.truncate(vertices);
         total
+    }
+}
+
+/// Adds `more` to `total`, vertex by vertex (growing `total` to `more`'s length).
+fn add_counts(total: &mut Vec<VertexCounts>, more: &[VertexCounts]) {
+    if total.len() < more.len() {
+        total.resize(more.len(), VertexCounts::default());
+    }
+    for (t, c) in total.iter_mut().zip(more) {
+        t.records_in += c.records_in;
+        t.records_out += c.records_out;
+        t.malformed_records += c.malformed_records;
     }
 }
 
@@ -485,5 +517,60 @@ impl TaskManagers for ResourceManager {
                 tracing::warn!("cancelling {job_id} on {task_manager}: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connected_task_manager(id: &str) -> Arc<RegisteredTaskManager> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let stream = TcpStream::connect(address).unwrap();
+        Arc::new(RegisteredTaskManager::new(
+            id.into(),
+            "127.0.0.1".into(),
+            2,
+            address,
+            stream,
+            false,
+        ))
+    }
+
+    fn counts(records_out: u64) -> Vec<VertexCounts> {
+        vec![VertexCounts {
+            records_in: 0,
+            records_out,
+            malformed_records: 0,
+        }]
+    }
+
+    fn heartbeat(rm: &ResourceManager, id: &str, records_out: u64) {
+        rm.handle(
+            id,
+            ToJobManager::Heartbeat {
+                jobs: vec![("job".into(), counts(records_out))],
+            },
+        );
+    }
+
+    #[test]
+    fn a_lost_task_managers_counts_stay_in_the_totals() {
+        let rm = ResourceManager::new(Duration::from_secs(60));
+        rm.register(connected_task_manager("a"));
+        rm.register(connected_task_manager("b"));
+        heartbeat(&rm, "a", 100);
+        heartbeat(&rm, "b", 50);
+        assert_eq!(rm.vertex_counts("job", 1), counts(150));
+        rm.lost("b", "test");
+        assert_eq!(rm.vertex_counts("job", 1), counts(150), "never goes down");
+        heartbeat(&rm, "a", 130);
+        assert_eq!(rm.vertex_counts("job", 1), counts(180));
+        // A task manager that registers again is the same process: its counts go on.
+        rm.register(connected_task_manager("a"));
+        heartbeat(&rm, "a", 140);
+        assert_eq!(rm.vertex_counts("job", 1), counts(190));
+        assert_eq!(rm.vertex_counts("other", 1), counts(0));
     }
 }

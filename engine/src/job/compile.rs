@@ -40,10 +40,22 @@ pub struct CompiledJob {
 /// Compiles `spec` for the run `job_id` (file sinks name their part files after it, so two
 /// runs of a job never write the same names).
 pub fn compile(spec: &JobSpec, job_id: &str) -> Result<CompiledJob, EngineError> {
+    if spec.name.trim().is_empty() {
+        return Err(EngineError::job("name", "must not be empty"));
+    }
     let job = JobBuilder::new(&spec.name);
     let default_parallelism = spec.parallelism.unwrap_or(1);
     if default_parallelism == 0 {
         return Err(EngineError::job("parallelism", "must be at least 1"));
+    }
+    if default_parallelism > crate::graph::MAX_PARALLELISM {
+        return Err(EngineError::job(
+            "parallelism",
+            format!(
+                "{default_parallelism} is more than {}, the most a stage may run",
+                crate::graph::MAX_PARALLELISM
+            ),
+        ));
     }
     job.set_parallelism(default_parallelism);
     job.set_checkpointing(checkpoint_config(spec)?);

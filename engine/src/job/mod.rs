@@ -107,14 +107,24 @@ fn key_in(text: &str, span: std::ops::Range<usize>, message: &str) -> Option<(us
         let len = rest[start..].find('`')?;
         Some(&rest[start..start + len])
     };
+    // serde shows a string value as Rust writes a string literal (`string "fast"`), other
+    // values in backquotes (`integer `5``).
+    let string_value = ["invalid type: string ", "invalid value: string "]
+        .iter()
+        .find_map(|prefix| message.split_once(prefix))
+        .and_then(|(_, rest)| rest.rsplit_once(", expected"))
+        .map(|(literal, _)| literal.trim_matches('"'));
     let mut found = Vec::new();
     let mut offset = start;
     for line in table.split_inclusive('\n') {
         if let Some((key, value)) = line.split_once('=') {
             let key = key.trim();
-            let value = value.trim();
+            let value = value.split('#').next().unwrap_or_default().trim();
             let hit = if let Some(name) = quoted("unknown field") {
                 key == name
+            } else if let Some(v) = string_value {
+                value.trim_matches(|c| c == '"' || c == '\'') == v
+                    && (value.starts_with('"') || value.starts_with('\''))
             } else if let Some(v) = quoted("invalid type: ").or_else(|| quoted("invalid value: ")) {
                 value == v || value.trim_matches('"') == v
             } else {

@@ -49,7 +49,12 @@ pub fn new_job_id(name: &str) -> String {
         .take(40)
         .collect();
     let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!("{}-{}", safe.trim_matches('-'), &suffix[..12])
+    // An id never starts with '-', which a command line would take for an option.
+    let stem = match safe.trim_matches('-') {
+        "" => "job",
+        stem => stem,
+    };
+    format!("{stem}-{}", &suffix[..12])
 }
 
 pub async fn save(store: &DynStore, record: &JobRecord) -> Result<(), EngineError> {

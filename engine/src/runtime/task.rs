@@ -393,17 +393,14 @@ impl Subtask {
                     emitted: 0,
                     max_timestamp,
                 };
-                let status =
-                    source
-                        .source
-                        .poll(&mut out, POLL_BATCH)
-                        .map_err(|e| EngineError::Task {
-                            task: source.ctx.describe(),
-                            message: e.to_string(),
-                        })?;
+                let polled = source.source.poll(&mut out, POLL_BATCH);
+                // Counted even when the poll fails: what it emitted before went downstream.
+                self.metrics.vertex(source.vertex).add_out(out.emitted);
+                let status = polled.map_err(|e| EngineError::Task {
+                    task: source.ctx.describe(),
+                    message: e.to_string(),
+                })?;
                 max_timestamp = out.max_timestamp;
-                let emitted = out.emitted;
-                self.metrics.vertex(source.vertex).add_out(emitted);
                 let malformed = source.source.malformed_records();
                 self.metrics
                     .vertex(source.vertex)
