@@ -54,8 +54,11 @@ fn init_logging(verbose: u8) {
             _ => "debug,fs_core=trace,rivulet=trace",
         })
     });
+    // Colours only on a terminal: in a file or a pipe the escape codes are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }

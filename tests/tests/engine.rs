@@ -450,6 +450,31 @@ fn a_job_manager_needs_a_token_or_anonymous_and_rejects_bad_job_files() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("token"));
+    // A 401 names the scheme that gets in; a job file declared too large is refused at once,
+    // without waiting for a body that never comes.
+    let head = |request: &str| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = vec![0; 4096];
+        let n = stream
+            .read(&mut answer)
+            .expect("an answer before the timeout");
+        String::from_utf8_lossy(&answer[..n]).to_lowercase()
+    };
+    let refused = head("GET /overview HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(
+        refused.starts_with("http/1.1 401") && refused.contains("www-authenticate: bearer"),
+        "{refused}"
+    );
+    let too_large = head(&format!(
+        "POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Length: 99999999999\r\n\r\n"
+    ));
+    assert!(too_large.starts_with("http/1.1 413"), "{too_large}");
 }
 
 #[test]

@@ -68,10 +68,16 @@ pub async fn handle(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if presented != Some(token.as_str()) {
-            return Ok(error(
+            let mut refused = error(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong token: send Authorization: Bearer <token> (rivulet --token)",
-            ));
+            );
+            // RFC 9110: a 401 names the scheme that would get in.
+            refused.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"rivulet\""),
+            );
+            return Ok(refused);
         }
     }
     let method = request.method().clone();
@@ -206,6 +212,18 @@ async fn jobs(jm: &JobManager) -> Reply {
 }
 
 async fn submit(jm: &Arc<JobManager>, request: Request<hyper::body::Incoming>) -> Reply {
+    // A declared length over the limit is refused before any of the body is waited for.
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY as u64) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the job file is larger than {MAX_BODY} bytes"),
+        );
+    }
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
