@@ -118,6 +118,24 @@ impl Env {
                 return anyhow::anyhow!("no such object '{key}' in {url}: {e}");
             }
         }
+        // Keys under `key/`: the user named a "directory".
+        let under = ListRequest {
+            prefix: format!("{}/", key.trim_end_matches('/')),
+            delimiter: None,
+            continuation: None,
+            max_keys: Some(1),
+        };
+        if !key.is_empty()
+            && store
+                .list(under)
+                .await
+                .is_ok_and(|page| !page.objects.is_empty() || !page.common_prefixes.is_empty())
+        {
+            let dir = key.trim_end_matches('/');
+            return anyhow::anyhow!(
+                "'{dir}' in {url} is a directory of keys, not an object: `rivulet ls` lists it"
+            );
+        }
         Self::no_such_object(url, key)
     }
 

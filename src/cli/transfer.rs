@@ -214,6 +214,15 @@ async fn write_local(env: &Env, source: &Source, target: &Path, bar: &ProgressBa
         .file_name()
         .ok_or_else(|| anyhow!("{} names no file", target.display()))?
         .to_string_lossy();
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        bail!(
+            "the directory {} does not exist (cp creates the file, not its directories)",
+            dir.display()
+        );
+    }
+    remove_stale_temps(target, &name);
     let temp = target.with_file_name(format!(".{name}.rivulet-{}.tmp", std::process::id()));
     let result = async {
         let mut out = tokio::fs::File::create(&temp)
@@ -290,6 +299,45 @@ pub async fn cat(env: &Env, url: &str) -> Result<()> {
     let (store_url, key) = location::object(url)?;
     let source = open_source(env, &store_url, &key).await?;
     write_stdout(env, &source).await
+}
+
+/// Removes the temporary files that earlier downloads to `target` left when they were killed
+/// (`.NAME.rivulet-PID.tmp` of a process that is gone): each would otherwise stay, hidden, as
+/// big as what it had received.
+fn remove_stale_temps(target: &Path, name: &str) {
+    let Some(dir) = target.parent() else { return };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.rivulet-");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !process_exists(pid) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether process `pid` exists; `true` where that cannot be known (nothing is then removed).
+fn process_exists(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
 }
 
 #[cfg(test)]

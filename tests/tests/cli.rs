@@ -628,6 +628,36 @@ fn bad_urls_and_missing_keys_fail_clearly() {
     fx.run(&["--part-size", "1MiB", "cp", &src, &fx.url("s.txt")])
         .fails_with(1, &["part size", "minimum"]);
     assert!(!fx.path("store/s.txt").exists());
+    // A "directory" of keys is named as one, and a download into a missing directory names it.
+    fx.run(&["cp", &src, &fx.url("dir/s.txt")]).ok();
+    fx.run(&["cat", &fx.obj("dir")])
+        .fails_with(1, &["'dir'", "is a directory of keys", "rivulet ls"]);
+    let nowhere = fx.path("missing/s.txt").display().to_string();
+    fx.run(&["cp", &fx.url("dir/s.txt"), &nowhere])
+        .fails_with(1, &["the directory", "missing", "does not exist"]);
+}
+
+#[test]
+fn a_download_removes_what_killed_downloads_of_its_file_left() {
+    let fx = Fixture::new();
+    let src = fx.write_file("s.txt", b"abc");
+    fx.run(&["cp", &src, &fx.url("s.txt")]).ok();
+    // A temporary file of a process that is gone (a pid above the kernel's maximum), and one
+    // of a process that runs (this test).
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let dead = fx.path(&format!(".out.txt.rivulet-{}.tmp", pid_max + 7));
+    let alive = fx.path(&format!(".out.txt.rivulet-{}.tmp", std::process::id()));
+    std::fs::write(&dead, b"half a download").unwrap();
+    std::fs::write(&alive, b"a download going on").unwrap();
+    let out = fx.path("out.txt").display().to_string();
+    fx.run(&["cp", &fx.url("s.txt"), &out]).ok();
+    assert_eq!(read(&fx.path("out.txt")), b"abc");
+    assert!(!dead.exists(), "the dead process's file was left");
+    assert!(alive.exists(), "a live process's file was removed");
 }
 
 #[test]

@@ -114,7 +114,8 @@ pub enum WriterError {
     #[error("{key}: {detail}")]
     State { key: String, detail: String },
     #[error(
-        "{key}: the file would need more than 10,000 parts of {part_size} bytes (about {max_len} bytes at most); write it with a larger part size"
+        "{key}: the file would need more than 10,000 parts of {part_size} bytes (about {max_len} bytes at most); write it with a larger part size (parts of at most 5 GiB hold files of up to about {} bytes)",
+        max_file_len(limits::MAX_PART_SIZE)
     )]
     TooManyParts {
         key: String,
