@@ -154,7 +154,23 @@ struct Inner {
     index: Index,
     seal_after: Duration,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Per key, the ETag its object showed while open before its last seal here, and the one
+    /// the seal gave it: a client that appended holds the first (see [`Appends::sealed_as`]).
+    sealed_as: Mutex<HashMap<String, SealedAs>>,
 }
+
+/// The ETags of one object around its seal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedAs {
+    /// What appends and reads returned while it was open (`…-open`).
+    pub open_etag: String,
+    /// Its ETag in the store once sealed.
+    pub etag: String,
+}
+
+/// At most this many keys' seals are remembered (then the memory starts over): a condition
+/// naming an open ETag comes soon after the append that returned it.
+const SEALS_REMEMBERED: usize = 65_536;
 
 /// The gateway's open appendable objects. Cheap to clone.
 #[derive(Clone)]
@@ -197,6 +213,7 @@ impl Appends {
                 index,
                 seal_after,
                 entries: Mutex::new(HashMap::new()),
+                sealed_as: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -264,6 +281,11 @@ impl Appends {
             }
         }
         (guards, failed)
+    }
+
+    /// The ETags `key`'s object had while open and got when this gateway last sealed it.
+    pub fn sealed_as(&self, key: &str) -> Option<SealedAs> {
+        lock(&self.inner.sealed_as).get(key).cloned()
     }
 
     /// Seals `key` if it is open (a copy source must be read from the store).
@@ -604,6 +626,7 @@ impl KeyGuard {
             self.set(Slot::Idle);
             return Ok(());
         };
+        let open_etag = open_etag(&token.upload_id, file.len());
         let committer = match file.close_for_commit().await {
             Ok(c) => c,
             Err(_) => {
@@ -614,8 +637,19 @@ impl KeyGuard {
         };
         drop(file);
         match committer.commit().await {
-            Ok(_) => {
+            Ok(outcome) => {
                 self.set(Slot::Idle);
+                let mut sealed = lock(&self.inner().sealed_as);
+                if sealed.len() >= SEALS_REMEMBERED {
+                    sealed.clear();
+                }
+                sealed.insert(
+                    self.key.clone(),
+                    SealedAs {
+                        open_etag,
+                        etag: outcome.etag,
+                    },
+                );
                 Ok(())
             }
             Err(_) => {

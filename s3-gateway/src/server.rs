@@ -267,7 +267,13 @@ fn counted(
         };
         async move {
             let started = Instant::now();
-            let result = service.call(request).await;
+            let mut result = service.call(request).await;
+            // S3 names every answer, and clients quote the name in their errors.
+            if let Ok(response) = &mut result
+                && let Ok(id) = http::HeaderValue::from_str(&request_id())
+            {
+                response.headers_mut().insert("x-amz-request-id", id);
+            }
             let (status, bytes_out) = match &result {
                 Ok(response) => (
                     response.status().as_u16(),
@@ -280,6 +286,19 @@ fn counted(
             result
         }
     })
+}
+
+/// A request id as S3 gives them (16 upper-case hex digits): a start drawn from the clock and
+/// the process id, then a count, so that ids differ across restarts and are unique in a run.
+fn request_id() -> String {
+    static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        AtomicU64::new(nanos ^ (u64::from(std::process::id()) << 40))
+    });
+    format!("{:016X}", next.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Serves `GET /metrics` on its own listener until aborted.

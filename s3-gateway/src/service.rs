@@ -134,8 +134,25 @@ impl GatewayService {
         if_none_match: Option<&ETagCondition>,
     ) -> S3Result<(KeyGuard, PutCondition)> {
         let key_lock = self.appends.lock_sealed(key).await?;
-        let condition = put_condition(&self.store, key, if_match, if_none_match).await?;
+        let if_match = self.as_sealed(key, if_match);
+        let condition = put_condition(&self.store, key, if_match.as_ref(), if_none_match).await?;
         Ok((key_lock, condition))
+    }
+
+    /// An ETag condition on `key` with the `-open` ETag its appends returned read as the ETag
+    /// its last seal gave it (the same bytes, committed under a new ETag), so that a client
+    /// can make a write conditional on what it appended. Anything else is left as it is.
+    fn as_sealed(&self, key: &str, cond: Option<&ETagCondition>) -> Option<ETagCondition> {
+        let cond = cond?.clone();
+        let Some(sealed) = self.appends.sealed_as(key) else {
+            return Some(cond);
+        };
+        Some(match cond {
+            ETagCondition::ETag(ETag::Strong(tags)) if tags.contains(&sealed.open_etag) => {
+                ETagCondition::ETag(ETag::Strong(tags.replace(&sealed.open_etag, &sealed.etag)))
+            }
+            other => other,
+        })
     }
 
     /// A PutObject body larger than one part, relayed to the store in one PUT as it arrives
@@ -472,13 +489,17 @@ impl GatewayService {
         };
         unversioned(version_id.as_deref())?;
         let full = self.buckets.store_key(bucket, key)?;
+        let (if_match, if_none_match) = (
+            self.as_sealed(&full, if_match),
+            self.as_sealed(&full, if_none_match),
+        );
         let meta = match self.store.head(&full).await {
             Ok(meta) => meta,
             Err(e) => return Err(self.object_error(bucket, e).await),
         };
         let conds = Conditions {
-            if_match,
-            if_none_match,
+            if_match: if_match.as_ref(),
+            if_none_match: if_none_match.as_ref(),
             if_modified_since,
             if_unmodified_since,
         };
@@ -1211,8 +1232,9 @@ impl S3 for GatewayService {
         let _key_lock = self.appends.lock_sealed(&key).await?;
         // A conditional delete checks the object under the key's lock, so no write through
         // the gateway lands between the check and the delete.
+        let if_match = self.as_sealed(&key, input.if_match.as_ref());
         let condition = DeleteCondition {
-            etag: input.if_match.as_ref(),
+            etag: if_match.as_ref(),
             size: input.if_match_size,
             last_modified: input.if_match_last_modified_time.as_ref(),
         };
@@ -1286,6 +1308,7 @@ impl S3 for GatewayService {
             if unsealed.contains_key(full) {
                 continue;
             }
+            let etag = self.as_sealed(full, etag.as_ref());
             let condition = DeleteCondition {
                 etag: etag.as_ref(),
                 size: *size,
@@ -1735,10 +1758,11 @@ impl S3 for GatewayService {
         }
         // The upload replaces the key's open appendable object: sealed first, then replaced.
         let _key_lock = self.appends.lock_sealed(&key).await?;
+        let if_match = self.as_sealed(&key, input.if_match.as_ref());
         let condition = put_condition(
             &self.store,
             &key,
-            input.if_match.as_ref(),
+            if_match.as_ref(),
             input.if_none_match.as_ref(),
         )
         .await?;

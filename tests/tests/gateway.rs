@@ -2541,6 +2541,76 @@ async fn standard_headers(gw: &Gateway) {
     assert_headers!(head("log").await.unwrap(), "text/plain", "log, sealed");
 }
 
+/// A write conditional on the `-open` ETag an append returned holds when nothing was appended
+/// since (the object is sealed first, and the seal's ETag stands for it), and fails otherwise.
+async fn conditions_on_appended_objects(gw: &Gateway) {
+    let c = gw.client();
+    create_bucket(&c, "condapp").await;
+    // PutObject If-Match the last append's ETag: replaced.
+    let etag = append(&c, "condapp", "replaced", 0, b"abc").await.unwrap();
+    assert!(etag.contains("-open"), "{etag}");
+    let put = c
+        .put_object()
+        .bucket("condapp")
+        .key("replaced")
+        .if_match(&etag)
+        .body(ByteStream::from_static(b"new"))
+        .send()
+        .await
+        .unwrap();
+    // Every answer carries a request id, as S3's do.
+    use aws_sdk_s3::operation::RequestId;
+    assert!(
+        put.request_id().is_some_and(|id| id.len() == 16),
+        "{:?}",
+        put.request_id()
+    );
+    assert_eq!(get(&c, "condapp", "replaced").await, b"new");
+
+    // An ETag older than the last append: refused, the appends kept.
+    let older = append(&c, "condapp", "kept", 0, b"abc").await.unwrap();
+    append(&c, "condapp", "kept", 3, b"d").await.unwrap();
+    let (code, status) = failure(
+        c.put_object()
+            .bucket("condapp")
+            .key("kept")
+            .if_match(&older)
+            .body(ByteStream::from_static(b"lost"))
+            .send()
+            .await,
+    );
+    assert_eq!((code.as_str(), status), ("PreconditionFailed", 412));
+    assert_eq!(get(&c, "condapp", "kept").await, b"abcd");
+
+    // CopyObject's source and DeleteObject take it too.
+    let etag = append(&c, "condapp", "source", 0, b"copied").await.unwrap();
+    c.copy_object()
+        .bucket("condapp")
+        .key("copy")
+        .copy_source("condapp/source")
+        .copy_source_if_match(&etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get(&c, "condapp", "copy").await, b"copied");
+    let etag = append(&c, "condapp", "deleted", 0, b"x").await.unwrap();
+    c.delete_object()
+        .bucket("condapp")
+        .key("deleted")
+        .if_match(&etag)
+        .send()
+        .await
+        .unwrap();
+    let (_, status) = failure(
+        c.head_object()
+            .bucket("condapp")
+            .key("deleted")
+            .send()
+            .await,
+    );
+    assert_eq!(status, 404);
+}
+
 macro_rules! run_checks {
     ($gw:expr, $($check:ident),* $(,)?) => {{
         let gw = $gw;
@@ -2574,6 +2644,7 @@ async fn gateway_over_a_local_store() {
         keys_cannot_escape,
         appends,
         standard_headers,
+        conditions_on_appended_objects,
     );
 }
 
@@ -2598,6 +2669,7 @@ async fn gateway_over_moto() {
         keys_cannot_escape,
         appends,
         standard_headers,
+        conditions_on_appended_objects,
     );
 }
 
