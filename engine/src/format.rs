@@ -131,8 +131,10 @@ pub fn encode_json(schema: &Schema, row: &Row, out: &mut Vec<u8>) {
             Value::Null => out.extend_from_slice(b"null"),
             Value::Bool(v) => out.extend_from_slice(if *v { b"true" } else { b"false" }),
             Value::Int(v) => write_int(*v, out),
+            // As serde_json writes them: `2.0` (a float, not the int `2`), `1e308` (not 309
+            // digits). Writing into a Vec cannot fail.
             Value::Float(v) if v.is_finite() => {
-                let _ = write!(out, "{v}");
+                let _ = serde_json::to_writer(&mut *out, v);
             }
             // JSON has no NaN or infinity.
             Value::Float(_) => out.extend_from_slice(b"null"),
@@ -322,6 +324,18 @@ mod tests {
             "{line}"
         );
         assert_eq!(decode_json(&schema(), line.trim_end()).unwrap(), row());
+    }
+
+    #[test]
+    fn json_floats_stay_floats_and_short() {
+        let schema = Schema::new(vec![Field::new("x", DataType::Float)]);
+        for (value, text) in [(2.0, "2.0"), (-0.0, "-0.0"), (1e308, "1e+308"), (0.1, "0.1")] {
+            let mut out = Vec::new();
+            encode_json(&schema, &vec![Value::Float(value)], &mut out);
+            assert_eq!(out, format!("{{\"x\":{text}}}\n").as_bytes(), "{value}");
+            let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert!(parsed["x"].is_f64(), "{value} reads back as a float");
+        }
     }
 
     proptest::proptest! {
