@@ -329,7 +329,12 @@ mod tests {
     #[test]
     fn json_floats_stay_floats_and_short() {
         let schema = Schema::new(vec![Field::new("x", DataType::Float)]);
-        for (value, text) in [(2.0, "2.0"), (-0.0, "-0.0"), (1e308, "1e+308"), (0.1, "0.1")] {
+        for (value, text) in [
+            (2.0, "2.0"),
+            (-0.0, "-0.0"),
+            (1e308, "1e+308"),
+            (0.1, "0.1"),
+        ] {
             let mut out = Vec::new();
             encode_json(&schema, &vec![Value::Float(value)], &mut out);
             assert_eq!(out, format!("{{\"x\":{text}}}\n").as_bytes(), "{value}");

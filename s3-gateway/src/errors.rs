@@ -109,3 +109,85 @@ mod tests {
         }
     }
 }
+
+/// What S3 says for the errors s3s answers with a code alone (before the gateway's code runs:
+/// signatures, malformed XML, bucket names), so that clients show more than "Unknown".
+fn default_message(code: &str) -> &'static str {
+    match code {
+        "SignatureDoesNotMatch" => {
+            "The request signature we calculated does not match the signature you provided. \
+             Check your key and signing method."
+        }
+        "InvalidAccessKeyId" => "The access key ID you provided does not exist in our records.",
+        "AccessDenied" => "Access Denied",
+        "MalformedXML" => {
+            "The XML you provided was not well-formed or did not validate against our \
+             published schema."
+        }
+        "InvalidBucketName" => "The specified bucket is not valid.",
+        "MissingRequestBodyError" => "Request Body is empty.",
+        "RequestTimeTooSkewed" => {
+            "The difference between the request time and the server's time is too large."
+        }
+        "AuthorizationHeaderMalformed" => "The authorization header is malformed.",
+        _ => "The request failed; see the error code.",
+    }
+}
+
+/// An S3 error body completed as S3 writes it: with a `<Message>` where it has none, and the
+/// request's `<RequestId>`. `None` when `body` is no S3 error document (or already complete).
+pub fn completed_error_body(body: &[u8], request_id: &str) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let end = text.rfind("</Error>")?;
+    let code_end = text.find("</Code>")?;
+    let code = text[..code_end].rsplit_once("<Code>")?.1;
+    let has_message = text.contains("<Message>");
+    let has_request_id = text.contains("<RequestId>");
+    if has_message && has_request_id {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 200);
+    let after_code = code_end + "</Code>".len();
+    out.push_str(&text[..after_code]);
+    if !has_message {
+        out.push_str("<Message>");
+        out.push_str(default_message(code));
+        out.push_str("</Message>");
+    }
+    out.push_str(&text[after_code..end]);
+    if !has_request_id {
+        // Request ids are hex digits: nothing to escape.
+        out.push_str("<RequestId>");
+        out.push_str(request_id);
+        out.push_str("</RequestId>");
+    }
+    out.push_str(&text[end..]);
+    Some(out.into_bytes())
+}
+
+#[cfg(test)]
+mod error_body_tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_error_gets_a_message_and_the_request_id() {
+        let bare = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SignatureDoesNotMatch</Code></Error>";
+        let done =
+            String::from_utf8(completed_error_body(bare.as_bytes(), "0123ABCD").unwrap()).unwrap();
+        assert_eq!(
+            done,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SignatureDoesNotMatch</Code>\
+             <Message>The request signature we calculated does not match the signature you \
+             provided. Check your key and signing method.</Message><RequestId>0123ABCD</RequestId></Error>"
+        );
+        // A message of its own is kept; only the id is added.
+        let own = "<Error><Code>NoSuchKey</Code><Message>gone</Message></Error>";
+        let done = String::from_utf8(completed_error_body(own.as_bytes(), "42").unwrap()).unwrap();
+        assert_eq!(
+            done,
+            "<Error><Code>NoSuchKey</Code><Message>gone</Message><RequestId>42</RequestId></Error>"
+        );
+        assert!(completed_error_body(b"<ListBucketResult/>", "42").is_none());
+        assert!(completed_error_body(b"\xff\xfe", "42").is_none());
+    }
+}

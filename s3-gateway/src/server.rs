@@ -269,10 +269,20 @@ fn counted(
             let started = Instant::now();
             let mut result = service.call(request).await;
             // S3 names every answer, and clients quote the name in their errors.
-            if let Ok(response) = &mut result
-                && let Ok(id) = http::HeaderValue::from_str(&request_id())
-            {
-                response.headers_mut().insert("x-amz-request-id", id);
+            if let Ok(response) = &mut result {
+                let id = request_id();
+                if response.status().as_u16() >= 400
+                    && let Some(body) = response.body().bytes()
+                    && let Some(done) = crate::errors::completed_error_body(&body, &id)
+                {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONTENT_LENGTH, done.len().into());
+                    *response.body_mut() = s3s::Body::from(Bytes::from(done));
+                }
+                if let Ok(value) = http::HeaderValue::from_str(&id) {
+                    response.headers_mut().insert("x-amz-request-id", value);
+                }
             }
             let (status, bytes_out) = match &result {
                 Ok(response) => (
