@@ -176,18 +176,7 @@ fn writer_config(env: &Env) -> WriterConfig {
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
+    super::signals::stop_signal().await;
 }
 
 /// `rivulet list`.

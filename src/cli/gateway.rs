@@ -176,26 +176,6 @@ fn credentials(args: &GatewayArgs) -> Result<Vec<KeyPair>> {
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
 async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            // Without a handler, only SIGTERM can stop the server.
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    super::signals::stop_signal().await;
     tracing::info!("shutting down: finishing the requests in flight");
 }

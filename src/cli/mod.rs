@@ -9,6 +9,7 @@ mod mount;
 mod objects;
 mod output;
 mod run;
+mod signals;
 mod transfer;
 mod write;
 

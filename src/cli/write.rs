@@ -12,7 +12,7 @@ use futures::{Stream, StreamExt};
 use indicatif::ProgressBar;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
-use super::output::{Interrupted, chain, progress};
+use super::output::{chain, progress};
 use super::{Env, location};
 
 /// The read buffer's size where the part size does not fit in `usize` (32-bit targets).
@@ -21,27 +21,9 @@ const READ_CHUNK: usize = 1 << 20;
 /// Runs `fut` unless SIGINT (Ctrl-C) or SIGTERM comes first: then it is dropped, which
 /// aborts what it started, and the result is [`Interrupted`].
 pub async fn interruptible<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            // No signal handling available: never interrupt.
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
     tokio::select! {
         result = fut => result,
-        () = interrupt => Err(Interrupted::Interrupt.into()),
-        () = terminate => Err(Interrupted::Terminate.into()),
+        signal = super::signals::stop_signal() => Err(signal.into()),
     }
 }
 

@@ -187,22 +187,8 @@ impl fmt::Display for StoreUrl {
 /// Opens the store a URL names.
 pub async fn open_store(url: &StoreUrl) -> Result<DynStore, StoreError> {
     Ok(match url {
-        StoreUrl::Local(path) => {
-            // Opening creates and sweeps the store's state directory: blocking file I/O.
-            let path = path.clone();
-            let shown = path.display().to_string();
-            let opened = tokio::task::spawn_blocking(move || LocalStore::open(path))
-                .await
-                .map_err(|e| {
-                    StoreError::new(
-                        StoreErrorKind::Other,
-                        "open local store",
-                        shown,
-                        e.to_string(),
-                    )
-                })?;
-            Arc::new(opened?)
-        }
+        // Opening creates and sweeps the store's state directory.
+        StoreUrl::Local(path) => open_local(path, LocalStore::open).await?,
         StoreUrl::S3(config) => Arc::new(S3Store::new(config.clone()).await?),
         StoreUrl::Memory(name) => Arc::new(MemoryStore::named(name)),
     })
@@ -212,12 +198,19 @@ pub async fn open_store(url: &StoreUrl) -> Result<DynStore, StoreError> {
 /// [`LocalStore::open_for_reading`], so that reading creates and writes nothing there; other
 /// stores as [`open_store`] opens them.
 pub async fn open_store_for_reading(url: &StoreUrl) -> Result<DynStore, StoreError> {
-    let StoreUrl::Local(path) = url else {
-        return open_store(url).await;
-    };
-    let path = path.clone();
-    let shown = path.display().to_string();
-    let opened = tokio::task::spawn_blocking(move || LocalStore::open_for_reading(path))
+    match url {
+        StoreUrl::Local(path) => open_local(path, LocalStore::open_for_reading).await,
+        _ => open_store(url).await,
+    }
+}
+
+/// Runs `open` (blocking file I/O) for the local store at `path` on tokio's blocking pool.
+async fn open_local(
+    path: &Path,
+    open: fn(PathBuf) -> Result<LocalStore, StoreError>,
+) -> Result<DynStore, StoreError> {
+    let (path, shown) = (path.to_path_buf(), path.display().to_string());
+    let opened = tokio::task::spawn_blocking(move || open(path))
         .await
         .map_err(|e| {
             StoreError::new(
