@@ -105,12 +105,12 @@ fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
     assert_eq!(status, 404, "POST /jobs/x/y/cancel: {body}");
 
     for (method, path, allowed) in [
-        ("DELETE", "/jobs", "GET, POST"),
-        ("PUT", "/overview", "GET"),
-        ("POST", "/metrics", "GET"),
+        ("DELETE", "/jobs", "GET, HEAD, POST"),
+        ("PUT", "/overview", "GET, HEAD"),
+        ("POST", "/metrics", "GET, HEAD"),
         ("GET", "/jobs/some-job/cancel", "POST"),
-        ("DELETE", "/jobs/some-job", "GET"),
-        ("POST", "/jobs/some-job/checkpoints", "GET"),
+        ("DELETE", "/jobs/some-job", "GET, HEAD"),
+        ("POST", "/jobs/some-job/checkpoints", "GET, HEAD"),
     ] {
         let (status, allow, body) = request(address, method, path);
         assert_eq!(status, 405, "{method} {path}: {body}");
@@ -125,6 +125,9 @@ fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
     assert_eq!(status, 200, "{body}");
     let (status, _, body) = request(address, "GET", "/jobs/no-such-job");
     assert_eq!(status, 404, "{body}");
+    // HEAD answers as GET does, without the body.
+    let (status, _, body) = request(address, "HEAD", "/overview");
+    assert_eq!((status, body.as_str()), (200, ""));
 }
 
 /// Task managers heartbeat every second and take the job manager for lost after three

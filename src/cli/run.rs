@@ -361,6 +361,8 @@ struct Summary {
     events: u64,
     events_per_second: f64,
     records_to_sinks: u64,
+    /// Malformed records the sources skipped (`on_error = "skip"`).
+    malformed_records: u64,
     checkpoints_completed: usize,
     checkpoints_declined: usize,
     /// Durations of the completed checkpoints, in order.
@@ -388,6 +390,10 @@ async fn summarize(job: &JobHandle, store: &DynStore, outputs: &[OutputInfo]) ->
     let records_to_sinks = (0..graph.vertices.len())
         .filter(|v| graph.vertices[*v].is_sink())
         .map(|v| metrics.vertex(v).records_in())
+        .sum();
+    let malformed_records = (0..graph.vertices.len())
+        .filter(|v| graph.vertices[*v].is_source())
+        .map(|v| metrics.vertex(v).malformed_records())
         .sum();
     let checkpoints = metrics.checkpoints();
     let mut output_summaries = Vec::new();
@@ -424,6 +430,7 @@ async fn summarize(job: &JobHandle, store: &DynStore, outputs: &[OutputInfo]) ->
         events,
         events_per_second: events as f64 / seconds.max(1e-9),
         records_to_sinks,
+        malformed_records,
         checkpoints_completed: checkpoints.iter().filter(|c| c.completed).count(),
         checkpoints_declined: checkpoints.iter().filter(|c| !c.completed).count(),
         checkpoint_durations_ms: checkpoints
@@ -450,6 +457,9 @@ fn print_summary(s: &Summary) {
         s.checkpoints_declined,
         s.restarts
     );
+    if s.malformed_records > 0 {
+        eprintln!("  {} malformed records skipped", s.malformed_records);
+    }
     for o in &s.outputs {
         eprintln!(
             "  {}: {} finished files, {} bytes under {}/",

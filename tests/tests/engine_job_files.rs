@@ -180,6 +180,7 @@ fn malformed_lines_are_skipped_or_fail_the_job() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["state"]["state"], "FINISHED", "{summary}");
     assert_eq!(summary["events"], 5, "{summary}");
+    assert_eq!(summary["malformed_records"], 2, "{summary}");
     let mut rows: Vec<String> = output_lines(&dir.path().join("store"))
         .into_iter()
         .flat_map(|(line, n)| std::iter::repeat_n(line, n))

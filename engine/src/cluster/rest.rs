@@ -80,7 +80,11 @@ pub async fn handle(
             return Ok(refused);
         }
     }
-    let method = request.method().clone();
+    // HEAD is GET without the body (hyper leaves a HEAD answer's body out).
+    let method = match request.method() {
+        &Method::HEAD => Method::GET,
+        other => other.clone(),
+    };
     let path: Vec<String> = request
         .uri()
         .path()
@@ -133,9 +137,9 @@ pub async fn handle(
 /// The methods a resource of the API takes, or `None` if there is no such resource.
 fn allowed_methods(parts: &[&str]) -> Option<&'static str> {
     match parts {
-        ["overview" | "taskmanagers" | "metrics"] => Some("GET"),
-        ["jobs"] => Some("GET, POST"),
-        ["jobs", _] | ["jobs", _, "checkpoints"] => Some("GET"),
+        ["overview" | "taskmanagers" | "metrics"] => Some("GET, HEAD"),
+        ["jobs"] => Some("GET, HEAD, POST"),
+        ["jobs", _] | ["jobs", _, "checkpoints"] => Some("GET, HEAD"),
         ["jobs", _, "cancel"] => Some("POST"),
         _ => None,
     }
