@@ -41,28 +41,18 @@ macro_rules! set_object_headers {
 }
 pub(crate) use set_object_headers;
 
-/// A GetObject's or HeadObject's `response-*` parameters: headers the answer carries instead of
-/// the object's own (S3 allows them on signed requests, typically presigned download links).
-#[derive(Debug, Default)]
-pub struct ResponseOverrides {
-    pub content_type: Option<String>,
-    pub content_encoding: Option<String>,
-    pub content_disposition: Option<String>,
-    pub content_language: Option<String>,
-    pub cache_control: Option<String>,
-    pub expires: Option<Timestamp>,
-}
-
-/// Takes the `response-*` parameters out of a GetObject or HeadObject input.
+/// Takes a GetObject's or HeadObject's `response-*` parameters out of its input, as the
+/// headers the answer carries instead of the object's own (S3 allows them on signed requests,
+/// typically presigned download links).
 macro_rules! take_overrides {
     ($input:expr) => {
-        $crate::headers::ResponseOverrides {
+        fs_core::store::ContentHeaders {
             content_type: $input.response_content_type.take(),
             content_encoding: $input.response_content_encoding.take(),
             content_disposition: $input.response_content_disposition.take(),
             content_language: $input.response_content_language.take(),
             cache_control: $input.response_cache_control.take(),
-            expires: $input.response_expires.take(),
+            expires: $crate::headers::expires_text($input.response_expires.take().as_ref()),
         }
     };
 }
@@ -71,7 +61,7 @@ pub(crate) use take_overrides;
 /// Puts the overrides a request asked for on its answer.
 macro_rules! apply_overrides {
     ($output:expr, $overrides:expr) => {{
-        let o = $overrides;
+        let o: fs_core::store::ContentHeaders = $overrides;
         if o.content_type.is_some() {
             $output.content_type = o.content_type;
         }
@@ -88,7 +78,7 @@ macro_rules! apply_overrides {
             $output.cache_control = o.cache_control;
         }
         if o.expires.is_some() {
-            $output.expires = o.expires;
+            $output.expires = $crate::headers::expires_time(o.expires.as_deref());
         }
     }};
 }

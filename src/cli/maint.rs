@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use fs_core::index::IndexEntry;
 use fs_core::writer::GcOptions;
-use fs_core::{Index, RecoverableWriter, StoreErrorKind, Token, WriterError};
+use fs_core::{Index, RecoverableWriter, Token, WriterError};
 
 use super::output::{Out, Reported, chain, report};
 use super::{Env, location};
@@ -180,13 +180,9 @@ pub async fn recover(
             Err(e) => {
                 out.flush()?;
                 // A commit the key can never take fails the same way on every retry.
-                let hopeless = e.downcast_ref::<WriterError>().is_some_and(|w| {
-                    matches!(w, WriterError::Commit { .. })
-                        || matches!(
-                            w.store_kind(),
-                            Some(StoreErrorKind::InvalidKey | StoreErrorKind::InvalidArgument)
-                        )
-                });
+                let hopeless = e
+                    .downcast_ref::<WriterError>()
+                    .is_some_and(WriterError::is_permanent_commit_failure);
                 let e = if hopeless && action == Finish::Commit {
                     anyhow::anyhow!(
                         "{}; retrying cannot help: `rivulet recover {url} --abort --prefix '{}'` \

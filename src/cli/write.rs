@@ -5,7 +5,6 @@ use std::future::Future;
 
 use anyhow::{Context, Result, anyhow};
 use bytes::{BufMut, Bytes, BytesMut};
-use fs_core::StoreErrorKind;
 use fs_core::store::{DynStore, ObjectStoreExt, StoreUrl};
 use fs_core::{CommitOutcome, FileWriter, RecoverableWriter, WriterError};
 use futures::{Stream, StreamExt};
@@ -118,26 +117,18 @@ impl Session {
         drop(file);
         match committer.commit().await {
             Ok(outcome) => Ok(outcome),
-            Err(e @ WriterError::Commit { .. }) => {
+            // Refused for good (the object changed, or the key cannot hold it): a retry from
+            // `recover --commit` would fail the same way, so the upload goes.
+            Err(e) if e.is_permanent_commit_failure() => {
                 let token = committer.token();
                 self.forget(&token.key, &token.upload_id).await;
+                let again = if matches!(e, WriterError::Commit { .. }) {
+                    ": run the command again"
+                } else {
+                    ""
+                };
                 Err(anyhow!(
-                    "{}; nothing was written (the upload was aborted): run the command again",
-                    chain(&e.into())
-                ))
-            }
-            // The key cannot hold the object (a local store's file or folder in the way): a
-            // retry from `recover --commit` would fail the same way, so the upload goes.
-            Err(e)
-                if matches!(
-                    e.store_kind(),
-                    Some(StoreErrorKind::InvalidKey | StoreErrorKind::InvalidArgument)
-                ) =>
-            {
-                let token = committer.token();
-                self.forget(&token.key, &token.upload_id).await;
-                Err(anyhow!(
-                    "{}; nothing was written (the upload was aborted)",
+                    "{}; nothing was written (the upload was aborted){again}",
                     chain(&e.into())
                 ))
             }

@@ -149,6 +149,16 @@ impl WriterError {
             _ => None,
         }
     }
+
+    /// Whether a commit that failed with this error would fail the same way on every retry:
+    /// the object changed under its condition, or the key cannot hold the object.
+    pub fn is_permanent_commit_failure(&self) -> bool {
+        matches!(self, WriterError::Commit { .. })
+            || matches!(
+                self.store_kind(),
+                Some(StoreErrorKind::InvalidKey | StoreErrorKind::InvalidArgument)
+            )
+    }
 }
 
 pub(crate) struct Shared {
