@@ -367,6 +367,16 @@ impl Index {
     pub fn entries(&self, store: &str) -> Result<Vec<IndexEntry>, IndexError> {
         let mut prefix = store.as_bytes().to_vec();
         prefix.push(0);
+        self.scan(&prefix)
+    }
+
+    /// Every entry of every store: one bucket can be opened as several stores (`s3://bkt` and
+    /// `s3://bkt/prefix`), so what protects an upload is any entry that names it.
+    pub fn all_entries(&self) -> Result<Vec<IndexEntry>, IndexError> {
+        self.scan(&[])
+    }
+
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<IndexEntry>, IndexError> {
         self.uploads
             .scan_prefix(prefix)
             .map(|item| {

@@ -179,6 +179,11 @@ struct OpenFile {
     /// times out) leaves it set, and every later change fails with EIO instead of building on
     /// a writer in an unknown state.
     busy: bool,
+    /// The commit of its writer failed: what was written lives on only in the upload (kept in
+    /// the index for the next mount to finish, or aborted when no retry could commit it).
+    /// Nothing more is committed from this open file, and every later change or commit fails
+    /// with EIO: a later commit must never publish the file as if it had been emptied.
+    lost: bool,
     /// Unlinked while open: nothing is committed any more.
     unlinked: bool,
     /// The content of an unlinked file, for its handles still open (see [`Orphan`]).
@@ -263,6 +268,13 @@ impl OpenFile {
     }
 
     fn begin(&mut self) -> FsResult<()> {
+        if self.lost {
+            tracing::error!(
+                key = %self.key,
+                "the commit of this open file failed; close it and open the file again"
+            );
+            return Err(FsError::Io);
+        }
         if self.busy {
             tracing::error!(
                 key = %self.key,
@@ -838,6 +850,7 @@ impl Filesystem {
                 shadow: None,
                 dirty,
                 busy: false,
+                lost: false,
                 unlinked: false,
                 orphan: None,
                 mtime: SystemTime::now(),
@@ -1387,12 +1400,29 @@ impl Filesystem {
             } else {
                 writer.close_for_commit().await
             };
-            let committer = closed.map_err(|e| io_error("commit", &key, e))?;
+            let committer = match closed {
+                Ok(committer) => committer,
+                Err(e) => {
+                    file.lost = true;
+                    return Err(io_error("commit", &key, e));
+                }
+            };
             // Without kept files (no read cache) the hand-over is empty and nothing is kept.
-            let (outcome, parts) = committer
-                .commit_keeping_cache()
-                .await
-                .map_err(|e| io_error("commit", &key, e))?;
+            let (outcome, parts) = match committer.commit_keeping_cache().await {
+                Ok(committed) => committed,
+                Err(e) => {
+                    file.lost = true;
+                    // Refused for good (the object changed under this writer, or the key cannot
+                    // hold it): the next mount's recovery would only fail again, so the upload
+                    // goes now. Any other failure leaves it for that recovery.
+                    if e.is_permanent_commit_failure()
+                        && let Err(abort) = committer.abort().await
+                    {
+                        tracing::warn!(key, error = %abort, "could not abort the refused upload");
+                    }
+                    return Err(io_error("commit", &key, e));
+                }
+            };
             let local = Local::Parts(parts);
             file.base = Base::Object(outcome.size);
             file.dirty = false;

@@ -1017,3 +1017,46 @@ async fn a_write_larger_than_the_read_cache_keeps_its_first_blocks() {
     }
     assert!(c.read_file("f").await == data);
 }
+
+/// Two mounts append to one file: the second commit is refused (the object changed under its
+/// writer) and its close fails with EIO. The release that follows must publish nothing: it
+/// once found the writer gone and the file still changed, took it for an emptied file and
+/// wrote an empty object over both writers' bytes. The refused upload is aborted, not left for
+/// every later mount's recovery to fail on.
+#[tokio::test]
+async fn a_refused_commit_fails_the_close_and_publishes_nothing() {
+    let fx = Fixture::new();
+    let old = pattern(9_000, 3);
+    fx.put("log", &old).await;
+    let (first, second) = (fx.fs(), fx.fs());
+    let append = OpenMode {
+        append: true,
+        ..WRITE
+    };
+    let ino_a = first.lookup(ROOT, "log").await.unwrap().ino;
+    let ino_b = second.lookup(ROOT, "log").await.unwrap().ino;
+    let a = first.open(ino_a, append).await.unwrap();
+    let b = second.open(ino_b, append).await.unwrap();
+    first.write(a, 0, b"from the first mount\n").await.unwrap();
+    second
+        .write(b, 0, b"from the second mount\n")
+        .await
+        .unwrap();
+    first.flush(a).await.unwrap();
+    first.release(a).await.unwrap();
+    let mut want = old.clone();
+    want.extend_from_slice(b"from the first mount\n");
+    assert_eq!(fx.object("log").await, Some(want.clone()));
+
+    assert_eq!(second.flush(b).await.err(), Some(FsError::Io));
+    let _ = second.release(b).await;
+    assert_eq!(fx.object("log").await, Some(want), "nothing published");
+    let open = fx.index.entries(&fx.store.describe()).unwrap();
+    assert!(open.is_empty(), "the refused upload was aborted: {open:?}");
+    // The file opens again as the store holds it.
+    let b = second.open(ino_b, append).await.unwrap();
+    second.write(b, 0, b"again\n").await.unwrap();
+    second.release(b).await.unwrap();
+    let body = fx.object("log").await.unwrap();
+    assert!(body.ends_with(b"from the first mount\nagain\n"), "{body:?}");
+}

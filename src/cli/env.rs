@@ -62,17 +62,6 @@ impl Env {
         Ok(open_store(url).await?)
     }
 
-    /// Opens a store to change what it holds (`rm`): `None` for a local store whose directory
-    /// does not exist (it holds no objects, and a removal must not create it).
-    pub async fn open_existing_store(&self, url: &StoreUrl) -> Result<Option<DynStore>> {
-        if let StoreUrl::Local(root) = url
-            && !root.is_dir()
-        {
-            return Ok(None);
-        }
-        self.open_store(url).await.map(Some)
-    }
-
     /// Opens a store to read from it: `None` for a local store whose directory does not exist.
     /// A local store is opened read-only: reading writes nothing into the directory (which
     /// would otherwise become a store's root) and needs no write permission there.

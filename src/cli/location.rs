@@ -94,13 +94,7 @@ pub fn listing(url: &str) -> Result<(StoreUrl, String)> {
         return result;
     }
     match StoreUrl::parse(url)? {
-        StoreUrl::S3(mut config) => {
-            let mut prefix = std::mem::take(&mut config.prefix);
-            if !prefix.is_empty() && ends_with_slash(url) {
-                prefix.push('/');
-            }
-            Ok((StoreUrl::S3(config), prefix))
-        }
+        StoreUrl::S3(_) => Ok(StoreUrl::parse_listing(url)?),
         store @ StoreUrl::Memory(_) => Ok((store, String::new())),
         StoreUrl::Local(path) => {
             let path = normalize(&path);
@@ -162,6 +156,26 @@ pub fn store(url: &str) -> Result<StoreUrl> {
             Ok(StoreUrl::Local(root))
         }
         other => Ok(other),
+    }
+}
+
+/// The URL of the store an index entry names (`s3://bkt/logs`, `file:///data`) when it is
+/// another opening of `current`'s bucket (same endpoint and options) or a local directory.
+pub fn reopened(current: &StoreUrl, store_name: &str) -> Option<StoreUrl> {
+    match current {
+        StoreUrl::S3(config) => {
+            let rest = store_name.strip_prefix(&format!("s3://{}", config.bucket))?;
+            if !(rest.is_empty() || rest.starts_with('/')) {
+                return None;
+            }
+            let mut other = config.clone();
+            other.prefix = rest.trim_start_matches('/').to_string();
+            Some(StoreUrl::S3(other))
+        }
+        StoreUrl::Local(_) => store_name
+            .strip_prefix("file://")
+            .map(|path| StoreUrl::Local(path.into())),
+        StoreUrl::Memory(_) => None,
     }
 }
 

@@ -212,9 +212,10 @@ pub enum Command {
     Truncate {
         /// The object
         url: String,
-        /// The new length (e.g. 0, 4096, 10MiB)
-        #[arg(value_parser = size_arg, value_name = "LEN")]
-        len: u64,
+        /// The new length (e.g. 0, 4096, 10MiB), or +LEN to extend by LEN and -LEN to cut
+        /// LEN off the end, as truncate(1) takes them
+        #[arg(value_parser = size::parse_truncate_len, value_name = "LEN", allow_hyphen_values = true)]
+        len: size::TruncateLen,
         /// Do not create a missing object (succeed without doing anything), like truncate -c
         #[arg(short = 'c', long)]
         no_create: bool,
@@ -249,8 +250,11 @@ pub enum Command {
         #[arg(long)]
         abort: bool,
         /// Only the open uploads whose key starts with this prefix (e.g. a cancelled job's path)
-        #[arg(long, value_name = "KEY_PREFIX")]
+        #[arg(long, value_name = "KEY_PREFIX", conflicts_with = "key")]
         prefix: Option<String>,
+        /// Only the open uploads of exactly this key
+        #[arg(long)]
+        key: Option<String>,
         /// First rebuild the index from the tails staged in the store (after the index was lost)
         #[arg(long)]
         rebuild_index: bool,
@@ -400,7 +404,9 @@ Examples:
 const APPEND_HELP: &str = "\
 Opens the object for appending (its current bytes are copied server-side), streams the input in
 parts, and commits only over the version it copied: a concurrent change makes the append fail
-instead of losing either write. Creates the object if it does not exist. Prints nothing on
+instead of losing either write (on AWS S3 and the local store; S3-compatible servers that ignore
+If-Match on CompleteMultipartUpload, such as moto, leave a short window, see docs/semantics.md).
+Creates the object if it does not exist. Prints nothing on
 success unless -v.
 
 Examples:
@@ -445,9 +451,9 @@ written through the mount is in the store, whole, when close() returns; fsync() 
 written durable (it survives a kill of the mount, which commits it when mounted again) without
 publishing it. Appending is cheap (the object's bytes are copied server-side); writing before the
 end of a file re-uploads everything after that point. Without --foreground the command returns
-once the store is mounted, and a background process serves it (its log: --log-file). SIGTERM,
-Ctrl-C (in the foreground) or `fusermount3 -u MOUNTPOINT` unmounts and commits the files still
-open. --index and --cache-dir apply (the index stays locked while mounted). See docs/fuse.md.
+once the store is mounted, and a background process serves it (its log: --log-file). SIGTERM or
+Ctrl-C (in the foreground) unmounts and commits the files still open; `fusermount3 -u MOUNTPOINT`
+unmounts when no file is open (with files open, `fusermount3 -uz` detaches it lazily). --index and --cache-dir apply (the index stays locked while mounted). See docs/fuse.md.
 
 Examples:
   rivulet mount s3://bkt/data /mnt/data
@@ -561,6 +567,7 @@ pub async fn run(env: &Env, command: Command) -> anyhow::Result<()> {
             commit,
             abort,
             prefix,
+            key,
             rebuild_index,
         } => {
             let action = match (commit, abort) {
@@ -568,7 +575,12 @@ pub async fn run(env: &Env, command: Command) -> anyhow::Result<()> {
                 (_, true) => maint::Finish::Abort,
                 _ => maint::Finish::List,
             };
-            maint::recover(env, &url, action, prefix.as_deref(), rebuild_index).await
+            let keys = match (prefix, key) {
+                (Some(prefix), _) => maint::Keys::Prefix(prefix),
+                (_, Some(key)) => maint::Keys::Exact(key),
+                _ => maint::Keys::All,
+            };
+            maint::recover(env, &url, action, &keys, rebuild_index).await
         }
         Command::Gateway(args) => gateway::gateway(env, args).await,
         Command::Mount(args) => mount::mount(env, &args).await,
@@ -693,7 +705,7 @@ mod tests {
             &["rivulet", "--part-size", "lots", "cat", "x"][..],
             &["rivulet", "--part-size", "0", "cat", "x"],
             &["rivulet", "--max-in-flight", "0", "cat", "x"],
-            &["rivulet", "truncate", "x", "-5"],
+            &["rivulet", "truncate", "x", "+-5"],
             &["rivulet", "truncate", "x", "1.5G"],
             &["rivulet", "gc", "x", "--older-than", "soon"],
             &["rivulet", "rm"],
@@ -705,7 +717,7 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["rivulet", "truncate", "x", "10MiB", "-c"]).unwrap();
         assert!(
-            matches!(cli.command, Command::Truncate { len, no_create: true, .. } if len == 10 << 20)
+            matches!(cli.command, Command::Truncate { len: size::TruncateLen::To(n), no_create: true, .. } if n == 10 << 20)
         );
         let cli = Cli::try_parse_from(["rivulet", "gc", "x", "--older-than", "90m"]).unwrap();
         assert!(

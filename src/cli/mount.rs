@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use fs_core::store::ListRequest;
 use fs_core::{RecoverableWriter, WriterConfig};
 use fuse_mount::cache::BlockCache;
 use fuse_mount::{Filesystem, FsConfig, MountOptions, recover_open_files};
@@ -35,6 +36,19 @@ pub async fn mount(env: &Env, args: &MountArgs) -> Result<()> {
         return start_in_background(args, mountpoint);
     }
     let store = env.open_store(&store_url).await?;
+    // A store the mount cannot use (a missing bucket, nothing at the endpoint, no credentials)
+    // is refused here: mounted, it would answer every operation with EIO and say why only in
+    // its log.
+    let probe = ListRequest {
+        prefix: String::new(),
+        delimiter: Some("/".into()),
+        continuation: None,
+        max_keys: Some(1),
+    };
+    env.retry_for(&store_url)
+        .run(|| store.list(probe.clone()))
+        .await
+        .with_context(|| format!("{store_url} cannot be listed, so it was not mounted"))?;
     let index = env.index().await?;
     let mut config = WriterConfig {
         part_size: env.global.part_size,

@@ -1,7 +1,7 @@
 //! `ls`, `stat` and `rm`: looking at and deleting objects.
 
-use anyhow::{Result, anyhow};
-use fs_core::store::{ListRequest, ObjectStoreExt};
+use anyhow::{Result, anyhow, bail};
+use fs_core::store::{ListRequest, ObjectStoreExt, StoreUrl};
 
 use super::output::{Out, Reported, list_time, report, rfc3339};
 use super::{Env, location, size};
@@ -48,6 +48,7 @@ pub async fn ls(env: &Env, url: &str, long: bool, recursive: bool) -> Result<()>
     };
     let mut out = Out::new();
     let mut continuation = None;
+    let mut listed = 0usize;
     loop {
         let request = ListRequest {
             prefix: prefix.clone(),
@@ -69,12 +70,19 @@ pub async fn ls(env: &Env, url: &str, long: bool, recursive: bool) -> Result<()>
         for entry in &entries {
             out.line(format_args!("{}", format_entry(entry, base, long)))?;
         }
+        listed += entries.len();
         match page.next {
             Some(next) => continuation = Some(next),
             None => break,
         }
     }
-    out.flush()
+    out.flush()?;
+    // Like `aws s3 ls`: a prefix that matches nothing is an error, as a missing local path is
+    // (found above). An empty bucket, or an empty local folder, is not.
+    if listed == 0 && !prefix.is_empty() && !matches!(store_url, StoreUrl::Local(_)) {
+        bail!("nothing matches '{prefix}' in {store_url}");
+    }
+    Ok(())
 }
 
 /// `rivulet stat URL`.
@@ -149,22 +157,27 @@ pub async fn rm(env: &Env, urls: &[String], force: bool) -> Result<()> {
 
 async fn rm_one(env: &Env, url: &str, force: bool) -> Result<()> {
     let (store_url, key) = location::object(url)?;
-    let store = match env.open_existing_store(&store_url).await? {
+    // Looked up read-only first: removing nothing must not make a plain directory a store.
+    let reader = match env.open_store_to_read(&store_url).await? {
         Some(store) => store,
         None if force => return Ok(()),
         None => return Err(Env::no_such_object(&store_url, &key)),
     };
     if env
         .retry_for(&store_url)
-        .run(|| store.head_opt(&key))
+        .run(|| reader.head_opt(&key))
         .await?
         .is_none()
     {
         if force {
             return Ok(());
         }
-        return Err(env.missing_object(&store, &store_url, &key).await);
+        return Err(env.missing_object(&reader, &store_url, &key).await);
     }
+    let store = match store_url {
+        StoreUrl::Local(_) => env.open_store(&store_url).await?,
+        _ => reader,
+    };
     env.retry_for(&store_url).run(|| store.delete(&key)).await?;
     env.say(format_args!("removed {key}"));
     Ok(())

@@ -38,6 +38,8 @@ pub enum Interrupted {
     Interrupt,
     /// SIGTERM (`kill`, `timeout`, systemd, container runtimes stopping the process).
     Terminate,
+    /// SIGHUP (the terminal closed, an ssh session dropped).
+    Hangup,
 }
 
 impl Interrupted {
@@ -46,6 +48,7 @@ impl Interrupted {
         match self {
             Self::Interrupt => 130,
             Self::Terminate => 143,
+            Self::Hangup => 129,
         }
     }
 }
@@ -55,6 +58,7 @@ impl fmt::Display for Interrupted {
         f.write_str(match self {
             Self::Interrupt => "interrupted",
             Self::Terminate => "terminated",
+            Self::Hangup => "hung up",
         })
     }
 }

@@ -65,6 +65,46 @@ fn unit_multiplier(unit: &str) -> Option<u64> {
     Some(base.pow(power))
 }
 
+/// The length `truncate` asks for: absolute, or relative to the object's size like truncate(1)'s
+/// `+N` (extend by N) and `-N` (cut N off, stopping at 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TruncateLen {
+    To(u64),
+    GrowBy(u64),
+    ShrinkBy(u64),
+}
+
+impl TruncateLen {
+    /// The new length for an object of `current` bytes (0 for a missing one).
+    pub fn resolve(self, current: u64) -> Result<u64, String> {
+        match self {
+            Self::To(len) => Ok(len),
+            Self::GrowBy(n) => current
+                .checked_add(n)
+                .ok_or_else(|| format!("{current} + {n} bytes is too large")),
+            Self::ShrinkBy(n) => Ok(current.saturating_sub(n)),
+        }
+    }
+}
+
+/// Parses `LEN`, `+LEN` or `-LEN` (see [`TruncateLen`]).
+pub fn parse_truncate_len(text: &str) -> Result<TruncateLen, String> {
+    let s = text.trim();
+    let (make, size): (fn(u64) -> TruncateLen, &str) = if let Some(n) = s.strip_prefix('+') {
+        (TruncateLen::GrowBy, n)
+    } else if let Some(n) = s.strip_prefix('-') {
+        (TruncateLen::ShrinkBy, n)
+    } else {
+        (TruncateLen::To, s)
+    };
+    if size.starts_with(['+', '-']) {
+        return Err(format!("'{text}' has more than one sign"));
+    }
+    parse_size(size)
+        .map(make)
+        .map_err(|e| e.replace(&format!("'{size}'"), &format!("'{text}'")))
+}
+
 /// A size for humans, in binary units with one decimal: `5.0 MiB`.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -121,6 +161,29 @@ mod tests {
         bad("10MiBs", "unknown unit");
         bad("99999999999999999999", "too large");
         bad("16777216TiB", "too large");
+    }
+
+    #[test]
+    fn truncate_lengths_are_absolute_or_relative_like_coreutils() {
+        use TruncateLen::*;
+        assert_eq!(parse_truncate_len("10MiB"), Ok(To(10 << 20)));
+        assert_eq!(parse_truncate_len("0"), Ok(To(0)));
+        assert_eq!(parse_truncate_len("+10"), Ok(GrowBy(10)));
+        assert_eq!(parse_truncate_len("-1K"), Ok(ShrinkBy(1024)));
+        for bad in ["+-1", "--1", "-", "+", "-abc"] {
+            assert!(parse_truncate_len(bad).is_err(), "{bad}");
+        }
+        assert!(parse_truncate_len("-abc").unwrap_err().contains("'-abc'"));
+        assert_eq!(To(7).resolve(100), Ok(7));
+        assert_eq!(GrowBy(10).resolve(1 << 20), Ok((1 << 20) + 10));
+        assert_eq!(GrowBy(10).resolve(0), Ok(10));
+        assert_eq!(ShrinkBy(3).resolve(5), Ok(2));
+        assert_eq!(
+            ShrinkBy(100).resolve(5),
+            Ok(0),
+            "stops at 0, as truncate -s -100 does"
+        );
+        assert!(GrowBy(u64::MAX).resolve(1).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use indicatif::ProgressBar;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
 use super::output::{chain, progress};
+use super::size::TruncateLen;
 use super::{Env, location};
 
 /// The read buffer's size where the part size does not fit in `usize` (32-bit targets).
@@ -214,7 +215,7 @@ pub async fn append(env: &Env, url: &str, input_path: &str) -> Result<()> {
 }
 
 /// `rivulet truncate URL LEN [--no-create]`.
-pub async fn truncate(env: &Env, url: &str, len: u64, no_create: bool) -> Result<()> {
+pub async fn truncate(env: &Env, url: &str, len: TruncateLen, no_create: bool) -> Result<()> {
     let (store_url, key) = location::object(url)?;
     if no_create {
         let exists = match env.open_store_to_read(&store_url).await? {
@@ -237,6 +238,8 @@ pub async fn truncate(env: &Env, url: &str, len: u64, no_create: bool) -> Result
         .retry_for(&session.url)
         .run(|| session.store.head_opt(&key))
         .await?;
+    let current = existing.as_ref().map_or(0, |meta| meta.size);
+    let len = len.resolve(current).map_err(|e| anyhow!("{key}: {e}"))?;
     let file = match existing {
         Some(meta) if meta.size == len => {
             env.say(format_args!(

@@ -448,11 +448,24 @@ fn truncate_shrinks_grows_and_creates() {
     fx.run(&["truncate", "-c", &fx.obj("zeros.bin"), "1"]).ok();
     assert_eq!(read(&fx.path("store/zeros.bin")), vec![0u8]);
 
+    // +LEN extends by LEN and -LEN cuts LEN off, as truncate(1) takes them (a `+10` once
+    // cut an object to 10 bytes); -LEN stops at 0.
+    fx.run_with_stdin(&["append", &fx.obj("t.txt")], b"hello world")
+        .ok();
+    fx.run(&["truncate", &fx.obj("t.txt"), "+2"]).ok();
+    assert_eq!(read(&fx.path("store/t.txt")), b"hello world\0\0");
+    fx.run(&["truncate", &fx.obj("t.txt"), "-8"]).ok();
+    assert_eq!(read(&fx.path("store/t.txt")), b"hello");
+    fx.run(&["truncate", "-c", &fx.obj("t.txt"), "-1KiB"]).ok();
+    assert_eq!(read(&fx.path("store/t.txt")), b"");
+    fx.run(&["truncate", &fx.obj("grown.bin"), "+3"]).ok();
+    assert_eq!(read(&fx.path("store/grown.bin")), b"\0\0\0");
+
     // Bad sizes are usage errors.
     fx.run(&["truncate", &fx.obj("t.txt"), "lots"])
         .fails_with(2, &["lots"]);
-    fx.run(&["truncate", &fx.obj("t.txt"), "-5"])
-        .fails_with(2, &["negative"]);
+    fx.run(&["truncate", &fx.obj("t.txt"), "+-5"])
+        .fails_with(2, &["more than one sign"]);
     assert_eq!(read(&fx.path("store/t.txt")), b"");
 }
 
@@ -529,6 +542,25 @@ fn reading_a_plain_directory_leaves_it_untouched() {
     let copy = fx.path("copy.txt").display().to_string();
     fx.run(&["cp", &format!("file://{file}"), &copy]).ok();
     assert_eq!(read(&fx.path("copy.txt")), b"hello\n");
+    // Nor do the commands that only look (a gc dry run, a recover listing), a gc with nothing
+    // to collect, or an rm that removes nothing.
+    let sub = plain.join("sub").display().to_string();
+    let run = fx.run(&["gc", "-n", &sub]).ok();
+    assert!(
+        run.stdout_text().contains("would abort 0 uploads"),
+        "{}",
+        run.stdout_text()
+    );
+    fx.run(&["gc", &sub]).ok();
+    let run = fx.run(&["recover", &sub]).ok();
+    assert!(
+        run.stdout_text().starts_with("no open uploads"),
+        "{}",
+        run.stdout_text()
+    );
+    fx.run(&["rm", "-f", &format!("{sub}/missing")]).ok();
+    fx.run(&["rm", &format!("{sub}/missing")])
+        .fails_with(1, &["no such object"]);
     for dir in [plain.clone(), plain.join("sub")] {
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
@@ -897,12 +929,17 @@ async fn recover_commits_what_a_crashed_writer_persisted() {
 }
 
 #[test]
-fn sigterm_and_sigint_abort_an_upload_like_ctrl_c() {
-    // SIGTERM is how `timeout`, systemd and container runtimes stop a process: the upload must
-    // go as it does for Ctrl-C, not stay open until a gc.
+fn sigterm_sighup_and_sigint_abort_an_upload_like_ctrl_c() {
+    // SIGTERM is how `timeout`, systemd and container runtimes stop a process, SIGHUP what a
+    // closed terminal or a dropped ssh session sends: the upload must go as it does for
+    // Ctrl-C, not stay open until a gc.
     let fx = Fixture::new();
     let uploads = fx.path("store/.rivulet-store/uploads");
-    for (signal, code, word) in [("-TERM", 143, "terminated"), ("-INT", 130, "interrupted")] {
+    for (signal, code, word) in [
+        ("-TERM", 143, "terminated"),
+        ("-HUP", 129, "hung up"),
+        ("-INT", 130, "interrupted"),
+    ] {
         let mut child = fx
             .command(&["--part-size", "5MiB", "cp", "-", &fx.url("stopped.bin")])
             .stdin(Stdio::piped())
@@ -1130,4 +1167,69 @@ fn wait_for_upload(fx: &Fixture, with_part: bool, what: &str) {
         assert!(Instant::now() < deadline, "{what}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn a_store_nested_in_a_folder_keeps_its_state_out_of_listings() {
+    // A deeper path written first becomes a store of its own; the folder above it becoming a
+    // store later must not list (or accept keys in) the inner store's state folder.
+    let fx = Fixture::new();
+    let nest = fx.path("nest");
+    std::fs::create_dir_all(nest.join("data/logs")).unwrap();
+    let src = fx.write_file("a.txt", b"a");
+    let inner = format!("file://{}", nest.join("data/logs/a.txt").display());
+    fx.run(&["cp", &src, &inner]).ok();
+    let outer = format!("file://{}", nest.join("data/b.txt").display());
+    fx.run(&["cp", &src, &outer]).ok();
+    let data = nest.join("data").display().to_string();
+    let run = fx.run(&["ls", "-r", &data]).ok();
+    assert_eq!(run.stdout_text(), "b.txt\nlogs/a.txt\n");
+    let state = format!("file://{}/logs/.rivulet-store/x", data);
+    fx.run(&["cp", &src, &state]).fails_with(1, &["reserved"]);
+}
+
+#[test]
+fn gc_removes_what_killed_writes_left_in_the_temp_folder() {
+    let fx = Fixture::new();
+    fx.run_with_stdin(&["append", &fx.obj("a.txt")], b"a").ok();
+    let tmp = fx.path("store/.rivulet-store/tmp");
+    std::fs::write(tmp.join("left-by-a-killed-cp"), vec![7u8; 3000]).unwrap();
+    let run = fx
+        .run(&["gc", "-n", "--older-than", "0s", &fx.obj("")])
+        .ok();
+    let out = run.stdout_text();
+    assert!(out.contains("would delete temporary file"), "{out}");
+    assert!(out.contains("and 1 temporary file"), "{out}");
+    assert!(
+        tmp.join("left-by-a-killed-cp").exists(),
+        "a dry run removes nothing"
+    );
+    // The default grace period (24h) spares a file just written.
+    let run = fx.run(&["gc", &fx.obj("")]).ok();
+    assert!(
+        !run.stdout_text().contains("temporary file"),
+        "{}",
+        run.stdout_text()
+    );
+    fx.run(&["gc", "--older-than", "0s", &fx.obj("")]).ok();
+    assert!(!tmp.join("left-by-a-killed-cp").exists());
+    assert_eq!(read(&fx.path("store/a.txt")), b"a");
+}
+
+#[test]
+fn mount_refuses_a_store_it_cannot_list() {
+    // Mounted, such a store would answer every operation with EIO and say why only in a log.
+    let fx = Fixture::new();
+    let mountpoint = fx.path("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let dead = "s3://bkt?endpoint=http://127.0.0.1:1&max_attempts=1";
+    fx.command(&["mount", "-f", dead, &mountpoint.display().to_string()])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .stdin(Stdio::null())
+        .output()
+        .map(Run::from)
+        .expect("run rivulet")
+        .fails_with(1, &["cannot be listed, so it was not mounted"]);
 }

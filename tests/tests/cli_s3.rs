@@ -325,3 +325,66 @@ async fn server_errors_are_one_line_without_a_debug_dump() {
         "{stderr}"
     );
 }
+
+/// Keys as S3 has them: a prefix that matches nothing fails like `aws s3 ls`; a key with a
+/// leading '/' (which Rivulet cannot address) is refused, never read as another key (`rm` of
+/// `s3://bkt//slash.txt` once deleted `slash.txt`); empty segments inside a key are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_taken_as_written() {
+    let server = TestServer::moto().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli {
+        server: &server,
+        dir: dir.path(),
+    };
+    let bucket = server.bucket();
+    let url = |key: &str| format!("s3://{bucket}/{key}");
+    let s3 = server.client();
+    for key in ["slash.txt", "/slash.txt"] {
+        s3.put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(key.as_bytes().to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    for args in [
+        vec!["rm", "s3://BUCKET//slash.txt"],
+        vec!["cat", "s3://BUCKET//slash.txt"],
+        vec!["ls", "s3://BUCKET//"],
+    ] {
+        let args: Vec<String> = args.iter().map(|a| a.replace("BUCKET", bucket)).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = cli.run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        assert!(stderr.contains("starts with '/'"), "{args:?}: {stderr}");
+    }
+    for key in ["slash.txt", "/slash.txt"] {
+        let got = s3
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        let body = got.body.collect().await.unwrap().into_bytes();
+        assert_eq!(&body[..], key.as_bytes(), "{key} untouched");
+    }
+
+    let file = dir.path().join("f.txt");
+    std::fs::write(&file, b"inner").unwrap();
+    cli.ok(&["cp", file.to_str().unwrap(), &url("k//lead.txt")]);
+    assert_eq!(cli.ok(&["cat", &url("k//lead.txt")]), b"inner");
+    assert_eq!(cli.text(&["ls", &url("k//")]), "lead.txt\n");
+    assert_eq!(cli.text(&["ls", &url("k/")]), "/\n");
+
+    let out = cli.run(&["ls", &url("nothing-here/")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nothing matches 'nothing-here/'"),
+        "{stderr}"
+    );
+}

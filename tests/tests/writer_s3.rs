@@ -374,3 +374,64 @@ async fn growing_past_the_part_limit_fails_before_writing() {
         assert_eq!(body(&e.store, key).await, want, "round {round}");
     }
 }
+
+/// One bucket opened as two stores (`s3://bkt` and `s3://bkt/logs`, as a CLI copy and a sink
+/// with a prefix do): a gc of the prefix must not abort what a writer of the whole bucket has
+/// open under it. It once judged by its own store's index entries only, and `gc --all-uploads`
+/// on the prefix aborted an upload the index held, losing a file `recover --commit` could
+/// have published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_of_a_prefix_spares_what_the_whole_bucket_has_open() {
+    let server = TestServer::moto().await;
+    let index = Index::temporary().unwrap();
+    let whole = env(server.store().await, index.clone());
+    let logs = env(server.store_with_prefix("logs").await, index);
+
+    let persisted = data(6 * MIB + 5, 3);
+    let mut open = whole.writer.open("logs/a.bin").await.unwrap();
+    open.write(&persisted).await.unwrap();
+    let token = open.persist().await.unwrap();
+    drop(open);
+    let mut never_persisted = whole.writer.open("logs/b.bin").await.unwrap();
+    never_persisted.write(&data(MIB, 4)).await.unwrap();
+    // An upload nothing references: the gc must still find it.
+    let orphan = logs
+        .store
+        .create_multipart("c.bin", Default::default())
+        .await
+        .unwrap();
+
+    let report = logs
+        .writer
+        .gc(&fs_core::writer::GcOptions {
+            older_than: Duration::ZERO,
+            dry_run: false,
+            all_uploads: true,
+        })
+        .await
+        .unwrap();
+    let aborted: Vec<&str> = report
+        .aborted_uploads
+        .iter()
+        .map(|(_, u)| u.as_str())
+        .collect();
+    assert_eq!(aborted, [orphan.as_str()], "{report:?}");
+
+    let mut recovered = whole.writer.recover(&token).await.unwrap();
+    recovered
+        .close_for_commit()
+        .await
+        .unwrap()
+        .commit()
+        .await
+        .unwrap();
+    assert_eq!(body(&whole.store, "logs/a.bin").await, persisted);
+    never_persisted.write(b"more").await.unwrap();
+    never_persisted
+        .close_for_commit()
+        .await
+        .unwrap()
+        .commit()
+        .await
+        .unwrap();
+}

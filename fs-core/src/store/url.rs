@@ -68,23 +68,28 @@ impl StoreUrl {
         }
     }
 
+    /// Parses a listing URL into its store and the key prefix to list: for `s3://` the whole
+    /// path as written (`s3://bkt/logs/` lists under `logs/`, `s3://bkt/lo` what starts with
+    /// `lo`), for the other schemes the store as [`StoreUrl::parse`] reads it and no prefix.
+    pub fn parse_listing(url: &str) -> Result<(StoreUrl, String), StoreError> {
+        match split(OP_PARSE, url)? {
+            (StoreUrl::S3(mut config), path) => {
+                config.prefix.clear();
+                Ok((StoreUrl::S3(config), path))
+            }
+            _ => Ok((StoreUrl::parse(url)?, String::new())),
+        }
+    }
+
     /// Parses an object URL into its store and key (see the module documentation for the rule of
     /// each scheme).
     pub fn parse_object(url: &str) -> Result<(StoreUrl, String), StoreError> {
         let (store, path) = split(OP_PARSE_OBJECT, url)?;
         let (store, key) = match store {
             StoreUrl::S3(mut config) => {
-                // The prefix was trimmed of slashes: look at the URL's own path for a trailing one.
-                let location = url.split_once('?').map_or(url, |(l, _)| l);
-                if location.ends_with('/') && !config.prefix.is_empty() {
-                    return Err(url_err(
-                        OP_PARSE_OBJECT,
-                        url,
-                        "the key ends with '/': it names a directory, not an object",
-                    ));
-                }
-                let key = std::mem::take(&mut config.prefix);
-                (StoreUrl::S3(config), key)
+                // The key is the path as written: `a//b` is not `a/b` on S3.
+                config.prefix.clear();
+                (StoreUrl::S3(config), path)
             }
             StoreUrl::Memory(name) => (StoreUrl::Memory(name), path),
             StoreUrl::Local(file) => {
@@ -245,7 +250,7 @@ fn split(op: &'static str, url: &str) -> Result<(StoreUrl, String), StoreError> 
     };
     match scheme.to_ascii_lowercase().as_str() {
         "file" => parse_file(op, url).map(|p| (StoreUrl::Local(p), String::new())),
-        "s3" => parse_s3(op, url, rest).map(|c| (StoreUrl::S3(c), String::new())),
+        "s3" => parse_s3(op, url, rest).map(|(c, path)| (StoreUrl::S3(c), path)),
         "memory" => parse_memory(op, url, rest),
         other => Err(url_err(
             op,
@@ -311,7 +316,8 @@ fn parse_memory(op: &'static str, url: &str, rest: &str) -> Result<(StoreUrl, St
 const S3_PARAMS: &str =
     "endpoint, region, path_style, max_attempts, read_timeout, contiguous_parts";
 
-fn parse_s3(op: &'static str, url: &str, rest: &str) -> Result<S3Config, StoreError> {
+/// The bucket's configuration, and the URL's path percent-decoded as written (its slashes kept).
+fn parse_s3(op: &'static str, url: &str, rest: &str) -> Result<(S3Config, String), StoreError> {
     let fail = |why: String| url_err(op, url, why);
     if rest.contains('#') {
         return Err(fail(
@@ -335,6 +341,14 @@ fn parse_s3(op: &'static str, url: &str, rest: &str) -> Result<S3Config, StoreEr
     check_bucket(bucket).map_err(|why| fail(format!("bad bucket name '{bucket}': {why}")))?;
     let mut config = S3Config::new(bucket);
     let path = decode(path).map_err(&fail)?;
+    if path.starts_with('/') {
+        // S3 would take `s3://bkt//k` as the key `/k`; Rivulet's keys never start with '/', and
+        // quietly reading it as `k` would touch another object.
+        return Err(fail(format!(
+            "the path '{path}' starts with '/': keys that start with '/' cannot be used (a \
+             single '/' follows the bucket name)"
+        )));
+    }
     let prefix = path.trim_matches('/');
     if !prefix.is_empty() {
         rules::validate_key(op, prefix)
@@ -416,7 +430,7 @@ fn parse_s3(op: &'static str, url: &str, rest: &str) -> Result<S3Config, StoreEr
         seen.push(name);
     }
     config.path_style = path_style.unwrap_or(config.endpoint.is_some());
-    Ok(config)
+    Ok((config, path))
 }
 
 /// A duration as `read_timeout=` reads it back, in its largest exact unit among s, ms and ns
@@ -655,10 +669,16 @@ mod tests {
             StoreUrl::parse_object("memory://name/a/key").unwrap(),
             (StoreUrl::Memory("name".into()), "a/key".to_string())
         );
+        // The key is the path as written: empty segments are S3 keys of their own.
+        let (_, key) = StoreUrl::parse_object("s3://bucket/k//lead.txt").unwrap();
+        assert_eq!(key, "k//lead.txt");
         for url in [
             "s3://bucket",
             "s3://bucket/",
             "s3://bucket/dir/",
+            // Once read as the key `slash.txt`: `rivulet rm` deleted another object.
+            "s3://bucket//slash.txt",
+            "s3://bucket/%2Fslash.txt",
             "memory://name",
             "/tmp/x/",
             "file:///",
@@ -667,6 +687,25 @@ mod tests {
             assert_eq!(err.kind(), StoreErrorKind::InvalidArgument, "{url}");
             assert!(err.to_string().contains(url), "{err}");
         }
+    }
+
+    #[test]
+    fn listing_urls_keep_the_path_as_written() {
+        let listed = |url: &str| StoreUrl::parse_listing(url).unwrap().1;
+        assert_eq!(listed("s3://bucket"), "");
+        assert_eq!(listed("s3://bucket/"), "");
+        assert_eq!(
+            listed("s3://bucket/logs/?endpoint=http://127.0.0.1:9"),
+            "logs/"
+        );
+        assert_eq!(listed("s3://bucket/lo"), "lo");
+        assert_eq!(listed("s3://bucket/k//"), "k//");
+        bad("s3://bucket//", "starts with '/'");
+        assert!(StoreUrl::parse_listing("s3://bucket//x").is_err());
+        assert_eq!(
+            StoreUrl::parse_listing("/tmp/x").unwrap(),
+            (StoreUrl::Local("/tmp/x".into()), String::new())
+        );
     }
 
     #[test]

@@ -149,14 +149,20 @@ async fn tail_groups(shared: &Shared) -> Result<BTreeMap<String, Vec<ObjectSumma
 
 pub(crate) async fn gc(shared: &Shared, opts: &GcOptions) -> Result<GcReport, WriterError> {
     let index = shared.index.clone();
-    let name = shared.store_name.clone();
-    let entries = tokio::task::spawn_blocking(move || index.entries(&name))
+    let every = tokio::task::spawn_blocking(move || index.all_entries())
         .await
         .map_err(|e| WriterError::Config(format!("index task failed: {e}")))??;
-    let live_uploads: HashSet<String> = entries.iter().map(|e| e.upload_id.clone()).collect();
-    let live_groups: HashSet<String> = entries
+    // Any entry protects its upload, whichever store it was recorded under: the same upload is
+    // also listed through another opening of its bucket (a gc of `s3://bkt/logs` sees the
+    // uploads a writer of `s3://bkt` has open under `logs/`).
+    let live_uploads: HashSet<String> = every.iter().map(|e| e.upload_id.clone()).collect();
+    let live_groups: HashSet<String> = every
         .iter()
         .map(|e| tail::upload_hash(&e.upload_id))
+        .collect();
+    let entries: Vec<_> = every
+        .into_iter()
+        .filter(|e| e.store == shared.store_name)
         .collect();
     let mut report = GcReport::default();
 

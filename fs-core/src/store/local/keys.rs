@@ -3,20 +3,22 @@
 use super::*;
 
 /// Checks a key against S3's rules and the local store's own: no empty segment, nothing under
-/// `.rivulet-store/`, no segment named like the directory-marker file, no segment too long to
+/// a `.rivulet-store/` at any depth, no segment named like the directory-marker file, no segment too long to
 /// be a file name.
 pub(super) fn check_key(op: &'static str, key: &str) -> Result<(), StoreError> {
     rules::validate_key(op, key)?;
     let fail = |why: String| Err(StoreError::new(StoreErrorKind::InvalidKey, op, key, why));
     let body = key.strip_suffix('/').unwrap_or(key);
-    for (i, seg) in body.split('/').enumerate() {
+    for seg in body.split('/') {
         if seg.is_empty() {
             return fail(
                 "the key has an empty segment ('//'), which cannot be a file name in a local store"
                     .into(),
             );
         }
-        if i == 0 && seg == SYS_DIR {
+        // At any depth: a directory below the root can hold a store of its own (a path opened
+        // before its parent became a store), whose state is no key of this one.
+        if seg == SYS_DIR {
             return fail(format!(
                 "keys under '{SYS_DIR}/' are reserved for the local store's state"
             ));

@@ -203,6 +203,14 @@ impl LocalStore {
         })
     }
 
+    /// Removes (or with `dry_run` only lists) the temporary files last written more than
+    /// `older_than` ago, with their sizes: what processes killed mid-write left in
+    /// `.rivulet-store/tmp/`. Opening a store removes those older than a day; `rivulet gc`
+    /// calls this with its own grace period.
+    pub fn collect_temp_files(&self, older_than: Duration, dry_run: bool) -> Vec<(PathBuf, u64)> {
+        self.inner.stale_temp_files(older_than, !dry_run)
+    }
+
     /// The store's directory (absolute).
     pub fn root(&self) -> &Path {
         &self.inner.root

@@ -707,8 +707,14 @@ impl Inner {
         marker: Option<UploadsMarker>,
     ) -> Result<UploadsPage, StoreError> {
         const OP: &str = "list multipart uploads";
-        let entries =
-            fs::read_dir(self.uploads_dir()).map_err(|e| StoreError::io(OP, prefix, e))?;
+        let entries = match fs::read_dir(self.uploads_dir()) {
+            Ok(entries) => entries,
+            // A directory opened read-only that was never a store has no uploads.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(UploadsPage::default());
+            }
+            Err(e) => return Err(StoreError::io(OP, prefix, e)),
+        };
         let mut uploads = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io(OP, prefix, e))?;

@@ -68,21 +68,42 @@ impl Inner {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
-        let Some(cutoff) = SystemTime::now().checked_sub(TMP_MAX_AGE) else {
-            return;
+        self.stale_temp_files(TMP_MAX_AGE, true);
+    }
+
+    /// The temporary files (and folders) last written more than `age` ago, with their sizes:
+    /// leftovers of processes killed mid-write (a live writer keeps touching its file).
+    /// `remove` deletes them.
+    pub(super) fn stale_temp_files(&self, age: Duration, remove: bool) -> Vec<(PathBuf, u64)> {
+        let Some(cutoff) = SystemTime::now().checked_sub(age) else {
+            return Vec::new();
         };
-        if let Ok(entries) = fs::read_dir(self.tmp_dir()) {
-            for entry in entries.flatten() {
-                let Ok(md) = entry.metadata() else { continue };
-                if md.modified().is_ok_and(|t| t < cutoff) {
-                    let _ = if md.is_dir() {
-                        fs::remove_dir_all(entry.path())
-                    } else {
-                        fs::remove_file(entry.path())
-                    };
-                }
+        let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
+            return Vec::new();
+        };
+        let mut stale = Vec::new();
+        for entry in entries.flatten() {
+            let Ok(md) = entry.metadata() else { continue };
+            if !md.modified().is_ok_and(|t| t <= cutoff) {
+                continue;
+            }
+            let path = entry.path();
+            let size = if md.is_dir() {
+                dir_size(&path)
+            } else {
+                md.len()
+            };
+            let removed = !remove
+                || if md.is_dir() {
+                    fs::remove_dir_all(&path).is_ok()
+                } else {
+                    fs::remove_file(&path).is_ok()
+                };
+            if removed {
+                stale.push((path, size));
             }
         }
+        stale
     }
 
     /// A fresh name under the store's temp directory.
@@ -562,4 +583,19 @@ impl Inner {
         page.objects = objects;
         Ok(page)
     }
+}
+
+/// The bytes of the files under `dir` (a leftover upload folder in `tmp/`).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(md) if md.is_dir() => dir_size(&e.path()),
+            Ok(md) => md.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }

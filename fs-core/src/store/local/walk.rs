@@ -11,14 +11,14 @@ pub(super) fn start_dir(prefix: &str) -> Option<String> {
         None => return Some(String::new()),
     };
     let body = dir.strip_suffix('/').unwrap_or(dir);
-    for (i, seg) in body.split('/').enumerate() {
+    for seg in body.split('/') {
         if seg.is_empty()
             || seg == "."
             || seg == ".."
             || seg == DIR_MARKER
             || seg.contains('\0')
             || seg.len() > MAX_NAME_LEN
-            || (i == 0 && seg == SYS_DIR)
+            || seg == SYS_DIR
         {
             return None;
         }
@@ -144,7 +144,8 @@ fn read_entries(root: &Path, dir_key: &str) -> io::Result<Vec<WalkEntry>> {
         let Ok(name) = entry.file_name().into_string() else {
             continue; // not UTF-8: cannot be a key
         };
-        if dir_key.is_empty() && name == SYS_DIR {
+        // A nested store's state too (see `check_key`).
+        if name == SYS_DIR {
             continue;
         }
         let Ok(file_type) = entry.file_type() else {
