@@ -37,6 +37,10 @@ pub enum EngineError {
     /// A task failed; the message names the subtask and the cause.
     #[error("{task}: {message}")]
     Task { task: String, message: String },
+    /// Nothing answered at a job manager's address (refused, or no answer in time): the
+    /// client cannot tell whether the job manager is gone for good or restarting.
+    #[error("job manager at {address}: {detail}")]
+    Unreachable { address: String, detail: String },
 }
 
 impl EngineError {

@@ -205,10 +205,13 @@ async fn job_identity(
     let unfinished: Vec<JobRecord> = registry::list(store)
         .await?
         .into_iter()
-        .filter(|r| r.name == name && r.state == RecordedState::Running)
+        .filter(|r| {
+            r.name == name && matches!(r.state, RecordedState::Running | RecordedState::Cancelling)
+        })
         .collect();
     if let Some(last) = unfinished.last()
         && !fresh
+        && last.state == RecordedState::Running
         && last.spec == text
     {
         return Ok(JobIdentity {
@@ -382,7 +385,7 @@ struct OutputSummary {
 async fn summarize(job: &JobHandle, store: &DynStore, outputs: &[OutputInfo]) -> Result<Summary> {
     let graph = &job.shared.graph;
     let metrics = job.metrics();
-    let seconds = job.shared.started.elapsed().as_secs_f64();
+    let seconds = job.shared.duration().as_secs_f64();
     let events: u64 = (0..graph.vertices.len())
         .filter(|v| graph.vertices[*v].is_source())
         .map(|v| metrics.vertex(v).records_out())
@@ -491,9 +494,45 @@ async fn run_on_cluster(
     }
     let started = Instant::now();
     let mut last_note = String::new();
+    // Since when the job manager has not answered (it may be restarting: a new one resumes
+    // the job).
+    let mut unanswered: Option<Instant> = None;
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let job = client.get(&format!("/jobs/{job_id}")).await?;
+        let polled = tokio::select! {
+            signal = super::signals::stop_signal() => {
+                return Err(stop_followed_job(client, &job_id, signal).await);
+            }
+            polled = async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                client.get(&format!("/jobs/{job_id}")).await
+            } => polled,
+        };
+        let job = match polled {
+            Ok(job) => {
+                if unanswered.take().is_some() {
+                    eprintln!("the job manager answers again");
+                }
+                job
+            }
+            Err(e @ engine::EngineError::Unreachable { .. }) => {
+                let since = *unanswered.get_or_insert_with(|| {
+                    eprintln!(
+                        "{e}; waiting up to {}s for it (a restarted job manager resumes the job)",
+                        FOLLOW_PATIENCE.as_secs()
+                    );
+                    Instant::now()
+                });
+                if since.elapsed() >= FOLLOW_PATIENCE {
+                    bail!(
+                        "{e}; gave up following job {job_id} after {}s: it may still be running \
+                         (`rivulet status {job_id}` tells once the job manager is back)",
+                        FOLLOW_PATIENCE.as_secs()
+                    );
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let state = job["state"].as_str().unwrap_or("?").to_string();
         let sum = |kind: &str, metric: &str| -> u64 {
             job["vertices"]
@@ -531,6 +570,29 @@ async fn run_on_cluster(
             _ => {}
         }
     }
+}
+
+/// How long `run --jobmanager` keeps following a job whose job manager does not answer.
+const FOLLOW_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Ctrl-C (or SIGTERM, SIGHUP) while following a job cancels it, as on the embedded cluster;
+/// `--detach` leaves a job running. The result is the signal's error, for its exit code.
+async fn stop_followed_job(
+    client: &engine::cluster::client::Client,
+    job_id: &str,
+    signal: super::output::Interrupted,
+) -> anyhow::Error {
+    match client
+        .post(&format!("/jobs/{job_id}/cancel"), String::new())
+        .await
+    {
+        Ok(_) => eprintln!("cancelling job {job_id}"),
+        Err(e) => eprintln!(
+            "could not cancel job {job_id} ({e}): it may keep running; `rivulet cancel {job_id}` \
+             stops it"
+        ),
+    }
+    signal.into()
 }
 
 /// The most slots the embedded cluster runs: each takes threads of this one process, and far

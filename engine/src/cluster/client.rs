@@ -6,9 +6,18 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value as Json;
+use std::time::Duration;
+
 use tokio::net::TcpStream;
 
 use crate::error::EngineError;
+
+/// How long a connection to the job manager may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may wait for its whole answer: the job manager answers every request
+/// from memory (a cancel is started, not awaited), so more than this means it is stuck, or
+/// something else listens at the address.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Client {
     /// `host:port`, resolved at each request (a job manager behind a DNS name may move).
@@ -28,20 +37,56 @@ impl Client {
         }
     }
 
-    /// Sends a request; an error status becomes an error carrying the server's message.
+    fn unreachable(&self, detail: String) -> EngineError {
+        EngineError::Unreachable {
+            address: self.address.clone(),
+            detail,
+        }
+    }
+
+    /// Sends a request; an error status becomes an error carrying the server's message. A job
+    /// manager that cannot be reached or does not answer in time is
+    /// [`EngineError::Unreachable`].
     pub async fn request(
         &self,
         method: Method,
         path: &str,
         body: Option<String>,
     ) -> Result<Json, EngineError> {
-        let stream = TcpStream::connect(self.address.as_str())
-            .await
-            .map_err(|e| {
-                self.failed(format!(
-                    "cannot connect ({e}); is `rivulet jobmanager` running there?"
-                ))
-            })?;
+        let stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.address.as_str()))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    return Err(self.unreachable(format!(
+                        "cannot connect ({e}); is `rivulet jobmanager` running there?"
+                    )));
+                }
+                Err(_) => {
+                    return Err(self.unreachable(format!(
+                        "no connection within {CONNECT_TIMEOUT:?}; check the address and that \
+                     nothing blocks it"
+                    )));
+                }
+            };
+        match tokio::time::timeout(ANSWER_TIMEOUT, self.exchange(stream, method, path, body)).await
+        {
+            Ok(answer) => answer,
+            Err(_) => Err(self.unreachable(format!(
+                "no answer within {ANSWER_TIMEOUT:?}; is a Rivulet job manager listening there, \
+                 and is it running (not stopped)?"
+            ))),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        stream: TcpStream,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Json, EngineError> {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.failed(e))?;
@@ -98,5 +143,50 @@ impl Client {
 
     pub async fn post(&self, path: &str, body: String) -> Result<Json, EngineError> {
         self.request(Method::POST, path, Some(body)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener that accepts and never answers (a stopped job manager, another service on
+    /// the port): `rivulet list` and `status` once waited for it forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_job_manager_is_unreachable_after_the_answer_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                open.push(socket);
+            }
+        });
+        let client = Client::new(address.clone(), None);
+        let err = client.get("/overview").await.unwrap_err();
+        match &err {
+            EngineError::Unreachable { address: a, detail } => {
+                assert_eq!(a, &address);
+                assert!(detail.contains("no answer within 30s"), "{detail}");
+            }
+            other => panic!("{other}"),
+        }
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable_at_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let err = Client::new(address, None)
+            .get("/overview")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, EngineError::Unreachable { detail, .. } if detail.contains("cannot connect")),
+            "{err}"
+        );
     }
 }

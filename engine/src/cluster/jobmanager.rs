@@ -22,7 +22,7 @@ use super::rest;
 use super::rpc::{MAGIC, ToJobManager, ToTaskManager, read_message};
 use crate::error::EngineError;
 use crate::job::registry::{self, JobRecord, RecordedState};
-use crate::runtime::cluster::{JobHandle, start_job};
+use crate::runtime::cluster::{JobHandle, start_abandoning_job, start_job};
 use crate::runtime::master::{JobEnvironment, JobState, TaskManagers};
 
 /// How a job manager runs.
@@ -106,7 +106,7 @@ impl JobManager {
             },
         )
         .await?;
-        self.start(compiled.graph, text, &job_id)?;
+        self.start(compiled.graph, text, &job_id, Start::Run)?;
         Ok(job_id)
     }
 
@@ -115,9 +115,14 @@ impl JobManager {
         graph: crate::graph::JobGraph,
         text: &str,
         job_id: &str,
+        how: Start,
     ) -> Result<(), EngineError> {
         let resources: Arc<dyn TaskManagers> = self.resources.clone();
-        let handle = Arc::new(start_job(
+        let start = match how {
+            Start::Run => start_job,
+            Start::FinishCancel => start_abandoning_job,
+        };
+        let handle = Arc::new(start(
             graph,
             Some(text.to_string()),
             job_id,
@@ -150,18 +155,24 @@ impl JobManager {
     /// Resumes the jobs recorded as running (the job manager stopped while they ran).
     async fn resume_recorded_jobs(self: &Arc<Self>) -> Result<(), EngineError> {
         for record in registry::list(self.store()).await? {
-            if record.state != RecordedState::Running {
-                continue;
-            }
+            let how = match record.state {
+                RecordedState::Running => Start::Run,
+                RecordedState::Cancelling => Start::FinishCancel,
+                _ => continue,
+            };
             let compiled = crate::job::parse(&record.spec)
                 .and_then(|spec| crate::job::compile(&spec, &record.job_id));
             match compiled {
                 Ok(compiled) => {
+                    let what = match how {
+                        Start::Run => "resuming job",
+                        Start::FinishCancel => "finishing the cancel of job",
+                    };
                     eprintln!(
-                        "job manager: resuming job {} ({}) from its latest checkpoint",
+                        "job manager: {what} {} ({}) from its latest checkpoint",
                         record.name, record.job_id
                     );
-                    self.start(compiled.graph, &record.spec, &record.job_id)?;
+                    self.start(compiled.graph, &record.spec, &record.job_id, how)?;
                 }
                 Err(e) => {
                     tracing::warn!(job = %record.job_id, "cannot resume the job: {e}");
@@ -172,6 +183,16 @@ impl JobManager {
         }
         Ok(())
     }
+}
+
+/// How a job manager starts a job's master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Run it (a new job, or one recorded as running: from its latest checkpoint).
+    Run,
+    /// Finish a cancel an earlier job manager accepted: restore the latest checkpoint only to
+    /// abandon the files in progress.
+    FinishCancel,
 }
 
 /// Runs a job manager until `shutdown` resolves. Prints the address it serves on.

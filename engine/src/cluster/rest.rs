@@ -99,7 +99,7 @@ pub async fn handle(
         (&Method::POST, ["jobs"]) => submit(&jm, request).await,
         (&Method::GET, ["jobs", id]) => job(&jm, id).await,
         (&Method::GET, ["jobs", id, "checkpoints"]) => checkpoints(&jm, id),
-        (&Method::POST, ["jobs", id, "cancel"]) => cancel(&jm, id),
+        (&Method::POST, ["jobs", id, "cancel"]) => cancel(&jm, id).await,
         (&Method::GET, ["taskmanagers"]) => reply(
             StatusCode::OK,
             json!({ "taskmanagers": jm.resources.task_managers() }),
@@ -185,6 +185,7 @@ fn recorded_state(r: &crate::job::registry::JobRecord) -> &'static str {
     match r.state {
         // Recorded as running but not live here: it is waiting to be resumed.
         RecordedState::Running => "RUNNING",
+        RecordedState::Cancelling => "CANCELLING",
         RecordedState::Finished => "FINISHED",
         RecordedState::Failed => "FAILED",
         RecordedState::Canceled => "CANCELED",
@@ -281,7 +282,7 @@ fn live_job_json(jm: &JobManager, h: &JobHandle) -> Json {
         "name": graph.name,
         "state": state_name(&state),
         "reason": reason,
-        "duration": h.shared.started.elapsed().as_millis() as u64,
+        "duration": h.shared.duration().as_millis() as u64,
         "restarts": h.metrics().restarts(),
         "restores": h.metrics().restores(),
         "restored-checkpoint": h.metrics().restored_checkpoint(),
@@ -331,9 +332,23 @@ fn checkpoints(jm: &JobManager, id: &str) -> Reply {
     )
 }
 
-fn cancel(jm: &JobManager, id: &str) -> Reply {
+async fn cancel(jm: &JobManager, id: &str) -> Reply {
     match jm.live_job(id) {
         Some(h) if !h.state().is_terminal() => {
+            // Recorded before it is acknowledged: a job manager that stops before the cancel is
+            // done leaves it to the next one, which finishes it instead of resuming the job.
+            let recorded = crate::job::registry::set_state(
+                jm.store(),
+                id,
+                crate::job::registry::RecordedState::Cancelling,
+            )
+            .await;
+            if let Err(e) = recorded {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the cancel of job {id} could not be recorded ({e}); try again"),
+                );
+            }
             h.cancel();
             reply(
                 StatusCode::ACCEPTED,

@@ -15,6 +15,10 @@ const PREFIX: &str = "_jobs/";
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RecordedState {
     Running,
+    /// A cancel was accepted: recorded before it is acknowledged, so that a job manager that
+    /// stops before the cancel is done leaves it for the next one to finish (resuming the job
+    /// instead would restore files the cancel already abandoned).
+    Cancelling,
     Finished,
     Failed,
     Canceled,

@@ -84,6 +84,11 @@ impl JobEnvironment {
     }
 }
 
+/// How long a run abandoned at a job manager's start waits for task managers to come back
+/// before it abandons the files in the job manager itself (see
+/// `JobMaster::wait_for_task_managers`).
+const TASK_MANAGERS_BACK_WITHIN: Duration = Duration::from_secs(60);
+
 /// The state of a job, as `status` and the REST API report it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", content = "reason", rename_all = "SCREAMING_SNAKE_CASE")]
@@ -118,6 +123,8 @@ pub struct JobShared {
     pub state: Mutex<JobState>,
     pub cancel_requested: AtomicBool,
     pub started: Instant,
+    /// How long the job ran, once it ended (its duration stops growing then).
+    pub ran_for: Mutex<Option<Duration>>,
 }
 
 impl JobShared {
@@ -129,9 +136,23 @@ impl JobShared {
     }
 
     fn set_state(&self, state: JobState) {
+        if state.is_terminal()
+            && let Ok(mut ran_for) = self.ran_for.lock()
+        {
+            ran_for.get_or_insert_with(|| self.started.elapsed());
+        }
         if let Ok(mut s) = self.state.lock() {
             *s = state;
         }
+    }
+
+    /// From the start to now, or to the end of a job that has ended.
+    pub fn duration(&self) -> Duration {
+        self.ran_for
+            .lock()
+            .ok()
+            .and_then(|d| *d)
+            .unwrap_or_else(|| self.started.elapsed())
     }
 
     pub fn cancel(&self) {
@@ -320,7 +341,11 @@ impl JobMaster {
     /// running it: see [`abandon_with_one_more_attempt`](Self::abandon_with_one_more_attempt).
     pub fn abandon_run(mut self) -> JobState {
         self.shared.set_state(JobState::Running);
-        self.abandon_with_one_more_attempt(0, "superseded by a new run");
+        self.wait_for_task_managers(TASK_MANAGERS_BACK_WITHIN);
+        self.abandon_with_one_more_attempt(
+            0,
+            "a run that will not resume (superseded, or cancelled)",
+        );
         self.task_managers.release(&self.shared.job_id);
         self.shared.set_state(JobState::Canceled);
         JobState::Canceled
@@ -388,6 +413,27 @@ impl JobMaster {
         }
         if let Some(task_managers) = elsewhere {
             self.task_managers = task_managers;
+        }
+    }
+
+    /// Waits up to `patience` for task managers with the job's slots. A job manager that
+    /// starts by finishing a cancel its predecessor accepted needs them back: a task manager
+    /// that lost the job manager re-registers only once it has stopped the old attempt's
+    /// subtasks, while abandoning in the job manager at once would race them (they open files
+    /// until they stop, after the abandon listed the run's uploads).
+    fn wait_for_task_managers(&self, patience: Duration) {
+        let needed = self.shared.graph.slots_needed();
+        let until = Instant::now() + patience;
+        while Instant::now() < until {
+            if self
+                .task_managers
+                .allocate(&self.shared.job_id, needed)
+                .is_ok()
+            {
+                self.task_managers.release(&self.shared.job_id);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -686,5 +732,39 @@ impl JobMaster {
             tracing::warn!("deleting old checkpoints: {e}");
         }
         Ok(p.is_final)
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+    use crate::graph::JobGraph;
+
+    #[test]
+    fn a_jobs_duration_stops_growing_when_it_ends() {
+        let shared = JobShared {
+            job_id: "j".into(),
+            graph: JobGraph {
+                name: "j".into(),
+                vertices: Vec::new(),
+                edges: Vec::new(),
+                checkpoint: Default::default(),
+                restart: Default::default(),
+            },
+            spec: None,
+            note: Mutex::new(None),
+            metrics: Arc::new(JobMetrics::new(0)),
+            state: Mutex::new(JobState::Created),
+            cancel_requested: AtomicBool::new(false),
+            started: Instant::now() - Duration::from_secs(5),
+            ran_for: Mutex::new(None),
+        };
+        shared.set_state(JobState::Running);
+        assert!(shared.ran_for.lock().unwrap().is_none());
+        shared.set_state(JobState::Canceled);
+        let ended = shared.duration();
+        assert!(ended >= Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(shared.duration(), ended, "fixed once the job ended");
     }
 }

@@ -379,6 +379,21 @@ pub fn open_uploads(store: &Path) -> usize {
     runtime.block_on(store.list_all_uploads("")).unwrap().len()
 }
 
+/// The keys of the multipart uploads still open in a local store, sorted.
+pub fn open_upload_keys(store: &Path) -> Vec<String> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    use fs_core::store::ObjectStoreExt;
+    let store = fs_core::store::local::LocalStore::open(store).unwrap();
+    let mut keys: Vec<String> = runtime
+        .block_on(store.list_all_uploads(""))
+        .unwrap()
+        .into_iter()
+        .map(|u| u.key)
+        .collect();
+    keys.sort();
+    keys
+}
+
 /// Tail objects still in a local store (fs-core stages them at persists and deletes them when
 /// their upload is committed or abandoned).
 pub fn leftover_tails(store: &Path) -> Vec<String> {
