@@ -417,21 +417,16 @@ async fn gc_of_a_prefix_spares_what_the_whole_bucket_has_open() {
         .collect();
     assert_eq!(aborted, [orphan.as_str()], "{report:?}");
 
-    let mut recovered = whole.writer.recover(&token).await.unwrap();
-    recovered
-        .close_for_commit()
-        .await
-        .unwrap()
-        .commit()
-        .await
-        .unwrap();
+    let commit = |mut file: fs_core::FileWriter| async move {
+        file.close_for_commit()
+            .await
+            .unwrap()
+            .commit()
+            .await
+            .unwrap();
+    };
+    commit(whole.writer.recover(&token).await.unwrap()).await;
     assert_eq!(body(&whole.store, "logs/a.bin").await, persisted);
     never_persisted.write(b"more").await.unwrap();
-    never_persisted
-        .close_for_commit()
-        .await
-        .unwrap()
-        .commit()
-        .await
-        .unwrap();
+    commit(never_persisted).await;
 }

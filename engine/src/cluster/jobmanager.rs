@@ -22,8 +22,8 @@ use super::rest;
 use super::rpc::{MAGIC, ToJobManager, ToTaskManager, read_message};
 use crate::error::EngineError;
 use crate::job::registry::{self, JobRecord, RecordedState};
-use crate::runtime::cluster::{JobHandle, start_abandoning_job, start_job};
-use crate::runtime::master::{JobEnvironment, JobState, TaskManagers};
+use crate::runtime::cluster::{JobHandle, start_master};
+use crate::runtime::master::{JobEnvironment, JobMaster, JobState, TaskManagers};
 
 /// How a job manager runs.
 #[derive(Debug, Clone)]
@@ -118,16 +118,17 @@ impl JobManager {
         how: Start,
     ) -> Result<(), EngineError> {
         let resources: Arc<dyn TaskManagers> = self.resources.clone();
-        let start = match how {
-            Start::Run => start_job,
-            Start::FinishCancel => start_abandoning_job,
+        let run = match how {
+            Start::Run => JobMaster::run,
+            Start::FinishCancel => JobMaster::abandon_run,
         };
-        let handle = Arc::new(start(
+        let handle = Arc::new(start_master(
             graph,
             Some(text.to_string()),
             job_id,
             &self.env,
             resources,
+            run,
         )?);
         if let Ok(mut jobs) = self.jobs.lock() {
             jobs.insert(job_id.to_string(), handle.clone());

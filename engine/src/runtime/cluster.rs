@@ -148,28 +148,9 @@ pub fn start_job(
     start_master(graph, spec, job_id, env, task_managers, JobMaster::run)
 }
 
-/// Starts a job master that abandons the run `job_id` of `graph` instead of running it (see
-/// `JobMaster::abandon_run`): for a cancel a job manager accepted and then could not finish
-/// (it stopped), which the next one finishes. The handle's job ends `Canceled`.
-pub fn start_abandoning_job(
-    graph: JobGraph,
-    spec: Option<String>,
-    job_id: &str,
-    env: &JobEnvironment,
-    task_managers: Arc<dyn TaskManagers>,
-) -> Result<JobHandle, EngineError> {
-    start_master(
-        graph,
-        spec,
-        job_id,
-        env,
-        task_managers,
-        JobMaster::abandon_run,
-    )
-}
-
-/// Starts a job master for `graph` on its own thread, which runs `run` on it.
-fn start_master(
+/// Starts a job master for `graph` on its own thread, which runs `run` on it
+/// (`JobMaster::run`, or `JobMaster::abandon_run` to abandon a run that will not resume).
+pub fn start_master(
     graph: JobGraph,
     spec: Option<String>,
     job_id: &str,
