@@ -214,6 +214,18 @@ pub struct BlockCache {
     _lock: File,
 }
 
+impl BlockCache {
+    /// Deletes the cached blocks from the disk, as dropping the cache does, for a mount that
+    /// ends while something still holds the cache (a detached mount's session thread, blocked
+    /// until the process exits). Reads after this find nothing cached and go to the store.
+    pub fn remove_files(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Ok(mut state) = self.state.lock() {
+            *state = State::default();
+        }
+    }
+}
+
 impl Drop for BlockCache {
     fn drop(&mut self) {
         // The blocks are worthless to anyone else: free the disk now rather than at the next
@@ -605,6 +617,21 @@ mod tests {
         assert_eq!(cache.get("a/b", "etag1", 2).await, None);
         assert_eq!(cache.get("a/c", "etag1", 3).await, None);
         assert_eq!(cache.used(), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_cache_still_held_at_the_end_of_a_mount_can_free_its_disk() {
+        // A detached mount's session thread may hold the file system until the process
+        // exits, so the cache is never dropped: its blocks must go without a drop.
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = BlockCache::open(tmp.path(), 10 * BLOCK).unwrap().unwrap();
+        cache.put("k", "e", 0, block(1000, 1)).await;
+        let dir = cache.dir().to_path_buf();
+        assert!(dir.is_dir());
+        cache.remove_files();
+        assert!(!dir.exists());
+        assert_eq!(cache.get("k", "e", 0).await, None);
+        assert_eq!(cache.used(), 0);
     }
 
     #[tokio::test]

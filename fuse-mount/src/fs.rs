@@ -420,6 +420,14 @@ impl Filesystem {
         self
     }
 
+    /// Deletes the read cache's files now (see [`BlockCache::remove_files`]): for a mount that
+    /// ends while its session still holds the file system.
+    pub fn discard_read_cache(&self) {
+        if let Some(cache) = &self.cache {
+            cache.remove_files();
+        }
+    }
+
     /// Drops the cached blocks of `key`: it was changed or removed through the mount.
     async fn invalidate(&self, key: &str) {
         if let Some(cache) = &self.cache {

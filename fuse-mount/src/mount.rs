@@ -141,6 +141,9 @@ async fn stop(
             tracing::warn!(
                 "files are still open on the detached mount; exiting (their handles fail from now on)"
             );
+            // The session thread still holds the file system, so its read cache would never be
+            // dropped: its blocks go now.
+            fs.discard_read_cache();
             Ok(())
         }
     }
